@@ -1,0 +1,120 @@
+"""Words to scans: one linear (n_scans x n_words) operator per run.
+
+Each word is an event (onset, duration = offset - onset). Its contribution to scan ``t``
+is the HRF-convolved boxcar evaluated at the scan's frame time (the middle of the scan),
+exactly what nilearn's ``compute_regressor`` gives for a single event. Building the
+operator once per run turns the alignment of every feature of every state into one
+matrix product, ``X_scans = A @ X_words``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from nilearn.glm.first_level import hemodynamic_models
+
+from .api import Stimulus, StimulusRun
+
+_HRFS = {"glover": hemodynamic_models.glover_hrf, "spm": hemodynamic_models.spm_hrf}
+
+
+def frame_times(n_scans: int, tr: float) -> np.ndarray:
+    """Acquisition time of each scan (its middle), shape (n_scans,)."""
+    return (np.arange(n_scans) + 0.5) * tr
+
+
+def hrf_operator(run: StimulusRun, tr: float, hrf: str = "glover", oversampling: int = 50) -> np.ndarray:
+    """The linear map from word-level to scan-level features for one run.
+
+    Parameters
+    ----------
+    run : StimulusRun
+        Words with onsets/offsets in seconds.
+    tr : float
+        Repetition time in seconds.
+    hrf : {"glover", "spm"}
+        nilearn HRF model.
+    oversampling : int
+        Fine-grid samples per TR (nilearn's default, 50).
+
+    Returns
+    -------
+    ndarray, shape (n_scans, n_words), float64
+        ``A[t, w]`` = response at scan ``t`` to a unit boxcar over word ``w``.
+    """
+    if hrf not in _HRFS:
+        raise ValueError(f"unknown HRF {hrf!r}; choose one of {sorted(_HRFS)}")
+    onsets = np.asarray(run.onsets, dtype=np.float64)
+    offsets = np.asarray(run.offsets, dtype=np.float64)
+    kernel = _HRFS[hrf](tr, oversampling=oversampling)  # sums to 1 over the fine grid
+    times = frame_times(run.n_scans, tr)
+    n_scans = times.size
+
+    # nilearn's fine grid: from 24 s before the first scan to one TR after the last.
+    min_onset = -24.0
+    n_fine = int(np.rint((n_scans - 1) / (times[-1] - times[0])
+                         * (times[-1] * (1 + 1 / (n_scans - 1)) - times[0] - min_onset) * oversampling + 1))
+    fine = np.linspace(times[0] + min_onset, times[-1] * (1 + 1 / (n_scans - 1)), n_fine)
+    # G[t, k]: response at scan t to a unit impulse in fine bin k; the fine regressor is
+    # linearly interpolated at the frame times, as nilearn does.
+    j = np.clip(np.searchsorted(fine, times, side="right") - 1, 0, n_fine - 2)
+    lam = (times - fine[j]) / (fine[j + 1] - fine[j])
+    k = np.arange(n_fine)
+    padded = np.concatenate([kernel, [0.0]])
+
+    def kernel_at(lags: np.ndarray) -> np.ndarray:
+        inside = (lags >= 0) & (lags < kernel.size)
+        return np.where(inside, padded[np.clip(lags, 0, kernel.size)], 0.0)
+
+    g = (1 - lam)[:, None] * kernel_at(j[:, None] - k[None, :]) + lam[:, None] * kernel_at(j[:, None] + 1 - k[None, :])
+    # Boxcar of word w covers fine bins [first_w, last_w) (at least one bin), as in nilearn.
+    first = np.minimum(np.searchsorted(fine, onsets), n_fine - 1)
+    last = np.minimum(np.searchsorted(fine, offsets), n_fine - 1)
+    last = np.where((last == first) & (last < n_fine - 1), last + 1, last)
+    cumulative = np.concatenate([np.zeros((n_scans, 1)), np.cumsum(g, axis=1)], axis=1)
+    return cumulative[:, last] - cumulative[:, first]
+
+
+def zscore(x: np.ndarray) -> np.ndarray:
+    """Standardize columns (constant columns become 0), float32.
+
+    Parameters
+    ----------
+    x : ndarray, shape (n_samples, n_columns)
+    """
+    x = np.asarray(x, dtype=np.float64)
+    mean = x.mean(0)
+    std = x.std(0)
+    out = np.divide(x - mean, std, out=np.zeros_like(x), where=std > 1e-12 * np.maximum(1.0, np.abs(mean)))
+    return out.astype(np.float32)
+
+
+def align_runs(
+    word_features: Sequence[np.ndarray], operators: Sequence[np.ndarray], zscore_runs: bool = True
+) -> list[np.ndarray]:
+    """Scan-level features per run.
+
+    Parameters
+    ----------
+    word_features : list of ndarray, each (n_words_r, dim)
+    operators : list of ndarray, each (n_scans_r, n_words_r)
+    zscore_runs : bool
+        Standardize each feature within each run.
+
+    Returns
+    -------
+    list of ndarray, each (n_scans_r, dim), float32
+    """
+    out = []
+    for feats, op in zip(word_features, operators, strict=True):
+        if feats.shape[0] != op.shape[1]:
+            raise ValueError(f"features have {feats.shape[0]} words but the run has {op.shape[1]}")
+        scans = op.astype(np.float32) @ np.asarray(feats, dtype=np.float32)
+        out.append(zscore(scans) if zscore_runs else scans)
+    return out
+
+
+def stimulus_operators(stimulus: Stimulus, hrf: str = "glover") -> list[np.ndarray]:
+    """:func:`hrf_operator` for every run of a stimulus."""
+    return [hrf_operator(run, stimulus.tr, hrf) for run in stimulus.runs]

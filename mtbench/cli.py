@@ -1,0 +1,209 @@
+"""The ``mtbench`` command line.
+
+Only light modules are imported at start-up: ``mtbench list`` and ``mtbench plugins``
+never import torch; ``mtbench run`` imports the heavy machinery when it starts.
+"""
+
+from __future__ import annotations
+
+import os
+
+# numpy's OpenBLAS and torch's MKL thread pools fight on small machines (measured 8x slower);
+# torch does the heavy lifting, so keep OpenBLAS single-threaded unless the user says otherwise.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# Idle OpenMP threads spin by default; on a 2-core machine shared with anything else that
+# turned 0.7 s ridge fits into 6-60 s. Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import click  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from .errors import MtbenchError  # noqa: E402
+from .registry import get_registry  # noqa: E402
+
+console = Console()
+KINDS = ("models", "states", "datasets", "metrics")
+
+
+class _Cli(click.Group):
+    """Turns MtbenchError into one line on stderr and exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MtbenchError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(2)
+
+
+def _options(pairs: tuple[str, ...], flag: str) -> dict:
+    """``("k=v", ...)`` -> dict, numbers parsed."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise MtbenchError(f"{flag} expects KEY=VALUE, got {pair!r}")
+        for cast in (int, float):
+            try:
+                value = cast(value)
+                break
+            except ValueError:
+                continue
+        out[key.strip().replace("-", "_")] = value
+    return out
+
+
+@click.group(cls=_Cli)
+@click.version_option(package_name="mtbench")
+def main():
+    """mtbench: which computation inside a transformer block best predicts each brain region."""
+
+
+@main.command("list")
+@click.argument("kind", type=click.Choice(KINDS))
+def list_cmd(kind):
+    """List registered models, states, datasets or metrics."""
+    registry = get_registry()
+    singular = kind[:-1]
+    table = Table(title=f"{kind} ({len(registry.entries[singular])})", show_lines=False)
+    table.add_column("name", style="bold")
+    if kind == "states":
+        table.add_column("stage")
+    if kind == "models":
+        table.add_column("family")
+    table.add_column("description")
+    table.add_column("plugin", style="dim")
+    for name in registry.names(singular):
+        entry = registry.entries[singular][name]
+        cells = [name]
+        if kind == "states":
+            cells.append(entry.stage)
+        if kind == "models":
+            cells.append(entry.family)
+        cells += [getattr(entry, "summary", None) or getattr(entry, "description", ""), registry.providers[singular][name]]
+        table.add_row(*cells)
+    console.print(table)
+    _warn_broken(registry)
+
+
+@main.command()
+def plugins():
+    """Show every loaded plugin, the distribution it came from and what it registers."""
+    registry = get_registry()
+    table = Table(title="mtbench plugins (entry-point group 'mtbench')")
+    for col in ("plugin", "module", "distribution", "hooks", "status"):
+        table.add_column(col)
+    for info in registry.plugins:
+        status = f"[red]failed: {info.error}[/red]" if info.error else "[green]ok[/green]"
+        table.add_row(info.name, info.module, f"{info.distribution} {info.version}", ", ".join(info.hooks), status)
+    console.print(table)
+
+
+def _warn_broken(registry) -> None:
+    broken = [p for p in registry.plugins if p.error]
+    for info in broken:
+        console.print(f"[yellow]warning:[/yellow] plugin {info.name} ({info.distribution}) was skipped: {info.error}")
+
+
+@main.command()
+@click.option("--model", required=True, help="Model name (`mtbench list models`), or hf:<folder>.")
+@click.option("--states", default="all", show_default=True, help="'all' or a comma list of state names.")
+@click.option("--layers", default="all", show_default=True, help="'all', '4' or '1-5,8' (1-based blocks).")
+@click.option("--dataset", default="synthetic", show_default=True, help="Dataset name (`mtbench list datasets`).")
+@click.option("--subject", default="average", show_default=True)
+@click.option("--metric", default="pearson", show_default=True)
+@click.option("--hrf", type=click.Choice(["glover", "spm"]), default="glover", show_default=True)
+@click.option("--trim", "trim_scans", default=0, show_default=True, help="Scans dropped at both ends of each run.")
+@click.option("--alphas", default="1e0:1e8:17", show_default=True,
+              help="Ridge penalties: 'start:stop:count' (log-spaced) or a comma list.")
+@click.option("--backend", default="torch", show_default=True, help="Ridge backend (torch, torch_cuda).")
+@click.option("--out", "results_dir", default="mtbench-results", show_default=True, type=click.Path(path_type=Path),
+              help="Results directory (shared by runs).")
+@click.option("--dataset-option", "dataset_options", multiple=True, metavar="KEY=VALUE")
+@click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE")
+@click.option("--seed", default=0, show_default=True)
+def run(model, states, layers, dataset, subject, metric, hrf, trim_scans, alphas, backend, results_dir,
+        dataset_options, model_options, seed):
+    """Extract states, align them to the scans, fit voxelwise ridge models, score and write results."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .api import RunSettings
+    from .runner import run as run_pipeline
+
+    settings = RunSettings(
+        model=model,
+        dataset=dataset,
+        states=[s.strip() for s in states.split(",") if s.strip()],
+        layers=layers,
+        subject=subject,
+        metric=metric,
+        alphas=_parse_alphas(alphas),
+        hrf=hrf,
+        trim_scans=trim_scans,
+        seed=seed,
+        backend=backend,
+        dataset_options=_options(dataset_options, "--dataset-option"),
+        model_options=_options(model_options, "--model-option"),
+    )
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=console)
+    try:
+        output = run_pipeline(settings, results_dir, progress=progress)
+    except KeyboardInterrupt:
+        click.echo("Error: interrupted; nothing of this run was written (earlier results are untouched)", err=True)
+        sys.exit(130)
+    print_summary(output)
+
+
+def _parse_alphas(spec: str) -> list[float]:
+    import numpy as np
+
+    try:
+        if ":" in spec:
+            lo, hi, count = spec.split(":")
+            values = np.logspace(np.log10(float(lo)), np.log10(float(hi)), int(count)).tolist()
+        else:
+            values = [float(a) for a in spec.split(",")]
+    except ValueError:
+        raise MtbenchError(f"cannot read --alphas {spec!r}: use 'start:stop:count' or a comma list") from None
+    if not values or min(values) <= 0:
+        raise MtbenchError(f"--alphas {spec!r}: need at least one positive penalty")
+    return values
+
+
+def print_summary(output, top: int = 15) -> None:
+    """Best layer x state per parcel (chosen on validation), and the planted-truth check."""
+    rows = output.summary
+    brain, parcels = rows[0], sorted(rows[1:], key=lambda r: -r["test"])
+    has_ceiling = any(r["ceiling"] == r["ceiling"] for r in rows)  # not NaN
+    table = Table(title=f"Best layer x state per parcel — top {top} by held-out r",
+                  caption="winner chosen on validation folds; r test = held-out r of choosing the best fit "
+                          "inside each outer fold (nested, unbiased); agree = share of folds picking the winner")
+    for col in ("parcel", "voxels", "layer", "state", "r val", "r test", "agree"):
+        table.add_column(col, justify="left" if col in ("parcel", "state") else "right")
+    if has_ceiling:
+        table.add_column("ceiling", justify="right")
+    for row in [brain, *parcels[:top]]:
+        cells = [row["parcel"], str(row["n_voxels"]), str(row["layer"]), row["state"],
+                 f"{row['validation']:.3f}", f"{row['test']:.3f}", f"{row['folds_agree']:.0%}"]
+        if has_ceiling:
+            cells.append(f"{row['ceiling']:.3f}")
+        table.add_row(*cells)
+    console.print(table)
+    if output.truth_check:
+        check = Table(title="Planted truth (simulated dataset): recovered?")
+        for col in ("parcel", "planted", "found", "r test", "ok"):
+            check.add_column(col)
+        for row in output.truth_check:
+            check.add_row(row["parcel"], row["planted"], row["found"], f"{row['test']:.3f}",
+                          "[green]yes[/green]" if row["recovered"] else "[red]no[/red]")
+        console.print(check)
+    console.print(f"results: {output.run_dir}  ({output.seconds:.0f} s)")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

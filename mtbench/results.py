@@ -1,0 +1,287 @@
+"""Writing a run's results: Parquet in long format, NIfTI maps, provenance.
+
+Layout of a results directory (several runs share it)::
+
+    RESULTS/runs/<run_id>/manifest.json      provenance: versions, revisions, settings
+    RESULTS/runs/<run_id>/scores.parquet     one row per (layer, state, parcel, split)
+    RESULTS/runs/<run_id>/summary.parquet    best (layer, state) per parcel, chosen on validation
+    RESULTS/runs/<run_id>/voxels.parquet     one row per (layer, state, voxel)
+    RESULTS/runs/<run_id>/maps/*.nii.gz      mask, best-state maps, r per state (4-D over layers)
+    RESULTS/runs/<run_id>/truth.json         planted truth, for simulated datasets
+
+A run is written into ``<run_id>.partial`` and renamed when complete, so an interrupted
+run never leaves a half-written result where readers look.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import __version__
+
+SCHEMA_VERSION = "1"
+WHOLE_BRAIN = "whole brain"
+
+
+@dataclass
+class ScoreTable:
+    """Per-voxel scores of every fitted (layer, state).
+
+    Attributes
+    ----------
+    keys : list of (layer, state), length n_fits
+    test, validation, alpha : ndarray, shape (n_fits, n_voxels)
+        Means over outer folds.
+    test_per_run, validation_per_run : ndarray, shape (n_fits, n_runs, n_voxels)
+        Per outer fold: held-out score, and inner validation score computed without that run.
+    """
+
+    keys: list[tuple[int, str]]
+    test: np.ndarray
+    validation: np.ndarray
+    alpha: np.ndarray
+    test_per_run: np.ndarray
+    validation_per_run: np.ndarray
+
+
+def nested_best(validation_per_run: np.ndarray, test_per_run: np.ndarray) -> np.ndarray:
+    """Held-out score of the best fit, with the choice made inside each outer fold.
+
+    In outer fold ``r`` the winner is the fit with the highest validation score computed
+    without run ``r``; its score on run ``r`` is kept; the result is the mean over folds.
+    Choosing once on fold-averaged validation scores would use run ``r`` to pick the
+    model scored on run ``r`` (biased upward: +0.19 r on pure noise, measured).
+
+    Parameters
+    ----------
+    validation_per_run, test_per_run : ndarray, shape (n_fits, n_runs, ...)
+
+    Returns
+    -------
+    ndarray, shape (...)
+    """
+    pick = np.argmax(validation_per_run, axis=0)[None]
+    return np.take_along_axis(test_per_run, pick, axis=0)[0].mean(0)
+
+
+def best_per_voxel(table: ScoreTable) -> tuple[np.ndarray, np.ndarray]:
+    """Winning fit per voxel and the nested held-out score of choosing a winner.
+
+    Returns
+    -------
+    index : ndarray of int, shape (n_voxels,)
+        Row of ``table.keys`` with the highest fold-averaged validation score: the answer to
+        "which state explains this voxel".
+    test : ndarray, shape (n_voxels,)
+        :func:`nested_best` score (the choice repeated inside each outer fold).
+    """
+    index = np.argmax(table.validation, axis=0)
+    return index, nested_best(table.validation_per_run, table.test_per_run)
+
+
+def parcel_groups(labels: np.ndarray, names: dict[int, str]) -> list[tuple[int, str, np.ndarray]]:
+    """(id, name, voxel indices) for the whole brain (id -1) and every non-empty parcel."""
+    groups = [(-1, WHOLE_BRAIN, np.arange(labels.size))]
+    for pid in sorted(names):
+        idx = np.flatnonzero(labels == pid)
+        if idx.size:
+            groups.append((pid, names[pid], idx))
+    return groups
+
+
+def summarize(table: ScoreTable, labels: np.ndarray, names: dict[int, str], ceiling: np.ndarray | None) -> list[dict]:
+    """Best (layer, state) per parcel, chosen on parcel-mean validation scores.
+
+    Returns
+    -------
+    list of dict
+        One per parcel (the whole brain first) with ``parcel_id, parcel, n_voxels``;
+        ``layer, state``: the winner on fold-averaged validation; ``validation`` and
+        ``winner_test``: its scores; ``folds_agree``: share of outer folds whose own choice
+        is that winner; ``test``: nested held-out score of choosing the best fit for the
+        parcel (choice inside each outer fold, unbiased); ``voxel_best_test``: the same with
+        a choice per voxel, averaged; ``ceiling`` and ``test_normalized`` (test / ceiling)
+        when the dataset knows its noise ceiling.
+    """
+    _, voxel_best = best_per_voxel(table)
+    rows = []
+    for pid, name, idx in parcel_groups(labels, names):
+        val = table.validation[:, idx].mean(1)  # (n_fits,)
+        val_runs = table.validation_per_run[:, :, idx].mean(2)  # (n_fits, n_runs)
+        test_runs = table.test_per_run[:, :, idx].mean(2)
+        best = int(np.argmax(val))
+        layer, state = table.keys[best]
+        row = {
+            "parcel_id": pid,
+            "parcel": name,
+            "n_voxels": int(idx.size),
+            "layer": int(layer),
+            "state": state,
+            "validation": float(val[best]),
+            "test": float(nested_best(val_runs, test_runs)),
+            "winner_test": float(table.test[best, idx].mean()),
+            "folds_agree": float(np.mean(np.argmax(val_runs, axis=0) == best)),
+            "voxel_best_test": float(voxel_best[idx].mean()),
+            "ceiling": float("nan"),
+            "test_normalized": float("nan"),
+        }
+        if ceiling is not None:
+            c = float(np.mean(ceiling[idx]))
+            row["ceiling"] = c
+            row["test_normalized"] = row["test"] / c if c > 0 else float("nan")
+        rows.append(row)
+    return rows
+
+
+def _git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for dist in ("numpy", "torch", "transformers", "himalaya", "nilearn", "pyarrow"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def provenance(settings: dict, model: dict, dataset: dict) -> dict:
+    """Everything needed to know where a result came from."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "mtbench_version": __version__,
+        "git_commit": _git_commit(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "versions": _versions(),
+        "model": model,
+        "dataset": dataset,
+        "settings": settings,
+    }
+
+
+def _write_parquet(path: Path, columns: dict, meta: dict) -> None:
+    table = pa.table(columns)
+    table = table.replace_schema_metadata({b"mtbench": json.dumps(meta, sort_keys=True).encode()})
+    pq.write_table(table, path, compression="zstd")
+
+
+def _volume(values: np.ndarray, mask: np.ndarray, affine: np.ndarray, fill=0) -> nib.Nifti1Image:
+    """Scatter (n_voxels,) or (n_voxels, k) values into the mask volume."""
+    values = np.asarray(values)
+    shape = mask.shape + values.shape[1:]
+    vol = np.full(shape, fill, dtype=values.dtype)
+    vol[mask] = values
+    return nib.Nifti1Image(vol, affine)
+
+
+def write_run(
+    results_dir: Path,
+    run_id: str,
+    meta: dict,
+    table: ScoreTable,
+    mask_img: nib.Nifti1Image,
+    labels: np.ndarray,
+    names: dict[int, str],
+    ceiling: np.ndarray | None,
+    truth: dict | None,
+) -> Path:
+    """Write every file of one run atomically; returns the run's folder."""
+    runs = Path(results_dir) / "runs"
+    final = runs / run_id
+    partial = runs / f"{run_id}.partial"
+    if final.exists():
+        raise FileExistsError(f"{final} already exists")
+    shutil.rmtree(partial, ignore_errors=True)
+    (partial / "maps").mkdir(parents=True)
+    ident = {
+        "run_id": run_id,
+        "model": meta["model"]["name"],
+        "dataset": meta["dataset"]["name"],
+        "subject": meta["settings"]["subject"],
+    }
+    metric = meta["settings"]["metric"]
+
+    # scores.parquet: parcel means of every fit, test and validation.
+    groups = parcel_groups(labels, names)
+    rows: dict[str, list] = {k: [] for k in ("layer", "state", "parcel_id", "parcel", "n_voxels", "split", "value")}
+    for f, (layer, state) in enumerate(table.keys):
+        for pid, name, idx in groups:
+            for split, values in (("test", table.test), ("validation", table.validation)):
+                rows["layer"].append(layer)
+                rows["state"].append(state)
+                rows["parcel_id"].append(pid)
+                rows["parcel"].append(name)
+                rows["n_voxels"].append(int(idx.size))
+                rows["split"].append(split)
+                rows["value"].append(float(values[f, idx].mean()))
+    n = len(rows["layer"])
+    columns = {k: [v] * n for k, v in ident.items()} | {"metric": [metric] * n} | rows
+    _write_parquet(partial / "scores.parquet", columns, meta)
+
+    summary = summarize(table, labels, names, ceiling)
+    columns = {k: [v] * len(summary) for k, v in ident.items()} | {"metric": [metric] * len(summary)}
+    columns |= {key: [row[key] for row in summary] for key in summary[0]}
+    _write_parquet(partial / "summary.parquet", columns, meta)
+
+    n_fits, n_vox = table.test.shape
+    voxel_cols = {
+        "layer": np.repeat([k[0] for k in table.keys], n_vox).astype(np.int16),
+        "state": pa.array(np.repeat([k[1] for k in table.keys], n_vox)).dictionary_encode(),
+        "voxel": np.tile(np.arange(n_vox, dtype=np.int32), n_fits),
+        "parcel_id": np.tile(labels.astype(np.int16), n_fits),
+        "test": table.test.astype(np.float32).ravel(),
+        "validation": table.validation.astype(np.float32).ravel(),
+        "alpha": table.alpha.astype(np.float32).ravel(),
+    }
+    _write_parquet(partial / "voxels.parquet", voxel_cols, meta)
+
+    # NIfTI maps on the dataset's grid.
+    mask = np.asarray(mask_img.get_fdata()) > 0
+    affine = mask_img.affine
+    nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), partial / "maps" / "mask.nii.gz")
+    best, best_test = best_per_voxel(table)
+    states = sorted({k[1] for k in table.keys}, key=[k[1] for k in table.keys].index)
+    nib.save(_volume(best_test.astype(np.float32), mask, affine), partial / "maps" / "best_test_r.nii.gz")
+    layer_of = np.array([k[0] for k in table.keys], dtype=np.int16)
+    state_code = np.array([states.index(k[1]) + 1 for k in table.keys], dtype=np.int16)
+    nib.save(_volume(layer_of[best], mask, affine), partial / "maps" / "best_layer.nii.gz")
+    nib.save(_volume(state_code[best], mask, affine), partial / "maps" / "best_state.nii.gz")
+    layers = sorted({k[0] for k in table.keys})
+    for state in states:
+        stack = np.zeros((n_vox, len(layers)), dtype=np.float32)
+        for f, (layer, s) in enumerate(table.keys):
+            if s == state:
+                stack[:, layers.index(layer)] = table.test[f]
+        nib.save(_volume(stack, mask, affine), partial / "maps" / f"test_r_{state}.nii.gz")
+    map_index = {
+        "best_state.nii.gz": {str(i + 1): s for i, s in enumerate(states)},
+        "test_r_<state>.nii.gz": {"volume_layers": layers},
+    }
+    (partial / "maps" / "index.json").write_text(json.dumps(map_index, indent=2))
+
+    if truth is not None:
+        (partial / "truth.json").write_text(json.dumps(truth, indent=2, sort_keys=True))
+    (partial / "manifest.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    os.replace(partial, final)
+    return final

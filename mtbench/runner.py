@@ -1,0 +1,225 @@
+"""The pipeline of ``mtbench run``: extract -> align -> fit -> score -> write.
+
+Each step is a call into a plugin or a core module; this file only orders them and
+checks what flows between them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from .api import RunSettings
+from .errors import MtbenchError
+from .registry import get_registry, load_dataset, load_model, split_spec
+
+
+@dataclass
+class RunOutput:
+    """What a finished run hands back to the CLI."""
+
+    run_dir: Path
+    summary: list[dict]
+    truth_check: list[dict]
+    seconds: float
+
+
+# --------------------------------------------------------------------------- parsing
+def parse_states(spec: str | list[str], available: list[str]) -> list[str]:
+    """``"all"`` or a comma list -> state names in canonical order.
+
+    Parameters
+    ----------
+    spec : str or list of str
+    available : list of str
+        States the model can produce.
+    """
+    registry = get_registry()
+    names = spec if isinstance(spec, list) else [s.strip() for s in spec.split(",") if s.strip()]
+    if names == ["all"]:
+        return [s for s in registry.names("state") if s in available]
+    for name in names:
+        registry.state(name)  # unknown name -> error with the closest ones
+        if name not in available:
+            raise MtbenchError(f"state {name!r} does not exist in this model (not applicable to its family); "
+                               f"available: {', '.join(available)}")
+    order = registry.names("state")
+    return sorted(dict.fromkeys(names), key=order.index)
+
+
+def parse_layers(spec: str, n_layers: int) -> list[int]:
+    """``"all"``, ``"4"``, ``"1-5,8"`` -> sorted 1-based block numbers."""
+    if spec.strip() == "all":
+        return list(range(1, n_layers + 1))
+    layers: set[int] = set()
+    for part in spec.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not match:
+            raise MtbenchError(f"cannot read layers {spec!r}: use 'all', '4' or '1-5,8' (1-based block numbers)")
+        lo, hi = int(match[1]), int(match[2] or match[1])
+        layers.update(range(lo, hi + 1))
+    bad = [layer for layer in layers if not 1 <= layer <= n_layers]
+    if bad:
+        raise MtbenchError(f"layer {bad[0]} is out of range: this model has blocks 1..{n_layers}")
+    return sorted(layers)
+
+
+def _check_bold(bold: list[np.ndarray], stimulus, n_voxels: int, dataset: str) -> list[np.ndarray]:
+    if len(bold) != len(stimulus.runs):
+        raise MtbenchError(f"dataset {dataset}: {len(bold)} BOLD runs but {len(stimulus.runs)} stimulus runs")
+    for r, (y, run) in enumerate(zip(bold, stimulus.runs), start=1):
+        if y.shape != (run.n_scans, n_voxels):
+            raise MtbenchError(f"dataset {dataset}: run {r} BOLD has shape {y.shape}, expected "
+                               f"({run.n_scans}, {n_voxels}) scans x mask voxels; re-prepare the dataset")
+        if not np.isfinite(y).all():
+            raise MtbenchError(f"dataset {dataset}: run {r} BOLD contains NaN/inf; re-prepare the dataset "
+                               f"or mask out those voxels")
+    return bold
+
+
+def run_id_for(settings: RunSettings) -> str:
+    """Unique, sortable, readable id: time, model, dataset, subject, settings hash."""
+    digest = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True, default=str).encode()).hexdigest()[:6]
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    name, argument = split_spec(settings.model)
+    if argument:  # hf:/path/to/folder -> hf-folder
+        name = f"{name}-{Path(argument).name or argument}"
+    model = re.sub(r"[^A-Za-z0-9.]+", "-", name).strip("-")
+    return f"{stamp}-{model}-{settings.dataset}-{settings.subject}-{digest}"
+
+
+# --------------------------------------------------------------------------- truth
+def check_truth(truth: dict | None, summary: list[dict]) -> list[dict]:
+    """Compare each planted (parcel, layer, state) with the winner found in that parcel."""
+    if not truth:
+        return []
+    by_parcel = {row["parcel"]: row for row in summary}
+    checks = []
+    for plant in truth.get("planted", []):
+        row = by_parcel.get(plant["parcel"])
+        if row is None:
+            continue
+        checks.append({
+            "parcel": plant["parcel"],
+            "planted": f"L{plant['layer']} {plant['state']}",
+            "found": f"L{row['layer']} {row['state']}",
+            "test": row["test"],
+            "recovered": row["layer"] == plant["layer"] and row["state"] == plant["state"],
+        })
+    return checks
+
+
+# --------------------------------------------------------------------------- run
+def run(settings: RunSettings, results_dir: Path, progress=None) -> RunOutput:
+    """Run the whole pipeline and write the results.
+
+    Parameters
+    ----------
+    settings : RunSettings
+    results_dir : Path
+        Shared results folder; this run goes to ``results_dir/runs/<run_id>/``.
+    progress : rich.progress.Progress, optional
+        Receives an extraction task and a fitting task.
+    """
+    start = time.perf_counter()
+    registry = get_registry()
+    # Resolve every name before any heavy work, so a typo fails in a second.
+    metric = registry.metric(settings.metric)
+    registry.model(split_spec(settings.model)[0])
+    registry.dataset(settings.dataset)
+    if settings.states != ["all"]:
+        for name in settings.states:
+            registry.state(name)
+
+    from .alignment import align_runs, stimulus_operators, zscore
+    from .encoding import fit_nested_loro
+    from .features import word_features
+    from .results import ScoreTable, provenance, summarize, write_run
+
+    adapter = load_model(settings.model, **settings.model_options)
+    states = parse_states(settings.states, adapter.available_states())
+    layers = parse_layers(",".join(map(str, settings.layers)) if isinstance(settings.layers, list) else settings.layers,
+                          adapter.n_layers)
+    dataset = load_dataset(settings.dataset, **settings.dataset_options)
+    if settings.subject not in dataset.subjects:
+        raise MtbenchError(f"subject {settings.subject!r} is not in dataset {dataset.name} "
+                           f"(it has {', '.join(dataset.subjects[:5])}{'...' if len(dataset.subjects) > 5 else ''})")
+    mask = np.asarray(dataset.mask_img.get_fdata()) > 0
+    n_voxels = int(mask.sum())
+    if dataset.parcels.labels.shape != (n_voxels,):
+        raise MtbenchError(f"dataset {dataset.name}: parcel labels have shape {dataset.parcels.labels.shape}, "
+                           f"expected ({n_voxels},) mask voxels")
+
+    track = progress if progress is not None else nullcontext()
+    extract_task = fit_task = None
+    if progress is not None:
+        extract_task = progress.add_task(f"extract {adapter.name}", total=None)
+        fit_task = progress.add_task("fit ridge (nested LORO)", total=len(states) * len(layers))
+
+    extracted = []
+
+    def on_extract(done: int, total: int) -> None:
+        extracted.append(done)
+        if progress is not None:
+            progress.update(extract_task, completed=done, total=total)
+
+    with track:
+        feats = word_features(adapter, dataset.stimulus, states, layers, progress=on_extract)
+        if progress is not None and not extracted:  # everything came from the cache
+            progress.update(extract_task, total=1, completed=1, description=f"extract {adapter.name} (cached)")
+        operators = stimulus_operators(dataset.stimulus, settings.hrf)
+        bold = _check_bold(dataset.load_bold(settings.subject), dataset.stimulus, n_voxels, dataset.name)
+        y_runs = [zscore(_trim(y, settings.trim_scans)) for y in bold]
+
+        keys = [(layer, state) for layer in layers for state in states]
+        n_runs = len(y_runs)
+        test = np.zeros((len(keys), n_voxels), dtype=np.float32)
+        validation = np.zeros_like(test)
+        alpha = np.zeros_like(test)
+        test_per_run = np.zeros((len(keys), n_runs, n_voxels), dtype=np.float32)
+        validation_per_run = np.zeros_like(test_per_run)
+        for f, key in enumerate(keys):
+            x_runs = [_trim(x, settings.trim_scans) for x in align_runs(feats.pop(key), operators, zscore_runs=False)]
+            x_runs = [zscore(x) for x in x_runs]
+            result = fit_nested_loro(x_runs, y_runs, settings.alphas, backend=settings.backend, score=metric.score)
+            test[f], validation[f], alpha[f] = result.test, result.validation, result.alpha
+            test_per_run[f], validation_per_run[f] = result.test_per_run, result.validation_per_run
+            if progress is not None:
+                progress.update(fit_task, advance=1, description=f"fit ridge L{key[0]} {key[1]}")
+
+    table = ScoreTable(keys=keys, test=test, validation=validation, alpha=alpha,
+                       test_per_run=test_per_run, validation_per_run=validation_per_run)
+    ceiling = dataset.noise_ceiling(settings.subject)
+    labels, names = dataset.parcels.labels, dataset.parcels.names
+    summary = summarize(table, labels, names, ceiling)
+    settings_record = asdict(settings) | {"states": states, "layers": layers}
+    meta = provenance(
+        settings=settings_record,
+        model={"name": adapter.name, "spec": settings.model, "family": adapter.family,
+               "revision": adapter.revision, "n_layers": adapter.n_layers, "extraction": adapter.settings()},
+        dataset={"name": dataset.name, "version": dataset.version, "n_voxels": n_voxels,
+                 "n_runs": len(dataset.stimulus.runs), "stimulus": dataset.stimulus.fingerprint(),
+                 "atlas": dataset.parcels.atlas},
+    )
+    meta["seconds"] = round(time.perf_counter() - start, 1)
+    run_dir = write_run(Path(results_dir), run_id_for(settings), meta, table, dataset.mask_img, labels, names,
+                        ceiling, dataset.truth)
+    return RunOutput(run_dir=run_dir, summary=summary, truth_check=check_truth(dataset.truth, summary),
+                     seconds=time.perf_counter() - start)
+
+
+def _trim(x: np.ndarray, n: int) -> np.ndarray:
+    """Drop ``n`` scans at both ends of a run (edge effects of the HRF and of the scanner)."""
+    if n <= 0:
+        return x
+    if x.shape[0] <= 2 * n + 2:
+        raise MtbenchError(f"cannot trim {n} scans at both ends of a run of {x.shape[0]} scans; lower --trim")
+    return x[n:-n]

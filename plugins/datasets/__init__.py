@@ -1,0 +1,1 @@
+"""Datasets: the embedded synthetic default."""

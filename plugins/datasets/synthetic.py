@@ -1,0 +1,466 @@
+"""The embedded default dataset: an original story and BOLD simulated from a planted truth.
+
+The stimulus is ``data/story.txt`` (an original English story, one section per fMRI run)
+with word timings drawn from a plausible speech rate. The brain is the 4 mm MNI grid of
+the Le Petit Prince reference pipeline, masked to the 48 Harvard-Oxford cortical parcels.
+A few parcels respond to one (layer, state) of a *truth model* each; every other voxel is
+noise. A benchmark run on this dataset should find the planted (layer, state) in each
+planted parcel and nothing in the others, which is what makes it a test of the harness.
+
+Simulation, per planted parcel ``p`` with features ``F`` (n_words, dim) of its
+(layer, state)::
+
+    Z = zscore(F)                 # over all words: drops the mean/word-rate component
+    S = Z @ W                     # W: k seeded random unit vectors (dim, k) in the span
+                                  #    of the top 32 principal components of Z
+    S_r = zscore(A_r @ S_r)       # A_r: hrf_operator of run r (n_scans_r, n_words_r)
+    s_v = zscore(S_r @ m_v)       # m_v: seeded random unit mixing vector of voxel v (k,)
+    y_v = sqrt(snr_v) * s_v + e_v # e_v: AR(1) Gaussian noise, unit variance
+
+so the best any model can do in voxel ``v`` is ``r = sqrt(snr_v / (1 + snr_v))``, the
+noise ceiling this dataset reports (0 in null voxels).
+
+Why the top principal components: with ~540 scans, a direction drawn uniformly in a
+1,536-dim state (SmolLM2's ffn_activated_state) is mostly made of low-variance directions
+that no encoding model can learn from so little data (recovered r ~0.2 for a ceiling of
+0.54); restricted to the top 32 components it is learnable (r ~0.42) and the planted
+(layer, state) still ranks first against its neighbours.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mtbench.alignment import hrf_operator, zscore
+from mtbench.api import ModelAdapter, Parcellation, Stimulus, StimulusRun
+from mtbench.errors import MtbenchError
+from mtbench.features import word_features
+
+from .atlas import ATLAS_DERIVATION, ATLAS_NAME, MNI_4MM_AFFINE, MNI_4MM_SHAPE, harvard_oxford_cortical
+
+STORY_PATH = Path(__file__).parent / "data" / "story.txt"
+TR = 2.0
+HRF_TAIL_S = 10.0  # scans recorded after the last word, for the HRF to come back down
+TINY_WORDS = 150  # words kept per run at scale="tiny"
+TINY_NULL_PARCELS = 2
+N_DIRECTIONS = 3  # random feature directions per planted parcel, mixed per voxel
+N_COMPONENTS = 32  # the directions live in the span of this many top principal components
+DEFAULT_SNR = 0.45  # signal/noise variance; ceilings ~0.43-0.63, mean ~0.55
+AR1_PHI = (0.3, 0.5)  # range of the per-voxel AR(1) coefficient of the noise
+_SIMULATION_VERSION = 1  # bump when the simulation changes the numbers
+
+DEFAULT_TRUTH_MODEL = "smollm2-135m"
+# States that are not linear transforms of another state, so that the planted one is
+# identifiable (q vs pre_attn_norm, context vs attn_output, ffn_output vs
+# ffn_activated_state are linearly equivalent and would be a coin toss).
+DEFAULT_TRUTH = (
+    {"parcel": "Heschl's Gyrus (includes H1 and H2)", "layer": 4, "state": "per_head_q_rope"},
+    {"parcel": "Superior Temporal Gyrus, posterior division", "layer": 12, "state": "ffn_activated_state"},
+    {"parcel": "Inferior Frontal Gyrus, pars triangularis", "layer": 20, "state": "per_head_k_rope"},
+)
+OPTIONS = ("truth_model", "truth", "seed", "scale", "snr")
+
+
+# --------------------------------------------------------------------------- stimulus
+def read_story(path: Path = STORY_PATH) -> list[list[tuple[str, bool]]]:
+    """Words of the story, run by run.
+
+    The file has ``## Run N`` headings; other ``#`` lines (the title) are skipped and blank
+    lines end paragraphs.
+
+    Returns
+    -------
+    list of runs, each a list of (word, ends_paragraph)
+        Words are whitespace tokens with their punctuation attached.
+    """
+    runs: list[list[tuple[str, bool]]] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if re.fullmatch(r"##\s*Run\s+\d+", line, flags=re.IGNORECASE):
+            runs.append([])
+        elif line.startswith("#"):
+            continue
+        elif not line:
+            if runs and runs[-1]:
+                runs[-1][-1] = (runs[-1][-1][0], True)
+        elif runs:
+            runs[-1].extend((word, False) for word in line.split())
+    runs = [run for run in runs if run]
+    if not runs:
+        raise MtbenchError(f"{path} has no '## Run N' sections with words: the package data is damaged; reinstall mtbench")
+    return runs
+
+
+def _pause_after(word: str, ends_paragraph: bool, rng: np.random.Generator) -> float:
+    """Silence after a word (s): a breath at commas, longer at sentence and paragraph ends."""
+    bare = word.rstrip("\"')”’")
+    gap = 0.02 + abs(rng.normal(0.0, 0.02))  # coarticulation gap between words
+    if ends_paragraph:
+        gap += rng.uniform(0.8, 1.1)
+    elif bare.endswith((".", "!", "?")):
+        gap += rng.uniform(0.4, 0.6)
+    elif bare.endswith((",", ";", ":")):
+        gap += rng.uniform(0.15, 0.3)
+    return gap
+
+
+def speech_timings(
+    words: list[tuple[str, bool]], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Onsets and offsets of words read aloud at an audiobook pace (~2.6 words/s).
+
+    Parameters
+    ----------
+    words : list of (word, ends_paragraph), length n_words
+    rng : numpy Generator
+
+    Returns
+    -------
+    onsets, offsets : ndarray, shape (n_words,), float64, seconds
+        The first word starts after 3-5 s of silence.
+    """
+    onsets = np.empty(len(words))
+    offsets = np.empty(len(words))
+    t = rng.uniform(3.0, 5.0)
+    for i, (word, ends_paragraph) in enumerate(words):
+        letters = sum(ch.isalnum() for ch in word)
+        # Longer words take longer to say; lognormal jitter keeps durations positive.
+        duration = max(0.12, (0.08 + 0.045 * letters) * rng.lognormal(0.0, 0.15))
+        onsets[i], offsets[i] = t, t + duration
+        t += duration + _pause_after(word, ends_paragraph, rng)
+    return onsets, offsets
+
+
+def make_stimulus(seed: int = 0, max_words: int | None = None, path: Path = STORY_PATH) -> Stimulus:
+    """The story as a :class:`~mtbench.api.Stimulus` (TR = 2 s), timings drawn from ``seed``.
+
+    Parameters
+    ----------
+    seed : int
+    max_words : int, optional
+        Keep only the first ``max_words`` words of each run (their timings are those of
+        the full story, so a truncated run is a prefix of the full one).
+    path : Path
+        The story file.
+    """
+    runs = []
+    rng = np.random.default_rng([seed, 1])
+    for run_words in read_story(path):
+        onsets, offsets = speech_timings(run_words, rng)
+        n = len(run_words) if max_words is None else min(max_words, len(run_words))
+        n_scans = int(np.ceil((offsets[n - 1] + HRF_TAIL_S) / TR))
+        runs.append(StimulusRun(words=[w for w, _ in run_words[:n]], onsets=onsets[:n].copy(),
+                                offsets=offsets[:n].copy(), n_scans=n_scans))
+    return Stimulus(language="en", tr=TR, runs=runs)
+
+
+# --------------------------------------------------------------------------- options
+@dataclass
+class PlantedParcel:
+    """One planted (parcel, layer, state)."""
+
+    parcel_id: int
+    parcel: str
+    layer: int
+    state: str
+
+
+def _parse_truth(truth: Any, names: dict[int, str]) -> list[PlantedParcel]:
+    if isinstance(truth, str):
+        try:
+            truth = json.loads(truth)
+        except json.JSONDecodeError as exc:
+            raise MtbenchError(f"dataset option truth is not valid JSON ({exc.msg}): give a list of "
+                               '{"parcel": NAME, "layer": N, "state": STATE}') from None
+    if isinstance(truth, dict):
+        truth = [truth]
+    if not isinstance(truth, (list, tuple)) or not truth:
+        raise MtbenchError('dataset option truth must be a non-empty list of {"parcel": NAME, "layer": N, "state": STATE}')
+    by_name = {name.lower(): i for i, name in names.items()}
+    planted: list[PlantedParcel] = []
+    for entry in truth:
+        if not isinstance(entry, dict) or set(entry) != {"parcel", "layer", "state"}:
+            raise MtbenchError(f"truth entry {entry!r} must have exactly the keys parcel, layer, state")
+        parcel = entry["parcel"]
+        if isinstance(parcel, int) or (isinstance(parcel, str) and parcel.isdigit()):
+            parcel_id = int(parcel)
+            if parcel_id not in names:
+                raise MtbenchError(f"truth parcel id {parcel_id} is not a Harvard-Oxford cortical id (1..{len(names)})")
+        else:
+            parcel_id = by_name.get(str(parcel).lower())
+            if parcel_id is None:
+                close = difflib.get_close_matches(str(parcel), list(names.values()), n=3, cutoff=0.4)
+                hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else "names are FSL's, e.g. \"Heschl's Gyrus (includes H1 and H2)\""
+                raise MtbenchError(f"unknown truth parcel {parcel!r}: {hint}")
+        try:
+            layer = int(entry["layer"])
+        except (TypeError, ValueError):
+            raise MtbenchError(f"truth layer {entry['layer']!r} is not an integer (layers are 1-based block numbers)") from None
+        if any(p.parcel_id == parcel_id for p in planted):
+            raise MtbenchError(f"truth plants parcel {names[parcel_id]!r} twice: one (layer, state) per parcel")
+        planted.append(PlantedParcel(parcel_id, names[parcel_id], layer, str(entry["state"])))
+    return planted
+
+
+def _check_planted(planted: list[PlantedParcel], adapter: ModelAdapter) -> None:
+    available = set(adapter.available_states())
+    for p in planted:
+        if not 1 <= p.layer <= adapter.n_layers:
+            raise MtbenchError(f"truth plants layer {p.layer} in {p.parcel!r} but truth model {adapter.name} has "
+                               f"{adapter.n_layers} layers: choose layers 1..{adapter.n_layers} (dataset option truth)")
+        if p.state not in available:
+            raise MtbenchError(f"truth state {p.state!r} ({p.parcel!r}) is not produced by truth model {adapter.name}: "
+                               f"choose one of {', '.join(sorted(available))}")
+
+
+def _resolve_model(truth_model: Any) -> ModelAdapter:
+    if isinstance(truth_model, str):
+        from mtbench.registry import load_model
+
+        return load_model(truth_model)
+    if all(hasattr(truth_model, a) for a in ("name", "revision", "n_layers", "extract", "available_states", "settings")):
+        return truth_model
+    raise MtbenchError(f"dataset option truth_model must be a model spec such as {DEFAULT_TRUTH_MODEL!r}, "
+                       f"got {type(truth_model).__name__}")
+
+
+# --------------------------------------------------------------------------- dataset
+class SyntheticDataset:
+    """The embedded dataset (implements :class:`mtbench.api.Dataset`).
+
+    Attributes
+    ----------
+    name : str
+        ``synthetic``.
+    version : str
+        ``1+<hash>`` of everything that changes the data (options, story, truth model).
+    stimulus : Stimulus
+    mask_img : nibabel.Nifti1Image
+        uint8 0/1 volume on the 4 mm MNI grid (37, 46, 38): the cortical parcels kept.
+    parcels : Parcellation
+        Harvard-Oxford cortical id per voxel, shape (n_voxels,).
+    subjects : list of str
+        ``["average"]``.
+    truth : dict
+        The planted spec (JSON-serialisable).
+    n_voxels : int
+    planted : list of PlantedParcel
+    """
+
+    name = "synthetic"
+
+    def __init__(self, adapter: ModelAdapter, planted: list[PlantedParcel], seed: int, scale: str, snr: float,
+                 truth_model_spec: str):
+        import nibabel as nib
+
+        self.adapter = adapter
+        self.planted = planted
+        self.seed = seed
+        self.scale = scale
+        self.snr = snr
+        self.stimulus = make_stimulus(seed, max_words=TINY_WORDS if scale == "tiny" else None)
+
+        volume, names = harvard_oxford_cortical(MNI_4MM_AFFINE, MNI_4MM_SHAPE)
+        if scale == "tiny":
+            # The planted parcels and the lowest-id others, as controls.
+            planted_ids = {p.parcel_id for p in planted}
+            nulls = [i for i in sorted(names) if i not in planted_ids][:TINY_NULL_PARCELS]
+            keep = sorted(planted_ids | set(nulls))
+        else:
+            keep = sorted(names)
+        mask = np.isin(volume, keep)
+        labels = volume[mask].astype(np.int32)  # boolean indexing walks the mask in C order
+        self.mask_img = nib.Nifti1Image(mask.astype(np.uint8), MNI_4MM_AFFINE)
+        self.parcels = Parcellation(labels=labels, names={i: names[i] for i in keep},
+                                    atlas=f"{ATLAS_NAME}, 4 mm nearest")
+        self.n_voxels = int(labels.size)
+        self.subjects = ["average"]
+
+        # Per-voxel signal-to-noise and noise colour: drawn for every voxel, used where planted.
+        rng = np.random.default_rng([seed, 3])
+        self._snr_v = snr * rng.uniform(0.5, 1.5, self.n_voxels)
+        self._phi_v = rng.uniform(*AR1_PHI, self.n_voxels)
+        self._planted_mask = np.isin(labels, [p.parcel_id for p in planted])
+        self._bold: list[np.ndarray] | None = None
+        self._signal: list[np.ndarray] | None = None
+
+        settings = adapter.settings()
+        story_hash = hashlib.sha256(STORY_PATH.read_bytes()).hexdigest()[:16]
+        planted_spec = [{"parcel": p.parcel, "parcel_id": p.parcel_id, "layer": p.layer, "state": p.state,
+                         "n_voxels": int((labels == p.parcel_id).sum())} for p in planted]
+        self.truth = {
+            "planted": planted_spec,
+            "null_parcels": "every other parcel of the mask (noise only)",
+            "truth_model": truth_model_spec,
+            "truth_model_name": adapter.name,
+            "truth_model_revision": adapter.revision,
+            "truth_model_settings": settings,
+            "seed": seed,
+            "scale": scale,
+            "snr": snr,
+            "snr_per_voxel": "snr * uniform(0.5, 1.5)",
+            "directions": f"{N_DIRECTIONS} seeded random unit vectors in the span of the top {N_COMPONENTS} "
+                          "principal components of the z-scored word features, mixed per voxel",
+            "noise": f"AR(1), phi ~ uniform{AR1_PHI}, unit variance, independent across voxels and runs",
+            "ceiling": "sqrt(snr_v / (1 + snr_v)) in planted voxels, 0 elsewhere",
+            "simulation_version": _SIMULATION_VERSION,
+            "story_sha256": story_hash,
+        }
+        # Everything that changes the numbers, the atlas derivation included.
+        key = json.dumps({**{k: v for k, v in self.truth.items() if k != "truth_model"}, "atlas": ATLAS_DERIVATION},
+                         sort_keys=True, default=str)
+        self.version = f"{_SIMULATION_VERSION}+{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+    # ----------------------------------------------------------------- protocol
+    def _check_subject(self, subject: str) -> None:
+        if subject not in self.subjects:
+            raise MtbenchError(f"dataset synthetic has no subject {subject!r}: it has only 'average'")
+
+    def load_bold(self, subject: str = "average") -> list[np.ndarray]:
+        """Simulated BOLD, one array (n_scans_r, n_voxels) float32 per run.
+
+        The first call runs the truth model (or reads its cached features); later calls
+        return the same arrays.
+        """
+        self._check_subject(subject)
+        if self._bold is None:
+            self._simulate()
+        return self._bold
+
+    def noise_ceiling(self, subject: str = "average") -> np.ndarray:
+        """The best r any model can reach per voxel, shape (n_voxels,) float32.
+
+        ``sqrt(snr_v / (1 + snr_v))`` in planted voxels (signal and noise variances are
+        known exactly), 0 in null voxels (pure noise: nothing predicts it).
+        """
+        self._check_subject(subject)
+        ceiling = np.sqrt(self._snr_v / (1.0 + self._snr_v))
+        return np.where(self._planted_mask, ceiling, 0.0).astype(np.float32)
+
+    # ----------------------------------------------------------------- simulation
+    def signal(self) -> list[np.ndarray]:
+        """The noiseless part of the BOLD, one array (n_scans_r, n_voxels) float64 per run.
+
+        ``sqrt(snr_v) * s_v`` in planted voxels (``s_v`` has unit variance in each run),
+        0 in null voxels. For tests and diagnostics.
+        """
+        if self._signal is None:
+            self._simulate()
+        return self._signal
+
+    def parcel_directions(self, planted: PlantedParcel, z: np.ndarray) -> np.ndarray:
+        """The random unit feature directions of a planted parcel.
+
+        Parameters
+        ----------
+        planted : PlantedParcel
+        z : ndarray, shape (n_words, dim)
+            z-scored word features of the planted (layer, state).
+
+        Returns
+        -------
+        ndarray, shape (dim, N_DIRECTIONS)
+            Unit columns in the span of the top ``N_COMPONENTS`` principal components.
+        """
+        _, _, vt = np.linalg.svd(z, full_matrices=False)
+        basis = vt[:N_COMPONENTS]  # (k_pc, dim)
+        # Fix each component's sign (largest loading positive): SVD signs are arbitrary.
+        rows = np.arange(basis.shape[0])
+        basis = basis * np.sign(basis[rows, np.abs(basis).argmax(1)])[:, None]
+        rng = np.random.default_rng([self.seed, 2, planted.parcel_id])
+        w = basis.T @ rng.standard_normal((basis.shape[0], N_DIRECTIONS))
+        return w / np.linalg.norm(w, axis=0)
+
+    def _simulate(self) -> None:
+        runs = self.stimulus.runs
+        bounds = np.cumsum([0] + [len(r.words) for r in runs])
+        operators = [hrf_operator(run, self.stimulus.tr) for run in runs]
+        states = sorted({p.state for p in self.planted})
+        layers = sorted({p.layer for p in self.planted})
+        features = word_features(self.adapter, self.stimulus, states, layers)
+
+        labels = self.parcels.labels
+        signal = [np.zeros((run.n_scans, self.n_voxels)) for run in runs]
+        for p in self.planted:
+            # z-score over all words: removes the mean vector every state shares, whose
+            # HRF-convolved version is just the word rate.
+            z = zscore(np.concatenate(features[(p.layer, p.state)])).astype(np.float64)
+            words_signal = z @ self.parcel_directions(p, z)  # (n_words, k)
+            voxels = np.flatnonzero(labels == p.parcel_id)
+            rng = np.random.default_rng([self.seed, 5, p.parcel_id])
+            mixing = rng.standard_normal((N_DIRECTIONS, voxels.size))
+            mixing /= np.linalg.norm(mixing, axis=0)
+            for r, op in enumerate(operators):
+                scans = zscore(op @ words_signal[bounds[r]:bounds[r + 1]]).astype(np.float64)
+                per_voxel = zscore(scans @ mixing).astype(np.float64)  # (n_scans_r, n_parcel_voxels)
+                signal[r][:, voxels] = per_voxel * np.sqrt(self._snr_v[voxels])
+
+        bold = []
+        for r, run in enumerate(runs):
+            noise = _ar1_noise(np.random.default_rng([self.seed, 4, r]), run.n_scans, self._phi_v)
+            bold.append((signal[r] + noise).astype(np.float32))
+        self._signal, self._bold = signal, bold
+
+
+def _ar1_noise(rng: np.random.Generator, n_scans: int, phi: np.ndarray) -> np.ndarray:
+    """Stationary unit-variance AR(1) Gaussian noise, shape (n_scans, n_voxels)."""
+    innovations = rng.standard_normal((n_scans, phi.size))
+    noise = np.empty_like(innovations)
+    noise[0] = innovations[0]  # start in the stationary distribution
+    scale = np.sqrt(1.0 - phi**2)
+    for t in range(1, n_scans):
+        noise[t] = phi * noise[t - 1] + scale * innovations[t]
+    return noise
+
+
+def load_synthetic(**options) -> SyntheticDataset:
+    """Load the embedded dataset.
+
+    Parameters
+    ----------
+    truth_model : str or ModelAdapter, default "smollm2-135m"
+        Model whose features make the planted signal: any spec of
+        :func:`mtbench.registry.load_model`, or an adapter object (tests).
+    truth : list of dict or JSON str, optional
+        ``[{"parcel": NAME or id, "layer": N, "state": STATE}, ...]``; default
+        :data:`DEFAULT_TRUTH`.
+    seed : int, default 0
+        Decides timings, directions, gains and noise; same options, same bytes.
+    scale : {"full", "tiny"}
+        ``tiny``: planted parcels + 2 null parcels and the first 150 words of each run.
+    snr : float, default 0.45
+        Mean signal-to-noise variance ratio of planted voxels.
+
+    Returns
+    -------
+    SyntheticDataset
+    """
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise MtbenchError(f"unknown option {unknown[0]!r} for dataset synthetic: options are {', '.join(OPTIONS)}")
+    try:
+        seed = int(options.get("seed", 0))
+        snr = float(options.get("snr", DEFAULT_SNR))
+    except (TypeError, ValueError):
+        raise MtbenchError(f"dataset options seed (int) and snr (float) got {options.get('seed')!r}, {options.get('snr')!r}") from None
+    if not (np.isfinite(snr) and snr > 0):
+        raise MtbenchError(f"dataset option snr must be a positive number, got {snr}")
+    scale = str(options.get("scale", "full"))
+    if scale not in ("full", "tiny"):
+        raise MtbenchError(f"dataset option scale must be 'full' or 'tiny', got {scale!r}")
+
+    _, names = harvard_oxford_cortical(MNI_4MM_AFFINE, MNI_4MM_SHAPE)
+    planted = _parse_truth(options.get("truth", list(DEFAULT_TRUTH)), names)
+    truth_model = options.get("truth_model", DEFAULT_TRUTH_MODEL)
+    adapter = _resolve_model(truth_model)
+    _check_planted(planted, adapter)
+    spec = truth_model if isinstance(truth_model, str) else adapter.name
+    return SyntheticDataset(adapter, planted, seed=seed, scale=scale, snr=snr, truth_model_spec=spec)

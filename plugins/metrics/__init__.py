@@ -1,0 +1,1 @@
+"""Metrics: per-voxel scores of held-out predictions."""

@@ -1,0 +1,1 @@
+"""Model adapters: Hugging Face transformer families."""

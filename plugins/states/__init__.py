@@ -1,0 +1,1 @@
+"""The 13 canonical intermediate states of a transformer block."""

@@ -1,0 +1,310 @@
+"""Nested leave-one-run-out ridge (mtbench.encoding): equivalence, leakage, recovery, errors.
+
+The reference implementation below is deliberately naive: loops over outer folds, inner
+folds and alphas, one scikit-learn ``Ridge(alpha, fit_intercept=False)`` per fit (float64),
+per-voxel alpha by argmax of the mean validation r, refit per chosen alpha.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.linear_model import Ridge
+
+from mtbench.alignment import zscore
+from mtbench.encoding import EncodingResult, fit_nested_loro, pearson_r
+from mtbench.errors import MtbenchError
+
+ALPHAS = np.logspace(-1, 4, 11)
+
+
+# --------------------------------------------------------------------------- reference
+def _ridge_predict(x_train, y_train, x_test, alpha):
+    model = Ridge(alpha=alpha, fit_intercept=False, solver="cholesky")
+    return model.fit(x_train.astype(np.float64), y_train.astype(np.float64)).predict(x_test.astype(np.float64))
+
+
+def reference_nested_loro(xs, ys, alphas, shared_alpha=False, score=pearson_r):
+    """Straightforward nested LORO: returns test, validation, alpha, test_per_run."""
+    n_runs, n_voxels = len(xs), ys[0].shape[1]
+    test = np.zeros((n_runs, n_voxels))
+    validation = np.zeros((n_runs, n_voxels))
+    chosen = np.zeros((n_runs, n_voxels))
+    for o in range(n_runs):
+        train = [r for r in range(n_runs) if r != o]
+        val = np.zeros((len(alphas), n_voxels))
+        for i in train:
+            inner = [r for r in train if r != i]
+            x_in, y_in = np.concatenate([xs[r] for r in inner]), np.concatenate([ys[r] for r in inner])
+            for k, alpha in enumerate(alphas):
+                pred = _ridge_predict(x_in, y_in, xs[i], alpha)
+                for v in range(n_voxels):  # one voxel at a time, on purpose
+                    val[k, v] += np.corrcoef(ys[i][:, v], pred[:, v])[0, 1] / len(train)
+        best = np.full(n_voxels, val.mean(1).argmax()) if shared_alpha else val.argmax(0)
+        x_tr, y_tr = np.concatenate([xs[r] for r in train]), np.concatenate([ys[r] for r in train])
+        pred = np.zeros((xs[o].shape[0], n_voxels))
+        for v in range(n_voxels):
+            pred[:, v] = _ridge_predict(x_tr, y_tr[:, v], xs[o], alphas[best[v]])
+        test[o] = score(ys[o], pred)
+        validation[o] = val[best, np.arange(n_voxels)]
+        chosen[o] = np.asarray(alphas)[best]
+    return test.mean(0), validation.mean(0), np.exp(np.log(chosen).mean(0)), test
+
+
+def _random_data(rng, n_runs=4, n_scans=30, n_features=20, n_voxels=15, snr=0.4):
+    xs = [zscore(rng.standard_normal((n_scans, n_features))) for _ in range(n_runs)]
+    weights = rng.standard_normal((n_features, n_voxels)) * snr / np.sqrt(n_features)
+    ys = [zscore(x @ weights + rng.standard_normal((n_scans, n_voxels))) for x in xs]
+    return xs, ys
+
+
+# --------------------------------------------------------------------------- equivalence
+@pytest.mark.parametrize("n_features", [20, 75, 100], ids=["feature-form", "mixed-forms", "kernel-form"])
+@pytest.mark.parametrize("shared_alpha", [False, True], ids=["voxel-alpha", "shared-alpha"])
+def test_matches_reference(n_features, shared_alpha):
+    # 4 runs x 30 scans: inner training sets have 60 scans, outer ones 90. 20 features:
+    # feature form everywhere; 75: kernel form inside, feature form outside; 100: kernel form.
+    rng = np.random.default_rng(n_features + 7 * shared_alpha)
+    xs, ys = _random_data(rng, n_features=n_features)
+    got = fit_nested_loro(xs, ys, ALPHAS, shared_alpha=shared_alpha)
+    test, validation, alpha, test_per_run = reference_nested_loro(xs, ys, ALPHAS, shared_alpha)
+    assert isinstance(got, EncodingResult)
+    assert got.test.shape == got.validation.shape == got.alpha.shape == (15,)
+    assert got.test_per_run.shape == (4, 15)
+    np.testing.assert_allclose(got.test, test, atol=1e-4)
+    np.testing.assert_allclose(got.test_per_run, test_per_run, atol=1e-4)
+    np.testing.assert_allclose(got.validation_per_run.mean(0), got.validation, atol=1e-6)
+    np.testing.assert_allclose(got.validation, validation, atol=1e-4)
+    np.testing.assert_allclose(got.alpha, alpha, rtol=1e-4)
+    if shared_alpha:
+        assert np.ptp(np.log(got.alpha)) < 1e-6  # every voxel got the same alpha
+    else:
+        assert len(np.unique(got.alpha.round(3))) > 1  # the grid actually discriminates
+
+
+def test_float32_decompositions_match_reference(monkeypatch):
+    """Large eigenproblems (> 1,024) are solved in float32: exercise that path on small data."""
+    import mtbench.encoding as enc
+
+    monkeypatch.setattr(enc, "_FLOAT64_EIGH_MAX", 0)
+    rng = np.random.default_rng(12)
+    for n_features in (20, 100):
+        xs, ys = _random_data(rng, n_features=n_features)
+        got = fit_nested_loro(xs, ys, ALPHAS)
+        test, validation, alpha, test_per_run = reference_nested_loro(xs, ys, ALPHAS)
+        np.testing.assert_allclose(got.test_per_run, test_per_run, atol=1e-4)
+        np.testing.assert_allclose(got.validation, validation, atol=1e-4)
+        np.testing.assert_allclose(got.alpha, alpha, rtol=1e-4)
+
+
+def test_unequal_runs_custom_score_and_more_runs():
+    """5 runs of different lengths; a scale-sensitive score (negative MSE) checks the refit itself."""
+    rng = np.random.default_rng(3)
+    xs, ys = [], []
+    weights = rng.standard_normal((12, 6)) * 0.3
+    for n in (25, 31, 28, 35, 22):
+        x = zscore(rng.standard_normal((n, 12)))
+        xs.append(x)
+        ys.append(zscore(x @ weights + rng.standard_normal((n, 6))))
+
+    def neg_mse(y_true, y_pred):
+        return -((y_true - y_pred) ** 2).mean(0)
+
+    got = fit_nested_loro(xs, ys, ALPHAS, score=neg_mse)
+    test, validation, alpha, test_per_run = reference_nested_loro(xs, ys, ALPHAS, score=neg_mse)
+    np.testing.assert_allclose(got.test_per_run, test_per_run, atol=1e-4)
+    np.testing.assert_allclose(got.validation_per_run.mean(0), got.validation, atol=1e-6)
+    np.testing.assert_allclose(got.validation, validation, atol=1e-4)
+    np.testing.assert_allclose(got.alpha, alpha, rtol=1e-4)
+
+
+def test_constant_voxels_score_zero_not_nan():
+    rng = np.random.default_rng(9)
+    xs, ys = _random_data(rng, n_features=25, n_voxels=6)
+    ys = [y.copy() for y in ys]
+    for y in ys:
+        y[:, 0] = 0.0  # flat everywhere (z-scoring a constant gives 0)
+    ys[2][:, 1] = 0.0  # flat in one run only
+    got = fit_nested_loro(xs, ys, ALPHAS)
+    for field in (got.test, got.validation, got.alpha, got.test_per_run):
+        assert np.isfinite(field).all()
+    assert got.test[0] == 0 and got.validation[0] == 0
+    assert np.isclose(got.alpha[0], ALPHAS[0], rtol=1e-6)  # all alphas tie at r = 0: the first wins
+    assert got.test_per_run[2, 1] == 0  # nothing to correlate with in that test run
+    _, _, _, test_per_run = reference_nested_loro(xs, [y[:, 2:] for y in ys], ALPHAS)
+    np.testing.assert_allclose(got.test_per_run[:, 2:], test_per_run, atol=1e-4)
+
+
+def test_himalaya_backend_agrees():
+    rng = np.random.default_rng(11)
+    xs, ys = _random_data(rng, n_features=50)
+    ours = fit_nested_loro(xs, ys, ALPHAS)
+    theirs = fit_nested_loro(xs, ys, ALPHAS, backend="himalaya")
+    np.testing.assert_allclose(ours.test_per_run, theirs.test_per_run, atol=1e-4)
+    np.testing.assert_allclose(ours.validation, theirs.validation, atol=1e-4)
+    np.testing.assert_allclose(ours.alpha, theirs.alpha, rtol=1e-4)
+
+
+@pytest.mark.parametrize("stack_bytes", [2**30, 0], ids=["stacked-alphas", "alpha-by-alpha"])
+def test_voxel_blocks_and_product_paths_agree(monkeypatch, stack_bytes):
+    """Small voxel blocks, and either way of computing all alphas' norms, give the same numbers."""
+    import mtbench.encoding as enc
+
+    rng = np.random.default_rng(5)
+    xs, ys = _random_data(rng, n_features=40, n_voxels=700)
+    whole = fit_nested_loro(xs, ys, ALPHAS)
+    monkeypatch.setattr(enc, "_BLOCK_BYTES", 1)  # -> blocks of 256 voxels
+    monkeypatch.setattr(enc, "_STACK_BYTES", stack_bytes)
+    blocked = fit_nested_loro(xs, ys, ALPHAS)
+    np.testing.assert_allclose(blocked.test_per_run, whole.test_per_run, atol=1e-6)
+    np.testing.assert_allclose(blocked.validation, whole.validation, atol=1e-6)
+    np.testing.assert_array_equal(blocked.alpha, whole.alpha)
+
+
+# --------------------------------------------------------------------------- leakage
+def test_test_run_never_influences_its_own_predictions():
+    """Replace the test run's fMRI data by anything: its predictions must not move.
+
+    If the held-out run took part in the choice of alpha or in the refit of its outer
+    fold, its predictions would depend on its own data.
+    """
+    rng = np.random.default_rng(21)
+    xs, ys = _random_data(rng, n_runs=4, n_features=30, n_voxels=40, snr=1.0)
+    alphas = np.logspace(-1, 5, 13)
+
+    def capture(store):
+        def score(y_true, y_pred):
+            store.append((y_true.copy(), y_pred.copy()))
+            return pearson_r(y_true, y_pred)
+        return score
+
+    base = []
+    fit_nested_loro(xs, ys, alphas, score=capture(base))
+    for o in range(len(xs)):
+        tampered = list(ys)
+        tampered[o] = zscore(rng.standard_normal(ys[o].shape) * 5 + 3 * ys[o][::-1])
+        calls = []
+        fit_nested_loro(xs, tampered, alphas, score=capture(calls))
+        (y_true, pred_tampered), = [c for c in calls if np.array_equal(c[0], tampered[o])]
+        (_, pred_base), = [c for c in base if np.array_equal(c[0], ys[o])]
+        np.testing.assert_allclose(pred_tampered, pred_base, rtol=1e-5, atol=1e-6)
+
+
+def test_run_specific_signal_stays_at_chance():
+    """Each run has its own random feature->voxel map (plus shared-signal control voxels).
+
+    Only a procedure that fits on the test run itself could predict a run-specific map;
+    a leaky fit (train on all runs, score on one of them) does, the nested one must not.
+    """
+    rng = np.random.default_rng(8)
+    n_runs, n_scans, n_features, n_specific, n_shared = 5, 60, 10, 300, 50
+    xs = [zscore(rng.standard_normal((n_scans, n_features))) for _ in range(n_runs)]
+    shared_map = rng.standard_normal((n_features, n_shared)) / np.sqrt(n_features)
+    ys = []
+    for x in xs:
+        own_map = rng.standard_normal((n_features, n_specific)) / np.sqrt(n_features)
+        y = np.concatenate([x @ own_map, x @ shared_map], axis=1)
+        ys.append(zscore(y + 0.7 * rng.standard_normal(y.shape)))
+    alphas = np.logspace(-1, 5, 13)
+    result = fit_nested_loro(xs, ys, alphas)
+    specific, shared = result.test[:n_specific], result.test[n_specific:]
+    # chance level: a run-specific map is unrelated to the maps of the training runs, so
+    # each voxel's r is the cosine of two independent directions (sd ~ 1/sqrt(10) per
+    # run); the mean over 300 independent voxels must sit at 0 (sd ~ 0.01).
+    assert abs(specific.mean()) < 0.03
+    assert shared.mean() > 0.7
+    # the dataset does detect leakage: train on all runs (test run included), score a run
+    leaky = np.mean([
+        pearson_r(ys[o], _ridge_predict(np.concatenate(xs), np.concatenate(ys), xs[o], 1.0))[:n_specific].mean()
+        for o in range(n_runs)
+    ])
+    assert leaky > 0.3
+
+
+# --------------------------------------------------------------------------- recovery
+def test_recovers_planted_signal_and_noise_is_null():
+    rng = np.random.default_rng(2)
+    n_runs, n_scans, n_features, n_signal, n_noise = 4, 150, 8, 200, 400
+    expected_r = 0.6  # corr(x @ w, x @ w + e) with var(x @ w) = 0.5625, var(e) = 1
+    signal_sd = expected_r / np.sqrt(1 - expected_r**2)
+    weights = rng.standard_normal((n_features, n_signal))
+    weights *= signal_sd / np.linalg.norm(weights, axis=0)
+    xs, ys = [], []
+    for _ in range(n_runs):
+        x = rng.standard_normal((n_scans, n_features))
+        y = np.concatenate([x @ weights + rng.standard_normal((n_scans, n_signal)),
+                            rng.standard_normal((n_scans, n_noise))], axis=1)
+        xs.append(zscore(x))
+        ys.append(zscore(y))
+    result = fit_nested_loro(xs, ys, np.logspace(-2, 6, 17))
+    signal, noise = result.test[:n_signal], result.test[n_signal:]
+    # with 450 training scans for 8 features the estimation loss is ~1%: r just below 0.6
+    assert expected_r - 0.04 < signal.mean() < expected_r + 0.01
+    assert abs(noise.mean()) < 0.05
+    assert signal.min() > noise.max() - 0.1
+    # validation scores see the same signal (chosen on training runs only)
+    assert abs(result.validation[:n_signal].mean() - signal.mean()) < 0.05
+    # noise voxels prefer strong regularization, signal voxels weak
+    assert np.median(result.alpha[n_signal:]) > 10 * np.median(result.alpha[:n_signal])
+
+
+# --------------------------------------------------------------------------- input errors
+def _ok(rng, n_runs=4):
+    return _random_data(rng, n_runs=n_runs, n_scans=12, n_features=5, n_voxels=3)
+
+
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("run_counts", ["4 runs", "3", "one feature matrix per fMRI run"]),
+        ("scan_counts", ["run 2", "12 scans", "11"]),
+        ("too_few_runs", ["at least 3 runs", "got 2"]),
+        ("nan_x", ["features", "NaN", "run 3", "clean or drop those scans"]),
+        ("inf_y", ["fMRI", "inf", "run 1", "clean or drop those scans"]),
+        ("empty_alphas", ["alphas is empty"]),
+        ("bad_alpha", ["positive"]),
+        ("feature_counts", ["run 4", "features", "same feature set"]),
+        ("backend", ["unknown ridge backend", "torch"]),
+        ("bad_score", ["score function returned shape", "(3,)"]),
+    ],
+)
+def test_input_errors(case, words):
+    rng = np.random.default_rng(0)
+    xs, ys = _ok(rng)
+    alphas, backend, score = ALPHAS, "torch", None
+    if case == "run_counts":
+        ys = ys[:3]
+    elif case == "scan_counts":
+        ys[1] = ys[1][:11]
+    elif case == "too_few_runs":
+        xs, ys = xs[:2], ys[:2]
+    elif case == "nan_x":
+        xs[2] = xs[2].copy()
+        xs[2][4, 1] = np.nan
+    elif case == "inf_y":
+        ys[0] = ys[0].copy()
+        ys[0][0, 0] = np.inf
+    elif case == "empty_alphas":
+        alphas = []
+    elif case == "bad_alpha":
+        alphas = [1.0, 0.0]
+    elif case == "feature_counts":
+        xs[3] = xs[3][:, :4]
+    elif case == "backend":
+        backend = "numpy"
+    elif case == "bad_score":
+        score = lambda y_true, y_pred: pearson_r(y_true, y_pred).mean()  # noqa: E731
+    with pytest.raises(MtbenchError) as info:
+        fit_nested_loro(xs, ys, alphas, backend=backend, score=score)
+    message = str(info.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+
+
+def test_default_score_is_the_plugin_pearson():
+    plugin = pytest.importorskip("mtbench_plugins.metrics.hooks")
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal((50, 7)), rng.standard_normal((50, 7))
+    b[:, 3] = 1.0  # constant column -> 0
+    np.testing.assert_allclose(pearson_r(a, b), plugin.pearson_r(a, b), atol=1e-7)
