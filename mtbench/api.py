@@ -279,10 +279,10 @@ class RunSettings:
     model: str
     dataset: str
     states: list[str]
-    layers: list[int]
+    layers: str | list[int] = "all"
     subject: str = "average"
     metric: str = "pearson"
-    alphas: list[float] = field(default_factory=lambda: np.logspace(0, 8, 17).tolist())
+    alphas: list[float] = field(default_factory=lambda: np.logspace(0, 8, 9).tolist())
     hrf: str = "glover"
     trim_scans: int = 0
     seed: int = 0

@@ -11,9 +11,6 @@ import os
 # numpy's OpenBLAS and torch's MKL thread pools fight on small machines (measured 8x slower);
 # torch does the heavy lifting, so keep OpenBLAS single-threaded unless the user says otherwise.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-# Idle OpenMP threads spin by default; on a 2-core machine shared with anything else that
-# turned 0.7 s ridge fits into 6-60 s. Must be set before torch is imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -118,7 +115,7 @@ def _warn_broken(registry) -> None:
 @click.option("--metric", default="pearson", show_default=True)
 @click.option("--hrf", type=click.Choice(["glover", "spm"]), default="glover", show_default=True)
 @click.option("--trim", "trim_scans", default=0, show_default=True, help="Scans dropped at both ends of each run.")
-@click.option("--alphas", default="1e0:1e8:17", show_default=True,
+@click.option("--alphas", default="1e0:1e8:9", show_default=True,
               help="Ridge penalties: 'start:stop:count' (log-spaced) or a comma list.")
 @click.option("--backend", default="torch", show_default=True, help="Ridge backend (torch, torch_cuda).")
 @click.option("--out", "results_dir", default="mtbench-results", show_default=True, type=click.Path(path_type=Path),

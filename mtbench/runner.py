@@ -55,8 +55,10 @@ def parse_states(spec: str | list[str], available: list[str]) -> list[str]:
     return sorted(dict.fromkeys(names), key=order.index)
 
 
-def parse_layers(spec: str, n_layers: int) -> list[int]:
-    """``"all"``, ``"4"``, ``"1-5,8"`` -> sorted 1-based block numbers."""
+def parse_layers(spec: str | list[int], n_layers: int) -> list[int]:
+    """``"all"``, ``"4"``, ``"1-5,8"`` (or a list of ints) -> sorted 1-based block numbers."""
+    if not isinstance(spec, str):
+        spec = ",".join(map(str, spec))
     if spec.strip() == "all":
         return list(range(1, n_layers + 1))
     layers: set[int] = set()
@@ -118,6 +120,23 @@ def check_truth(truth: dict | None, summary: list[dict]) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- run
+class _Clock:
+    """Seconds spent per stage (recorded in the manifest)."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.stages: dict[str, float] = {}
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.stages[stage] = round(now - self.last, 2)
+        self.last = now
+
+    @property
+    def total(self) -> float:
+        return time.perf_counter() - self.start
+
+
 def run(settings: RunSettings, results_dir: Path, progress=None) -> RunOutput:
     """Run the whole pipeline and write the results.
 
@@ -129,91 +148,113 @@ def run(settings: RunSettings, results_dir: Path, progress=None) -> RunOutput:
     progress : rich.progress.Progress, optional
         Receives an extraction task and a fitting task.
     """
-    start = time.perf_counter()
-    registry = get_registry()
-    # Resolve every name before any heavy work, so a typo fails in a second.
-    metric = registry.metric(settings.metric)
-    registry.model(split_spec(settings.model)[0])
-    registry.dataset(settings.dataset)
-    if settings.states != ["all"]:
-        for name in settings.states:
-            registry.state(name)
-
-    from .alignment import align_runs, stimulus_operators, zscore
-    from .encoding import fit_nested_loro
+    clock = _Clock()
+    metric = _check_names(settings)
+    from .alignment import stimulus_operators, zscore
     from .features import word_features
     from .results import ScoreTable, provenance, summarize, write_run
 
     adapter = load_model(settings.model, **settings.model_options)
     states = parse_states(settings.states, adapter.available_states())
-    layers = parse_layers(",".join(map(str, settings.layers)) if isinstance(settings.layers, list) else settings.layers,
-                          adapter.n_layers)
+    layers = parse_layers(settings.layers, adapter.n_layers)
+    clock.lap("load_model")
     dataset = load_dataset(settings.dataset, **settings.dataset_options)
-    if settings.subject not in dataset.subjects:
-        raise MtbenchError(f"subject {settings.subject!r} is not in dataset {dataset.name} "
-                           f"(it has {', '.join(dataset.subjects[:5])}{'...' if len(dataset.subjects) > 5 else ''})")
-    mask = np.asarray(dataset.mask_img.get_fdata()) > 0
-    n_voxels = int(mask.sum())
-    if dataset.parcels.labels.shape != (n_voxels,):
-        raise MtbenchError(f"dataset {dataset.name}: parcel labels have shape {dataset.parcels.labels.shape}, "
-                           f"expected ({n_voxels},) mask voxels")
+    n_voxels = _check_dataset(dataset, settings.subject)
+    clock.lap("load_dataset")
 
-    track = progress if progress is not None else nullcontext()
-    extract_task = fit_task = None
-    if progress is not None:
-        extract_task = progress.add_task(f"extract {adapter.name}", total=None)
-        fit_task = progress.add_task("fit ridge (nested LORO)", total=len(states) * len(layers))
-
-    extracted = []
-
-    def on_extract(done: int, total: int) -> None:
-        extracted.append(done)
-        if progress is not None:
-            progress.update(extract_task, completed=done, total=total)
-
-    with track:
-        feats = word_features(adapter, dataset.stimulus, states, layers, progress=on_extract)
-        if progress is not None and not extracted:  # everything came from the cache
-            progress.update(extract_task, total=1, completed=1, description=f"extract {adapter.name} (cached)")
+    with progress if progress is not None else nullcontext():
+        on_window, finish = _extract_bar(progress, adapter.name)
+        feats = word_features(adapter, dataset.stimulus, states, layers, progress=on_window)
+        finish()
+        clock.lap("extract")
         operators = stimulus_operators(dataset.stimulus, settings.hrf)
         bold = _check_bold(dataset.load_bold(settings.subject), dataset.stimulus, n_voxels, dataset.name)
         y_runs = [zscore(_trim(y, settings.trim_scans)) for y in bold]
-
+        clock.lap("align_and_bold")
         keys = [(layer, state) for layer in layers for state in states]
-        n_runs = len(y_runs)
-        test = np.zeros((len(keys), n_voxels), dtype=np.float32)
-        validation = np.zeros_like(test)
-        alpha = np.zeros_like(test)
-        test_per_run = np.zeros((len(keys), n_runs, n_voxels), dtype=np.float32)
-        validation_per_run = np.zeros_like(test_per_run)
-        for f, key in enumerate(keys):
-            x_runs = [_trim(x, settings.trim_scans) for x in align_runs(feats.pop(key), operators, zscore_runs=False)]
-            x_runs = [zscore(x) for x in x_runs]
-            result = fit_nested_loro(x_runs, y_runs, settings.alphas, backend=settings.backend, score=metric.score)
-            test[f], validation[f], alpha[f] = result.test, result.validation, result.alpha
-            test_per_run[f], validation_per_run[f] = result.test_per_run, result.validation_per_run
-            if progress is not None:
-                progress.update(fit_task, advance=1, description=f"fit ridge L{key[0]} {key[1]}")
+        table = ScoreTable(keys=keys, **_fit_all(keys, feats, operators, y_runs, settings, metric, progress))
+        clock.lap("fit")
 
-    table = ScoreTable(keys=keys, test=test, validation=validation, alpha=alpha,
-                       test_per_run=test_per_run, validation_per_run=validation_per_run)
     ceiling = dataset.noise_ceiling(settings.subject)
     labels, names = dataset.parcels.labels, dataset.parcels.names
     summary = summarize(table, labels, names, ceiling)
-    settings_record = asdict(settings) | {"states": states, "layers": layers}
     meta = provenance(
-        settings=settings_record,
+        settings=asdict(settings) | {"states": states, "layers": layers},
         model={"name": adapter.name, "spec": settings.model, "family": adapter.family,
                "revision": adapter.revision, "n_layers": adapter.n_layers, "extraction": adapter.settings()},
         dataset={"name": dataset.name, "version": dataset.version, "n_voxels": n_voxels,
                  "n_runs": len(dataset.stimulus.runs), "stimulus": dataset.stimulus.fingerprint(),
                  "atlas": dataset.parcels.atlas},
     )
-    meta["seconds"] = round(time.perf_counter() - start, 1)
+    meta["seconds"] = round(clock.total, 1)
+    meta["timings"] = clock.stages  # seconds per stage, writing excluded
     run_dir = write_run(Path(results_dir), run_id_for(settings), meta, table, dataset.mask_img, labels, names,
                         ceiling, dataset.truth)
     return RunOutput(run_dir=run_dir, summary=summary, truth_check=check_truth(dataset.truth, summary),
-                     seconds=time.perf_counter() - start)
+                     seconds=clock.total)
+
+
+def _check_names(settings: RunSettings):
+    """Resolve every name before any heavy work, so a typo fails in a second; returns the metric."""
+    registry = get_registry()
+    registry.model(split_spec(settings.model)[0])
+    registry.dataset(settings.dataset)
+    if settings.states != ["all"]:
+        for name in settings.states:
+            registry.state(name)
+    return registry.metric(settings.metric)
+
+
+def _check_dataset(dataset, subject: str) -> int:
+    """The number of mask voxels, after checking the dataset is consistent."""
+    if subject not in dataset.subjects:
+        more = "..." if len(dataset.subjects) > 5 else ""
+        raise MtbenchError(f"subject {subject!r} is not in dataset {dataset.name} "
+                           f"(it has {', '.join(dataset.subjects[:5])}{more}); use --subject")
+    n_voxels = int((np.asarray(dataset.mask_img.dataobj) > 0).sum())
+    if dataset.parcels.labels.shape != (n_voxels,):
+        raise MtbenchError(f"dataset {dataset.name}: parcel labels have shape {dataset.parcels.labels.shape}, "
+                           f"expected ({n_voxels},) mask voxels")
+    return n_voxels
+
+
+def _extract_bar(progress, model_name: str):
+    """Progress callback for the extraction, and a function that closes the bar."""
+    if progress is None:
+        return None, lambda: None
+    task = progress.add_task(f"extract {model_name}", total=None)
+    calls = []
+
+    def update(done: int, total: int) -> None:
+        calls.append(done)
+        progress.update(task, completed=done, total=total)
+
+    def finish() -> None:
+        if not calls:  # the model never ran: every feature came from the cache
+            progress.update(task, total=1, completed=1, description=f"extract {model_name} (cached)")
+
+    return update, finish
+
+
+def _fit_all(keys, feats, operators, y_runs, settings: RunSettings, metric, progress) -> dict[str, np.ndarray]:
+    """Nested leave-one-run-out ridge for every (layer, state); arrays for :class:`ScoreTable`."""
+    from .alignment import align_runs, zscore
+    from .encoding import fit_nested_loro
+
+    n_voxels, n_runs = y_runs[0].shape[1], len(y_runs)
+    out = {name: np.zeros((len(keys), n_voxels), dtype=np.float32) for name in ("test", "validation", "alpha")}
+    for name in ("test_per_run", "validation_per_run"):
+        out[name] = np.zeros((len(keys), n_runs, n_voxels), dtype=np.float32)
+    task = progress.add_task("fit ridge (nested LORO)", total=len(keys)) if progress is not None else None
+    for f, key in enumerate(keys):
+        scans = align_runs(feats.pop(key), operators, zscore_runs=False)  # pop: free memory as we go
+        x_runs = [zscore(_trim(x, settings.trim_scans)) for x in scans]
+        result = fit_nested_loro(x_runs, y_runs, settings.alphas, backend=settings.backend, score=metric.score)
+        for name in out:
+            out[name][f] = getattr(result, name)
+        if task is not None:
+            progress.update(task, advance=1, description=f"fit ridge L{key[0]} {key[1]}")
+    return out
 
 
 def _trim(x: np.ndarray, n: int) -> np.ndarray:
