@@ -206,7 +206,11 @@ def write_run(
     ceiling: np.ndarray | None,
     truth: dict | None,
 ) -> Path:
-    """Write every file of one run atomically; returns the run's folder."""
+    """Write every file of one run atomically; returns the run's folder.
+
+    Files go to ``<run_id>.partial`` first; it is renamed when complete and removed if
+    anything (including Ctrl-C) interrupts the writing.
+    """
     runs = Path(results_dir) / "runs"
     final = runs / run_id
     partial = runs / f"{run_id}.partial"
@@ -214,6 +218,17 @@ def write_run(
         raise FileExistsError(f"{final} already exists")
     shutil.rmtree(partial, ignore_errors=True)
     (partial / "maps").mkdir(parents=True)
+    try:
+        _write_files(partial, meta, table, mask_img, labels, names, ceiling, truth)
+        os.replace(partial, final)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return final
+
+
+def _write_files(partial: Path, meta: dict, table: ScoreTable, mask_img, labels, names, ceiling, truth) -> None:
+    run_id = meta["run_id"]
     ident = {
         "run_id": run_id,
         "model": meta["model"]["name"],
@@ -283,5 +298,3 @@ def write_run(
     if truth is not None:
         (partial / "truth.json").write_text(json.dumps(truth, indent=2, sort_keys=True))
     (partial / "manifest.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-    os.replace(partial, final)
-    return final

@@ -186,9 +186,10 @@ def run(settings: RunSettings, results_dir: Path, progress=None) -> RunOutput:
                  "n_runs": len(dataset.stimulus.runs), "stimulus": dataset.stimulus.fingerprint(),
                  "atlas": dataset.parcels.atlas},
     )
+    meta["run_id"] = run_id_for(settings)
     meta["seconds"] = round(clock.total, 1)
     meta["timings"] = clock.stages  # seconds per stage, writing excluded
-    run_dir = write_run(Path(results_dir), run_id_for(settings), meta, table, dataset.mask_img, labels, names,
+    run_dir = write_run(Path(results_dir), meta["run_id"], meta, table, dataset.mask_img, labels, names,
                         ceiling, dataset.truth)
     return RunOutput(run_dir=run_dir, summary=summary, truth_check=check_truth(dataset.truth, summary),
                      seconds=clock.total)

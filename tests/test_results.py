@@ -1,0 +1,94 @@
+"""Scores to results: the nested best-fit choice, parcel summaries, atomic writing."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from mtbench.results import ScoreTable, nested_best, summarize, write_run
+
+
+def noise_table(rng, n_fits=40, n_runs=4, n_voxels=300):
+    """Fits with no signal: per-fold validation and test scores are independent noise."""
+    val = rng.normal(0, 0.1, (n_fits, n_runs, n_voxels)).astype(np.float32)
+    test = rng.normal(0, 0.1, (n_fits, n_runs, n_voxels)).astype(np.float32)
+    keys = [(1 + f // 4, f"state{f % 4}") for f in range(n_fits)]
+    return ScoreTable(keys=keys, test=test.mean(1), validation=val.mean(1), alpha=np.ones((n_fits, n_voxels)),
+                      test_per_run=test, validation_per_run=val)
+
+
+def test_nested_choice_is_unbiased_on_noise():
+    rng = np.random.default_rng(0)
+    table = noise_table(rng)
+    nested = nested_best(table.validation_per_run, table.test_per_run)
+    assert abs(nested.mean()) < 0.01  # selection inside each fold: nothing to gain on noise
+    # the best test score, cherry-picked, is far above zero: what a biased protocol reports
+    assert table.test.max(0).mean() > 0.1
+
+
+def test_nested_choice_uses_only_each_folds_validation():
+    # fit 0 wins validation in fold 0 only, fit 1 in folds 1-3; test scores identify who was picked
+    val = np.zeros((2, 4, 1))
+    val[0, 0], val[1, 1:] = 1, 1
+    test = np.array([[10.0, 20, 30, 40], [1.0, 2, 3, 4]])[:, :, None]
+    assert nested_best(val, test)[0] == pytest.approx((10 + 2 + 3 + 4) / 4)
+
+
+def test_summary_finds_the_planted_parcel():
+    rng = np.random.default_rng(1)
+    table = noise_table(rng, n_voxels=200)
+    labels = np.repeat([1, 2], 100)
+    table.validation_per_run[7, :, :100] += 0.5
+    table.test_per_run[7, :, :100] += 0.5
+    table.validation = table.validation_per_run.mean(1)
+    table.test = table.test_per_run.mean(1)
+    rows = summarize(table, labels, {1: "planted", 2: "null"}, ceiling=np.full(200, 0.8))
+    by = {r["parcel"]: r for r in rows}
+    assert (by["planted"]["layer"], by["planted"]["state"]) == table.keys[7]
+    assert by["planted"]["folds_agree"] == 1.0
+    assert by["planted"]["test"] == pytest.approx(0.5, abs=0.05)
+    assert by["planted"]["test_normalized"] == pytest.approx(by["planted"]["test"] / 0.8)
+    assert abs(by["null"]["test"]) < 0.05
+    assert rows[0]["parcel"] == "whole brain" and rows[0]["n_voxels"] == 200
+
+
+def make_inputs(rng):
+    mask = np.zeros((5, 6, 7), dtype=bool)
+    mask[1:4, 1:5, 2:6] = True
+    n_voxels = int(mask.sum())
+    table = noise_table(rng, n_fits=8, n_voxels=n_voxels)
+    labels = (np.arange(n_voxels) % 3).astype(int)
+    meta = {"run_id": "r1", "model": {"name": "m"}, "dataset": {"name": "d"},
+            "settings": {"subject": "average", "metric": "pearson"}}
+    return meta, table, nib.Nifti1Image(mask.astype(np.uint8), np.eye(4)), labels
+
+
+def test_write_run_layout(tmp_path):
+    meta, table, mask_img, labels = make_inputs(np.random.default_rng(2))
+    run_dir = write_run(tmp_path, "r1", meta, table, mask_img, labels, {1: "a", 2: "b"}, None, {"planted": []})
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "manifest.json", "maps", "scores.parquet", "summary.parquet", "truth.json", "voxels.parquet"]
+    voxels = pq.read_table(run_dir / "voxels.parquet")
+    assert voxels.num_rows == 8 * labels.size
+    np.testing.assert_array_equal(voxels.column("test").to_numpy().reshape(8, -1), table.test)
+    best_state = nib.load(run_dir / "maps" / "best_state.nii.gz")
+    codes = json.loads((run_dir / "maps" / "index.json").read_text())["best_state.nii.gz"]
+    winners = np.argmax(table.validation, axis=0)
+    inside = np.asarray(best_state.dataobj)[np.asarray(mask_img.dataobj) > 0]
+    assert [codes[str(c)] for c in inside] == [table.keys[w][1] for w in winners]
+
+
+def test_interrupted_write_leaves_nothing_and_keeps_earlier_runs(tmp_path):
+    meta, table, mask_img, labels = make_inputs(np.random.default_rng(3))
+    first = write_run(tmp_path, "r1", meta, table, mask_img, labels, {1: "a"}, None, None)
+    before = {p.name: p.read_bytes() for p in first.iterdir() if p.is_file()}
+    with pytest.raises(IndexError):  # a ceiling of the wrong size fails mid-way through the files
+        write_run(tmp_path, "r2", dict(meta, run_id="r2"), table, mask_img, labels, {1: "a"}, np.ones(3), None)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["r1"]
+    assert {p.name: p.read_bytes() for p in first.iterdir() if p.is_file()} == before
+    with pytest.raises(FileExistsError):
+        write_run(tmp_path, "r1", meta, table, mask_img, labels, {1: "a"}, None, None)
