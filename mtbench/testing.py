@@ -66,30 +66,11 @@ def make_tiny_llama(
         The folder.
     """
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-
-    # Byte-level BPE (GPT-2 style: leading spaces belong to the next token), trained
-    # offline on a fixed text, so any string is encodable and offsets are available.
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator([*_TRAINING_TEXT, *extra_text], trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
-        bos_token="<|endoftext|>",
-        eos_token="<|endoftext|>",
-        unk_token="<|endoftext|>",
-    )
+    tokenizer = _tiny_tokenizer(vocab_size, extra_text)
 
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -117,6 +98,137 @@ def make_tiny_llama(
                     param.uniform_(0.5, 1.5)  # non-trivial norm gains, still positive
                 else:
                     param.normal_(0.0, 0.1)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _tiny_tokenizer(vocab_size: int, extra_text: Iterable[str], add_bos: bool = False):
+    """Byte-level BPE (GPT-2 style: leading spaces belong to the next token), trained
+    offline on a fixed text, so any string is encodable and offsets are available.
+
+    With ``add_bos``, encoding with special tokens (the default) prepends the BOS token
+    ``<|endoftext|>`` (a post-processor, as Gemma's tokenizer does); same vocabulary."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator([*_TRAINING_TEXT, *extra_text], trainer=trainer)
+    if add_bos:
+        bos = "<|endoftext|>"
+        bpe.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bpe.token_to_id(bos))]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
+
+
+# family -> (config class, model class), by name in transformers
+_TINY_FAMILIES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "mistral": ("MistralConfig", "MistralForCausalLM"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+    "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
+    "gpt_oss": ("GptOssConfig", "GptOssForCausalLM"),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel"),
+}
+
+
+def make_tiny_model(
+    path: str | Path,
+    family: str = "llama",
+    seed: int = 0,
+    n_layers: int = 3,
+    hidden: int = 64,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate: int = 128,
+    vocab_size: int = 320,
+    extra_text: Iterable[str] = (),
+    add_bos: bool = False,
+    **config,
+) -> Path:
+    """Save a random-initialised causal LM of ``family`` and the tiny BPE tokenizer.
+
+    Like :func:`make_tiny_llama` (same tokenizer, same kind of non-degenerate weights),
+    for any family of ``_TINY_FAMILIES``: ``llama``, ``mistral``, ``qwen2``, ``qwen3``,
+    ``gemma3_text``, ``gpt_oss``, ``gpt2``.
+
+    Parameters
+    ----------
+    path : str or Path
+        Folder to create (parents too); existing files are overwritten.
+    family : str
+        ``config.model_type`` of the model to build.
+    seed, n_layers, hidden, heads, kv_heads, intermediate, vocab_size, extra_text
+        As in :func:`make_tiny_llama`; ``head_dim = hidden // heads``. ``intermediate``
+        is the FFN width (per expert for ``gpt_oss``); gpt2 has no grouped kv heads.
+    add_bos : bool
+        The tokenizer prepends its BOS token when encoding with special tokens (like
+        Gemma's); same vocabulary and weights as without.
+    **config
+        Overrides of the family's config (e.g. ``sliding_window=4``, ``layer_types=[...]``,
+        ``num_local_experts=4``, ``num_experts_per_tok=2``).
+
+    Returns
+    -------
+    Path
+        The folder.
+    """
+    import torch
+    import transformers
+
+    if family not in _TINY_FAMILIES:
+        raise ValueError(f"unknown family {family!r}: use one of {', '.join(_TINY_FAMILIES)}")
+    config_name, model_name = _TINY_FAMILIES[family]
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = _tiny_tokenizer(vocab_size, extra_text, add_bos=add_bos)
+    special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                   pad_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+    if family == "gpt2":
+        settings = dict(vocab_size=len(tokenizer), n_embd=hidden, n_layer=n_layers, n_head=heads,
+                        n_inner=intermediate, n_positions=2048, bos_token_id=tokenizer.bos_token_id,
+                        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+    else:
+        settings = dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate,
+                        num_hidden_layers=n_layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                        head_dim=hidden // heads, max_position_embeddings=2048, rms_norm_eps=1e-6, **special)
+    if family == "gemma3_text":
+        settings["query_pre_attn_scalar"] = hidden // heads
+    if family == "gpt_oss":
+        # the real model's context length (its YaRN RoPE is defined relative to 4096)
+        settings.update(num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=131072)
+    settings.update(config)
+    model_config = getattr(transformers, config_name)(**settings)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = getattr(transformers, model_name)(model_config)
+        # Larger weights than the default init, so activations differ across tokens.
+        with torch.no_grad():
+            for module in model.modules():
+                is_norm = "Norm" in type(module).__name__
+                for name, param in module.named_parameters(recurse=False):
+                    if is_norm and name == "weight":
+                        # non-trivial positive gains; Gemma's RMSNorm scales by (1 + weight)
+                        param.uniform_(-0.5, 0.5) if family.startswith("gemma") else param.uniform_(0.5, 1.5)
+                    elif name == "sinks":
+                        param.normal_(0.0, 1.0)  # gpt_oss attention sinks: make them matter
+                    else:
+                        param.normal_(0.0, 0.1)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

@@ -18,8 +18,8 @@ pytest.importorskip("transformers")
 
 from mtbench.api import ModelAdapter, Stimulus, StimulusRun  # noqa: E402
 from mtbench.errors import MtbenchError  # noqa: E402
-from mtbench.testing import make_tiny_llama  # noqa: E402
-from mtbench_plugins.models.hf import HFAdapter, load_hf, windows  # noqa: E402
+from mtbench.testing import make_tiny_llama, make_tiny_model  # noqa: E402
+from mtbench_plugins.models.hf import HFAdapter, load_hf, special_prefix, windows  # noqa: E402
 from mtbench_plugins.states.hooks import STATES  # noqa: E402
 
 ALL_STATES = [s[0] for s in STATES]
@@ -43,6 +43,28 @@ def tiny_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def adapter(tiny_folder):
     return load_hf(str(tiny_folder))
+
+
+@pytest.fixture(scope="module")
+def bos_folders(tmp_path_factory):
+    """The same tiny Llama (same weights, same vocabulary) twice: its tokenizer adds a BOS
+    by default, or adds nothing (like the tiny Llama's, and SmolLM2's)."""
+    shape = dict(n_layers=N_LAYERS, hidden=HIDDEN, heads=HEADS, kv_heads=KV_HEADS, intermediate=FFN)
+    return {bos: make_tiny_model(tmp_path_factory.mktemp(f"tiny-bos-{bos}"), "llama", add_bos=bos, **shape)
+            for bos in (True, False)}
+
+
+def _fed_ids(adapter: HFAdapter, stimulus: Stimulus) -> list[list[int]]:
+    """The input ids of every forward pass of ``adapter.extract(stimulus, ...)``."""
+    adapter.extract(stimulus, ["ffn_output"], [1])  # once first: its one-token pass for the state widths
+    fed = []
+    handle = adapter.base.register_forward_pre_hook(
+        lambda module, args, kwargs: fed.append(kwargs["input_ids"][0].tolist()), with_kwargs=True)
+    try:
+        adapter.extract(stimulus, ["ffn_output"], [1])
+    finally:
+        handle.remove()
+    return fed
 
 
 def _stimulus(*texts: str) -> Stimulus:
@@ -271,9 +293,13 @@ def test_windows_keep_every_token_once_with_enough_context():
                 assert keep_from - start >= context - stride and end - keep_from <= stride
 
 
-def test_window_features_equal_a_plain_forward_of_their_window(tiny_folder):
+@pytest.mark.parametrize("bos", [False, True])
+def test_window_features_equal_a_plain_forward_of_their_window(bos, tiny_folder, bos_folders):
     context, stride = 8, 3
-    small = load_hf(str(tiny_folder), context=context, stride=stride)
+    folder = bos_folders[True] if bos else tiny_folder
+    small = load_hf(str(folder), context=context, stride=stride)
+    prefix = list(small.prefix_ids)  # what the model sees before each window's text tokens
+    assert len(prefix) == bos
     ids = _ids(small, TEXT)
     n = len(ids)
     assert n > 3 * context
@@ -285,7 +311,7 @@ def test_window_features_equal_a_plain_forward_of_their_window(tiny_folder):
     for t in range(n):
         end = context if t < context else min(n, context + stride * math.ceil((t + 1 - context) / stride))
         start = max(0, end - context)
-        rows.append(small.capture(ids[start:end], [state], [3])[3, state][t - start])
+        rows.append(small.capture(prefix + ids[start:end], [state], [3])[3, state][len(prefix) + t - start])
     expected = np.stack([torch.stack([rows[t] for t in g]).mean(0).numpy() for g in groups])
     calls = []
     (got,) = small.extract(_stimulus(TEXT), [state], [3], progress=lambda d, tot: calls.append((d, tot)))[3, state]
@@ -293,7 +319,7 @@ def test_window_features_equal_a_plain_forward_of_their_window(tiny_folder):
     total = len(windows(n, context, stride))
     assert calls == [(i, total) for i in range(1, total + 1)]
     # with only the window context, features differ from a single full-context pass
-    full = load_hf(str(tiny_folder), context=512, stride=256)
+    full = load_hf(str(folder), context=512, stride=256)
     assert not np.allclose(full.extract(_stimulus(TEXT), [state], [3])[3, state][0], got, atol=1e-3)
 
 
@@ -312,6 +338,7 @@ def test_revision_and_settings(tiny_folder, tmp_path):
     assert a.revision == b.revision and len(a.revision) == 64
     assert a.settings() != b.settings()
     assert {"context", "stride", "pooling", "dtype"} <= set(a.settings())
+    assert a.settings()["special_prefix"] == [] and a.settings()["extractor"] == "hf-2"
     other = load_hf(str(make_tiny_llama(tmp_path / "other", seed=1, n_layers=N_LAYERS)))
     assert other.revision != a.revision
     assert a.name == f"hf:{tiny_folder}" and a.family == "llama" and a.n_layers == N_LAYERS
@@ -338,6 +365,100 @@ def test_word_features_cache_roundtrip(adapter, tmp_path, monkeypatch):
         for x, y in zip(first[key], second[key]):
             np.testing.assert_array_equal(x, y)
     assert list((tmp_path / "cache" / "features").rglob("*.npy"))
+
+
+# --------------------------------------------------------------------------- BOS
+def test_a_default_bos_starts_every_window_and_is_never_a_word(bos_folders):
+    context, stride = 8, 3
+    with_bos = load_hf(str(bos_folders[True]), context=context, stride=stride)
+    bos = with_bos.tokenizer.bos_token_id
+    assert with_bos.prefix_ids == (bos,) == special_prefix(with_bos.tokenizer)
+    assert with_bos.settings()["special_prefix"] == [bos]
+    ids = _ids(with_bos, TEXT)
+    assert bos not in ids and with_bos.tokenizer(TEXT)["input_ids"] == [bos] + ids
+    # every window: BOS, then exactly its `context` (or fewer) text tokens
+    fed = _fed_ids(with_bos, _stimulus(TEXT, "the old man"))
+    spans = windows(len(ids), context, stride)
+    assert len(fed) == len(spans) + 1
+    assert fed[:-1] == [[bos] + ids[start:end] for start, _, end in spans]
+    assert fed[-1] == [bos] + _ids(with_bos, "the old man")
+
+    # the BOS position satisfies the block equations like any token
+    check_identities(with_bos, [bos] + ids, **TOL)
+
+    # word vectors pool text tokens only: BOS is in no word, whatever the pooling
+    short = "the old man told the story of a little girl"
+    wide = load_hf(str(bos_folders[True]))  # one window
+    groups = _word_tokens(wide, short)
+    caps = wide.capture([bos] + _ids(wide, short), ["pre_ffn_norm"], [2])[2, "pre_ffn_norm"]
+    rows = caps[1:]
+    (mean,) = wide.extract(_stimulus(short), ["pre_ffn_norm"], [2])[2, "pre_ffn_norm"]
+    np.testing.assert_allclose(mean, np.stack([rows[g].mean(0).numpy() for g in groups]), **TOL)
+    with_first = torch.cat([caps[:1], rows[groups[0]]]).mean(0).numpy()  # had BOS been pooled into word 0
+    assert not np.allclose(mean[0], with_first, atol=1e-3)
+    last = load_hf(str(bos_folders[True]), pooling="last")
+    (got,) = last.extract(_stimulus(short), ["pre_ffn_norm"], [2])[2, "pre_ffn_norm"]
+    np.testing.assert_allclose(got, rows[[g[-1] for g in groups]].numpy(), **TOL)
+
+    # same weights without the BOS: different features (the prefix is what the model saw)
+    plain = load_hf(str(bos_folders[False]))
+    assert not np.allclose(plain.extract(_stimulus(short), ["pre_ffn_norm"], [2])[2, "pre_ffn_norm"][0], mean,
+                           atol=1e-3)
+    assert with_bos.settings() != plain.settings()
+
+
+def test_a_tokenizer_without_default_bos_feeds_the_text_tokens_only(bos_folders, tiny_folder):
+    context, stride = 8, 3
+    for folder in (bos_folders[False], tiny_folder):
+        plain = load_hf(str(folder), context=context, stride=stride)
+        assert plain.prefix_ids == () and plain.settings()["special_prefix"] == []
+        ids = _ids(plain, TEXT)
+        assert plain.tokenizer(TEXT)["input_ids"] == ids
+        # exactly the windows of text tokens, nothing added: the behaviour before the prefix
+        assert _fed_ids(plain, _stimulus(TEXT)) == [ids[start:end] for start, _, end in windows(len(ids), context,
+                                                                                                 stride)]
+        groups = _word_tokens(plain, TEXT)
+        (got,) = plain.extract(_stimulus(TEXT), ["attn_output"], [2])[2, "attn_output"]
+        rows = torch.cat([plain.capture(ids[start:end], ["attn_output"], [2])[2, "attn_output"][keep - start:]
+                          for start, keep, end in windows(len(ids), context, stride)])
+        np.testing.assert_allclose(got, np.stack([rows[g].mean(0).numpy() for g in groups]), **TOL)
+
+
+class _Tokenizer:
+    """Stand-in tokenizer: ``default(plain ids)`` is what encoding with special tokens gives."""
+
+    def __init__(self, default):
+        self.default = default
+
+    def __call__(self, text, add_special_tokens=True):
+        plain = [100 + ord(c) for c in text]
+        return {"input_ids": self.default(plain, text) if add_special_tokens else plain}
+
+
+def test_special_prefix_is_a_fixed_leading_prefix_only():
+    assert special_prefix(_Tokenizer(lambda ids, text: ids)) == ()
+    assert special_prefix(_Tokenizer(lambda ids, text: [1] + ids)) == (1,)
+    assert special_prefix(_Tokenizer(lambda ids, text: [5, 1] + ids + [2])) == (5, 1)  # never the EOS
+    assert special_prefix(_Tokenizer(lambda ids, text: ids + [2])) == ()
+    with pytest.raises(MtbenchError, match="differ between texts"):
+        special_prefix(_Tokenizer(lambda ids, text: [len(text)] + ids))
+    with pytest.raises(MtbenchError, match="does not contain its plain encoding"):
+        special_prefix(_Tokenizer(lambda ids, text: [1] + ids[1:]))
+
+
+def test_the_prefix_counts_against_the_position_limit(bos_folders):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    for bos in (True, False):
+        model = AutoModelForCausalLM.from_pretrained(bos_folders[bos])
+        model.config.max_position_embeddings = 16
+        tokenizer = AutoTokenizer.from_pretrained(bos_folders[bos])
+        if bos:
+            with pytest.raises(MtbenchError, match=r"context 16 \+ 1 special exceeds .* \(16 positions\)"):
+                HFAdapter(model, tokenizer, name="tiny", revision="x", context=16, stride=8)
+            assert HFAdapter(model, tokenizer, name="tiny", revision="x", context=15, stride=8).context == 15
+        else:
+            assert HFAdapter(model, tokenizer, name="tiny", revision="x", context=16, stride=8).context == 16
 
 
 # --------------------------------------------------------------------------- smollm2 plumbing
@@ -387,6 +508,8 @@ def test_smollm2_135m_states_satisfy_the_block_equations():
     model = load_smollm2()
     assert time.perf_counter() - start < 10, "the converted folder should load quickly"
     assert (model.name, model.family, model.n_layers) == ("smollm2-135m", "llama", 30)
+    # SmolLM2's tokenizer adds no BOS by default: windows are the text's tokens only
+    assert model.prefix_ids == () and model.settings()["special_prefix"] == []
     assert len(model.revision) == 64
     text = "The quick brown fox jumps over the lazy dog, and then it listened to an extraordinary story."
     ids = _ids(model, text)

