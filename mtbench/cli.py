@@ -117,13 +117,15 @@ def _warn_broken(registry) -> None:
 @click.option("--trim", "trim_scans", default=0, show_default=True, help="Scans dropped at both ends of each run.")
 @click.option("--alphas", default="1e0:1e8:9", show_default=True,
               help="Ridge penalties: 'start:stop:count' (log-spaced) or a comma list.")
-@click.option("--backend", default="torch", show_default=True, help="Ridge backend (torch, torch_cuda).")
+@click.option("--backend", default="torch", show_default=True, help="Ridge backend (torch, torch_cuda, himalaya).")
+@click.option("--precision", type=click.Choice(["mixed", "float32"]), default="mixed", show_default=True,
+              help="mixed: alpha search in bfloat16 where the hardware has it (about 2x faster); float32: exact.")
 @click.option("--out", "results_dir", default="mtbench-results", show_default=True, type=click.Path(path_type=Path),
               help="Results directory (shared by runs).")
 @click.option("--dataset-option", "dataset_options", multiple=True, metavar="KEY=VALUE")
 @click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE")
 @click.option("--seed", default=0, show_default=True)
-def run(model, states, layers, dataset, subject, metric, hrf, trim_scans, alphas, backend, results_dir,
+def run(model, states, layers, dataset, subject, metric, hrf, trim_scans, alphas, backend, precision, results_dir,
         dataset_options, model_options, seed):
     """Extract states, align them to the scans, fit voxelwise ridge models, score and write results."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -143,6 +145,7 @@ def run(model, states, layers, dataset, subject, metric, hrf, trim_scans, alphas
         trim_scans=trim_scans,
         seed=seed,
         backend=backend,
+        precision=precision,
         dataset_options=_options(dataset_options, "--dataset-option"),
         model_options=_options(model_options, "--model-option"),
     )

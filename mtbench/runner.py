@@ -188,6 +188,10 @@ def run(settings: RunSettings, results_dir: Path, progress=None) -> RunOutput:
                  "n_runs": len(dataset.stimulus.runs), "stimulus": dataset.stimulus.fingerprint(),
                  "atlas": dataset.parcels.atlas},
     )
+    from .encoding import effective_precision
+
+    meta["settings"]["precision_used"] = "float32" if settings.backend == "himalaya" else effective_precision(
+        settings.precision, "cuda" if settings.backend == "torch_cuda" else "cpu")
     meta["run_id"] = run_id_for(settings)
     meta["seconds"] = round(clock.total, 1)
     meta["timings"] = clock.stages  # seconds per stage, writing excluded
@@ -252,7 +256,8 @@ def _fit_all(keys, feats, operators, y_runs, settings: RunSettings, metric, prog
     for f, key in enumerate(keys):
         scans = align_runs(feats.pop(key), operators, zscore_runs=False)  # pop: free memory as we go
         x_runs = [zscore(_trim(x, settings.trim_scans)) for x in scans]
-        result = fit_nested_loro(x_runs, y_runs, settings.alphas, backend=settings.backend, score=metric.score)
+        result = fit_nested_loro(x_runs, y_runs, settings.alphas, backend=settings.backend, score=metric.score,
+                                 precision=settings.precision)
         for name in out:
             out[name][f] = getattr(result, name)
         if task is not None:

@@ -1,4 +1,4 @@
-"""Nested leave-one-run-out ridge (mtbench.encoding): equivalence, leakage, recovery, errors.
+"""Nested leave-one-run-out ridge (mtbench.encoding): equivalence, mixed precision, leakage, recovery, errors.
 
 The reference implementation below is deliberately naive: loops over outer folds, inner
 folds and alphas, one scikit-learn ``Ridge(alpha, fit_intercept=False)`` per fit (float64),
@@ -66,7 +66,7 @@ def test_matches_reference(n_features, shared_alpha):
     # feature form everywhere; 75: kernel form inside, feature form outside; 100: kernel form.
     rng = np.random.default_rng(n_features + 7 * shared_alpha)
     xs, ys = _random_data(rng, n_features=n_features)
-    got = fit_nested_loro(xs, ys, ALPHAS, shared_alpha=shared_alpha)
+    got = fit_nested_loro(xs, ys, ALPHAS, shared_alpha=shared_alpha, precision="float32")
     test, validation, alpha, test_per_run = reference_nested_loro(xs, ys, ALPHAS, shared_alpha)
     assert isinstance(got, EncodingResult)
     assert got.test.shape == got.validation.shape == got.alpha.shape == (15,)
@@ -90,7 +90,7 @@ def test_float32_decompositions_match_reference(monkeypatch):
     rng = np.random.default_rng(12)
     for n_features in (20, 100):
         xs, ys = _random_data(rng, n_features=n_features)
-        got = fit_nested_loro(xs, ys, ALPHAS)
+        got = fit_nested_loro(xs, ys, ALPHAS, precision="float32")
         test, validation, alpha, test_per_run = reference_nested_loro(xs, ys, ALPHAS)
         np.testing.assert_allclose(got.test_per_run, test_per_run, atol=1e-4)
         np.testing.assert_allclose(got.validation, validation, atol=1e-4)
@@ -110,7 +110,7 @@ def test_unequal_runs_custom_score_and_more_runs():
     def neg_mse(y_true, y_pred):
         return -((y_true - y_pred) ** 2).mean(0)
 
-    got = fit_nested_loro(xs, ys, ALPHAS, score=neg_mse)
+    got = fit_nested_loro(xs, ys, ALPHAS, score=neg_mse, precision="float32")
     test, validation, alpha, test_per_run = reference_nested_loro(xs, ys, ALPHAS, score=neg_mse)
     np.testing.assert_allclose(got.test_per_run, test_per_run, atol=1e-4)
     np.testing.assert_allclose(got.validation_per_run.mean(0), got.validation, atol=1e-6)
@@ -118,27 +118,32 @@ def test_unequal_runs_custom_score_and_more_runs():
     np.testing.assert_allclose(got.alpha, alpha, rtol=1e-4)
 
 
-def test_constant_voxels_score_zero_not_nan():
+@pytest.mark.parametrize("precision", ["float32", "mixed"])
+def test_constant_voxels_score_zero_not_nan(monkeypatch, precision):
+    import mtbench.encoding as enc
+
+    monkeypatch.setattr(enc, "_fast_bfloat16", lambda dev: True)  # bfloat16 products on any CPU
     rng = np.random.default_rng(9)
     xs, ys = _random_data(rng, n_features=25, n_voxels=6)
     ys = [y.copy() for y in ys]
     for y in ys:
         y[:, 0] = 0.0  # flat everywhere (z-scoring a constant gives 0)
     ys[2][:, 1] = 0.0  # flat in one run only
-    got = fit_nested_loro(xs, ys, ALPHAS)
+    got = fit_nested_loro(xs, ys, ALPHAS, precision=precision)
     for field in (got.test, got.validation, got.alpha, got.test_per_run):
         assert np.isfinite(field).all()
     assert got.test[0] == 0 and got.validation[0] == 0
     assert np.isclose(got.alpha[0], ALPHAS[0], rtol=1e-6)  # all alphas tie at r = 0: the first wins
     assert got.test_per_run[2, 1] == 0  # nothing to correlate with in that test run
-    _, _, _, test_per_run = reference_nested_loro(xs, [y[:, 2:] for y in ys], ALPHAS)
-    np.testing.assert_allclose(got.test_per_run[:, 2:], test_per_run, atol=1e-4)
+    if precision == "float32":
+        _, _, _, test_per_run = reference_nested_loro(xs, [y[:, 2:] for y in ys], ALPHAS)
+        np.testing.assert_allclose(got.test_per_run[:, 2:], test_per_run, atol=1e-4)
 
 
 def test_himalaya_backend_agrees():
     rng = np.random.default_rng(11)
     xs, ys = _random_data(rng, n_features=50)
-    ours = fit_nested_loro(xs, ys, ALPHAS)
+    ours = fit_nested_loro(xs, ys, ALPHAS, precision="float32")
     theirs = fit_nested_loro(xs, ys, ALPHAS, backend="himalaya")
     np.testing.assert_allclose(ours.test_per_run, theirs.test_per_run, atol=1e-4)
     np.testing.assert_allclose(ours.validation, theirs.validation, atol=1e-4)
@@ -152,22 +157,89 @@ def test_voxel_blocks_and_product_paths_agree(monkeypatch, stack_bytes):
 
     rng = np.random.default_rng(5)
     xs, ys = _random_data(rng, n_features=40, n_voxels=700)
-    whole = fit_nested_loro(xs, ys, ALPHAS)
+    whole = fit_nested_loro(xs, ys, ALPHAS, precision="float32")
     monkeypatch.setattr(enc, "_BLOCK_BYTES", 1)  # -> blocks of 256 voxels
     monkeypatch.setattr(enc, "_STACK_BYTES", stack_bytes)
-    blocked = fit_nested_loro(xs, ys, ALPHAS)
+    blocked = fit_nested_loro(xs, ys, ALPHAS, precision="float32")
     np.testing.assert_allclose(blocked.test_per_run, whole.test_per_run, atol=1e-6)
     np.testing.assert_allclose(blocked.validation, whole.validation, atol=1e-6)
     np.testing.assert_array_equal(blocked.alpha, whole.alpha)
 
 
+# --------------------------------------------------------------------------- mixed precision
+@pytest.mark.parametrize("stack_bytes", [2**30, 0], ids=["stacked-alphas", "alpha-by-alpha"])
+@pytest.mark.parametrize("n_features", [40, 150], ids=["feature-form", "kernel-form"])
+def test_mixed_precision_close_to_float32(monkeypatch, n_features, stack_bytes):
+    """bfloat16 alpha-sweep products: validation r within 3e-3, same alphas almost everywhere.
+
+    Only the validation norms are computed from bfloat16 inputs: where an outer fold
+    chooses the same alpha, its refit and test score are the float32 ones exactly; where
+    the choice moves (near-ties), the test r of that fold moves with it.
+    """
+    import mtbench.encoding as enc
+
+    monkeypatch.setattr(enc, "_fast_bfloat16", lambda dev: True)  # bfloat16 products on any CPU
+    monkeypatch.setattr(enc, "_STACK_BYTES", stack_bytes)
+    rng = np.random.default_rng(31 + n_features)
+    xs, ys = _random_data(rng, n_runs=4, n_scans=50, n_features=n_features, n_voxels=1500, snr=1.0)
+    ys = [np.concatenate([y[:, :1000], zscore(rng.standard_normal((50, 500)))], axis=1) for y in ys]
+    alphas = np.logspace(0, 4, 9)
+    exact = fit_nested_loro(xs, ys, alphas, precision="float32")
+    mixed = fit_nested_loro(xs, ys, alphas, precision="mixed")
+    assert not np.array_equal(mixed.validation_per_run, exact.validation_per_run)  # bfloat16 did run
+    np.testing.assert_allclose(mixed.validation_per_run, exact.validation_per_run, atol=3e-3)
+    np.testing.assert_allclose(mixed.validation, exact.validation, atol=3e-3)
+    same = np.isclose(mixed.alpha, exact.alpha, rtol=1e-5)
+    assert same.mean() >= 0.95
+    np.testing.assert_array_equal(mixed.test_per_run[:, same], exact.test_per_run[:, same])
+    same_fold = mixed.test_per_run == exact.test_per_run  # same alpha in that outer fold
+    assert same_fold.mean() >= 0.98
+    assert np.quantile(np.abs(mixed.test_per_run - exact.test_per_run), 0.99) < 3e-3
+    assert np.abs(mixed.test - exact.test).mean() < 1e-3
+    assert abs(mixed.test.mean() - exact.test.mean()) < 1e-4
+
+
+@pytest.mark.parametrize("stack_bytes", [2**30, 0], ids=["stacked-alphas", "alpha-by-alpha"])
+def test_mixed_precision_alpha_order(monkeypatch, stack_bytes):
+    """The bfloat16 increments run over the sorted alphas: any order, repeats included, fits the same."""
+    import mtbench.encoding as enc
+
+    monkeypatch.setattr(enc, "_fast_bfloat16", lambda dev: True)
+    monkeypatch.setattr(enc, "_STACK_BYTES", stack_bytes)
+    rng = np.random.default_rng(17)
+    xs, ys = _random_data(rng, n_features=40, n_voxels=300, snr=1.0)
+    shuffled = ALPHAS[[5, 0, 10, 3, 3, 7, 1, 9, 2, 8, 4, 6]]  # ALPHAS[3] twice
+    ordered = fit_nested_loro(xs, ys, ALPHAS, precision="mixed")
+    got = fit_nested_loro(xs, ys, shuffled, precision="mixed")
+    np.testing.assert_allclose(got.validation_per_run, ordered.validation_per_run, atol=1e-6)
+    np.testing.assert_allclose(got.test_per_run, ordered.test_per_run, atol=1e-6)
+    np.testing.assert_allclose(got.alpha, ordered.alpha, rtol=1e-6)
+
+
+def test_mixed_precision_shared_alpha(monkeypatch):
+    import mtbench.encoding as enc
+
+    monkeypatch.setattr(enc, "_fast_bfloat16", lambda dev: True)
+    rng = np.random.default_rng(41)
+    xs, ys = _random_data(rng, n_runs=4, n_scans=50, n_features=60, n_voxels=600, snr=1.0)
+    exact = fit_nested_loro(xs, ys, ALPHAS, shared_alpha=True, precision="float32")
+    mixed = fit_nested_loro(xs, ys, ALPHAS, shared_alpha=True, precision="mixed")
+    np.testing.assert_array_equal(mixed.alpha, exact.alpha)
+    np.testing.assert_array_equal(mixed.test_per_run, exact.test_per_run)
+    np.testing.assert_allclose(mixed.validation_per_run, exact.validation_per_run, atol=3e-3)
+
+
 # --------------------------------------------------------------------------- leakage
-def test_test_run_never_influences_its_own_predictions():
+@pytest.mark.parametrize("precision", ["float32", "mixed"])
+def test_test_run_never_influences_its_own_predictions(monkeypatch, precision):
     """Replace the test run's fMRI data by anything: its predictions must not move.
 
     If the held-out run took part in the choice of alpha or in the refit of its outer
     fold, its predictions would depend on its own data.
     """
+    import mtbench.encoding as enc
+
+    monkeypatch.setattr(enc, "_fast_bfloat16", lambda dev: True)
     rng = np.random.default_rng(21)
     xs, ys = _random_data(rng, n_runs=4, n_features=30, n_voxels=40, snr=1.0)
     alphas = np.logspace(-1, 5, 13)
@@ -179,12 +251,12 @@ def test_test_run_never_influences_its_own_predictions():
         return score
 
     base = []
-    fit_nested_loro(xs, ys, alphas, score=capture(base))
+    fit_nested_loro(xs, ys, alphas, score=capture(base), precision=precision)
     for o in range(len(xs)):
         tampered = list(ys)
         tampered[o] = zscore(rng.standard_normal(ys[o].shape) * 5 + 3 * ys[o][::-1])
         calls = []
-        fit_nested_loro(xs, tampered, alphas, score=capture(calls))
+        fit_nested_loro(xs, tampered, alphas, score=capture(calls), precision=precision)
         (y_true, pred_tampered), = [c for c in calls if np.array_equal(c[0], tampered[o])]
         (_, pred_base), = [c for c in base if np.array_equal(c[0], ys[o])]
         np.testing.assert_allclose(pred_tampered, pred_base, rtol=1e-5, atol=1e-6)
@@ -265,13 +337,14 @@ def _ok(rng, n_runs=4):
         ("bad_alpha", ["positive"]),
         ("feature_counts", ["run 4", "features", "same feature set"]),
         ("backend", ["unknown ridge backend", "torch"]),
+        ("precision", ["unknown ridge precision", "'bfloat16'", "mixed", "float32"]),
         ("bad_score", ["score function returned shape", "(3,)"]),
     ],
 )
 def test_input_errors(case, words):
     rng = np.random.default_rng(0)
     xs, ys = _ok(rng)
-    alphas, backend, score = ALPHAS, "torch", None
+    alphas, backend, score, precision = ALPHAS, "torch", None, "float32"
     if case == "run_counts":
         ys = ys[:3]
     elif case == "scan_counts":
@@ -292,10 +365,12 @@ def test_input_errors(case, words):
         xs[3] = xs[3][:, :4]
     elif case == "backend":
         backend = "numpy"
+    elif case == "precision":
+        precision = "bfloat16"
     elif case == "bad_score":
         score = lambda y_true, y_pred: pearson_r(y_true, y_pred).mean()  # noqa: E731
     with pytest.raises(MtbenchError) as info:
-        fit_nested_loro(xs, ys, alphas, backend=backend, score=score)
+        fit_nested_loro(xs, ys, alphas, backend=backend, score=score, precision=precision)
     message = str(info.value)
     assert "\n" not in message
     for word in words:
