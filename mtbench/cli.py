@@ -88,13 +88,19 @@ def list_cmd(kind):
 
 
 @main.command()
-def plugins():
+@click.option("--hook", default=None, help="Only plugins implementing this hook (e.g. register_models).")
+def plugins(hook):
     """Show every loaded plugin, the distribution it came from and what it registers."""
     registry = get_registry()
+    known = sorted(registry.manager.hook.__dict__)
+    if hook is not None and hook not in known:
+        raise MtbenchError(f"unknown hook {hook!r}: hooks are {', '.join(h for h in known if not h.startswith('_'))}")
     table = Table(title="mtbench plugins (entry-point group 'mtbench')")
     for col in ("plugin", "module", "distribution", "hooks", "status"):
         table.add_column(col)
     for info in registry.plugins:
+        if hook is not None and hook not in info.hooks:
+            continue
         status = f"[red]failed: {info.error}[/red]" if info.error else "[green]ok[/green]"
         table.add_row(info.name, info.module, f"{info.distribution} {info.version}", ", ".join(info.hooks), status)
     console.print(table)

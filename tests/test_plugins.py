@@ -156,3 +156,12 @@ def test_unknown_names_give_one_line_errors(args, expected):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert expected in lines[0]
+
+
+def test_plugins_filtered_by_hook(tmp_path):
+    site = make_distribution(tmp_path / "site", "mtbench-extra-metric", "extra_metric", GOOD_PLUGIN, "negmse")
+    shown = mtbench("plugins", "--hook", "register_metrics", extra_path=site)
+    assert shown.returncode == 0, shown.stderr
+    assert "negmse" in shown.stdout and "pearson" in shown.stdout and "hf_models" not in shown.stdout
+    bad = mtbench("plugins", "--hook", "register_model")
+    assert bad.returncode == 2 and "unknown hook 'register_model'" in bad.stderr
