@@ -5,6 +5,7 @@ Layout of a results directory (several runs share it)::
     RESULTS/runs/<run_id>/manifest.json      provenance: versions, revisions, settings
     RESULTS/runs/<run_id>/scores.parquet     one row per (layer, state, parcel, split)
     RESULTS/runs/<run_id>/summary.parquet    best (layer, state) per parcel, chosen on validation
+    RESULTS/runs/<run_id>/winners.parquet    share of each parcel's voxels each (layer, state) wins
     RESULTS/runs/<run_id>/voxels.parquet     one row per (layer, state, voxel)
     RESULTS/runs/<run_id>/maps/*.nii.gz      mask, best-state maps, r per state (4-D over layers)
     RESULTS/runs/<run_id>/truth.json         planted truth, for simulated datasets
@@ -146,6 +147,28 @@ def summarize(table: ScoreTable, labels: np.ndarray, names: dict[int, str], ceil
     return rows
 
 
+def winning_ratios(table: ScoreTable, labels: np.ndarray, names: dict[int, str]) -> list[dict]:
+    """Share of each parcel's voxels that each (layer, state) wins (on validation).
+
+    Returns
+    -------
+    list of dict
+        ``parcel_id, parcel, layer, state, n_won, share``, one row per (parcel, winning fit),
+        most frequent winner first within a parcel; fits that win no voxel are left out.
+    """
+    winner, _ = best_per_voxel(table)
+    rows = []
+    for pid, name, idx in parcel_groups(labels, names):
+        counts = np.bincount(winner[idx], minlength=len(table.keys))
+        for f in np.argsort(-counts, kind="stable"):
+            if counts[f] == 0:
+                break
+            layer, state = table.keys[f]
+            rows.append({"parcel_id": pid, "parcel": name, "layer": int(layer), "state": state,
+                         "n_won": int(counts[f]), "share": float(counts[f] / idx.size)})
+    return rows
+
+
 def _git_commit() -> str | None:
     here = Path(__file__).resolve().parent
     try:
@@ -258,6 +281,10 @@ def _write_files(partial: Path, meta: dict, table: ScoreTable, mask_img, labels,
     columns = {k: [v] * len(summary) for k, v in ident.items()} | {"metric": [metric] * len(summary)}
     columns |= {key: [row[key] for row in summary] for key in summary[0]}
     _write_parquet(partial / "summary.parquet", columns, meta)
+
+    shares = winning_ratios(table, labels, names)
+    columns = {k: [v] * len(shares) for k, v in ident.items()} | {key: [row[key] for row in shares] for key in shares[0]}
+    _write_parquet(partial / "winners.parquet", columns, meta)
 
     n_fits, n_vox = table.test.shape
     voxel_cols = {

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from mtbench.results import ScoreTable, nested_best, summarize, write_run
+from mtbench.results import ScoreTable, nested_best, summarize, winning_ratios, write_run
 
 
 def noise_table(rng, n_fits=40, n_runs=4, n_voxels=300):
@@ -71,7 +71,7 @@ def test_write_run_layout(tmp_path):
     meta, table, mask_img, labels = make_inputs(np.random.default_rng(2))
     run_dir = write_run(tmp_path, "r1", meta, table, mask_img, labels, {1: "a", 2: "b"}, None, {"planted": []})
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "manifest.json", "maps", "scores.parquet", "summary.parquet", "truth.json", "voxels.parquet"]
+        "manifest.json", "maps", "scores.parquet", "summary.parquet", "truth.json", "voxels.parquet", "winners.parquet"]
     voxels = pq.read_table(run_dir / "voxels.parquet")
     assert voxels.num_rows == 8 * labels.size
     np.testing.assert_array_equal(voxels.column("test").to_numpy().reshape(8, -1), table.test)
@@ -92,3 +92,15 @@ def test_interrupted_write_leaves_nothing_and_keeps_earlier_runs(tmp_path):
     assert {p.name: p.read_bytes() for p in first.iterdir() if p.is_file()} == before
     with pytest.raises(FileExistsError):
         write_run(tmp_path, "r1", meta, table, mask_img, labels, {1: "a"}, None, None)
+
+
+def test_winning_ratios_count_validation_winners():
+    rng = np.random.default_rng(4)
+    table = noise_table(rng, n_fits=6, n_voxels=60)
+    labels = np.repeat([1, 2], 30)
+    table.validation[2, :20] += 5  # fit 2 wins 20 of parcel 1's 30 voxels, and no other
+    table.validation[2, 20:] -= 5
+    rows = [r for r in winning_ratios(table, labels, {1: "p1", 2: "p2"}) if r["parcel"] == "p1"]
+    assert (rows[0]["layer"], rows[0]["state"], rows[0]["n_won"]) == (*table.keys[2], 20)
+    assert sum(r["share"] for r in rows) == pytest.approx(1.0)
+    assert sum(r["n_won"] for r in rows) == 30
