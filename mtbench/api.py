@@ -292,3 +292,11 @@ class RunSettings:
     precision: str = "mixed"
     dataset_options: dict = field(default_factory=dict)
     model_options: dict = field(default_factory=dict)
+    # One alpha per outer fold shared by all voxels (max of the voxel-mean validation r).
+    shared_alpha: bool = False
+    # Inner validation: "loro" (leave-one-run-out over the training runs) or "first" (one fold,
+    # validated on the first run that is not the test run); see mtbench.encoding.fit_nested_loro.
+    inner: str = "loro"
+    # "mtbench" (the settings above) or a named protocol that fixes several of them: see PROTOCOLS.
+    protocol: str = "mtbench"
+

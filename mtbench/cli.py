@@ -126,17 +126,22 @@ def _warn_broken(registry) -> None:
 @click.option("--backend", default="torch", show_default=True, help="Ridge backend (torch, torch_cuda, himalaya).")
 @click.option("--precision", type=click.Choice(["mixed", "float32"]), default="mixed", show_default=True,
               help="mixed: alpha search in bfloat16 where the hardware has it (about 2x faster); float32: exact.")
+@click.option("--protocol", type=click.Choice(["mtbench", "mindtransformer"]), default="mtbench", show_default=True,
+              help="mindtransformer: the reference protocol (trim 10, alphas logspace(2,7,16), one alpha for all "
+                   "voxels validated on the first remaining run, glover HRF, float32); conflicting --trim, "
+                   "--alphas, --hrf or --precision is an error.")
 @click.option("--out", "results_dir", default="mtbench-results", show_default=True, type=click.Path(path_type=Path),
               help="Results directory (shared by runs).")
 @click.option("--dataset-option", "dataset_options", multiple=True, metavar="KEY=VALUE")
 @click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE")
 @click.option("--seed", default=0, show_default=True)
-def run(model, states, layers, dataset, subject, metric, hrf, trim_scans, alphas, backend, precision, results_dir,
-        dataset_options, model_options, seed):
+def run(model, states, layers, dataset, subject, metric, hrf, trim_scans, alphas, backend, precision, protocol,
+        results_dir, dataset_options, model_options, seed):
     """Extract states, align them to the scans, fit voxelwise ridge models, score and write results."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .api import RunSettings
+    from .protocols import resolve_protocol
     from .runner import run as run_pipeline
 
     settings = RunSettings(
@@ -154,7 +159,12 @@ def run(model, states, layers, dataset, subject, metric, hrf, trim_scans, alphas
         precision=precision,
         dataset_options=_options(dataset_options, "--dataset-option"),
         model_options=_options(model_options, "--model-option"),
+        protocol=protocol,
     )
+    ctx = click.get_current_context()
+    explicit = [name for name in ("hrf", "trim_scans", "alphas", "precision")
+                if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+    settings = resolve_protocol(settings, explicit)  # conflicting explicit flags -> one-line error
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console)
     try:

@@ -5,6 +5,9 @@ leave-one-run-out picks the ridge penalty (per voxel, or one shared by all voxel
 maximizes the mean validation Pearson r; the model is then refit on all training runs
 with the chosen penalties and predicts the test run. The test run never takes part in the
 choice of alpha nor in any fit of its own outer fold.
+``inner="first"`` (MindTransformer's protocol) replaces the inner leave-one-run-out by a
+single inner fold: validation on the first run that is not the test run, training on the
+others; only the C(n_runs, 2) pair folds that contain run 0 are then decomposed.
 
 How the work is shared (this is what makes the fit fast on a CPU):
 
@@ -90,6 +93,7 @@ __all__ = ["EncodingResult", "effective_precision", "fit_nested_loro", "pearson_
 
 BACKENDS = ("torch", "torch_cuda", "himalaya")
 PRECISIONS = ("float32", "mixed")
+INNERS = ("loro", "first")
 
 # Eigendecompositions up to this size run in float64 (cheap there, and exact enough that
 # float32 only enters the large products); larger ones in float32 (float64 eigh of a
@@ -168,6 +172,7 @@ def fit_nested_loro(
     shared_alpha: bool = False,
     device: str = "cpu",
     precision: str = "float32",
+    inner: str = "loro",
 ) -> EncodingResult:
     """Fit ridge encoding models with nested leave-one-run-out cross-validation.
 
@@ -203,6 +208,13 @@ def fit_nested_loro(
         moves with it (see the module docstring). Applies where the hardware multiplies
         bfloat16 natively (CPUs with AVX512-BF16 or AMX, CUDA GPUs with bfloat16
         support), ``float32`` elsewhere. Ignored by ``backend="himalaya"``.
+    inner : {"loro", "first"}
+        How the alpha is validated inside outer fold ``o``. ``loro`` (default): every
+        other run is validated once (training on the rest), scores averaged. ``first``
+        (MindTransformer's protocol): one inner fold only, validated on the first run
+        that is not ``o`` (run 0, or run 1 when ``o`` is 0) and trained on the runs left;
+        ``validation_per_run[o]`` is that fold's r at the chosen alpha. Either way the
+        model is then refit on all runs but ``o``.
 
     Returns
     -------
@@ -220,6 +232,8 @@ def fit_nested_loro(
         raise MtbenchError(f"unknown ridge backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
         raise MtbenchError(f"unknown ridge precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if inner not in INNERS:
+        raise MtbenchError(f"unknown inner validation {inner!r}: choose one of {', '.join(INNERS)}")
     xs, ys, alpha_grid = _validate(X_runs, Y_runs, alphas)
     score = pearson_r if score is None else score
     import torch
@@ -229,28 +243,43 @@ def fit_nested_loro(
     # Small fits run on one thread: splitting tiny products gains nothing, and when the
     # cores are busy with other processes every parallel region waits for a descheduled
     # thread (measured: 4 s instead of 10 ms for a 4 x 30-scan fit on a loaded 2-core box).
-    small = _work(xs, ys, alpha_grid.size) < _SMALL_FLOPS
+    small = _work(xs, ys, alpha_grid.size, inner) < _SMALL_FLOPS
     try:
         if small and threads > 1:
             torch.set_num_threads(1)
         if backend == "himalaya":
-            return _fit_himalaya(xs, ys, alpha_grid, score, shared_alpha, device)
+            return _fit_himalaya(xs, ys, alpha_grid, score, shared_alpha, device, inner)
         with torch.inference_mode():
-            return _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision)
+            return _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision, inner)
     finally:
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
 
 
-def _work(xs, ys, n_alphas: int) -> float:
+def _work(xs, ys, n_alphas: int, inner: str = "loro") -> float:
     """Floating-point operations of the per-alpha validation products (the dominant cost)."""
     sizes = [x.shape[0] for x in xs]
     total, n_features, n_voxels = sum(sizes), xs[0].shape[1], ys[0].shape[1]
     flops = 0.0
-    for i, j in itertools.combinations(range(len(xs)), 2):
+    for i, j in _inner_pairs(len(xs), inner):
         m = min(n_features, total - sizes[i] - sizes[j])
         flops += 2.0 * n_alphas * (min(sizes[i], m) + min(sizes[j], m)) * m * n_voxels
     return flops
+
+
+def _first_validation_run(o: int) -> int:
+    """``inner="first"``: the validation run of outer fold ``o`` (the first run that is not ``o``)."""
+    return 1 if o == 0 else 0
+
+
+def _inner_pairs(n_runs: int, inner: str) -> list[tuple[int, int]]:
+    """Left-out pairs ``(i, j)`` whose training set (all runs but i and j) some inner fold uses.
+
+    ``loro``: every pair. ``first``: the pairs ``(0, o)`` only (outer ``o`` validated on run 0,
+    and ``(0, 1)`` also serves outer 0 validated on run 1).
+    """
+    pairs = list(itertools.combinations(range(n_runs), 2))
+    return pairs if inner == "loro" else [p for p in pairs if 0 in p]
 
 
 # --------------------------------------------------------------------------- validation
@@ -344,7 +373,7 @@ def _fast_bfloat16(dev) -> bool:
     return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
 
 
-def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float32") -> EncodingResult:
+def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float32", inner="loro") -> EncodingResult:
     import torch
 
     dev = torch.device(device)
@@ -363,7 +392,7 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
     X = torch.from_numpy(np.concatenate(xs)).to(dev)
     Y = torch.from_numpy(np.concatenate(ys)).to(dev)
 
-    pairs = list(itertools.combinations(range(n_runs), 2))
+    pairs = _inner_pairs(n_runs, inner)
     train_sets = [[r for r in range(n_runs) if r not in p] for p in pairs]
     outer_sets = [[r for r in range(n_runs) if r != o] for o in range(n_runs)]
     n_train = lambda runs: sum(sizes[r] for r in runs)  # noqa: E731
@@ -505,13 +534,15 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
                     torch.sum(pred[:ri], 0, out=sq[0, a])
                     torch.sum(pred[ri:], 0, out=sq[1, a])
             for k, (v, other) in enumerate(((i, j), (j, i))):
+                if inner == "first" and v != _first_validation_run(other):
+                    continue
                 num = w @ ((pair_num[p][v].T @ yc[rows[v]]) * z)  # (n_alphas, block)
                 denom = sq[k].sqrt_() * ynorm[v][None, :]
                 r = torch.where(denom > 0, num / torch.where(denom > 0, denom, 1.0), 0.0)
                 # validated on run v with run `other` also left out: inner fold of outer fold `other`
                 val_sum[other, :, c0:c1] += r
         del pred, z
-    val_mean = val_sum / (n_runs - 1)
+    val_mean = val_sum / (n_runs - 1 if inner == "loro" else 1)
     del val_sum
 
     # ---- phase 2: choose alphas without the test run
@@ -560,7 +591,7 @@ def _checked_score(score, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- himalaya (cross-check)
-def _fit_himalaya(xs, ys, alpha_grid, score, shared_alpha, device) -> EncodingResult:
+def _fit_himalaya(xs, ys, alpha_grid, score, shared_alpha, device, inner="loro") -> EncodingResult:
     """Nested LORO with himalaya's KernelRidgeCV (torch backend) per outer fold."""
     import torch
     from himalaya.backend import get_backend, set_backend
@@ -581,8 +612,9 @@ def _fit_himalaya(xs, ys, alpha_grid, score, shared_alpha, device) -> EncodingRe
             sizes = [xs[r].shape[0] for r in train]
             edges = np.concatenate([[0], np.cumsum(sizes)])
             everything = np.arange(edges[-1])
+            inner_runs = range(len(train)) if inner == "loro" else [train.index(_first_validation_run(o))]
             splits = [(np.setdiff1d(everything, np.arange(edges[k], edges[k + 1])),
-                       np.arange(edges[k], edges[k + 1])) for k in range(len(train))]
+                       np.arange(edges[k], edges[k + 1])) for k in inner_runs]
             model = KernelRidgeCV(
                 alphas=alpha_grid, kernel="linear", fit_intercept=False, cv=splits, warn=False,
                 solver_params=dict(score_func=correlation_score, local_alpha=not shared_alpha,

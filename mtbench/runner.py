@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .api import RunSettings
+from .protocols import resolve_protocol
 from .errors import MtbenchError
 from .registry import get_registry, load_dataset, load_model, split_spec
 
@@ -147,8 +148,12 @@ def run(settings: RunSettings, results_dir: Path, progress=None) -> RunOutput:
         Shared results folder; this run goes to ``results_dir/runs/<run_id>/``.
     progress : rich.progress.Progress, optional
         Receives an extraction task and a fitting task.
+
+    ``settings.protocol`` is resolved first (:func:`mtbench.api.resolve_protocol`): the run,
+    its id and its manifest use the effective settings.
     """
     clock = _Clock()
+    settings = resolve_protocol(settings)
     metric = _check_names(settings)
     from .alignment import stimulus_operators, zscore
     from .features import word_features
@@ -257,7 +262,8 @@ def _fit_all(keys, feats, operators, y_runs, settings: RunSettings, metric, prog
         scans = align_runs(feats.pop(key), operators, zscore_runs=False)  # pop: free memory as we go
         x_runs = [zscore(_trim(x, settings.trim_scans)) for x in scans]
         result = fit_nested_loro(x_runs, y_runs, settings.alphas, backend=settings.backend, score=metric.score,
-                                 precision=settings.precision)
+                                 precision=settings.precision, shared_alpha=settings.shared_alpha,
+                                 inner=settings.inner)
         for name in out:
             out[name][f] = getattr(result, name)
         if task is not None:
