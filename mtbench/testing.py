@@ -65,42 +65,8 @@ def make_tiny_llama(
     Path
         The folder.
     """
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    tokenizer = _tiny_tokenizer(vocab_size, extra_text)
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_hidden_layers=n_layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=2048,
-        rms_norm_eps=1e-6,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-    )
-    # A fork_rng keeps the caller's global RNG state untouched.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-        # The default init (std 0.02) gives near-identical activations across tokens;
-        # larger weights make the tests' identities non-trivial.
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if name.endswith("norm.weight"):
-                    param.uniform_(0.5, 1.5)  # non-trivial norm gains, still positive
-                else:
-                    param.normal_(0.0, 0.1)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return make_tiny_model(path, "llama", seed=seed, n_layers=n_layers, hidden=hidden, heads=heads,
+                           kv_heads=kv_heads, intermediate=intermediate, vocab_size=vocab_size, extra_text=extra_text)
 
 
 def _tiny_tokenizer(vocab_size: int, extra_text: Iterable[str], add_bos: bool = False):
