@@ -16,11 +16,14 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from mtbench.api import ModelAdapter, Stimulus, StimulusRun  # noqa: E402
+from mtbench.api import ModelAdapter, Stimulus  # noqa: E402
 from mtbench.errors import MtbenchError  # noqa: E402
 from mtbench.testing import make_tiny_llama, make_tiny_model  # noqa: E402
 from mtbench_plugins.models.hf import HFAdapter, load_hf, special_prefix, windows  # noqa: E402
 from mtbench_plugins.states.hooks import STATES  # noqa: E402
+
+from hf_checks import _ids, _stimulus  # noqa: E402  (tests/ is on sys.path under pytest)
+from hf_checks import check_family_identities as check_identities  # noqa: E402
 
 ALL_STATES = [s[0] for s in STATES]
 TOL = dict(atol=1e-4, rtol=1e-4)
@@ -67,18 +70,6 @@ def _fed_ids(adapter: HFAdapter, stimulus: Stimulus) -> list[list[int]]:
     return fed
 
 
-def _stimulus(*texts: str) -> Stimulus:
-    runs = []
-    for text in texts:
-        words = text.split()
-        runs.append(StimulusRun(words, np.arange(len(words), dtype=float), np.arange(len(words)) + 0.5, 10))
-    return Stimulus("en", 2.0, runs)
-
-
-def _ids(adapter: HFAdapter, text: str) -> list[int]:
-    return adapter.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
 def _word_tokens(adapter: HFAdapter, text: str) -> list[list[int]]:
     """Token indices of each space-separated word, found independently of the adapter:
     a token belongs to the word containing its first non-space character."""
@@ -97,70 +88,6 @@ def _word_tokens(adapter: HFAdapter, text: str) -> list[list[int]]:
 
 
 # --------------------------------------------------------------------------- identities
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Rotate-half RoPE of x (T, n_heads*head_dim) with cos/sin (T, head_dim)."""
-    t = x.shape[0]
-    x = x.view(t, n_heads, -1)
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return (x * cos[:, None] + rotated * sin[:, None]).reshape(t, -1)
-
-
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, n_kv: int) -> torch.Tensor:
-    """Causal softmax attention per head with grouped kv heads; (T, heads*head_dim)."""
-    t = q.shape[0]
-    q, k, v = q.view(t, n_heads, -1), k.view(t, n_kv, -1), v.view(t, n_kv, -1)
-    group = n_heads // n_kv
-    causal = torch.ones(t, t, dtype=torch.bool).tril()
-    heads = []
-    for h in range(n_heads):
-        scores = (q[:, h] @ k[:, h // group].T) / math.sqrt(q.shape[-1])
-        weights = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
-        heads.append(weights @ v[:, h // group])
-    return torch.cat(heads, dim=-1)
-
-
-def check_identities(adapter: HFAdapter, ids: list[int], atol: float = 1e-4, rtol: float = 1e-4) -> None:
-    """Recompute every state of every block from the captured ones; all must agree."""
-    model = adapter.model
-    base = model.model
-    cfg = model.config
-    n_heads, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
-    caps = adapter.capture(ids, ALL_STATES, range(1, adapter.n_layers + 1))
-    ids_t = torch.tensor(ids)[None]
-    close = dict(atol=atol, rtol=rtol)
-    with torch.inference_mode():
-        plain = model(ids_t, output_hidden_states=True, use_cache=False).hidden_states
-        cos, sin = base.rotary_emb(plain[0], position_ids=torch.arange(len(ids))[None])
-        cos, sin = cos[0], sin[0]
-        torch.testing.assert_close(caps[1, "input_hidden_state"], base.embed_tokens(ids_t)[0], **close)
-        for layer in range(1, adapter.n_layers + 1):
-            block = base.layers[layer - 1]
-            attn, mlp = block.self_attn, block.mlp
-            c = {s: caps[layer, s] for s in ALL_STATES}
-            torch.testing.assert_close(block.input_layernorm(c["input_hidden_state"]), c["pre_attn_norm"], **close)
-            torch.testing.assert_close(attn.q_proj(c["pre_attn_norm"]), c["per_head_q"], **close)
-            torch.testing.assert_close(attn.k_proj(c["pre_attn_norm"]), c["per_head_k"], **close)
-            torch.testing.assert_close(attn.v_proj(c["pre_attn_norm"]), c["per_head_v"], **close)
-            torch.testing.assert_close(_rope(c["per_head_q"], cos, sin, n_heads), c["per_head_q_rope"], **close)
-            torch.testing.assert_close(_rope(c["per_head_k"], cos, sin, n_kv), c["per_head_k_rope"], **close)
-            context = _attention(c["per_head_q_rope"], c["per_head_k_rope"], c["per_head_v"], n_heads, n_kv)
-            torch.testing.assert_close(context, c["per_head_context_vector"], **close)
-            torch.testing.assert_close(attn.o_proj(c["per_head_context_vector"]), c["attn_output"], **close)
-            torch.testing.assert_close(c["input_hidden_state"] + c["attn_output"], c["post_attn_hidden_state"], **close)
-            torch.testing.assert_close(block.post_attention_layernorm(c["post_attn_hidden_state"]), c["pre_ffn_norm"],
-                                       **close)
-            activated = mlp.act_fn(mlp.gate_proj(c["pre_ffn_norm"])) * mlp.up_proj(c["pre_ffn_norm"])
-            torch.testing.assert_close(activated, c["ffn_activated_state"], **close)
-            torch.testing.assert_close(mlp.down_proj(c["ffn_activated_state"]), c["ffn_output"], **close)
-            block_out = c["post_attn_hidden_state"] + c["ffn_output"]
-            if layer < adapter.n_layers:
-                torch.testing.assert_close(block_out, caps[layer + 1, "input_hidden_state"], **close)
-                torch.testing.assert_close(block_out, plain[layer][0], **close)
-            else:  # transformers applies the final norm to the last hidden state it returns
-                torch.testing.assert_close(base.norm(block_out), plain[layer][0], **close)
-
-
 def test_captured_states_satisfy_the_block_equations(adapter):
     check_identities(adapter, _ids(adapter, TEXT), **TOL)
 

