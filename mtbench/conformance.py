@@ -357,7 +357,10 @@ def check_dataset(dataset: Any, subject: str | None = None) -> None:
             _fail(what, f"run {r}'s last word starts at {onsets[-1]:.1f} s, after its {run.n_scans} scans "
                   f"({run.n_scans * stimulus.tr:.1f} s)", "words heard during the scans of their run")
 
-    mask = np.asarray(dataset.mask_img.dataobj)
+    mask_img = getattr(dataset, "mask_img", None)
+    if not hasattr(mask_img, "dataobj"):
+        _fail(what, f"mask_img is a {type(mask_img).__name__}", "a 3-D nibabel image (e.g. nibabel.Nifti1Image)")
+    mask = np.asarray(mask_img.dataobj)
     if mask.ndim != 3:
         _fail(what, f"mask_img has {mask.ndim} dimensions", "a 3-D mask volume")
     n_voxels = int((mask > 0).sum())
