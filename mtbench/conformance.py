@@ -490,9 +490,9 @@ def check_plugin(target: Any, check_import_cost: bool = True) -> dict[str, list]
     found: dict[str, list] = {kind: [] for _, kind in HOOK_KINDS.values()}
     for label, module in _plugin_modules(target):
         what = f"plugin {label}"
+        if check_import_cost:
+            _check_import_cost(what, module if isinstance(module, str) else module.__name__)
         if isinstance(module, str):
-            if check_import_cost:
-                _check_import_cost(what, module)
             try:
                 module = importlib.import_module(module)
             except Exception as exc:

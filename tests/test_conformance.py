@@ -92,8 +92,7 @@ def test_fixtures_come_from_the_pytest11_entry_point(request, mtbench_tiny_datas
 def test_pytest_plugin_and_kit_import_nothing_heavy():
     code = ("import sys, mtbench.pytest_plugin, mtbench.testing\n"
             "heavy = [m for m in ('torch', 'transformers', 'mtbench.registry', 'mtbench_plugins') if m in sys.modules]\n"
-            "assert heavy == ['mtbench.registry'] or heavy == [], heavy\n"
-            "import mtbench.pytest_plugin as p; assert 'mtbench.registry' not in vars(p)\n")
+            "assert heavy == [], heavy\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
 
