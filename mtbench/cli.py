@@ -21,6 +21,7 @@ from rich.table import Table  # noqa: E402
 
 from .errors import MtbenchError  # noqa: E402
 from .registry import get_registry  # noqa: E402
+from .scaffold import plugin_group  # noqa: E402
 
 console = Console()
 KINDS = ("models", "states", "datasets", "metrics")
@@ -85,6 +86,9 @@ def list_cmd(kind):
         table.add_row(*cells)
     console.print(table)
     _warn_broken(registry)
+
+
+main.add_command(plugin_group)  # mtbench plugin new KIND NAME
 
 
 @main.command()

@@ -1,13 +1,26 @@
-"""Helpers for tests and plugin authors: tiny, offline, deterministic models.
+"""Helpers for tests and plugin authors: tiny, offline, deterministic models, and the
+conformance kit (checks of the plugin contract, from :mod:`mtbench.conformance`).
 
 Nothing here downloads anything; heavy imports (torch, transformers, tokenizers) happen
-inside the functions so that importing this module stays cheap.
+inside the functions so that importing this module stays cheap. The pytest fixtures
+(``mtbench_tiny_stimulus``, ``mtbench_tiny_model``, ...) live in :mod:`mtbench.pytest_plugin`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+
+from .conformance import (  # noqa: F401  (the kit, re-exported for plugin authors)
+    ConformanceError,
+    check_dataset,
+    check_entry,
+    check_metric,
+    check_model_adapter,
+    check_plugin,
+    check_state,
+    tiny_stimulus,
+)
 
 # Enough English to give a byte-level BPE common words as single tokens while rarer
 # words (and any word absent from this text) split into several tokens.

@@ -1,0 +1,1 @@
+"""Example third-party mtbench plugin: the ``spearman`` metric and the ``tiny-example`` model."""
