@@ -89,7 +89,7 @@ def layer_state_heatmap(scores: list[dict], summary_row: dict, states: list[str]
     if summary_row["state"] in states and summary_row["layer"] in layers:
         x, y = states.index(summary_row["state"]), layers.index(summary_row["layer"])
         ax.add_patch(Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2))
-    cbar = fig.colorbar(image, cax=fig.add_axes([0.85, 0.36, 0.025, 0.52]))
+    cbar = fig.colorbar(image, cax=fig.add_axes([0.85, 0.36, 0.025, 0.52], label="colorbar"))
     cbar.set_label("held-out r (mean over folds)")
     fig.suptitle(f"{summary_row['parcel']}: held-out r per layer x state", fontsize=10)
     fig.text(0.01, 0.01, f"framed: winner chosen on validation, L{summary_row['layer']} {summary_row['state']} "
@@ -124,7 +124,7 @@ def best_state_map(run_dir: Path, states_by_code: dict[str, str], colors: dict[s
     plotting.plot_roi(img, bg_img=_template(), figure=fig, axes=fig.add_axes([0.0, 0.05, 0.74, 0.82]),
                       cmap=cmap, vmin=0.5, vmax=len(codes) + 0.5, colorbar=False, draw_cross=False,
                       resampling_interpolation="nearest", black_bg=False)
-    cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=fig.add_axes([0.77, 0.08, 0.02, 0.78]),
+    cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=fig.add_axes([0.77, 0.08, 0.02, 0.78], label="colorbar"),
                         ticks=range(1, len(codes) + 1))
     cbar.ax.set_yticklabels(names, fontsize=7)
     fig.suptitle("Best state per voxel (chosen on validation)", fontsize=11)
@@ -152,7 +152,7 @@ def score_map(run_dir: Path):
                            cmap=cmap, vmax=limit, colorbar=False, draw_cross=False, black_bg=False,
                            symmetric_cbar=True)
     cbar = fig.colorbar(ScalarMappable(norm=Normalize(-limit, limit), cmap=cmap),
-                        cax=fig.add_axes([0.84, 0.08, 0.02, 0.78]))
+                        cax=fig.add_axes([0.84, 0.08, 0.02, 0.78], label="colorbar"))
     cbar.set_label("nested held-out r")
     fig.suptitle("Held-out r of the best layer x state per voxel", fontsize=11)
     return fig
@@ -171,8 +171,9 @@ def winning_ratio_bars(winners: list[dict], parcels: list[str], colors: dict[str
         if row["parcel"] in shares:
             per = shares[row["parcel"]]
             per[row["state"]] = per.get(row["state"], 0.0) + row["share"]
-    fig = _figure(10, 0.32 * len(parcels) + 1.8)
-    ax = fig.add_axes([0.32, 1.0 / (0.32 * len(parcels) + 1.8), 0.45, 1 - 1.5 / (0.32 * len(parcels) + 1.8)])
+    height = 0.32 * len(parcels) + 1.8
+    fig = _figure(10, height)
+    ax = fig.add_axes([0.32, 0.8 / height, 0.45, 1 - 1.4 / height])  # margins fixed in inches
     y = np.arange(len(parcels))[::-1]
     left = np.zeros(len(parcels))
     for state, color in colors.items():
@@ -202,8 +203,9 @@ def stage_bars(stage_rows: list[dict], parcels: list[str]):
     """
     value = {(r["parcel"], str(r["stage"])): r["test"] for r in stage_rows}
     stages = sorted({str(r["stage"]) for r in stage_rows})
-    fig = _figure(9, 0.32 * len(parcels) + 1.8)
-    ax = fig.add_axes([0.35, 0.12, 0.5, 0.78])
+    height = 0.32 * len(parcels) + 1.8
+    fig = _figure(9, height)
+    ax = fig.add_axes([0.35, 0.8 / height, 0.45, 1 - 1.4 / height])
     y = np.arange(len(parcels))[::-1]
     height = 0.8 / max(len(stages), 1)
     for i, stage in enumerate(stages):
