@@ -436,3 +436,28 @@ def test_page_sorts_filters_and_links_in_headless_chromium(runs, tmp_path):
         assert all(driver.execute_script("return arguments[0].naturalWidth", img) > 100 for img in images)
     finally:
         driver.quit()
+
+
+def test_mode2_runs_with_extra_columns_and_files_are_read(runs, tmp_path):
+    """A Mode 2 run (summary rows per stage, extra columns and files) joins the board at its last stage."""
+    root, model, made = runs
+    run_dir = tmp_path / "m2" / "runs" / "mode2-run"
+    shutil.copytree(made["llama"], run_dir)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest["settings"]["mode"] = 2
+    manifest["run_id"] += "-mode2"
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    table = pq.read_table(run_dir / "summary.parquet")
+    stage1 = table.append_column("stage", pa.array([1] * table.num_rows)).set_column(
+        table.schema.get_field_index("test"), "test", table.column("winner_test"))
+    stage2 = table.append_column("stage", pa.array([2] * table.num_rows))
+    both = pa.concat_tables([stage1, stage2]).append_column("kept_from", pa.array(["x"] * 2 * table.num_rows))
+    pq.write_table(both.replace_schema_metadata(table.schema.metadata), run_dir / "summary.parquet")
+    (run_dir / "extra_output.json").write_text("{}")
+    board = leaderboard.build([tmp_path / "m2", root / "a"], mode="2")
+    assert {r["run_id"] for r in board.rows} == {manifest["run_id"]} and {r["mode"] for r in board.rows} == {"2"}
+    stage2_test = {r["parcel"]: r["test"] for r in table.to_pylist()}
+    assert {r["parcel"]: r["score"] for r in board.rows} == stage2_test
+    assert len(leaderboard.build([tmp_path / "m2", root / "a"]).runs) == 3  # modes side by side
+    names = [name for name, _, _ in report.figures(run_dir)]
+    assert "mode2_stages.png" in names
