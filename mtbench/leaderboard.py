@@ -81,8 +81,8 @@ def find_run_folders(paths: list[Path]) -> tuple[list[Path], list[str]]:
         elif path.is_file():
             notes.append(f"{path}: is a file, not a results folder; pass the folder that holds runs/ "
                          f"(mtbench run --out) or a run folder")
-        elif (path / "manifest.json").exists():
-            folders.add(path.resolve())
+        elif any((path / name).exists() for name in ("manifest.json", "summary.parquet", "maps")):
+            folders.add(path.resolve())  # a run folder (validation says what is wrong with it, if anything)
         else:
             parent = path / "runs" if (path / "runs").is_dir() else path
             children = sorted(p for p in parent.iterdir() if p.is_dir())
@@ -170,12 +170,21 @@ def _matches(value: str, wanted: str | None) -> bool:
     return wanted is None or value == wanted
 
 
+def _comma_list(text: str) -> str:
+    return "," + ",".join(part.strip().lower() for part in text.split(",")) + ","
+
+
 def _parcel_filter(spec: str | None):
-    """``None``/"all" -> keep all; "a,b,12" -> names (case-insensitive) or ids; whole brain always kept."""
+    """``None``/"all" -> keep all; "a,b,12" -> names (case-insensitive) or ids; whole brain always kept.
+
+    Parcel names may contain commas ("Superior Temporal Gyrus, posterior division"): a name
+    is kept when it appears as consecutive items of the list.
+    """
     if spec is None or spec.strip().lower() == "all":
         return None
-    wanted = {part.strip().lower() for part in spec.split(",") if part.strip()}
-    return lambda row: row["parcel_id"] == -1 or row["parcel"].lower() in wanted or str(row["parcel_id"]) in wanted
+    wanted = _comma_list(spec)
+    return lambda row: (row["parcel_id"] == -1 or _comma_list(row["parcel"]) in wanted
+                        or f",{row['parcel_id']}," in wanted)
 
 
 def build(
@@ -236,6 +245,8 @@ def build(
     rows = []
     for run in latest.values():
         rows += _run_rows(run, keep_parcel, METRICS[metric], report_link(run.manifest["run_id"]) if report_link else "")
+    if keep_parcel is not None and all(row["parcel_id"] == -1 for row in rows):
+        notes.append(f"no parcel matches --parcels {parcels!r}; only the whole brain is shown")
     notes += _rank(rows)
     rows.sort(key=lambda r: (r["dataset"], r["subject"], r["mode"], r["metric"], r["rank"], r["model"], r["run_id"],
                              r["parcel_id"]))
@@ -419,7 +430,7 @@ def html_page(board: Board) -> str:
     """A self-contained page (inline CSS and JS, no network): sortable, filterable, with provenance."""
     parcels, models = wide(board)
     e = html.escape
-    head = ['<th data-type="number">rank</th>', '<th data-type="text">model</th>', '<th data-type="text">family</th>',
+    head = ['<th data-type="number" data-first="asc">rank</th>', '<th data-type="text">model</th>', '<th data-type="text">family</th>',
             '<th data-type="number">params</th>', '<th data-type="number">layers</th>',
             '<th data-type="text">dataset</th>', '<th data-type="text">subject</th>', '<th data-type="text">mode</th>']
     head += [f'<th data-type="number" data-parcel="{_attr(p)}">{e(p)}</th>' for p in parcels]

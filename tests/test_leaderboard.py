@@ -134,8 +134,11 @@ def test_normalized_metric_and_missing_cells(runs):
 
 def test_filters_ties_and_superseded_runs(runs, tmp_path):
     root, model, made = runs
-    only = board_of(root, parcels=f"{HESCHL.upper()},1")  # names (any case) or ids
-    assert {r["parcel"] for r in only.rows} == {"whole brain", HESCHL, "Frontal Pole"}
+    only = board_of(root, parcels=f"{HESCHL.upper()},1,{PLANTED[1]['parcel']}")  # names (any case) or ids
+    assert {r["parcel"] for r in only.rows} == {"whole brain", HESCHL, "Frontal Pole", PLANTED[1]["parcel"]}
+    partial_name = board_of(root, parcels="Superior Temporal Gyrus")  # a name is matched whole, not a prefix
+    assert {r["parcel"] for r in partial_name.rows} == {"whole brain"}
+    assert any("no parcel matches --parcels" in note for note in partial_name.notes)
     with pytest.raises(MtbenchError, match="no run matches --dataset lpp-en"):
         board_of(root, dataset="lpp-en")
     with pytest.raises(MtbenchError, match="--mode 2"):
@@ -403,6 +406,8 @@ def test_page_sorts_filters_and_links_in_headless_chromium(runs, tmp_path):
         assert [float(v) for v in column(heschl)] == sorted(values)
         headers[names.index("model")].click()
         assert column(names.index("model")) == sorted(column(names.index("model")), key=str.lower)
+        headers[0].click()  # ranks: 1 first
+        assert column(0) == ["1", "2", "3", "4"]
         # family filter
         Select(driver.find_element(By.ID, "family-filter")).select_by_value("baseline")
         visible = [r for r in driver.find_elements(By.CSS_SELECTOR, "#board tbody tr") if r.is_displayed()]

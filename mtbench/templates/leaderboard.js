@@ -16,9 +16,10 @@
   function sortBy(index) {
     var header = headers[index];
     var type = header.getAttribute("data-type");
-    // numbers start high-to-low (best first), text A-Z; a second click reverses
+    // scores start high-to-low (best first), text and ranks A-Z / 1-n; a second click reverses
+    var firstAscending = type !== "number" || header.getAttribute("data-first") === "asc";
     var ascending = header.classList.contains("sorted-desc") ||
-      (!header.classList.contains("sorted-asc") && type !== "number");
+      (!header.classList.contains("sorted-asc") && firstAscending);
     headers.forEach(function (h) { h.classList.remove("sorted-asc", "sorted-desc"); });
     header.classList.add(ascending ? "sorted-asc" : "sorted-desc");
     var rows = Array.prototype.slice.call(body.rows).map(function (row, position) {
