@@ -333,6 +333,9 @@ def test_report_page_is_offline_and_embeds_every_png(runs, tmp_path):
     assert not re.search(r"(src|href)=\"https?:", page)
     manifest = json.loads((made["random"] / "manifest.json").read_text())
     assert manifest["model"]["revision"] in page and manifest["dataset"]["version"] in page
+    report.write_report(made["random"], tmp_path / "again")  # same run, same bytes (no timestamps in PNG/HTML)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "rep").iterdir()} == {
+        p.name: p.read_bytes() for p in (tmp_path / "again").iterdir()}
     bad = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert bad.exit_code == 2 and "not an mtbench run" in bad.output
 
