@@ -155,6 +155,18 @@ def test_filters_ties_and_superseded_runs(runs, tmp_path):
     manifest = json.loads((newer / "manifest.json").read_text())
     old_id, manifest["run_id"] = manifest["run_id"], "9" + manifest["run_id"]
     (newer / "manifest.json").write_text(json.dumps(manifest))
+    # the random run relabelled as another subject's: --subject average / each / a name
+    other = tmp_path / "d" / "runs" / "sub-01"
+    shutil.copytree(made["random"], other)
+    manifest_s = json.loads((other / "manifest.json").read_text())
+    manifest_s["settings"]["subject"], manifest_s["run_id"] = "sub-01", manifest_s["run_id"] + "-sub-01"
+    (other / "manifest.json").write_text(json.dumps(manifest_s))
+    paths = [root / "a", root / "b", tmp_path / "d"]
+    subjects = {s: [(m["model"], m["subject"]) for m in leaderboard.wide(leaderboard.build(paths, subject=s))[1]]
+                for s in ("average", "each", "sub-01")}
+    assert ("random", "sub-01") not in subjects["average"] and len(subjects["average"]) == 4
+    assert ("random", "sub-01") in subjects["each"] and ("random", "average") in subjects["each"]
+    assert subjects["sub-01"] == [("random", "sub-01")]
     board = leaderboard.build([root / "a", root / "b", tmp_path / "c"])
     _, models = leaderboard.wide(board)
     twins = [m for m in models if m["model"] in ("random", "random-twin")]
