@@ -248,8 +248,8 @@ def build(
     if keep_parcel is not None and all(row["parcel_id"] == -1 for row in rows):
         notes.append(f"no parcel matches --parcels {parcels!r}; only the whole brain is shown")
     notes += _rank(rows)
-    rows.sort(key=lambda r: (r["dataset"], r["subject"], r["mode"], r["metric"], r["rank"], r["model"], r["run_id"],
-                             r["parcel_id"]))
+    rows.sort(key=lambda r: (r["dataset"], r["subject"], r["mode"], r["metric"], r["rank"] is None, r["rank"] or 0,
+                             r["model"], r["run_id"], r["parcel_id"]))
     order = list(dict.fromkeys(r["run_id"] for r in rows))
     by_id = {run.manifest["run_id"]: run for run in latest.values()}
     options = {"dataset": dataset, "subject": subject, "parcels": parcels or "all", "metric": metric, "mode": mode}
@@ -307,7 +307,7 @@ def _rank(rows: list[dict]) -> list[str]:
             notes.append(f"{key[0]}: runs on {len(versions)} dataset versions ({', '.join(versions)}) are ranked "
                          f"together; their scores are only comparable on the same data")
     for row in rows:
-        row["rank"] = rank_of[row["run_id"]]
+        row["rank"] = rank_of.get(row["run_id"])  # unranked (null) if the run has no whole-brain row
     return notes
 
 
@@ -339,7 +339,8 @@ def wide(board: Board) -> tuple[list[str], list[dict]]:
     manifests = {run.manifest["run_id"]: run.manifest for run in board.runs}
     for entry in models.values():
         key = (entry["dataset"], entry["subject"], entry["mode"], entry["metric"], entry["rank"])
-        entry["rank_label"] = f"{entry['rank']}=" if ranks.count(key) > 1 else str(entry["rank"])
+        entry["rank_label"] = (MISSING if entry["rank"] is None
+                               else f"{entry['rank']}=" if ranks.count(key) > 1 else str(entry["rank"]))
         entry["manifest"] = manifests[entry["run_id"]]
     return parcels, list(models.values())
 
@@ -439,7 +440,7 @@ def html_page(board: Board) -> str:
     for m in models:
         link = (f'<a href="{_attr(m["report"])}">{e(m["model"])}</a>' if m["report"] else e(m["model"]))
         cells = [
-            f'<td data-value="{m["rank"]}">{e(m["rank_label"])}</td>',
+            f'<td data-value="{"" if m["rank"] is None else m["rank"]}">{e(m["rank_label"])}</td>',
             f'<td data-value="{_attr(m["model"])}" class="model">{link}</td>',
             f'<td data-value="{_attr(m["family"])}">{e(m["family"])}</td>',
             f'<td data-value="{"" if m["n_params"] is None else m["n_params"]}">{e(size_text(m["n_params"]))}</td>',
