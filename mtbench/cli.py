@@ -225,5 +225,11 @@ def print_summary(output, top: int = 15) -> None:
     console.print(f"results: {output.run_dir}  ({output.seconds:.0f} s)")
 
 
+from .board_commands import leaderboard_command, report_command  # noqa: E402
+
+main.add_command(leaderboard_command)
+main.add_command(report_command)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -188,7 +188,8 @@ def run(settings: RunSettings, results_dir: Path, progress=None) -> RunOutput:
         model={"name": adapter.name, "spec": settings.model, "family": adapter.family,
                "revision": adapter.revision, "n_layers": adapter.n_layers, "extraction": adapter.settings(),
                # e.g. the share of words a static embedding has no vector for (when it extracted)
-               "coverage": getattr(adapter, "coverage", None)},
+               "coverage": getattr(adapter, "coverage", None),
+               "n_params": getattr(adapter, "n_params", None)},  # model size (leaderboard)
         dataset={"name": dataset.name, "version": dataset.version, "n_voxels": n_voxels,
                  "n_runs": len(dataset.stimulus.runs), "stimulus": dataset.stimulus.fingerprint(),
                  "atlas": dataset.parcels.atlas},

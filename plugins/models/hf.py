@@ -414,6 +414,8 @@ class HFAdapter:
         self.base = getattr(model, model.base_model_prefix, model)
         self.blocks = self.base.get_submodule(self.spec.layers)
         self.n_layers = len(self.blocks)
+        # model size for the leaderboard (tied embeddings counted once)
+        self.n_params = sum(p.numel() for p in self.model.parameters())
         current = self.model.config._attn_implementation
         if current not in _ATTENTION_IMPLEMENTATIONS.values():
             # eager stays eager (exact softmax); everything else (sdpa, flash...) -> sdpa, unless

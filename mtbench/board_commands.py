@@ -1,0 +1,63 @@
+"""The ``mtbench leaderboard`` and ``mtbench report`` commands (registered in :mod:`mtbench.cli`).
+
+Heavy modules (pyarrow, matplotlib, nilearn) are imported when a command runs, so
+``mtbench list`` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+console = Console()
+
+
+@click.command("leaderboard")
+@click.argument("results_dirs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--out", default="leaderboard", show_default=True, type=click.Path(path_type=Path),
+              help="Folder for leaderboard.parquet, leaderboard.md, index.html and reports/.")
+@click.option("--dataset", default=None, help="Only runs on this dataset (default: all).")
+@click.option("--subject", default="average", show_default=True,
+              help="'average' (group-average subject), 'each' (a row per model and subject) or a subject name.")
+@click.option("--parcels", default="all", show_default=True,
+              help="'all' or a comma list of parcel names or ids shown next to the whole brain.")
+@click.option("--metric", type=click.Choice(["raw", "normalized"]), default="raw", show_default=True,
+              help="raw held-out r, or r / noise ceiling (missing where the dataset has no ceiling).")
+@click.option("--mode", default=None, help="Only runs of this encoding mode (1 or 2; default: all).")
+@click.option("--reports/--no-reports", default=True, show_default=True,
+              help="Build each shown run's report (figures) under OUT/reports/ and link rows to it.")
+@click.option("--strict", is_flag=True, help="Fail on the first invalid run instead of skipping it.")
+def leaderboard_command(results_dirs, out, dataset, subject, parcels, metric, mode, reports, strict):
+    """Collect runs under RESULTS_DIRS (default: mtbench-results), validate them, write the leaderboard."""
+    from . import leaderboard
+
+    def link(run_id: str) -> str:
+        relative = f"reports/{run_id}/index.html"
+        return relative if reports or (out / relative).is_file() else ""
+
+    board = leaderboard.build(list(results_dirs) or [Path("mtbench-results")], dataset=dataset, subject=subject,
+                              parcels=parcels, metric=metric, mode=mode, strict=strict, report_link=link)
+    for note in board.notes:
+        console.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+    if reports:
+        from .report import write_report
+
+        for run in board.runs:
+            write_report(run.path, out / "reports" / run.manifest["run_id"])
+    files = leaderboard.write(board, out)
+    console.print(leaderboard.terminal_table(board))
+    console.print(f"wrote {', '.join(str(p) for p in files.values())}", highlight=False, soft_wrap=True)
+
+
+@click.command("report")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--out", default=None, type=click.Path(path_type=Path),
+              help="Folder for the PNG figures and index.html (default: RUN_DIR/report).")
+def report_command(run_dir, out):
+    """Figures of one run (layer x state heatmaps, brain maps, winning ratios) as PNG and one HTML page."""
+    from .report import write_report
+
+    page = write_report(run_dir, out)
+    console.print(f"wrote {page} and its figures", highlight=False, soft_wrap=True)

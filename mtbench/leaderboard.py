@@ -1,0 +1,529 @@
+"""``mtbench leaderboard``: many runs -> one table (Parquet, Markdown, HTML, terminal).
+
+Every run folder found under the given paths is checked against the result schema
+(:mod:`mtbench.schema`); a folder that fails is reported in one line and left out. Each
+row of the board is one model (baselines included) on one dataset, subject, mode and
+metric; its cells are the per-parcel scores of the best (layer, state) *chosen on
+validation* (``summary.parquet``: ``test`` is the nested held-out r of that choice).
+
+Same inputs give byte-identical files: rows and columns are sorted with stable keys,
+nothing records the time of the build, and the Parquet writer adds no timestamp.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from .errors import MtbenchError
+from .paths import atomic_write_bytes
+from .results import WHOLE_BRAIN
+from .schema import RunFolder, validate_run
+
+#: --metric choice -> column of summary.parquet.
+METRICS = {"raw": "test", "normalized": "test_normalized"}
+MISSING = "—"
+
+#: Columns of leaderboard.parquet, in order, with their Arrow types (documented in leaderboard/README.md).
+COLUMNS = {
+    "rank": "int32", "model": "string", "family": "string", "n_params": "int64", "n_layers": "int32",
+    "dataset": "string", "dataset_version": "string", "atlas": "string", "subject": "string", "mode": "string",
+    "metric": "string", "parcel_id": "int32", "parcel": "string", "n_voxels": "int32", "layer": "int32",
+    "state": "string", "score": "float64", "test": "float64", "test_normalized": "float64", "ceiling": "float64",
+    "validation": "float64", "folds_agree": "float64", "voxel_best_test": "float64", "top_state": "string",
+    "top_state_share": "float64", "tied_states": "string", "run_id": "string", "model_revision": "string",
+    "mtbench_version": "string", "report": "string",
+}
+
+
+@dataclass
+class Board:
+    """A built leaderboard.
+
+    Attributes
+    ----------
+    rows : list of dict
+        One per (run, parcel), keys :data:`COLUMNS`, sorted by rank then parcel.
+    runs : list of RunFolder
+        The runs shown, in row order.
+    notes : list of str
+        One line each: folders left out and why, superseded runs, mixed dataset versions.
+    options : dict
+        The options the board was built with (stored in the outputs).
+    """
+
+    rows: list[dict]
+    runs: list[RunFolder]
+    notes: list[str] = field(default_factory=list)
+    options: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- collecting
+def find_run_folders(paths: list[Path]) -> tuple[list[Path], list[str]]:
+    """Candidate run folders under ``paths`` (a results folder, its ``runs/``, or one run).
+
+    Returns
+    -------
+    folders : list of Path
+        Sorted, without duplicates.
+    notes : list of str
+        Paths that hold no run, and interrupted runs (``*.partial``), one line each.
+    """
+    folders: set[Path] = set()
+    notes = []
+    for path in map(Path, paths):
+        if not path.exists():
+            notes.append(f"{path}: does not exist; pass a results folder (mtbench run --out) or a run folder")
+        elif path.is_file():
+            notes.append(f"{path}: is a file, not a results folder; pass the folder that holds runs/ "
+                         f"(mtbench run --out) or a run folder")
+        elif any((path / name).exists() for name in ("manifest.json", "summary.parquet", "maps")):
+            folders.add(path.resolve())  # a run folder (validation says what is wrong with it, if anything)
+        else:
+            parent = path / "runs" if (path / "runs").is_dir() else path
+            children = sorted(p for p in parent.iterdir() if p.is_dir())
+            for child in children:
+                if child.name.endswith(".partial"):
+                    notes.append(f"{child}: interrupted run (.partial), skipped; re-run it")
+                else:
+                    folders.add(child.resolve())
+            if not children:
+                notes.append(f"{path}: no runs found; pass a results folder written by `mtbench run --out`")
+    return sorted(folders), notes
+
+
+def load_runs(paths: list[Path], strict: bool = False) -> tuple[list[RunFolder], list[str]]:
+    """Validate every run folder under ``paths``.
+
+    Parameters
+    ----------
+    paths : list of Path
+    strict : bool
+        Raise on the first folder that fails, instead of leaving it out with a note.
+
+    Returns
+    -------
+    runs : list of RunFolder
+    notes : list of str
+    """
+    folders, notes = find_run_folders(paths)
+    runs = []
+    for folder in folders:
+        try:
+            runs.append(validate_run(folder))
+        except MtbenchError as exc:
+            if strict:
+                raise
+            notes.append(f"skipped {exc}")
+    return runs, notes
+
+
+def _read(path: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+def run_mode(manifest: dict) -> str:
+    """The encoding mode of a run ("1" unless the run says otherwise)."""
+    settings = manifest.get("settings", {})
+    return str(settings.get("mode") or manifest.get("mode") or 1)
+
+
+def _final_stage(rows: list[dict]) -> list[dict]:
+    """Rows of the last stage when a (Mode 2) summary carries a ``stage`` column."""
+    stages = {row.get("stage") for row in rows} - {None}
+    if not stages:
+        return rows
+    last = max(stages, key=str)
+    return [row for row in rows if row.get("stage") in (last, None)]
+
+
+def top_states(winners: list[dict]) -> dict[int, tuple[str, float, str]]:
+    """Per parcel id: the state winning the most voxels (summed over layers), its share, and ties.
+
+    Returns
+    -------
+    dict
+        ``parcel_id -> (state, share, tied)`` where ``tied`` is ``"a|b"`` when several
+        states win exactly as many voxels (``state`` is then the first of them by name).
+    """
+    counts: dict[int, dict[str, int]] = {}
+    sizes: dict[int, int] = {}
+    for row in winners:
+        per = counts.setdefault(row["parcel_id"], {})
+        per[row["state"]] = per.get(row["state"], 0) + row["n_won"]
+        sizes[row["parcel_id"]] = sizes.get(row["parcel_id"], 0) + row["n_won"]
+    out = {}
+    for pid, per in counts.items():
+        best = max(per.values())
+        tied = sorted(s for s, n in per.items() if n == best)
+        out[pid] = (tied[0], best / sizes[pid], "|".join(tied) if len(tied) > 1 else "")
+    return out
+
+
+def _matches(value: str, wanted: str | None) -> bool:
+    return wanted is None or value == wanted
+
+
+def _comma_list(text: str) -> str:
+    return "," + ",".join(part.strip().lower() for part in text.split(",")) + ","
+
+
+def _parcel_filter(spec: str | None):
+    """``None``/"all" -> keep all; "a,b,12" -> names (case-insensitive) or ids; whole brain always kept.
+
+    Parcel names may contain commas ("Superior Temporal Gyrus, posterior division"): a name
+    is kept when it appears as consecutive items of the list.
+    """
+    if spec is None or spec.strip().lower() == "all":
+        return None
+    wanted = _comma_list(spec)
+    return lambda row: (row["parcel_id"] == -1 or _comma_list(row["parcel"]) in wanted
+                        or f",{row['parcel_id']}," in wanted)
+
+
+def build(
+    paths: list[Path],
+    dataset: str | None = None,
+    subject: str = "average",
+    parcels: str | None = None,
+    metric: str = "raw",
+    mode: str | None = None,
+    strict: bool = False,
+    report_link=None,
+) -> Board:
+    """Collect, validate, filter and rank runs.
+
+    Parameters
+    ----------
+    paths : list of Path
+        Results folders (``mtbench run --out``), ``runs/`` folders or run folders.
+    dataset : str, optional
+        Keep runs on this dataset (default: all).
+    subject : str
+        ``"average"`` (the group-average subject), ``"each"`` (one row per model and
+        subject) or a subject name.
+    parcels : str, optional
+        ``"all"`` or a comma list of parcel names or ids (the whole brain is always kept).
+    metric : {"raw", "normalized"}
+        Raw held-out r, or r divided by the parcel's noise ceiling (missing without one).
+    mode : str, optional
+        Keep runs of this encoding mode ("1", "2"); default: all.
+    strict : bool
+        Fail on the first invalid run instead of leaving it out.
+    report_link : callable, optional
+        ``report_link(run_id) -> str``: relative link to the run's report page ("" for none).
+    """
+    if metric not in METRICS:
+        raise MtbenchError(f"unknown leaderboard metric {metric!r}: use one of {', '.join(METRICS)}")
+    runs, notes = load_runs(paths, strict=strict)
+    if not runs:
+        raise MtbenchError(f"no valid run found in {', '.join(map(str, paths))}; "
+                           f"{notes[0] if notes else 'run `mtbench run` first'}")
+    keep_parcel = _parcel_filter(parcels)
+    # newest run per (model, dataset, subject, mode, metric): run ids start with the UTC time
+    latest: dict[tuple, RunFolder] = {}
+    for run in sorted(runs, key=lambda r: (r.manifest["run_id"], str(r.path))):
+        m = run.manifest
+        if not (_matches(m["dataset"]["name"], dataset) and _matches(run_mode(m), mode)):
+            continue
+        if subject not in ("each",) and m["settings"]["subject"] != subject:
+            continue
+        key = (m["model"]["name"], m["dataset"]["name"], m["settings"]["subject"], run_mode(m), m["settings"]["metric"])
+        if key in latest:
+            notes.append(f"{latest[key].manifest['run_id']}: superseded by the newer run {m['run_id']} of the "
+                         f"same model, dataset, subject and mode (left out)")
+        latest[key] = run
+    if not latest:
+        raise MtbenchError(f"no run matches --dataset {dataset or 'any'} --subject {subject} --mode {mode or 'any'} "
+                           f"among {len(runs)} valid runs; check `mtbench leaderboard` without filters")
+    rows = []
+    for run in latest.values():
+        rows += _run_rows(run, keep_parcel, METRICS[metric], report_link(run.manifest["run_id"]) if report_link else "")
+    if keep_parcel is not None and all(row["parcel_id"] == -1 for row in rows):
+        notes.append(f"no parcel matches --parcels {parcels!r}; only the whole brain is shown")
+    notes += _rank(rows)
+    rows.sort(key=lambda r: (r["dataset"], r["subject"], r["mode"], r["metric"], r["rank"] is None, r["rank"] or 0,
+                             r["model"], r["run_id"], r["parcel_id"]))
+    order = list(dict.fromkeys(r["run_id"] for r in rows))
+    by_id = {run.manifest["run_id"]: run for run in latest.values()}
+    options = {"dataset": dataset, "subject": subject, "parcels": parcels or "all", "metric": metric, "mode": mode}
+    return Board(rows=rows, runs=[by_id[i] for i in order], notes=notes, options=options)
+
+
+def _run_rows(run: RunFolder, keep_parcel, score_column: str, report: str) -> list[dict]:
+    m = run.manifest
+    summary = _final_stage(_read(run.path / "summary.parquet"))
+    winners = top_states(_read(run.path / "winners.parquet"))
+    rows = []
+    for row in summary:
+        if keep_parcel is not None and not keep_parcel(row):
+            continue
+        state, share, tied = winners.get(row["parcel_id"], (None, None, ""))
+        rows.append({
+            "rank": 0, "model": m["model"]["name"], "family": m["model"]["family"],
+            "n_params": m["model"].get("n_params"), "n_layers": m["model"].get("n_layers"),
+            "dataset": m["dataset"]["name"], "dataset_version": m["dataset"]["version"],
+            "atlas": m["dataset"].get("atlas") or "", "subject": m["settings"]["subject"], "mode": run_mode(m),
+            "metric": m["settings"]["metric"], "parcel_id": row["parcel_id"], "parcel": row["parcel"],
+            "n_voxels": row["n_voxels"], "layer": row["layer"], "state": row["state"],
+            "score": _finite(row.get(score_column)), "test": _finite(row["test"]),
+            "test_normalized": _finite(row["test_normalized"]), "ceiling": _finite(row["ceiling"]),
+            "validation": _finite(row["validation"]), "folds_agree": _finite(row["folds_agree"]),
+            "voxel_best_test": _finite(row["voxel_best_test"]), "top_state": state, "top_state_share": share,
+            "tied_states": tied, "run_id": m["run_id"], "model_revision": str(m["model"]["revision"]),
+            "mtbench_version": m["mtbench_version"], "report": report,
+        })
+    return rows
+
+
+def _finite(value) -> float | None:
+    """NaN (e.g. no noise ceiling) becomes a missing cell, never a number."""
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _rank(rows: list[dict]) -> list[str]:
+    """Competition ranks ("1, 2, 2, 4") by whole-brain score within each (dataset, subject, mode, metric)."""
+    notes = []
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if row["parcel_id"] == -1:
+            groups.setdefault((row["dataset"], row["subject"], row["mode"], row["metric"]), []).append(row)
+    rank_of = {}
+    for key, brain in groups.items():
+        brain.sort(key=lambda r: (r["score"] is None, -(r["score"] or 0.0), r["model"], r["run_id"]))
+        previous, rank = object(), 0
+        for position, row in enumerate(brain, start=1):
+            if row["score"] != previous:
+                rank, previous = position, row["score"]
+            rank_of[row["run_id"]] = rank
+        versions = sorted({r["dataset_version"] for r in brain})
+        if len(versions) > 1:
+            notes.append(f"{key[0]}: runs on {len(versions)} dataset versions ({', '.join(versions)}) are ranked "
+                         f"together; their scores are only comparable on the same data")
+    for row in rows:
+        row["rank"] = rank_of.get(row["run_id"])  # unranked (null) if the run has no whole-brain row
+    return notes
+
+
+# --------------------------------------------------------------------------- wide view
+def wide(board: Board) -> tuple[list[str], list[dict]]:
+    """One entry per run (a model row) with its cells per parcel.
+
+    Returns
+    -------
+    parcels : list of str
+        Parcel columns in parcel-id order, the whole brain first.
+    models : list of dict
+        ``rank, rank_label, model, family, n_params, n_layers, dataset, subject, mode,
+        metric, run_id, report, cells`` (parcel -> row of :data:`COLUMNS`), ``wins``
+        (state -> number of parcels it wins), ``manifest``.
+    """
+    parcel_ids: dict[str, int] = {}
+    models: dict[str, dict] = {}
+    for row in board.rows:
+        parcel_ids.setdefault(row["parcel"], row["parcel_id"])
+        entry = models.setdefault(row["run_id"], {k: row[k] for k in (
+            "rank", "model", "family", "n_params", "n_layers", "dataset", "subject", "mode", "metric", "run_id",
+            "report")} | {"cells": {}, "wins": {}})
+        entry["cells"][row["parcel"]] = row
+        if row["parcel_id"] != -1:
+            entry["wins"][row["state"]] = entry["wins"].get(row["state"], 0) + 1
+    parcels = sorted(parcel_ids, key=lambda p: (parcel_ids[p], p))
+    ranks = [(m["dataset"], m["subject"], m["mode"], m["metric"], m["rank"]) for m in models.values()]
+    manifests = {run.manifest["run_id"]: run.manifest for run in board.runs}
+    for entry in models.values():
+        key = (entry["dataset"], entry["subject"], entry["mode"], entry["metric"], entry["rank"])
+        entry["rank_label"] = (MISSING if entry["rank"] is None
+                               else f"{entry['rank']}=" if ranks.count(key) > 1 else str(entry["rank"]))
+        entry["manifest"] = manifests[entry["run_id"]]
+    return parcels, list(models.values())
+
+
+def wins_text(wins: dict[str, int]) -> str:
+    """``{"a": 2, "b": 3}`` -> ``"b 3, a 2"`` (most parcels first, then by name)."""
+    return ", ".join(f"{state} {n}" for state, n in sorted(wins.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def size_text(n_params) -> str:
+    if n_params is None:
+        return MISSING
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n_params >= scale:
+            return f"{n_params / scale:.3g}{unit}"
+    return str(n_params)
+
+
+def score_text(value) -> str:
+    return MISSING if value is None else f"{value:.3f}"
+
+
+def cell_text(cell: dict | None) -> str:
+    """``0.412 (L3 ffn_activated_state)``; a parcel the run did not score is a dash."""
+    if cell is None:
+        return MISSING
+    return f"{score_text(cell['score'])} (L{cell['layer']} {cell['state']})"
+
+
+# --------------------------------------------------------------------------- writers
+def to_arrow(board: Board):
+    """The board as a ``pyarrow.Table`` with the run manifests in its metadata (key ``mtbench``)."""
+    import pyarrow as pa
+
+    schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in COLUMNS.items()])
+    table = pa.Table.from_pylist(board.rows, schema=schema)
+    meta = {"leaderboard_options": board.options, "runs": {r.manifest["run_id"]: r.manifest for r in board.runs}}
+    return table.replace_schema_metadata({b"mtbench": json.dumps(meta, sort_keys=True).encode()})
+
+
+def parquet_bytes(board: Board) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(to_arrow(board), sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
+def _md(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def markdown(board: Board) -> str:
+    """The board as a Markdown table, one row per model, a legend and the notes."""
+    parcels, models = wide(board)
+    score = "ceiling-normalized r" if board.options.get("metric") == "normalized" else "held-out r"
+    head = ["rank", "model", "family", "params", "layers", "dataset", "subject", "mode", *parcels, "winning states"]
+    lines = [
+        "# mtbench leaderboard",
+        "",
+        f"Cells: {score} of the best (layer, state) chosen on validation (nested leave-one-run-out), "
+        f"then that winner as (L<layer> <state>). {MISSING} = not measured (parcel not in the run, or no noise "
+        f"ceiling). `n=` ranks are ties. Winning states: number of parcels each state wins.",
+        "",
+        "| " + " | ".join(map(_md, head)) + " |",
+        "|" + "|".join("---:" if h in ("rank", "params", "layers") else "---" for h in head) + "|",
+    ]
+    for m in models:
+        cells = [m["rank_label"], m["model"], m["family"], size_text(m["n_params"]),
+                 MISSING if m["n_layers"] is None else str(m["n_layers"]), m["dataset"], m["subject"], m["mode"],
+                 *(cell_text(m["cells"].get(p)) for p in parcels), wins_text(m["wins"]) or MISSING]
+        lines.append("| " + " | ".join(map(_md, cells)) + " |")
+    if board.notes:
+        lines += ["", "Notes:", ""] + [f"- {_md(note)}" for note in board.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _template(name: str) -> str:
+    return resources.files("mtbench").joinpath("templates", name).read_text(encoding="utf-8")
+
+
+def _attr(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def html_page(board: Board) -> str:
+    """A self-contained page (inline CSS and JS, no network): sortable, filterable, with provenance."""
+    parcels, models = wide(board)
+    e = html.escape
+    head = ['<th data-type="number" data-first="asc">rank</th>', '<th data-type="text">model</th>', '<th data-type="text">family</th>',
+            '<th data-type="number">params</th>', '<th data-type="number">layers</th>',
+            '<th data-type="text">dataset</th>', '<th data-type="text">subject</th>', '<th data-type="text">mode</th>']
+    head += [f'<th data-type="number" data-parcel="{_attr(p)}">{e(p)}</th>' for p in parcels]
+    head += ['<th data-type="text">winning states</th>', '<th data-type="text">provenance</th>']
+    body = []
+    for m in models:
+        link = (f'<a href="{_attr(m["report"])}">{e(m["model"])}</a>' if m["report"] else e(m["model"]))
+        cells = [
+            f'<td data-value="{"" if m["rank"] is None else m["rank"]}">{e(m["rank_label"])}</td>',
+            f'<td data-value="{_attr(m["model"])}" class="model">{link}</td>',
+            f'<td data-value="{_attr(m["family"])}">{e(m["family"])}</td>',
+            f'<td data-value="{"" if m["n_params"] is None else m["n_params"]}">{e(size_text(m["n_params"]))}</td>',
+            f'<td data-value="{"" if m["n_layers"] is None else m["n_layers"]}">'
+            f'{MISSING if m["n_layers"] is None else m["n_layers"]}</td>',
+            f'<td data-value="{_attr(m["dataset"])}">{e(m["dataset"])}</td>',
+            f'<td data-value="{_attr(m["subject"])}">{e(m["subject"])}</td>',
+            f'<td data-value="{_attr(m["mode"])}">{e(m["mode"])}</td>',
+        ]
+        for p in parcels:
+            cell = m["cells"].get(p)
+            if cell is None or cell["score"] is None:
+                cells.append(f'<td data-value="" data-parcel="{_attr(p)}" class="missing">{MISSING}</td>')
+                continue
+            tie = f' title="voxel winners tied: {_attr(cell["tied_states"])}"' if cell["tied_states"] else ""
+            cells.append(f'<td data-value="{cell["score"]!r}" data-parcel="{_attr(p)}"{tie}>'
+                         f'{cell["score"]:.3f}<br><small>L{cell["layer"]} {e(cell["state"])}</small></td>')
+        cells.append(f'<td data-value="{_attr(wins_text(m["wins"]))}">{e(wins_text(m["wins"])) or MISSING}</td>')
+        cells.append(f'<td data-value="{_attr(m["run_id"])}">{_provenance(m["manifest"])}</td>')
+        body.append(f'<tr data-family="{_attr(m["family"])}" data-run="{_attr(m["run_id"])}">' + "".join(cells)
+                    + "</tr>")
+    families = sorted({m["family"] for m in models})
+    score = "ceiling-normalized r" if board.options.get("metric") == "normalized" else "held-out r"
+    replacements = {
+        "CSS": _template("leaderboard.css"),
+        "JS": _template("leaderboard.js"),
+        "LEGEND": e(f"Cells: {score} of the best (layer, state) chosen on validation (nested leave-one-run-out), "
+                    f"and that winner. {MISSING} = not measured (parcel not in the run, or no noise ceiling); "
+                    f"'n=' ranks are ties. Click a column header to sort, click again to reverse."),
+        "OPTIONS": e(json.dumps(board.options, sort_keys=True)),
+        "FAMILIES": "".join(f'<option value="{_attr(f)}">{e(f)}</option>' for f in families),
+        "PARCELS": "".join(f'<option value="{_attr(p)}">{e(p)}</option>' for p in parcels),
+        "HEAD": "".join(head),
+        "BODY": "\n".join(body),
+        "NOTES": "".join(f"<li>{e(n)}</li>" for n in board.notes),
+    }
+    page = _template("leaderboard.html")
+    for key, value in replacements.items():
+        page = page.replace("{{" + key + "}}", value)
+    return page
+
+
+def _provenance(m: dict) -> str:
+    e = html.escape
+    facts = [("run", m["run_id"]), ("model spec", m["model"].get("spec", m["model"]["name"])),
+             ("model revision", m["model"]["revision"]), ("dataset version", m["dataset"]["version"]),
+             ("mtbench version", m["mtbench_version"]), ("git commit", m.get("git_commit") or MISSING),
+             ("created", m.get("created", MISSING))]
+    items = "".join(f"<dt>{e(k)}</dt><dd>{e(str(v))}</dd>" for k, v in facts)
+    settings = e(json.dumps(m.get("settings", {}), indent=1, sort_keys=True))
+    return (f'<details class="prov"><summary>{e(str(m["model"]["revision"])[:12])}</summary><dl>{items}</dl>'
+            f"<pre>{settings}</pre></details>")
+
+
+def terminal_table(board: Board):
+    """A rich Table: rank, model, family, size, whole-brain score, the model's best parcel, winning states.
+
+    Dataset, subject and mode get a column only when the board mixes several.
+    """
+    from rich.table import Table
+
+    _, models = wide(board)
+    score = "normalized r" if board.options.get("metric") == "normalized" else "r"
+    varying = [key for key in ("dataset", "subject", "mode") if len({m[key] for m in models}) > 1]
+    table = Table(title=f"mtbench leaderboard: {score} of the best layer x state chosen on validation")
+    for col in ("rank", "model", "family", "params", *varying, f"whole brain {score}", "best parcel",
+                "winning states (parcels)"):
+        table.add_column(col, justify="right" if col in ("rank", "params") else "left")
+    for m in models:
+        scored = [(c["score"], p) for p, c in m["cells"].items() if p != WHOLE_BRAIN and c["score"] is not None]
+        best = min(scored, key=lambda sp: (-sp[0], sp[1]), default=None)
+        table.add_row(m["rank_label"], m["model"], m["family"], size_text(m["n_params"]), *(m[k] for k in varying),
+                      cell_text(m["cells"].get(WHOLE_BRAIN)),
+                      f"{best[1]} {best[0]:.3f}" if best else MISSING, wins_text(m["wins"]) or MISSING)
+    return table
+
+
+def write(board: Board, out: Path) -> dict[str, Path]:
+    """Write ``leaderboard.parquet``, ``leaderboard.md`` and ``index.html`` into ``out`` (atomically each)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"parquet": out / "leaderboard.parquet", "markdown": out / "leaderboard.md", "html": out / "index.html"}
+    atomic_write_bytes(files["parquet"], parquet_bytes(board))
+    atomic_write_bytes(files["markdown"], markdown(board).encode("utf-8"))
+    atomic_write_bytes(files["html"], html_page(board).encode("utf-8"))
+    return files

@@ -1,0 +1,166 @@
+"""The result schema of a run folder, as data, and the check of a folder against it.
+
+:data:`RESULT_SCHEMA` lists the files every run has, the manifest keys readers rely on,
+and the columns (with their kind of type) of every Parquet file. Readers accept extra
+files and extra columns (later issues add them, e.g. Mode 2 outputs); they refuse a
+folder that lacks something listed here, with one line naming what is missing and why.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import MtbenchError
+
+#: What a run folder must hold. Column kinds: "integer", "floating" (float or double),
+#: "string" (also dictionary-encoded or large strings).
+RESULT_SCHEMA: dict = {
+    "schema_version": "1",
+    "oldest_readable_version": "1",
+    "manifest": "manifest.json",
+    "manifest_keys": [
+        "schema_version", "run_id", "mtbench_version",
+        "model.name", "model.family", "model.revision",
+        "dataset.name", "dataset.version",
+        "settings.subject", "settings.metric",
+    ],
+    "files": [
+        "maps/mask.nii.gz", "maps/best_test_r.nii.gz", "maps/best_layer.nii.gz", "maps/best_state.nii.gz",
+        "maps/index.json",
+    ],
+    "parquet": {
+        "summary.parquet": {
+            "run_id": "string", "model": "string", "dataset": "string", "subject": "string", "metric": "string",
+            "parcel_id": "integer", "parcel": "string", "n_voxels": "integer", "layer": "integer", "state": "string",
+            "validation": "floating", "test": "floating", "winner_test": "floating", "folds_agree": "floating",
+            "voxel_best_test": "floating", "ceiling": "floating", "test_normalized": "floating",
+        },
+        "scores.parquet": {
+            "run_id": "string", "model": "string", "dataset": "string", "subject": "string", "metric": "string",
+            "layer": "integer", "state": "string", "parcel_id": "integer", "parcel": "string",
+            "n_voxels": "integer", "split": "string", "value": "floating",
+        },
+        "winners.parquet": {
+            "run_id": "string", "parcel_id": "integer", "parcel": "string", "layer": "integer",
+            "state": "string", "n_won": "integer", "share": "floating",
+        },
+        "voxels.parquet": {
+            "layer": "integer", "state": "string", "voxel": "integer", "parcel_id": "integer",
+            "test": "floating", "validation": "floating", "alpha": "floating",
+        },
+    },
+    # Key of the Parquet schema metadata that holds the run's manifest.
+    "parquet_metadata_key": "mtbench",
+}
+
+
+@dataclass
+class RunFolder:
+    """A run folder that passed :func:`validate_run`.
+
+    Attributes
+    ----------
+    path : Path
+    manifest : dict
+        The parsed ``manifest.json``.
+    """
+
+    path: Path
+    manifest: dict
+
+
+def _version_number(value) -> int | None:
+    try:
+        return int(str(value).split(".")[0])
+    except ValueError:
+        return None
+
+
+def _kind_of(arrow_type) -> str:
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    if pa.types.is_integer(arrow_type):
+        return "integer"
+    if pa.types.is_floating(arrow_type):
+        return "floating"
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return "string"
+    return str(arrow_type)
+
+
+def _get(mapping: dict, dotted: str):
+    value = mapping
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def validate_run(path: Path) -> RunFolder:
+    """Check one run folder against :data:`RESULT_SCHEMA`.
+
+    Parameters
+    ----------
+    path : Path
+        A folder ``RESULTS/runs/<run_id>``.
+
+    Returns
+    -------
+    RunFolder
+
+    Raises
+    ------
+    MtbenchError
+        One line naming the folder or file, what is wrong, and what to do.
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    rerun = "re-run it with this mtbench (`mtbench run ...`)"
+    manifest_path = path / RESULT_SCHEMA["manifest"]
+    if not manifest_path.is_file():
+        raise MtbenchError(f"{path}: not an mtbench run (no manifest.json); point at folders written by `mtbench run`")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MtbenchError(f"{manifest_path}: not valid JSON ({exc}); the run is corrupt, {rerun}") from None
+    if not isinstance(manifest, dict):
+        raise MtbenchError(f"{manifest_path}: not an mtbench manifest (a JSON object is expected); {rerun}")
+    version = _version_number(manifest.get("schema_version"))
+    current = _version_number(RESULT_SCHEMA["schema_version"])
+    if version is None:
+        raise MtbenchError(f"{path}: foreign or pre-release result (manifest has no result schema_version); {rerun}")
+    if version < _version_number(RESULT_SCHEMA["oldest_readable_version"]):
+        raise MtbenchError(f"{path}: result schema {version} is older than this mtbench reads "
+                           f"({RESULT_SCHEMA['oldest_readable_version']}..{current}); {rerun}")
+    newer = f" (written by a newer mtbench, schema {version}: upgrade mtbench)" if version > current else ""
+    for key in RESULT_SCHEMA["manifest_keys"]:
+        if _get(manifest, key) is None:
+            raise MtbenchError(f"{manifest_path}: key {key!r} is missing{newer}; {rerun}")
+    for name in RESULT_SCHEMA["files"]:
+        if not (path / name).is_file():
+            raise MtbenchError(f"{path}: {name} is missing (incomplete or foreign run){newer}; {rerun}")
+    for name, columns in RESULT_SCHEMA["parquet"].items():
+        file = path / name
+        if not file.is_file():
+            raise MtbenchError(f"{path}: {name} is missing (incomplete or foreign run){newer}; {rerun}")
+        try:
+            schema = pq.read_schema(file)
+        except Exception as exc:  # pyarrow raises several types for a non-Parquet file
+            raise MtbenchError(f"{file}: not a readable Parquet file ({str(exc).splitlines()[0]}); {rerun}") from None
+        if RESULT_SCHEMA["parquet_metadata_key"].encode() not in (schema.metadata or {}):
+            raise MtbenchError(f"{file}: foreign Parquet file (no 'mtbench' provenance in its metadata); "
+                               f"only files written by `mtbench run` can be read")
+        for column, kind in columns.items():
+            if column not in schema.names:
+                raise MtbenchError(f"{file}: column {column!r} is missing (older or foreign result schema){newer}; "
+                                   f"{rerun}")
+            found = _kind_of(schema.field(column).type)
+            if found != kind:
+                raise MtbenchError(f"{file}: column {column!r} is {found}, the result schema says {kind}; {rerun}")
+    return RunFolder(path=path, manifest=manifest)

@@ -1,0 +1,483 @@
+"""`mtbench leaderboard` and `mtbench report` on results of real small runs.
+
+One module fixture runs the real pipeline four times on the tiny synthetic dataset planted
+with a tiny random Llama: that Llama, its untrained control, and the `random` and
+`word-rate` baselines. Everything below reads those results: nothing is hand-written
+except the deliberately broken copies that the schema must refuse.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from mtbench import leaderboard, report
+from mtbench.cli import main
+from mtbench.errors import MtbenchError
+from mtbench.schema import RESULT_SCHEMA, validate_run
+from mtbench.testing import make_tiny_llama
+
+PLANTED = [
+    {"parcel": "Heschl's Gyrus (includes H1 and H2)", "layer": 1, "state": "per_head_q_rope"},
+    {"parcel": "Superior Temporal Gyrus, posterior division", "layer": 3, "state": "ffn_activated_state"},
+]
+HESCHL = PLANTED[0]["parcel"]
+STATES = ["per_head_q_rope", "ffn_activated_state"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two results folders: the Llama and its untrained control in `a`, the baselines in `b`."""
+    from mtbench.api import RunSettings
+    from mtbench.runner import run
+
+    root = tmp_path_factory.mktemp("board")
+    before = os.environ.get("MTBENCH_CACHE")
+    os.environ["MTBENCH_CACHE"] = str(root / "cache")
+    try:
+        model = make_tiny_llama(root / "tiny-llama", seed=0, n_layers=3)
+        data = {"scale": "tiny", "snr": 2.0, "truth_model": f"hf:{model}", "truth": json.dumps(PLANTED)}
+        plan = {
+            "llama": ("a", f"hf:{model}", {}, STATES, "1,3"),
+            "untrained": ("a", f"hf:{model}", {"untrained": 1}, STATES[:1], "1"),
+            "random": ("b", "random", {"dim": 20}, ["all"], "all"),
+            "word-rate": ("b", "word-rate", {}, ["all"], "all"),
+        }
+        made = {}
+        for key, (folder, spec, options, states, layers) in plan.items():
+            settings = RunSettings(model=spec, dataset="synthetic", states=states, layers=layers,
+                                   alphas=[1.0, 1e2, 1e4], dataset_options=data, model_options=options)
+            made[key] = run(settings, root / folder).run_dir
+    finally:
+        if before is None:
+            os.environ.pop("MTBENCH_CACHE", None)
+        else:
+            os.environ["MTBENCH_CACHE"] = before
+    return root, model, made
+
+
+def summary_of(run_dir: Path) -> list[dict]:
+    return pq.read_table(run_dir / "summary.parquet").to_pylist()
+
+
+def board_of(root: Path, **options) -> leaderboard.Board:
+    return leaderboard.build([root / "a", root / "b"], **options)
+
+
+# --------------------------------------------------------------------------- aggregation
+def test_one_row_per_model_with_the_runs_validated_choices(runs):
+    root, model, made = runs
+    board = board_of(root)
+    assert board.notes == []
+    parcels, models = leaderboard.wide(board)
+    assert sorted(m["model"] for m in models) == sorted([f"hf:{model}", f"hf:{model}+untrained", "random",
+                                                         "word-rate"])
+    assert parcels[0] == "whole brain" and HESCHL in parcels
+    by_run = {}
+    for row in board.rows:
+        by_run.setdefault(row["run_id"], {})[row["parcel"]] = row
+    for key, run_dir in made.items():
+        rows = by_run[json.loads((run_dir / "manifest.json").read_text())["run_id"]]
+        summary = summary_of(run_dir)
+        assert len(rows) == len(summary)
+        for expected in summary:  # the cell is the run's own validated (nested) choice, untouched
+            got = rows[expected["parcel"]]
+            assert (got["layer"], got["state"], got["score"], got["test"]) == (
+                expected["layer"], expected["state"], expected["test"], expected["test"])
+    llama = {r["parcel"]: r for r in board.rows if r["model"] == f"hf:{model}"}
+    assert (llama[HESCHL]["layer"], llama[HESCHL]["state"]) == (1, "per_head_q_rope")
+    assert llama[HESCHL]["top_state"] == "per_head_q_rope" and llama[HESCHL]["top_state_share"] > 0.5
+    # size and family from the manifests; baselines have no parameter count: missing, not 0
+    from transformers import AutoModelForCausalLM
+
+    n_params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(model).parameters())
+    assert llama[HESCHL]["n_params"] == n_params and llama[HESCHL]["n_layers"] == 3
+    assert llama[HESCHL]["family"] == "llama"
+    baseline = next(r for r in board.rows if r["model"] == "random")
+    assert baseline["family"] == "baseline" and baseline["n_params"] is None
+    # ranks follow the whole-brain score
+    brain = sorted((r for r in board.rows if r["parcel_id"] == -1), key=lambda r: r["rank"])
+    assert [r["rank"] for r in brain] == [1, 2, 3, 4]
+    assert [r["score"] for r in brain] == sorted((r["score"] for r in brain), reverse=True)
+    # winning states: parcels each state wins, for the Llama
+    entry = next(m for m in models if m["model"] == f"hf:{model}")
+    wins = {}
+    for row in summary_of(made["llama"])[1:]:
+        wins[row["state"]] = wins.get(row["state"], 0) + 1
+    assert entry["wins"] == wins
+
+
+def test_normalized_metric_and_missing_cells(runs):
+    root, model, made = runs
+    board = board_of(root, metric="normalized")
+    llama = {r["parcel"]: r for r in board.rows if r["model"] == f"hf:{model}"}
+    assert llama[HESCHL]["score"] == pytest.approx(llama[HESCHL]["test"] / llama[HESCHL]["ceiling"])
+    nulls = [r for r in llama.values() if r["parcel_id"] > 0 and r["parcel"] not in {p["parcel"] for p in PLANTED}]
+    assert nulls and all(r["ceiling"] == 0 and r["score"] is None for r in nulls)  # no ceiling: missing
+    md = leaderboard.markdown(board)
+    line = next(li for li in md.splitlines() if li.startswith(f"| {llama[HESCHL]['rank']} | hf:"))
+    assert leaderboard.MISSING in line and f"{llama[HESCHL]['score']:.3f} (L1 per_head_q_rope)" in line
+    table = pq.read_table(io.BytesIO(leaderboard.parquet_bytes(board)))
+    assert table.column("score").null_count == sum(r["score"] is None for r in board.rows) > 0
+
+
+def test_filters_ties_and_superseded_runs(runs, tmp_path):
+    root, model, made = runs
+    only = board_of(root, parcels=f"{HESCHL.upper()},1,{PLANTED[1]['parcel']}")  # names (any case) or ids
+    assert {r["parcel"] for r in only.rows} == {"whole brain", HESCHL, "Frontal Pole", PLANTED[1]["parcel"]}
+    partial_name = board_of(root, parcels="Superior Temporal Gyrus")  # a name is matched whole, not a prefix
+    assert {r["parcel"] for r in partial_name.rows} == {"whole brain"}
+    assert any("no parcel matches --parcels" in note for note in partial_name.notes)
+    with pytest.raises(MtbenchError, match="no run matches --dataset lpp-en"):
+        board_of(root, dataset="lpp-en")
+    with pytest.raises(MtbenchError, match="--mode 2"):
+        board_of(root, mode="2")
+    # a copy of the random run under another name scores exactly the same: a tie, shown as such
+    twin = tmp_path / "c" / "runs" / "twin"
+    shutil.copytree(made["random"], twin)
+    manifest = json.loads((twin / "manifest.json").read_text())
+    manifest["model"]["name"], manifest["run_id"] = "random-twin", manifest["run_id"] + "-twin"
+    (twin / "manifest.json").write_text(json.dumps(manifest))
+    # a newer run of the word-rate model supersedes the older one
+    newer = tmp_path / "c" / "runs" / "newer"
+    shutil.copytree(made["word-rate"], newer)
+    manifest = json.loads((newer / "manifest.json").read_text())
+    old_id, manifest["run_id"] = manifest["run_id"], "9" + manifest["run_id"]
+    (newer / "manifest.json").write_text(json.dumps(manifest))
+    # the random run relabelled as another subject's: --subject average / each / a name
+    other = tmp_path / "d" / "runs" / "sub-01"
+    shutil.copytree(made["random"], other)
+    manifest_s = json.loads((other / "manifest.json").read_text())
+    manifest_s["settings"]["subject"], manifest_s["run_id"] = "sub-01", manifest_s["run_id"] + "-sub-01"
+    (other / "manifest.json").write_text(json.dumps(manifest_s))
+    paths = [root / "a", root / "b", tmp_path / "d"]
+    subjects = {s: [(m["model"], m["subject"]) for m in leaderboard.wide(leaderboard.build(paths, subject=s))[1]]
+                for s in ("average", "each", "sub-01")}
+    assert ("random", "sub-01") not in subjects["average"] and len(subjects["average"]) == 4
+    assert ("random", "sub-01") in subjects["each"] and ("random", "average") in subjects["each"]
+    assert subjects["sub-01"] == [("random", "sub-01")]
+    board = leaderboard.build([root / "a", root / "b", tmp_path / "c"])
+    _, models = leaderboard.wide(board)
+    twins = [m for m in models if m["model"] in ("random", "random-twin")]
+    assert twins[0]["rank"] == twins[1]["rank"] and twins[0]["rank_label"].endswith("=")
+    assert [m["run_id"] for m in models if m["model"] == "word-rate"] == [manifest["run_id"]]
+    assert any(note.startswith(f"{old_id}: superseded") for note in board.notes)
+    assert f"| {twins[0]['rank_label']} | random |" in leaderboard.markdown(board)
+
+
+def test_rebuild_is_byte_identical(runs, tmp_path):
+    root, _, _ = runs
+    cli = CliRunner()
+    first = cli.invoke(main, ["leaderboard", str(root / "a"), str(root / "b"), "--out", str(tmp_path / "one"),
+                              "--no-reports"])
+    assert first.exit_code == 0, first.output
+    time.sleep(1.1)  # a build-time stamp at second resolution would now differ
+    second = cli.invoke(main, ["leaderboard", str(root / "b"), str(root / "a"), "--out", str(tmp_path / "two"),
+                               "--no-reports"])
+    assert second.exit_code == 0, second.output
+    names = ["leaderboard.parquet", "leaderboard.md", "index.html"]
+    for name in names:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    meta = pq.read_metadata(tmp_path / "one" / "leaderboard.parquet")
+    assert meta.created_by.startswith("parquet-cpp-arrow")
+    assert set(meta.metadata) == {b"mtbench", b"ARROW:schema"}  # no pandas block with library versions
+    stored = json.loads(meta.metadata[b"mtbench"])
+    assert stored["leaderboard_options"]["metric"] == "raw" and len(stored["runs"]) == 4
+    assert "mtbench leaderboard" in first.output and "random" in first.output
+
+
+# --------------------------------------------------------------------------- schema
+def broken_copies(made: dict, root: Path) -> dict[str, Path]:
+    """Copies of a real run, each broken in one way the schema must catch."""
+    runs = root / "runs"
+    copies = {}
+    for name in ("foreign", "older", "no-version", "column", "garbage", "newer-ok", "not-a-run"):
+        copies[name] = runs / name
+        shutil.copytree(made["random"], copies[name])
+    pq.write_table(pa.table({"parcel": ["x"], "r": [0.5]}), copies["foreign"] / "summary.parquet")
+    for name, version in (("older", "0"), ("no-version", None), ("newer-ok", "2")):
+        manifest = json.loads((copies[name] / "manifest.json").read_text())
+        manifest["schema_version"] = version
+        manifest["run_id"] += f"-{name}"
+        (copies[name] / "manifest.json").write_text(json.dumps(manifest))
+    table = pq.read_table(copies["column"] / "summary.parquet")
+    pq.write_table(table.drop_columns(["test"]), copies["column"] / "summary.parquet")
+    (copies["garbage"] / "winners.parquet").write_bytes(b"not parquet at all")
+    (copies["not-a-run"] / "manifest.json").unlink()
+    (runs / "interrupted.partial").mkdir()
+    return copies
+
+
+def test_schema_refuses_foreign_and_older_results_in_one_line(runs, tmp_path):
+    root, _, made = runs
+    for run_dir in made.values():
+        assert validate_run(run_dir).manifest["schema_version"] == RESULT_SCHEMA["schema_version"]
+    copies = broken_copies(made, tmp_path)
+    expected = {
+        "foreign": "foreign Parquet file (no 'mtbench' provenance",
+        "older": "result schema 0 is older than this mtbench reads",
+        "no-version": "foreign or pre-release result (manifest has no result schema_version)",
+        "column": "summary.parquet: column 'test' is missing (older or foreign result schema)",
+        "garbage": "winners.parquet: not a readable Parquet file",
+        "not-a-run": "not an mtbench run (no manifest.json)",
+    }
+    for name, message in expected.items():
+        with pytest.raises(MtbenchError) as info:
+            validate_run(copies[name])
+        assert message in str(info.value) and "\n" not in str(info.value), (name, str(info.value))
+    assert validate_run(copies["newer-ok"])  # a newer schema with every required column: readable
+    # the board leaves the broken runs out, one note each, and keeps the good ones
+    board = leaderboard.build([tmp_path, root / "a"])
+    assert sorted({r["model"] for r in board.rows}) == sorted(
+        {json.loads((made[k] / "manifest.json").read_text())["model"]["name"] for k in ("llama", "untrained",
+                                                                                          "random")})
+    for name, message in expected.items():
+        assert sum(message in note for note in board.notes) == 1, name
+    assert any("interrupted run (.partial)" in note for note in board.notes)
+    with pytest.raises(MtbenchError, match="foreign Parquet file"):
+        leaderboard.build([tmp_path / "runs" / "foreign"], strict=True)
+    # on the command line: notes and exit 0 when something is valid; one error line and exit 2 otherwise
+    cli = CliRunner()
+    ok = cli.invoke(main, ["leaderboard", str(tmp_path), "--out", str(tmp_path / "board"), "--no-reports"])
+    assert ok.exit_code == 0 and "skipped" in ok.output and "foreign Parquet file" in ok.output
+    bad = cli.invoke(main, ["leaderboard", str(tmp_path / "runs" / "foreign"), "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and bad.output.startswith("Error: no valid run found")
+    assert len(bad.output.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
+# --------------------------------------------------------------------------- figures
+def png_pixels(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def check_figure(fig, title: str, colorbar: bool = True, legend: bool = False) -> np.ndarray:
+    """Title, colorbar or legend, exact pixel size and a non-blank image; returns the pixels."""
+    assert title in fig._suptitle.get_text()
+    if colorbar:
+        bars = [ax for ax in fig.axes if ax.get_label() == "colorbar"]
+        assert len(bars) == 1 and bars[0].collections, "colorbar drawn"
+    if legend:
+        assert any(ax.get_legend() is not None and ax.get_legend().get_texts() for ax in fig.axes)
+    pixels = png_pixels(report.png_bytes(fig))
+    width, height = fig.get_size_inches() * report.DPI
+    assert pixels.shape == (round(height), round(width), 3)
+    not_white = (pixels < 245).any(axis=2).mean()
+    assert not_white > 0.05, "figure is nearly blank"
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 30
+    return pixels
+
+
+def test_report_figures_show_the_run(runs):
+    root, model, made = runs
+    run_dir = made["llama"]
+    figures = {name: fig for name, _, fig in report.figures(run_dir)}
+    summary = {r["parcel"]: r for r in summary_of(run_dir)}
+    heschl_id = summary[HESCHL]["parcel_id"]
+    assert set(figures) == {"best_state_map.png", "score_map.png", "winning_ratios.png"} | {
+        "heatmap_whole_brain.png"} | {f"heatmap_parcel_{r['parcel_id']:03d}.png" for r in summary.values()
+                                      if r["parcel_id"] > 0}
+    # heatmap: its cells are the run's held-out r per (layer, state), the validation winner framed
+    heat = figures[f"heatmap_parcel_{heschl_id:03d}.png"]
+    check_figure(heat, HESCHL)
+    scores = pq.read_table(run_dir / "scores.parquet").to_pylist()
+    grid = np.asarray(heat.axes[0].images[0].get_array())
+    for row in scores:
+        if row["parcel_id"] == heschl_id and row["split"] == "test":
+            assert grid[[1, 3].index(row["layer"]), STATES.index(row["state"])] == pytest.approx(row["value"])
+    frame = heat.axes[0].patches[0]
+    assert frame.get_xy() == (STATES.index("per_head_q_rope") - 0.5, 0 - 0.5)
+    # brain maps on the MNI template; the state colorbar names the states
+    check_figure(figures["best_state_map.png"], "Best state per voxel")
+    bar = next(ax for ax in figures["best_state_map.png"].axes if ax.get_label() == "colorbar")
+    assert [t.get_text() for t in bar.get_yticklabels()] == STATES
+    check_figure(figures["score_map.png"], "Held-out r")
+    # winning ratios: one bar per parcel, each summing to 1, legend = states that win voxels
+    bars = figures["winning_ratios.png"]
+    check_figure(bars, "Winning ratios", colorbar=False, legend=True)
+    widths = {}
+    for patch in bars.axes[0].patches:
+        widths[round(patch.get_y() + patch.get_height() / 2)] = widths.get(
+            round(patch.get_y() + patch.get_height() / 2), 0) + patch.get_width()
+    assert len(widths) == len(summary) and all(w == pytest.approx(1.0) for w in widths.values())
+    won = {r["state"] for r in pq.read_table(run_dir / "winners.parquet").to_pylist()}
+    assert {t.get_text() for t in bars.axes[0].get_legend().get_texts()} == won
+
+
+def test_mode2_stage_bars_compare_the_two_stages(runs):
+    _, _, made = runs
+    summary = summary_of(made["llama"])
+    parcels = [r["parcel"] for r in summary]
+    rows = [{"parcel": r["parcel"], "stage": 1, "test": r["winner_test"]} for r in summary]
+    rows += [{"parcel": r["parcel"], "stage": 2, "test": r["test"]} for r in summary]
+    fig = report.stage_bars(rows, parcels)
+    check_figure(fig, "stage 1 vs stage 2", colorbar=False, legend=True)
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["stage 1", "stage 2"]
+    assert sorted(p.get_width() for p in fig.axes[0].patches) == pytest.approx(sorted(r["test"] for r in rows))
+
+
+def test_report_page_is_offline_and_embeds_every_png(runs, tmp_path):
+    _, _, made = runs
+    result = CliRunner().invoke(main, ["report", str(made["random"]), "--out", str(tmp_path / "rep")])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "rep" / "index.html").read_text()
+    pngs = sorted(p.name for p in (tmp_path / "rep").glob("*.png"))
+    assert len(pngs) >= 4
+    for name in pngs:
+        data = (tmp_path / "rep" / name).read_bytes()
+        assert png_pixels(data).std() > 5
+        import base64
+
+        assert base64.b64encode(data).decode() in page
+    assert not re.search(r"(src|href)=\"https?:", page)
+    manifest = json.loads((made["random"] / "manifest.json").read_text())
+    assert manifest["model"]["revision"] in page and manifest["dataset"]["version"] in page
+    report.write_report(made["random"], tmp_path / "again")  # same run, same bytes (no timestamps in PNG/HTML)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "rep").iterdir()} == {
+        p.name: p.read_bytes() for p in (tmp_path / "again").iterdir()}
+    bad = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert bad.exit_code == 2 and "not an mtbench run" in bad.output
+
+
+# --------------------------------------------------------------------------- docs
+def test_docs_queries_run_in_pandas_polars_duckdb(runs, tmp_path, monkeypatch):
+    root, _, _ = runs
+    board = board_of(root)
+    leaderboard.write(board, tmp_path / "leaderboard")
+    readme = (Path(__file__).parents[1] / "leaderboard" / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert len(blocks) == 3
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    for block in blocks:
+        exec(block, scope)
+    expected = {}
+    for row in board.rows:
+        if row["parcel"] not in expected or row["score"] > expected[row["parcel"]][1]:
+            expected[row["parcel"]] = (row["model"], row["score"])
+    for name in ("best_pandas", "best_polars", "best_duckdb"):
+        frame = scope[name]
+        records = frame.to_dicts() if hasattr(frame, "to_dicts") else frame.to_dict("records")
+        assert {r["parcel"]: r["model"] for r in records} == {p: m for p, (m, _) in expected.items()}, name
+        assert {r["parcel"]: r["score"] for r in records} == pytest.approx({p: s for p, (_, s) in expected.items()})
+
+
+# --------------------------------------------------------------------------- browser
+def _browser():
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        reason = "headless Chromium is missing: apt-get install chromium chromium-driver (.ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1600,1000"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+
+
+def test_page_sorts_filters_and_links_in_headless_chromium(runs, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    root, model, made = runs
+    out = tmp_path / "site"
+    result = CliRunner().invoke(main, ["leaderboard", str(root / "a"), str(root / "b"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    driver = _browser()
+    try:
+        driver.get((out / "index.html").as_uri())
+
+        def column(index: int) -> list[str]:
+            return [row.find_elements(By.TAG_NAME, "td")[index].get_attribute("data-value")
+                    for row in driver.find_elements(By.CSS_SELECTOR, "#board tbody tr")]
+
+        headers = driver.find_elements(By.CSS_SELECTOR, "#board thead th")
+        names = [h.text for h in headers]
+        heschl = names.index(HESCHL)
+        assert len(column(0)) == 4 and column(0) == ["1", "2", "3", "4"]
+        headers[heschl].click()  # numbers: best first
+        values = [float(v) for v in column(heschl)]
+        assert values == sorted(values, reverse=True)
+        assert driver.find_elements(By.CSS_SELECTOR, "#board tbody tr")[0].get_attribute("data-family") == "llama"
+        headers[heschl].click()  # reversed
+        assert [float(v) for v in column(heschl)] == sorted(values)
+        headers[names.index("model")].click()
+        assert column(names.index("model")) == sorted(column(names.index("model")), key=str.lower)
+        headers[0].click()  # ranks: 1 first
+        assert column(0) == ["1", "2", "3", "4"]
+        # family filter
+        Select(driver.find_element(By.ID, "family-filter")).select_by_value("baseline")
+        visible = [r for r in driver.find_elements(By.CSS_SELECTOR, "#board tbody tr") if r.is_displayed()]
+        assert sorted(r.get_attribute("data-family") for r in visible) == ["baseline", "baseline"]
+        assert driver.find_element(By.ID, "shown").text == "2 of 4 models shown"
+        # parcel filter: only that parcel's column next to the whole brain
+        Select(driver.find_element(By.ID, "parcel-filter")).select_by_value(HESCHL)
+        shown = [h.text for h in driver.find_elements(By.CSS_SELECTOR, "#board thead th[data-parcel]")
+                 if h.is_displayed()]
+        assert shown == ["whole brain", HESCHL]
+        cells = [c for c in driver.find_elements(By.CSS_SELECTOR, "#board tbody td[data-parcel]") if c.is_displayed()]
+        assert len(cells) == 2 * 2  # two visible rows x two parcels
+        # provenance opens in place and names the model revision
+        first = visible[0]
+        first.find_element(By.CSS_SELECTOR, "details.prov summary").click()
+        run_id = first.get_attribute("data-run")
+        manifest = json.loads(next(p for p in made.values() if p.name == run_id).joinpath("manifest.json")
+                              .read_text())
+        assert manifest["model"]["revision"] in first.find_element(By.CSS_SELECTOR, "details.prov dl").text
+        screenshot = tmp_path / "leaderboard.png"
+        assert driver.save_screenshot(str(screenshot))
+        pixels = png_pixels(screenshot.read_bytes())
+        assert pixels.shape[1] > 800 and pixels.std() > 5
+        assert driver.execute_script("return performance.getEntriesByType('resource').length") == 0  # offline
+        # the model links to its report, whose embedded figures load
+        link = first.find_element(By.CSS_SELECTOR, "td.model a")
+        assert link.get_attribute("href").endswith(f"reports/{run_id}/index.html")
+        link.click()
+        images = driver.find_elements(By.TAG_NAME, "img")
+        assert len(images) == len(list((out / "reports" / run_id).glob("*.png")))
+        assert all(driver.execute_script("return arguments[0].naturalWidth", img) > 100 for img in images)
+    finally:
+        driver.quit()
+
+
+def test_mode2_runs_with_extra_columns_and_files_are_read(runs, tmp_path):
+    """A Mode 2 run (summary rows per stage, extra columns and files) joins the board at its last stage."""
+    root, model, made = runs
+    run_dir = tmp_path / "m2" / "runs" / "mode2-run"
+    shutil.copytree(made["llama"], run_dir)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest["settings"]["mode"] = 2
+    manifest["run_id"] += "-mode2"
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    table = pq.read_table(run_dir / "summary.parquet")
+    stage1 = table.append_column("stage", pa.array([1] * table.num_rows)).set_column(
+        table.schema.get_field_index("test"), "test", table.column("winner_test"))
+    stage2 = table.append_column("stage", pa.array([2] * table.num_rows))
+    both = pa.concat_tables([stage1, stage2]).append_column("kept_from", pa.array(["x"] * 2 * table.num_rows))
+    pq.write_table(both.replace_schema_metadata(table.schema.metadata), run_dir / "summary.parquet")
+    (run_dir / "extra_output.json").write_text("{}")
+    board = leaderboard.build([tmp_path / "m2", root / "a"], mode="2")
+    assert {r["run_id"] for r in board.rows} == {manifest["run_id"]} and {r["mode"] for r in board.rows} == {"2"}
+    stage2_test = {r["parcel"]: r["test"] for r in table.to_pylist()}
+    assert {r["parcel"]: r["score"] for r in board.rows} == stage2_test
+    assert len(leaderboard.build([tmp_path / "m2", root / "a"]).runs) == 3  # modes side by side
+    names = [name for name, _, _ in report.figures(run_dir)]
+    assert "mode2_stages.png" in names
