@@ -23,7 +23,7 @@ from .errors import MtbenchError  # noqa: E402
 from .registry import get_registry  # noqa: E402
 
 console = Console()
-KINDS = ("models", "states", "datasets", "metrics")
+KINDS = ("models", "states", "datasets", "metrics", "executors")
 
 
 class _Cli(click.Group):
@@ -219,6 +219,11 @@ def print_summary(output, top: int = 15) -> None:
                           "[green]yes[/green]" if row["recovered"] else "[red]no[/red]")
         console.print(check)
     console.print(f"results: {output.run_dir}  ({output.seconds:.0f} s)")
+
+
+from .sweep_cli import sweep  # noqa: E402  (the command lives in its own module)
+
+main.add_command(sweep)
 
 
 if __name__ == "__main__":  # pragma: no cover
