@@ -473,8 +473,26 @@ def _limit_threads(cpus: int) -> None:
 
 def execute(task: SweepTask) -> str:
     """Run one task where it stands (worker process, cluster job); see :class:`SweepTask`."""
-    if task.cache:
-        os.environ["MTBENCH_CACHE"] = task.cache
+    with _cache_env(task.cache):
+        return _execute(task)
+
+
+@contextmanager
+def _cache_env(cache: str | None):
+    """``MTBENCH_CACHE`` set for one task (restored: tasks may run inside the sweep's process)."""
+    before = os.environ.get("MTBENCH_CACHE")
+    if cache:
+        os.environ["MTBENCH_CACHE"] = cache
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MTBENCH_CACHE", None)
+        else:
+            os.environ["MTBENCH_CACHE"] = before
+
+
+def _execute(task: SweepTask) -> str:
     files = task_files(Path(task.results_dir), task.kind, task.name)
     with task_lock(files["lock"], task.wait_for_lock) as acquired:
         if not acquired:
@@ -612,8 +630,9 @@ def load_executor(name: str, options: dict):
 def plan_tasks(plan: Plan, results_dir: Path, retry_failed: bool = False):
     """Cells, their status, and the extraction and fit tasks still to run."""
     results_dir = Path(results_dir)
-    groups = expand(plan, results_dir)
     cache = str(Path(plan.cache).resolve()) if plan.cache else os.environ.get("MTBENCH_CACHE")
+    with _cache_env(cache):  # datasets may extract while loading (the synthetic one plants features)
+        groups = expand(plan, results_dir)
     status = {cell.name: cell_status(results_dir, cell) for g in groups for cell in g.cells}
     extract, fit = [], []
     for group in groups:
@@ -652,6 +671,9 @@ def run_sweep(plan: Plan, results_dir: Path, retry_failed: bool = False, console
         if extract:
             progress.phase = f"extracting {len(extract)} model x dataset"
             results = executor.run(extract, progress.refresh)
+            busy = [replace(t, wait_for_lock=True) for t, r in zip(extract, results) if r == "busy"]
+            if busy:  # another sweep is extracting the same model: wait for it rather than redo it
+                executor.run(busy, progress.refresh)
             extracted = [t.name for t, r in zip(extract, results) if r == "done"]
             lost += [f"extract {t.name}: {r}" for t, r in zip(extract, results) if r.startswith("lost")]
         progress.phase = f"fitting {len(fit)} cells"

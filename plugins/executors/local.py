@@ -44,7 +44,8 @@ class LocalExecutor:
     Parameters
     ----------
     workers : int, optional
-        Pool size; default: usable CPUs // the CPUs a task asks for.
+        Pool size; default: usable CPUs // the CPUs a task asks for. 0: no pool, tasks run one
+        after the other in this process (debugging, tiny sweeps: no start-up per worker).
     memory_fraction : float
         Share of the memory available at start that running tasks may claim together.
     poll_seconds : float
@@ -52,8 +53,8 @@ class LocalExecutor:
     """
 
     def __init__(self, workers: int | None = None, memory_fraction: float = 0.8, poll_seconds: float = 1.0):
-        if workers is not None and int(workers) < 1:
-            raise MtbenchError(f"executor local: workers={workers} must be at least 1")
+        if workers is not None and int(workers) < 0:
+            raise MtbenchError(f"executor local: workers={workers} must be 0 (in this process) or more")
         if not 0 < float(memory_fraction) <= 1:
             raise MtbenchError(f"executor local: memory_fraction={memory_fraction} must be in (0, 1]")
         self.workers = int(workers) if workers is not None else None
@@ -62,8 +63,10 @@ class LocalExecutor:
     def run(self, tasks: Sequence[Callable[[], str]], poll: Callable[[], None]) -> list[str]:
         if not tasks:
             return []
+        if self.workers == 0:
+            return self._run_here(tasks, poll)
         cpus_per_task = max(t.resources.cpus for t in tasks)
-        workers = self.workers or max(1, usable_cpus() // cpus_per_task)
+        workers = self.workers if self.workers is not None else max(1, usable_cpus() // cpus_per_task)
         budget = available_memory_gb() * self.memory_fraction
         statuses: list[str | None] = [None] * len(tasks)
         pending = deque(range(len(tasks)))
@@ -102,3 +105,14 @@ class LocalExecutor:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         return [s or "lost: not run" for s in statuses]
+
+    @staticmethod
+    def _run_here(tasks: Sequence[Callable[[], str]], poll: Callable[[], None]) -> list[str]:
+        statuses = []
+        for task in tasks:
+            try:
+                statuses.append(task())
+            except Exception as exc:  # the task's own errors are logged by the task
+                statuses.append(f"lost: {type(exc).__name__}: {exc}")
+            poll()
+        return statuses
