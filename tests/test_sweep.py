@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from sweep_helpers import event_counts, scores_by_cell, sweep_cli, write_plan  # tests/ is on sys.path
+from test_plugins import make_distribution
 
 from mtbench.api import TaskResources
 from mtbench.cli import main
@@ -126,12 +127,46 @@ def test_sweep_resumes_reports_failures_and_retries_only_them(tiny, tmp_path, mo
     assert {(r["layer"], r["state"]) for r in winners} == {(cell.settings.layers[0], cell.settings.states[0])}
 
 
+THIRD_PARTY_EXECUTOR = """
+    from pathlib import Path
+    from mtbench.api import ExecutorEntry
+    from mtbench.hookspecs import hookimpl
+
+    class Inline:
+        def __init__(self, record):
+            self.record = Path(record)
+
+        def run(self, tasks, poll):
+            statuses = []
+            for task in tasks:
+                with self.record.open("a") as f:
+                    f.write(f"{task.kind} {task.name}\\n")
+                statuses.append(task())
+                poll()
+            return statuses
+
+    @hookimpl
+    def register_executors():
+        return [ExecutorEntry(name="inline", summary="one task after the other, in the sweep's process",
+                              load=lambda **options: Inline(**options))]
+"""
+
+
 def test_two_sweeps_at_once_share_the_results_directory(tiny, tmp_path):
-    """Two processes sweep the same plan into the same folder: each cell is computed once."""
+    """Two processes sweep the same plan into the same folder: each cell is computed once.
+
+    The second sweep runs on a third-party executor, registered through the same hook.
+    """
     root, model = tiny
     plan_file = write_plan(tmp_path / "plan.toml", model, root / "cache", executor_options={"workers": 0})
+    record = tmp_path / "inline.txt"
+    other_plan = write_plan(tmp_path / "other.toml", model, root / "cache", executor="inline",
+                            executor_options={"record": str(record)})
+    extra = make_distribution(tmp_path / "site", "mtbench-inline", "mtbench_inline", THIRD_PARTY_EXECUTOR, "inline")
     results = tmp_path / "results"
-    first, second = (sweep_cli(str(plan_file), "--out", str(results)) for _ in range(2))
+    first = sweep_cli(str(plan_file), "--out", str(results))
+    second = sweep_cli(str(other_plan), "--out", str(results),
+                       env={"PYTHONPATH": os.pathsep.join(filter(None, [str(extra), os.environ.get("PYTHONPATH")]))})
     outputs = [p.communicate(timeout=600) for p in (first, second)]
     for proc, (out, err) in zip((first, second), outputs):
         assert proc.returncode == 0, err[-3000:] + out[-2000:]
@@ -143,6 +178,8 @@ def test_two_sweeps_at_once_share_the_results_directory(tiny, tmp_path):
     assert [p.name for p in runs] == sorted(counts) and not any(p.name.endswith(".partial") for p in runs)
     scores = scores_by_cell(results)
     assert all(len(rows) > 0 and np.isfinite([r[-1] for r in rows]).all() for rows in scores.values())
+    ran_inline = record.read_text().splitlines()
+    assert ran_inline and all(line.split()[1] in counts for line in ran_inline if line.startswith("fit "))
 
 
 # --------------------------------------------------------------------------- local executor
