@@ -373,6 +373,7 @@ class SweepTask:
     layers: tuple[int, ...] = ()
     cache: str | None = None
     wait_for_lock: bool = False
+    group: str = ""  # the extraction task a fit reads its features from
 
     def __call__(self) -> str:
         return execute(self)
@@ -616,7 +617,8 @@ class _Progress:
 
     def refresh(self, force: bool = False) -> None:
         now = time.perf_counter()
-        if self.live is not None and (force or now - self.last > 1.0):
+        # reading the event logs costs a file per unfinished cell: refresh big sweeps less often
+        if self.live is not None and (force or now - self.last > max(1.0, len(self.cells) / 5000)):
             self.last = now
             self.live.update(self.render())
 
@@ -642,9 +644,10 @@ def plan_tasks(plan: Plan, results_dir: Path, retry_failed: bool = False):
             continue
         base = replace(todo[0].settings, states=list(group.states), layers=list(group.layers))
         extract.append(SweepTask("extract", group.name, str(results_dir), base, extract_resources(group, plan),
-                                 tuple(group.states), tuple(group.layers), cache))
+                                 tuple(group.states), tuple(group.layers), cache, group=group.name))
         resources = fit_resources(group, plan)
-        fit += [SweepTask("fit", c.name, str(results_dir), c.settings, resources, cache=cache) for c in todo]
+        fit += [SweepTask("fit", c.name, str(results_dir), c.settings, resources, cache=cache, group=group.name)
+                for c in todo]
     return groups, status, extract, fit
 
 
@@ -675,7 +678,10 @@ def run_sweep(plan: Plan, results_dir: Path, retry_failed: bool = False, console
             if busy:  # another sweep is extracting the same model: wait for it rather than redo it
                 executor.run(busy, progress.refresh)
             extracted = [t.name for t, r in zip(extract, results) if r == "done"]
-            lost += [f"extract {t.name}: {r}" for t, r in zip(extract, results) if r.startswith("lost")]
+            unfinished = {t.name: r for t, r in zip(extract, results) if r not in ("done", "skipped", "busy")}
+            lost += [f"extract {name}: {r}" for name, r in unfinished.items()]
+            # without their features, fits would each run the model: leave them to the next sweep
+            fit = [t for t in fit if t.group not in unfinished]
         progress.phase = f"fitting {len(fit)} cells"
         results = executor.run(fit, progress.refresh) if fit else []
         lost += [f"{t.name}: {r}" for t, r in zip(fit, results) if r.startswith("lost")]
@@ -702,7 +708,9 @@ def describe_plan(plan: Plan, results_dir: Path, retry_failed: bool = False) -> 
         needs_extract = any(t.name == group.name for t in extract)
         dim = 4 * group.model_info.hidden
         n_alphas = len(plan.settings.get("alphas", RunSettings("", "", []).alphas))
-        cpu_hours = (len(todo) * fit_seconds(group.dataset_info, dim, n_alphas) * res_fit.cpus / 3600
+        measured = _measured_seconds(Path(results_dir), [n for n in names if status[n] == "done"])
+        per_cell = measured if measured is not None else fit_seconds(group.dataset_info, dim, n_alphas)
+        cpu_hours = (len(todo) * per_cell * res_fit.cpus / 3600
                      + (res_ext.minutes / 3 * res_ext.cpus / 60 if needs_extract else 0))
         rows.append({
             "model": group.model, "dataset": group.dataset, "cells": len(names),
@@ -710,6 +718,20 @@ def describe_plan(plan: Plan, results_dir: Path, retry_failed: bool = False) -> 
             "interrupted": sum(status[n] == "interrupted" for n in names), "to_run": len(todo),
             "extract": "needed" if needs_extract else "no", "fit_resources": asdict(res_fit),
             "extract_resources": asdict(res_ext), "cpu_hours": cpu_hours,
+            "estimate": "measured" if measured is not None else "formula",
         })
     return {"n_cells": len(status), "rows": rows, "executor": plan.executor,
             "cells": [c.name for g in groups for c in g.cells]}
+
+
+def _measured_seconds(results_dir: Path, done: list[str], sample: int = 20) -> float | None:
+    """Median seconds of finished cells (from their manifests), or None when none is done."""
+    import statistics
+
+    seconds = []
+    for name in done[:sample]:
+        try:
+            seconds.append(float(json.loads((results_dir / "runs" / name / "manifest.json").read_text())["seconds"]))
+        except (OSError, ValueError, KeyError):
+            continue
+    return statistics.median(seconds) if seconds else None

@@ -94,7 +94,9 @@ def print_plan(description: dict, console) -> None:
                       str(row["interrupted"]), str(row["to_run"]), row["extract"],
                       f"{res['cpus']}/{res['mem_gb']:g}G/{res['gpus']}/{res['minutes']}", f"{row['cpu_hours']:.2f}")
     console.print(table)
-    console.print(f"estimated cost of what is left: {total:.2f} CPU-hours (rough: formula from data and model size)")
+    how = {row["estimate"] for row in description["rows"]}
+    basis = "median of finished cells" if how == {"measured"} else "rough: from data and model size"
+    console.print(f"estimated cost of what is left: {total:.2f} CPU-hours ({basis})")
 
 
 def print_report(report, console) -> None:

@@ -15,6 +15,7 @@ accounting (no ``sacct``) work too: a job that left the queue without a result i
 
 from __future__ import annotations
 
+import getpass
 import math
 import os
 import subprocess
@@ -31,7 +32,8 @@ _RESULT_GRACE_S = 10.0
 def _queued_ids() -> set[str] | None:
     """Ids (``123`` or ``123_4``) of this user's jobs in the queue; None if squeue fails."""
     try:
-        out = subprocess.run(["squeue", "-h", "-r", "--me", "-o", "%i"], capture_output=True, text=True, timeout=60)
+        out = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i"], capture_output=True,
+                             text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if out.returncode != 0:
