@@ -450,6 +450,14 @@ def result_is_valid(results_dir: Path, cell_name: str, settings: RunSettings) ->
         return False
 
 
+def _set_aside(results_dir: Path, cell_name: str) -> None:
+    """Move an invalid ``runs/<cell>`` (corrupt, foreign) to ``sweep/invalid/``: kept, out of readers' way."""
+    run_dir = Path(results_dir) / "runs" / cell_name
+    if run_dir.exists():
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        os.replace(run_dir, sweep_dir(results_dir, "invalid") / f"{cell_name}-{stamp}-{os.getpid()}")
+
+
 _ADAPTERS: dict[str, object] = {}
 
 
@@ -500,6 +508,8 @@ def _execute(task: SweepTask) -> str:
             return "busy"
         if task.kind == "fit" and result_is_valid(Path(task.results_dir), task.name, task.settings):
             return "skipped"
+        if task.kind == "fit":
+            _set_aside(Path(task.results_dir), task.name)
         if task.kind == "extract" and any(e["event"] == "done" for e in read_events(files["events"])):
             return "skipped"
         append_event(files["events"], "start")

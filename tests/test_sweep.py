@@ -117,6 +117,13 @@ def test_sweep_resumes_reports_failures_and_retries_only_them(tiny, tmp_path, mo
     assert all(c == {"start": 1, "done": 1} for c in counts.values())
     assert sorted(p.name for p in (results / "runs").iterdir()) == sorted(c.name for c in cells)
 
+    # a corrupt result is recomputed; the corrupt folder is set aside, not deleted
+    corrupt = cells[2]
+    (results / "runs" / corrupt.name / "scores.parquet").write_bytes(b"PAR1 truncated")
+    assert run_sweep(plan, results).complete
+    assert event_counts(results)[corrupt.name] == {"start": 2, "done": 2}
+    assert [p.name.startswith(corrupt.name) for p in (results / "sweep" / "invalid").iterdir()] == [True]
+
     # a cell's result is exactly what `mtbench run` of that one (layer, state) gives
     cell = cells[0]
     single = run(replace(cell.settings), tmp_path / "single")
