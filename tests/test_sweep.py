@@ -227,3 +227,22 @@ def test_local_executor_memory_guard_and_lost_workers(tmp_path):
     assert statuses[0].startswith("lost: worker process died") and statuses[1] == "done"
     with pytest.raises(MtbenchError, match="workers=-1"):
         LocalExecutor(workers=-1)
+
+
+def test_task_resources_follow_model_and_data_size():
+    from mtbench.sweep import DatasetInfo, Group, ModelInfo, Plan, extract_resources, fit_resources
+
+    def group(n_params, hidden, n_voxels):
+        data = DatasetInfo(subjects=["average"], n_voxels=n_voxels, n_scans=2800, n_words=15000, n_runs=9)
+        return Group("g", "m", "d", {}, {}, ["ffn_output"], list(range(1, 81)),
+                     ModelInfo(n_layers=80, states=["ffn_output"], n_params=n_params, hidden=hidden), data)
+
+    small, big = group(135e6, 576, 2_000), group(70e9, 8192, 200_000)
+    plan = Plan(models=["m"])
+    assert extract_resources(big, plan).mem_gb > 280 > extract_resources(small, plan).mem_gb  # 70e9 float32 weights
+    assert extract_resources(big, plan).minutes > extract_resources(small, plan).minutes
+    assert fit_resources(big, plan).mem_gb > fit_resources(small, plan).mem_gb
+    assert fit_resources(big, plan).minutes > fit_resources(small, plan).minutes
+    assert fit_resources(big, plan).gpus == 0 and extract_resources(big, plan).gpus == 0
+    gpu = Plan(models=["m"], settings={"backend": "torch_cuda"}, resources={"extract_gpus": 1})
+    assert fit_resources(big, gpu).gpus == 1 and extract_resources(big, gpu).gpus == 1
