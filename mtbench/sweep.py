@@ -47,7 +47,7 @@ PLAN_KEYS = ("models", "states", "layers", "datasets", "subjects", "modes", "set
              "model_options", "executor", "executor_options", "resources", "cache")
 # RunSettings fields a plan may set for all cells ([settings] table)
 SHARED_SETTINGS = ("metric", "alphas", "hrf", "trim_scans", "seed", "backend", "precision", "shared_alpha", "inner")
-RESOURCE_KEYS = ("extract_cpus", "extract_gpus", "fit_cpus", "fit_gpus", "minutes_factor")
+RESOURCE_KEYS = ("extract_cpus", "extract_gpus", "fit_cpus", "fit_gpus", "minutes_factor", "extract_feature_gb")
 
 
 # --------------------------------------------------------------------------- plan
@@ -309,12 +309,22 @@ def expand(plan: Plan, results_dir: Path) -> list[Group]:
 
 
 # --------------------------------------------------------------------------- resources
+def layers_per_pass(group: Group, plan: Plan) -> int:
+    """Layers extracted per pass of the model, so that their features fit ``extract_feature_gb`` (16)."""
+    info, data = group.model_info, group.dataset_info
+    per_layer_gb = len(group.states) * data.n_words * 4 * info.hidden * 4 / 1e9
+    budget = float(plan.resources.get("extract_feature_gb", 16))
+    return max(1, min(len(group.layers), int(budget // max(per_layer_gb, 1e-9))))
+
+
 def extract_resources(group: Group, plan: Plan) -> TaskResources:
-    """Weights (float32) with room for activations, plus every feature of the group in memory."""
+    """Weights (float32) with room for activations, plus the features of one pass in memory."""
     info, data = group.model_info, group.dataset_info
     weights_gb = info.n_params * 4 / 1e9
-    features_gb = len(group.layers) * len(group.states) * data.n_words * 4 * info.hidden * 4 / 1e9
-    flops = 2 * info.n_params * data.n_words * 2  # windows overlap by half: each word seen about twice
+    chunk = layers_per_pass(group, plan)
+    features_gb = chunk * len(group.states) * data.n_words * 4 * info.hidden * 4 / 1e9
+    passes = math.ceil(len(group.layers) / chunk)
+    flops = passes * 2 * info.n_params * data.n_words * 2  # windows overlap by half: each word seen about twice
     gpus = int(plan.resources.get("extract_gpus", 0))
     seconds = flops / (5e12 if gpus else 2e10)
     return TaskResources(cpus=int(plan.resources.get("extract_cpus", 2)), mem_gb=_round_gb(2 + 2 * weights_gb + features_gb),
@@ -374,6 +384,7 @@ class SweepTask:
     cache: str | None = None
     wait_for_lock: bool = False
     group: str = ""  # the extraction task a fit reads its features from
+    layers_per_pass: int = 0  # extract: layers whose features are held in memory at once (0: all)
 
     def __call__(self) -> str:
         return execute(self)
@@ -533,9 +544,11 @@ def _extract(task: SweepTask) -> dict:
     adapter = _adapter(task.settings)
     dataset = load_dataset(task.settings.dataset, **task.settings.dataset_options)
     calls = []
-    word_features(adapter, dataset.stimulus, list(task.states), list(task.layers),
-                  progress=lambda done, total: calls.append(done))
-    return {"ran_model": bool(calls), "revision": adapter.revision}
+    layers, chunk = list(task.layers), task.layers_per_pass or len(task.layers)
+    for start in range(0, len(layers), chunk):  # bounded memory: features go to the cache, not kept
+        word_features(adapter, dataset.stimulus, list(task.states), layers[start:start + chunk],
+                      progress=lambda done, total: calls.append(done))
+    return {"ran_model": bool(calls), "revision": adapter.revision, "passes": math.ceil(len(layers) / chunk)}
 
 
 def _fit(task: SweepTask) -> dict:
@@ -654,7 +667,8 @@ def plan_tasks(plan: Plan, results_dir: Path, retry_failed: bool = False):
             continue
         base = replace(todo[0].settings, states=list(group.states), layers=list(group.layers))
         extract.append(SweepTask("extract", group.name, str(results_dir), base, extract_resources(group, plan),
-                                 tuple(group.states), tuple(group.layers), cache, group=group.name))
+                                 tuple(group.states), tuple(group.layers), cache, group=group.name,
+                                 layers_per_pass=layers_per_pass(group, plan)))
         resources = fit_resources(group, plan)
         fit += [SweepTask("fit", c.name, str(results_dir), c.settings, resources, cache=cache, group=group.name)
                 for c in todo]
