@@ -51,9 +51,18 @@ def test_plan_expands_into_canonical_hashed_cells(tiny, tmp_path):
     other = load_plan(plan_file, settings={"alphas": [1.0, 10.0]})
     assert not {c.name for g in expand(other, tmp_path / "results") for c in g.cells} & set(again)
 
-    # the dry run counts cells and runs nothing
-    result = CliRunner().invoke(main, ["sweep", str(plan_file), "--out", str(tmp_path / "results"), "--dry-run"],
-                                env={"COLUMNS": "200"})
+    # the same choices as flags name the same cells
+    dataset_options = load_plan(plan_file).dataset_options["synthetic"]
+    flags = load_plan(None, models=[f"hf:{model}"], states="per_head_q_rope,ffn_activated_state",
+                      modes=["mtbench", "mindtransformer"], cache=str(root / "cache"),
+                      dataset_options={"synthetic": dataset_options})
+    assert [c.name for g in expand(flags, tmp_path / "results") for c in g.cells] == again
+
+    # the dry run counts cells and runs nothing (flags only, no plan file)
+    args = ["sweep", "--model", f"hf:{model}", "--states", "per_head_q_rope,ffn_activated_state", "--mode", "mtbench",
+            "--mode", "mindtransformer", "--cache", str(root / "cache"), "--out", str(tmp_path / "results"), "--dry-run"]
+    args += [arg for key, value in dataset_options.items() for arg in ("--dataset-option", f"{key}={value}")]
+    result = CliRunner().invoke(main, args, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "8 cells" in result.output and "CPU-hours" in result.output
     assert not (tmp_path / "results" / "runs").exists()
