@@ -703,7 +703,7 @@ def run_sweep(plan: Plan, results_dir: Path, retry_failed: bool = False, console
                 executor.run(busy, progress.refresh)
             extracted = [t.name for t, r in zip(extract, results) if r == "done"]
             unfinished = {t.name: r for t, r in zip(extract, results) if r not in ("done", "skipped", "busy")}
-            lost += [f"extract {name}: {r}" for name, r in unfinished.items()]
+            lost += [_extract_problem(results_dir, name, r) for name, r in unfinished.items()]
             # without their features, fits would each run the model: leave them to the next sweep
             fit = [t for t in fit if t.group not in unfinished]
         progress.phase = f"fitting {len(fit)} cells"
@@ -718,6 +718,16 @@ def run_sweep(plan: Plan, results_dir: Path, retry_failed: bool = False, console
     failed = [(c.name, *failure_of(results_dir, c)) for c in cells if final[c.name] == "failed"]
     return SweepReport(n_cells=len(cells), status=final, failed=failed, lost=lost, extracted=extracted,
                        seconds=time.perf_counter() - start)
+
+
+def _extract_problem(results_dir: Path, name: str, status: str) -> str:
+    """One line on an extraction that did not finish, with its log when it failed."""
+    if status != "failed":
+        return f"extract {name}: {status}"
+    files = task_files(results_dir, "extract", name)
+    failed = [e for e in read_events(files["events"]) if e["event"] == "failed"]
+    error = failed[-1].get("error", "?") if failed else "?"
+    return f"extract {name} failed: {error}  log: {files['log']} (its cells were not started)"
 
 
 def describe_plan(plan: Plan, results_dir: Path, retry_failed: bool = False) -> dict:
