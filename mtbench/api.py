@@ -98,6 +98,59 @@ class MetricEntry:
     score: Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
+@dataclass(frozen=True)
+class ExecutorEntry:
+    """A way to run the tasks of ``mtbench sweep`` (a process pool, a cluster...).
+
+    ``load(**options) -> Executor``; options come from the plan's ``[executor_options]``
+    table or ``--executor-option k=v``. Imports its heavy dependencies lazily.
+    """
+
+    name: str
+    summary: str
+    load: Callable[..., "Executor"]
+
+
+@dataclass(frozen=True)
+class TaskResources:
+    """What one sweep task needs, estimated from model size and data size.
+
+    Attributes
+    ----------
+    cpus : int
+    mem_gb : float
+    gpus : int
+    minutes : int
+        Wall-time limit to request.
+    """
+
+    cpus: int = 1
+    mem_gb: float = 2.0
+    gpus: int = 0
+    minutes: int = 60
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Runs sweep tasks somewhere and waits for them.
+
+    A task is a picklable callable ``task() -> str`` (a status word: ``done``, ``skipped``,
+    ``failed``, ``busy``) with attributes ``name`` (str), ``kind`` (``extract`` or ``fit``)
+    and ``resources`` (:class:`TaskResources`). Tasks do their own bookkeeping on disk (locks,
+    logs, results), so an executor only has to run them.
+    """
+
+    def run(self, tasks: Sequence[Callable[[], str]], poll: Callable[[], None]) -> list[str]:
+        """Run every task; call ``poll()`` every few seconds while waiting.
+
+        Returns
+        -------
+        list of str, one per task, in order
+            What the task returned, or ``lost: <why>`` when it ended without returning
+            (killed, cancelled, out of memory).
+        """
+
+
 # --------------------------------------------------------------------------- stimulus
 @dataclass
 class StimulusRun:

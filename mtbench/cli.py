@@ -24,7 +24,7 @@ from .registry import get_registry  # noqa: E402
 from .scaffold import plugin_group  # noqa: E402
 
 console = Console()
-KINDS = ("models", "states", "datasets", "metrics")
+KINDS = ("models", "states", "datasets", "metrics", "executors")
 
 
 class _Cli(click.Group):
@@ -229,6 +229,10 @@ from .board_commands import leaderboard_command, report_command  # noqa: E402
 
 main.add_command(leaderboard_command)
 main.add_command(report_command)
+
+from .sweep_cli import sweep  # noqa: E402  (the command lives in its own module)
+
+main.add_command(sweep)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -27,17 +27,14 @@ import numpy as np
 
 from . import hookspecs
 from .api import DatasetEntry, MetricEntry, ModelEntry, Parcellation, StateDefinition, Stimulus, StimulusRun
+from .registry import _KINDS
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # what users can type after --model etc.
 STATE_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 
 # hook name -> (entry type, kind word)
-HOOK_KINDS: dict[str, tuple[type, str]] = {
-    "register_models": (ModelEntry, "model"),
-    "register_states": (StateDefinition, "state"),
-    "register_datasets": (DatasetEntry, "dataset"),
-    "register_metrics": (MetricEntry, "metric"),
-}
+# hook name -> (entry type, kind): the registry's own table, so a new hook is checked here too.
+HOOK_KINDS: dict[str, tuple[type, str]] = dict(_KINDS)
 
 _TINY_TEXT = [
     "Once upon a time a small fox lived near the river , and every morning she walked to the water .",
@@ -422,15 +419,16 @@ def _check_entry_text(entry: Any, kind: str) -> None:
 def check_entry(entry: Any) -> None:
     """Check one entry returned by a ``register_*`` hook, without loading anything heavy.
 
-    Model and dataset entries need a callable ``load`` accepting keyword options; metric
+    Model, dataset and executor entries need a callable ``load`` accepting keyword options; metric
     entries are checked fully (:func:`check_metric`); states with :func:`check_state`.
     """
     if isinstance(entry, StateDefinition):
         check_state(entry)
         return
-    if not isinstance(entry, (ModelEntry, DatasetEntry, MetricEntry)):
-        _fail("entry", f"got a {type(entry).__name__}", "a ModelEntry, StateDefinition, DatasetEntry or MetricEntry")
-    kind = {ModelEntry: "model", DatasetEntry: "dataset", MetricEntry: "metric"}[type(entry)]
+    kinds = {entry_type: kind for entry_type, kind in HOOK_KINDS.values()}
+    if type(entry) not in kinds:
+        _fail("entry", f"got a {type(entry).__name__}", "one of " + ", ".join(t.__name__ for t in kinds))
+    kind = kinds[type(entry)]
     _check_entry_text(entry, kind)
     if kind == "metric":
         check_metric(entry)

@@ -56,3 +56,15 @@ def register_metrics():
     -------
     list of mtbench.api.MetricEntry
     """
+
+
+@hookspec
+def register_executors():
+    """Executors ``mtbench sweep`` can run its tasks on (``--executor NAME``).
+
+    Returns
+    -------
+    list of mtbench.api.ExecutorEntry
+        ``entry.load(**options)`` returns an object satisfying
+        :class:`mtbench.api.Executor`.
+    """

@@ -25,7 +25,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .api import DatasetEntry, MetricEntry, ModelEntry, StateDefinition
+from .api import DatasetEntry, ExecutorEntry, MetricEntry, ModelEntry, StateDefinition
 from .errors import MtbenchError, unknown_name_error
 
 ENTRY_POINT_GROUP = "mtbench"
@@ -36,6 +36,7 @@ _KINDS: dict[str, tuple[type, str]] = {
     "register_states": (StateDefinition, "state"),
     "register_datasets": (DatasetEntry, "dataset"),
     "register_metrics": (MetricEntry, "metric"),
+    "register_executors": (ExecutorEntry, "executor"),
 }
 
 
@@ -89,6 +90,9 @@ class Registry:
 
     def state(self, name: str) -> StateDefinition:
         return self.get("state", name)
+
+    def executor(self, name: str) -> ExecutorEntry:
+        return self.get("executor", name)
 
 
 def _env_list(var: str) -> set[str] | None:

@@ -138,7 +138,8 @@ class _Clock:
         return time.perf_counter() - self.start
 
 
-def run(settings: RunSettings, results_dir: Path, progress=None) -> RunOutput:
+def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | None = None,
+        adapter=None) -> RunOutput:
     """Run the whole pipeline and write the results.
 
     Parameters
@@ -148,6 +149,10 @@ def run(settings: RunSettings, results_dir: Path, progress=None) -> RunOutput:
         Shared results folder; this run goes to ``results_dir/runs/<run_id>/``.
     progress : rich.progress.Progress, optional
         Receives an extraction task and a fitting task.
+    run_id : str, optional
+        Folder name under ``runs/`` (``mtbench sweep`` names each cell); default :func:`run_id_for`.
+    adapter : ModelAdapter, optional
+        Already loaded ``settings.model`` (a sweep worker reuses it across cells).
 
     ``settings.protocol`` is resolved first (:func:`mtbench.api.resolve_protocol`): the run,
     its id and its manifest use the effective settings.
@@ -159,7 +164,7 @@ def run(settings: RunSettings, results_dir: Path, progress=None) -> RunOutput:
     from .features import word_features
     from .results import ScoreTable, provenance, summarize, write_run
 
-    adapter = load_model(settings.model, **settings.model_options)
+    adapter = adapter if adapter is not None else load_model(settings.model, **settings.model_options)
     states = parse_states(settings.states, adapter.available_states())
     layers = parse_layers(settings.layers, adapter.n_layers)
     clock.lap("load_model")
@@ -198,7 +203,7 @@ def run(settings: RunSettings, results_dir: Path, progress=None) -> RunOutput:
 
     meta["settings"]["precision_used"] = "float32" if settings.backend == "himalaya" else effective_precision(
         settings.precision, "cuda" if settings.backend == "torch_cuda" else "cpu")
-    meta["run_id"] = run_id_for(settings)
+    meta["run_id"] = run_id or run_id_for(settings)
     meta["seconds"] = round(clock.total, 1)
     meta["timings"] = clock.stages  # seconds per stage, writing excluded
     run_dir = write_run(Path(results_dir), meta["run_id"], meta, table, dataset.mask_img, labels, names,

@@ -1,0 +1,115 @@
+"""The ``mtbench sweep`` command (the engine is :mod:`mtbench.sweep`)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from .errors import MtbenchError
+
+
+def _per_name(names: tuple[str, ...], options: dict) -> dict:
+    """Options given once on the command line apply to every named model or dataset."""
+    return {name: dict(options) for name in names} if options else {}
+
+
+@click.command("sweep")
+@click.argument("plan_file", required=False, type=click.Path(path_type=Path))
+@click.option("--model", "models", multiple=True, help="Model (repeatable); replaces the plan's `models`.")
+@click.option("--states", default=None, help="'all' or a comma list of state names.")
+@click.option("--layers", default=None, help="'all', '4' or '1-5,8' (1-based blocks).")
+@click.option("--dataset", "datasets", multiple=True, help="Dataset (repeatable).")
+@click.option("--subject", "subjects", multiple=True, help="Subject (repeatable) or 'all'.")
+@click.option("--mode", "modes", multiple=True, help="Protocol (repeatable): mtbench, mindtransformer.")
+@click.option("--metric", default=None)
+@click.option("--alphas", default=None, help="Ridge penalties: 'start:stop:count' or a comma list.")
+@click.option("--trim", "trim_scans", type=int, default=None, help="Scans dropped at both ends of each run.")
+@click.option("--backend", default=None, help="Ridge backend (torch, torch_cuda, himalaya).")
+@click.option("--precision", type=click.Choice(["mixed", "float32"]), default=None)
+@click.option("--dataset-option", "dataset_options", multiple=True, metavar="KEY=VALUE",
+              help="Applies to every dataset of the sweep.")
+@click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE",
+              help="Applies to every model of the sweep.")
+@click.option("--executor", default=None, help="Where cells run: `mtbench list executors` (default local).")
+@click.option("--executor-option", "executor_options", multiple=True, metavar="KEY=VALUE",
+              help="e.g. workers=4 (local); partition=gpu, account=..., qos=... (slurm).")
+@click.option("--cache", default=None, help="Feature cache shared by all tasks (default $MTBENCH_CACHE).")
+@click.option("--out", "results_dir", default="mtbench-results", show_default=True, type=click.Path(path_type=Path),
+              help="Results directory (shared with `mtbench run` and `mtbench leaderboard`).")
+@click.option("--dry-run", is_flag=True, help="Print the plan (cells, what is done, resources, cost); run nothing.")
+@click.option("--retry-failed", is_flag=True, help="Also rerun the cells whose last attempt failed.")
+def sweep(plan_file, models, states, layers, datasets, subjects, modes, metric, alphas, trim_scans, backend,
+          precision, dataset_options, model_options, executor, executor_options, cache, results_dir, dry_run,
+          retry_failed):
+    """Run models x states x layers x datasets x subjects x modes as resumable cells.
+
+    PLAN_FILE is a TOML file (keys: models, states, layers, datasets, subjects, modes, [settings],
+    [dataset_options.NAME], [model_options."SPEC"], executor, [executor_options], [resources], cache);
+    flags override it. Cells with valid results are skipped, so running the same sweep again resumes it.
+    """
+    from .cli import _options, _parse_alphas, console
+    from .sweep import describe_plan, load_plan, run_sweep
+
+    settings = {key: value for key, value in (("metric", metric), ("trim_scans", trim_scans), ("backend", backend),
+                                              ("precision", precision)) if value is not None}
+    if alphas is not None:
+        settings["alphas"] = _parse_alphas(alphas)
+    dataset_opts, model_opts = _options(dataset_options, "--dataset-option"), _options(model_options, "--model-option")
+    plan = load_plan(
+        plan_file, models=list(models), states=states, layers=layers, datasets=list(datasets),
+        subjects=list(subjects), modes=list(modes), settings=settings, executor=executor,
+        executor_options=_options(executor_options, "--executor-option"), cache=cache,
+    )
+    # options given as flags apply to every dataset / model of the (possibly file-given) plan
+    for name in plan.datasets:
+        plan.dataset_options[name] = {**plan.dataset_options.get(name, {}), **dataset_opts}
+    for spec in plan.models:
+        plan.model_options[spec] = {**plan.model_options.get(spec, {}), **model_opts}
+    if dry_run:
+        print_plan(describe_plan(plan, results_dir, retry_failed), console)
+        return
+    try:
+        report = run_sweep(plan, results_dir, retry_failed=retry_failed, console=console)
+    except KeyboardInterrupt:
+        click.echo("Error: sweep interrupted; finished cells are kept, run the same command to resume", err=True)
+        sys.exit(130)
+    print_report(report, console)
+    if not report.complete:
+        sys.exit(1)
+
+
+def print_plan(description: dict, console) -> None:
+    table = Table(title=f"sweep plan: {description['n_cells']} cells, executor {description['executor']}")
+    for col in ("model", "dataset", "cells", "done", "failed", "interrupted", "to run", "extract",
+                "fit task (cpus/mem/gpus/min)", "est. CPU-h"):
+        table.add_column(col, justify="left" if col in ("model", "dataset") else "right")
+    total = 0.0
+    for row in description["rows"]:
+        res = row["fit_resources"]
+        total += row["cpu_hours"]
+        table.add_row(row["model"], row["dataset"], str(row["cells"]), str(row["done"]), str(row["failed"]),
+                      str(row["interrupted"]), str(row["to_run"]), row["extract"],
+                      f"{res['cpus']}/{res['mem_gb']:g}G/{res['gpus']}/{res['minutes']}", f"{row['cpu_hours']:.2f}")
+    console.print(table)
+    how = {row["estimate"] for row in description["rows"]}
+    basis = "median of finished cells" if how == {"measured"} else "rough: from data and model size"
+    console.print(f"estimated cost of what is left: {total:.2f} CPU-hours ({basis})")
+
+
+def print_report(report, console) -> None:
+    counts: dict[str, int] = {}
+    for status in report.status.values():
+        counts[status] = counts.get(status, 0) + 1
+    line = ", ".join(f"{counts.get(k, 0)} {k}" for k in ("done", "failed", "interrupted", "pending"))
+    console.print(f"sweep: {report.n_cells} cells: {line} ({report.seconds:.0f} s)")
+    for name, error, log in report.failed:
+        console.print(f"[red]failed[/red] {name}: {error}  log: {log}")
+    for lost in report.lost:
+        console.print(f"[yellow]lost[/yellow] {lost}")
+    if report.failed:
+        console.print("rerun with --retry-failed to retry the failed cells (the others are kept)")
+    elif not report.complete:
+        console.print("run the same command again to resume")

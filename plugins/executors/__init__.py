@@ -1,0 +1,1 @@
+"""Built-in sweep executors: a local process pool and Slurm through submitit."""

@@ -1,0 +1,257 @@
+"""`mtbench sweep`: plans expand into named cells, sweeps resume, retry, and share a results directory.
+
+All on the tiny synthetic dataset planted with a tiny random Llama; the cells are real runs.
+The Slurm executor is tested against a real cluster in test_sweep_slurm.py (slow).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from sweep_helpers import event_counts, scores_by_cell, sweep_cli, write_plan  # tests/ is on sys.path
+from test_plugins import make_distribution
+
+from mtbench.api import TaskResources
+from mtbench.cli import main
+from mtbench.errors import MtbenchError
+from mtbench.registry import get_registry
+from mtbench.sweep import expand, load_plan, run_sweep
+from mtbench.testing import make_tiny_llama
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    return root, make_tiny_llama(root / "tiny-llama", seed=0, n_layers=2)
+
+
+def test_plan_expands_into_canonical_hashed_cells(tiny, tmp_path):
+    root, model = tiny
+    plan_file = write_plan(tmp_path / "plan.toml", model, root / "cache", modes=("mtbench", "mindtransformer"))
+    groups = expand(load_plan(plan_file), tmp_path / "results")
+    cells = [c for g in groups for c in g.cells]
+    assert len(groups) == 1 and len(cells) == 2 * 2 * 2  # states x layers x modes
+    assert groups[0].layers == [1, 2] and groups[0].states == ["per_head_q_rope", "ffn_activated_state"]
+    for cell in cells:
+        assert re.fullmatch(r"hf-tiny-llama-synthetic-average-L00[12]-(per_head_q_rope|ffn_activated_state)-"
+                            r"(mtbench|mindtransformer)-[0-9a-f]{10}", cell.name), cell.name
+        assert cell.name.endswith(cell.hash) and len(cell.settings.states) == len(cell.settings.layers) == 1
+    assert len({c.name for c in cells}) == len(cells)
+    # canonical: the same plan names the same cells; another setting names other cells
+    again = [c.name for g in expand(load_plan(plan_file), tmp_path / "results") for c in g.cells]
+    assert again == [c.name for c in cells]
+    other = load_plan(plan_file, settings={"alphas": [1.0, 10.0]})
+    assert not {c.name for g in expand(other, tmp_path / "results") for c in g.cells} & set(again)
+
+    # the same choices as flags name the same cells
+    dataset_options = load_plan(plan_file).dataset_options["synthetic"]
+    flags = load_plan(None, models=[f"hf:{model}"], states="per_head_q_rope,ffn_activated_state",
+                      modes=["mtbench", "mindtransformer"], cache=str(root / "cache"),
+                      dataset_options={"synthetic": dataset_options})
+    assert [c.name for g in expand(flags, tmp_path / "results") for c in g.cells] == again
+
+    # the dry run counts cells and runs nothing (flags only, no plan file)
+    args = ["sweep", "--model", f"hf:{model}", "--states", "per_head_q_rope,ffn_activated_state", "--mode", "mtbench",
+            "--mode", "mindtransformer", "--cache", str(root / "cache"), "--out", str(tmp_path / "results"), "--dry-run"]
+    args += [arg for key, value in dataset_options.items() for arg in ("--dataset-option", f"{key}={value}")]
+    result = CliRunner().invoke(main, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "8 cells" in result.output and "CPU-hours" in result.output
+    assert not (tmp_path / "results" / "runs").exists()
+
+
+def test_bad_plans_fail_in_one_line(tiny, tmp_path):
+    root, model = tiny
+    plan_file = write_plan(tmp_path / "plan.toml", model, root / "cache")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("layer = 3\n" + plan_file.read_text())
+    with pytest.raises(MtbenchError, match="unknown key 'layer'"):
+        load_plan(bad)
+    with pytest.raises(MtbenchError, match="unknown mode 'fast'"):
+        expand(load_plan(plan_file, modes=["fast"]), tmp_path)
+    with pytest.raises(MtbenchError, match="unknown executor 'slurmm'.*'slurm'"):
+        run_sweep(load_plan(plan_file, executor="slurmm"), tmp_path)
+    with pytest.raises(MtbenchError, match="does not exist"):
+        load_plan(tmp_path / "missing.toml")
+
+
+def test_executors_are_registered_through_the_hook():
+    registry = get_registry(reload=True)
+    assert {"local", "slurm"} <= set(registry.names("executor"))
+    assert registry.providers["executor"]["slurm"] == "executors"
+    plugin = next(p for p in registry.plugins if p.name == "executors")
+    assert plugin.hooks == ["register_executors"] and plugin.module == "mtbench_plugins.executors.hooks"
+
+
+def test_sweep_resumes_reports_failures_and_retries_only_them(tiny, tmp_path, monkeypatch):
+    """Four cells in this process; one is blocked (its output path is taken) and fails."""
+    from mtbench.runner import run
+
+    root, model = tiny
+    monkeypatch.setenv("MTBENCH_CACHE", str(root / "cache"))
+    plan = load_plan(write_plan(tmp_path / "plan.toml", model, root / "cache", executor_options={"workers": 0}))
+    results = tmp_path / "results"
+    cells = [c for g in expand(plan, results) for c in g.cells]
+    blocked = cells[1]
+    (results / "runs").mkdir(parents=True)
+    (results / "runs" / f"{blocked.name}.partial").write_text("not a folder")
+
+    report = run_sweep(plan, results)
+    assert report.n_cells == 4 and not report.complete
+    assert sorted(report.status.values()) == ["done", "done", "done", "failed"]
+    assert [name for name, _, _ in report.failed] == [blocked.name]
+    log = report.failed[0][2]
+    assert "Traceback" in log.read_text() and blocked.name in str(log)
+    assert event_counts(results, "extract") == {report.extracted[0]: {"start": 1, "done": 1}}
+
+    # resuming redoes nothing: done cells are skipped, the failed one waits for --retry-failed
+    again = run_sweep(plan, results)
+    assert again.status == report.status
+    assert all(c == {"start": 1, "done": 1} for n, c in event_counts(results).items() if n != blocked.name)
+    assert event_counts(results)[blocked.name] == {"start": 1, "failed": 1}
+
+    (results / "runs" / f"{blocked.name}.partial").unlink()
+    retried = run_sweep(plan, results, retry_failed=True)
+    assert retried.complete and not retried.failed
+    counts = event_counts(results)
+    assert counts.pop(blocked.name) == {"start": 2, "failed": 1, "done": 1}
+    assert all(c == {"start": 1, "done": 1} for c in counts.values())
+    assert sorted(p.name for p in (results / "runs").iterdir()) == sorted(c.name for c in cells)
+
+    # a corrupt result is recomputed; the corrupt folder is set aside, not deleted
+    corrupt = cells[2]
+    (results / "runs" / corrupt.name / "scores.parquet").write_bytes(b"PAR1 truncated")
+    assert run_sweep(plan, results).complete
+    assert event_counts(results)[corrupt.name] == {"start": 2, "done": 2}
+    assert [p.name.startswith(corrupt.name) for p in (results / "sweep" / "invalid").iterdir()] == [True]
+
+    # a cell's result is exactly what `mtbench run` of that one (layer, state) gives
+    cell = cells[0]
+    single = run(replace(cell.settings), tmp_path / "single")
+    expected = pq.read_table(single.run_dir / "scores.parquet").column("value").to_numpy()
+    got = pq.read_table(results / "runs" / cell.name / "scores.parquet").column("value").to_numpy()
+    np.testing.assert_array_equal(got, expected)
+    winners = pq.read_table(results / "runs" / cell.name / "summary.parquet").to_pylist()
+    assert {(r["layer"], r["state"]) for r in winners} == {(cell.settings.layers[0], cell.settings.states[0])}
+
+
+THIRD_PARTY_EXECUTOR = """
+    from pathlib import Path
+    from mtbench.api import ExecutorEntry
+    from mtbench.hookspecs import hookimpl
+
+    class Inline:
+        def __init__(self, record):
+            self.record = Path(record)
+
+        def run(self, tasks, poll):
+            statuses = []
+            for task in tasks:
+                with self.record.open("a") as f:
+                    f.write(f"{task.kind} {task.name}\\n")
+                statuses.append(task())
+                poll()
+            return statuses
+
+    @hookimpl
+    def register_executors():
+        return [ExecutorEntry(name="inline", summary="one task after the other, in the sweep's process",
+                              load=lambda **options: Inline(**options))]
+"""
+
+
+def test_two_sweeps_at_once_share_the_results_directory(tiny, tmp_path):
+    """Two processes sweep the same plan into the same folder: each cell is computed once.
+
+    The second sweep runs on a third-party executor, registered through the same hook.
+    """
+    root, model = tiny
+    plan_file = write_plan(tmp_path / "plan.toml", model, root / "cache", executor_options={"workers": 0})
+    record = tmp_path / "inline.txt"
+    other_plan = write_plan(tmp_path / "other.toml", model, root / "cache", executor="inline",
+                            executor_options={"record": str(record)})
+    extra = make_distribution(tmp_path / "site", "mtbench-inline", "mtbench_inline", THIRD_PARTY_EXECUTOR, "inline")
+    results = tmp_path / "results"
+    first = sweep_cli(str(plan_file), "--out", str(results))
+    second = sweep_cli(str(other_plan), "--out", str(results),
+                       env={"PYTHONPATH": os.pathsep.join(filter(None, [str(extra), os.environ.get("PYTHONPATH")]))})
+    outputs = [p.communicate(timeout=600) for p in (first, second)]
+    for proc, (out, err) in zip((first, second), outputs):
+        assert proc.returncode == 0, err[-3000:] + out[-2000:]
+        assert "4 done, 0 failed" in out
+    counts = event_counts(results)
+    assert len(counts) == 4 and all(c == {"start": 1, "done": 1} for c in counts.values()), counts
+    assert list(event_counts(results, "extract").values()) == [{"start": 1, "done": 1}]
+    runs = sorted((results / "runs").iterdir())
+    assert [p.name for p in runs] == sorted(counts) and not any(p.name.endswith(".partial") for p in runs)
+    scores = scores_by_cell(results)
+    assert all(len(rows) > 0 and np.isfinite([r[-1] for r in rows]).all() for rows in scores.values())
+    ran_inline = record.read_text().splitlines()
+    assert ran_inline and all(line.split()[1] in counts for line in ran_inline if line.startswith("fit "))
+
+
+# --------------------------------------------------------------------------- local executor
+@dataclass(frozen=True)
+class Stamp:
+    """A task that records when it ran (and can kill its own worker)."""
+
+    name: str
+    folder: str
+    resources: TaskResources
+    kind: str = "fit"
+    die: bool = False
+
+    def __call__(self) -> str:
+        start = time.time()
+        if self.die:
+            os._exit(9)  # like the kernel's OOM killer: no exception, no clean-up
+        time.sleep(0.5)
+        Path(self.folder, self.name).write_text(f"{start} {time.time()}")
+        return "done"
+
+
+def test_local_executor_memory_guard_and_lost_workers(tmp_path):
+    from mtbench_plugins.executors.local import LocalExecutor, available_memory_gb
+
+    executor = LocalExecutor(workers=2, memory_fraction=0.5)
+    big = TaskResources(cpus=1, mem_gb=available_memory_gb() * 0.3)  # two of them exceed half the memory
+    tasks = [Stamp(f"t{i}", str(tmp_path), big) for i in range(3)]
+    polls = []
+    assert executor.run(tasks, lambda: polls.append(1)) == ["done"] * 3
+    spans = sorted(tuple(map(float, (tmp_path / t.name).read_text().split())) for t in tasks)
+    assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:])), spans  # never two at once
+    assert polls
+
+    small = TaskResources(cpus=1, mem_gb=0.01)
+    statuses = LocalExecutor(workers=1).run([Stamp("dies", str(tmp_path), small, die=True),
+                                             Stamp("after", str(tmp_path), small)], lambda: None)
+    assert statuses[0].startswith("lost: worker process died") and statuses[1] == "done"
+    with pytest.raises(MtbenchError, match="workers=-1"):
+        LocalExecutor(workers=-1)
+
+
+def test_task_resources_follow_model_and_data_size():
+    from mtbench.sweep import DatasetInfo, Group, ModelInfo, Plan, extract_resources, fit_resources
+
+    def group(n_params, hidden, n_voxels):
+        data = DatasetInfo(subjects=["average"], n_voxels=n_voxels, n_scans=2800, n_words=15000, n_runs=9)
+        return Group("g", "m", "d", {}, {}, ["ffn_output"], list(range(1, 81)),
+                     ModelInfo(n_layers=80, states=["ffn_output"], n_params=n_params, hidden=hidden), data)
+
+    small, big = group(135e6, 576, 2_000), group(70e9, 8192, 200_000)
+    plan = Plan(models=["m"])
+    assert extract_resources(big, plan).mem_gb > 280 > extract_resources(small, plan).mem_gb  # 70e9 float32 weights
+    assert extract_resources(big, plan).minutes > extract_resources(small, plan).minutes
+    assert fit_resources(big, plan).mem_gb > fit_resources(small, plan).mem_gb
+    assert fit_resources(big, plan).minutes > fit_resources(small, plan).minutes
+    assert fit_resources(big, plan).gpus == 0 and extract_resources(big, plan).gpus == 0
+    gpu = Plan(models=["m"], settings={"backend": "torch_cuda"}, resources={"extract_gpus": 1})
+    assert fit_resources(big, gpu).gpus == 1 and extract_resources(big, gpu).gpus == 1
