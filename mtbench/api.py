@@ -151,6 +151,16 @@ class Executor(Protocol):
         """
 
 
+# What each hook of mtbench.hookspecs returns: hook name -> (entry type, kind word used in messages).
+HOOK_ENTRIES: dict[str, tuple[type, str]] = {
+    "register_models": (ModelEntry, "model"),
+    "register_states": (StateDefinition, "state"),
+    "register_datasets": (DatasetEntry, "dataset"),
+    "register_metrics": (MetricEntry, "metric"),
+    "register_executors": (ExecutorEntry, "executor"),
+}
+
+
 # --------------------------------------------------------------------------- stimulus
 @dataclass
 class StimulusRun:

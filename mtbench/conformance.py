@@ -26,15 +26,14 @@ from typing import Any
 import numpy as np
 
 from . import hookspecs
-from .api import DatasetEntry, MetricEntry, ModelEntry, Parcellation, StateDefinition, Stimulus, StimulusRun
-from .registry import _KINDS
+from .api import HOOK_ENTRIES, DatasetEntry, MetricEntry, ModelEntry, Parcellation, StateDefinition, Stimulus, StimulusRun
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # what users can type after --model etc.
 STATE_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 
 # hook name -> (entry type, kind word)
 # hook name -> (entry type, kind): the registry's own table, so a new hook is checked here too.
-HOOK_KINDS: dict[str, tuple[type, str]] = dict(_KINDS)
+HOOK_KINDS: dict[str, tuple[type, str]] = HOOK_ENTRIES
 
 _TINY_TEXT = [
     "Once upon a time a small fox lived near the river , and every morning she walked to the water .",

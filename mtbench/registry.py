@@ -25,19 +25,12 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .api import DatasetEntry, ExecutorEntry, MetricEntry, ModelEntry, StateDefinition
+from .api import HOOK_ENTRIES, DatasetEntry, ExecutorEntry, MetricEntry, ModelEntry, StateDefinition
 from .errors import MtbenchError, unknown_name_error
 
 ENTRY_POINT_GROUP = "mtbench"
 
-# hook name -> (entry type, kind word used in messages)
-_KINDS: dict[str, tuple[type, str]] = {
-    "register_models": (ModelEntry, "model"),
-    "register_states": (StateDefinition, "state"),
-    "register_datasets": (DatasetEntry, "dataset"),
-    "register_metrics": (MetricEntry, "metric"),
-    "register_executors": (ExecutorEntry, "executor"),
-}
+_KINDS = HOOK_ENTRIES
 
 
 @dataclass
