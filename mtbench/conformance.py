@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import hookspecs
-from .api import HOOK_ENTRIES, DatasetEntry, MetricEntry, ModelEntry, Parcellation, StateDefinition, Stimulus, StimulusRun
+from .api import HOOK_ENTRIES, MetricEntry, Parcellation, StateDefinition, Stimulus, StimulusRun
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # what users can type after --model etc.
 STATE_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")

@@ -8,7 +8,6 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from .errors import MtbenchError
 
 
 def _per_name(names: tuple[str, ...], options: dict) -> dict:
