@@ -228,34 +228,36 @@ def test_device_and_window_options_from_the_cli(folder, tmp_path):
 
 
 # --------------------------------------------------------------------------- hub ids
-def _fake_hub_cache(root, repo_id: str, source) -> None:
-    """The Hugging Face cache layout of a downloaded model (refs/main -> snapshots/<commit>)."""
+def test_hub_ids_download_once_then_load_offline_and_fail_clearly(folder, tmp_path, monkeypatch):
     import shutil
 
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = root / f"models--{repo_id.replace('/', '--')}"
-    shutil.copytree(source, repo / "snapshots" / commit)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
+    from hub_server import HubServer
 
-
-def test_hub_ids_load_from_the_cache_and_fail_clearly_offline(folder, tmp_path, monkeypatch):
-    hub = tmp_path / "hub"
-    _fake_hub_cache(hub, "tiny-org/tiny-llama", folder)
-    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from_hub = load_hf("tiny-org/tiny-llama")
+    repo = tmp_path / "repo"
+    shutil.copytree(folder, repo)
+    (repo / "model.gguf").write_bytes(b"another weight format: not downloaded")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    server = HubServer("tiny-org/tiny-llama", repo)
+    with server as endpoint:
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        from_hub = load_hf("tiny-org/tiny-llama")
+    assert sorted(server.served) == ["config.json", "generation_config.json", "model.safetensors",
+                                     "tokenizer.json", "tokenizer_config.json"]
     local = load_hf(str(folder))
     assert from_hub.name == "hf:tiny-org/tiny-llama" and from_hub.revision == local.revision
     stim = _stimulus(RUN_B)
     np.testing.assert_array_equal(from_hub.extract(stim, ["ffn_output"], [2])[2, "ffn_output"][0],
                                   local.extract(stim, ["ffn_output"], [2])[2, "ffn_output"][0])
+    # offline: the cached copy loads; a model never downloaded is a one-line error naming the fix
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert load_hf("tiny-org/tiny-llama").revision == local.revision
     with pytest.raises(MtbenchError, match=r"not in the Hugging Face cache and HF_HUB_OFFLINE is set: download "
                                            r"it first .* or pass a local folder") as offline:
         load_hf("someone/not-downloaded")
     assert "\n" not in str(offline.value)
+    # online but the hub does not answer (the server is gone)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     with pytest.raises(MtbenchError, match="cannot reach the Hugging Face hub .* pass a local folder") as down:
         load_hf("someone/not-downloaded")
     assert "\n" not in str(down.value)
