@@ -274,3 +274,22 @@ def test_unknown_model_type_is_one_line_listing_the_families(folder, tmp_path):
         load_hf(str(odd))
     assert "\n" not in str(err.value)
     assert "'mamba'" in str(err.value) and "llama, mistral, qwen2, qwen3, gemma3_text, gpt_oss, gpt2" in str(err.value)
+
+
+def test_a_token_shared_by_two_words_counts_for_both(folder):
+    """Words that cut through tokens (as jieba words can cut through a BPE token of Chinese
+    text written without spaces): each word is the mean of every token it overlaps."""
+    from mtbench.api import Stimulus, StimulusRun
+
+    one_window = load_hf(str(folder))
+    text = "the old man told the story"
+    cuts = [0, 2, 5, 9, 13, 17, 19, 21, len(text)]  # "th|e o|ld m|an t|old |th|e |story"
+    words = [text[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+    stim = Stimulus("zh", 2.0, [StimulusRun(words, np.zeros(len(words)), np.zeros(len(words)), 10)])
+    enc = one_window.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    overlaps = [[t for t, (s, e) in enumerate(enc["offset_mapping"]) if s < b and a < e and text[max(s, a):min(e, b)].strip()]
+                for a, b in zip(cuts[:-1], cuts[1:])]
+    assert any(set(p) & set(q) for p, q in zip(overlaps[:-1], overlaps[1:])), "the test needs a shared token"
+    captured = one_window.capture(enc["input_ids"], ["per_head_v"], [2])[2, "per_head_v"].numpy()
+    (got,) = one_window.extract(stim, ["per_head_v"], [2])[2, "per_head_v"]
+    np.testing.assert_allclose(got, np.stack([captured[o].mean(0) for o in overlaps]), atol=1e-5, rtol=1e-5)

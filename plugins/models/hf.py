@@ -559,41 +559,53 @@ class HFAdapter:
 
         prefix, n_prefix = torch.tensor(self.prefix_ids, dtype=torch.long), len(self.prefix_ids)
         done = sum(skip for *_, skip, _ in plans)
+        buffers: dict[tuple[int, str], torch.Tensor] = {}
         with torch.inference_mode():
             for r, (ids, tokens, word_ids, last_token, plan, skip, next_word) in enumerate(plans):
-                # running sums of the words not yet finished: rows next_word, next_word + 1, ...
-                pending = {key: torch.zeros(0, dims[key[1]], device=self.device) for key in wanted}
                 counts = torch.from_numpy(np.bincount(word_ids, minlength=len(last_token))).to(torch.float32)
                 ids_t = torch.tensor(ids, dtype=torch.long)
+                carry = 0  # rows 0..carry-1 of the sums: words next_word, next_word + 1, ... not yet finished
                 for start, keep_from, end in plan[skip:]:
                     lo, hi = np.searchsorted(tokens, [keep_from, end])  # pairs of kept tokens
                     # a pair of a word already written (a token shared with the resume word) is dropped
-                    sel = slice(lo + int(np.searchsorted(word_ids[lo:hi], next_word)), hi)
-                    n_rows = (int(word_ids[sel][-1]) + 1 - next_word) if sel.stop > sel.start else 0
-                    for key in wanted:
-                        if pending[key].shape[0] < n_rows:
-                            grow = pending[key].new_zeros(n_rows - pending[key].shape[0], pending[key].shape[1])
-                            pending[key] = torch.cat([pending[key], grow])
+                    lo += int(np.searchsorted(word_ids[lo:hi], next_word))
+                    n_rows = (int(word_ids[hi - 1]) + 1 - next_word) if hi > lo else 0
+                    width = n_prefix + end - start  # tokens in the model's input
+                    spare = max(n_rows, carry)  # a row after the live ones, for tokens of no word
+                    sums = _sum_buffers(buffers, wanted, dims, spare + 1, self.device)
+                    for buffer in sums.values():
+                        buffer[carry:spare + 1].zero_()
                     # rows in the model's input: the prefix comes first and is never a word's
-                    rows = torch.from_numpy(tokens[sel] - start + n_prefix).to(self.device)
-                    dest = torch.from_numpy(word_ids[sel] - next_word).to(self.device)
+                    rows = tokens[lo:hi] - start + n_prefix
+                    dest = word_ids[lo:hi] - next_word
+                    if len(np.unique(rows)) == len(rows):  # each token in one word: no copy of x needed;
+                        full = np.full(width, spare, dtype=np.int64)
+                        full[rows] = dest
+                        fold_rows, fold_dest = None, torch.from_numpy(full).to(self.device)
+                    else:  # a token shared by two words (e.g. Chinese without spaces)
+                        fold_rows = torch.from_numpy(rows).to(self.device)
+                        fold_dest = torch.from_numpy(dest).to(self.device)
 
-                    def fold(key, x, rows=rows, dest=dest):
-                        if x.device != rows.device:  # device_map: blocks on several devices
-                            x = x.to(rows.device)
-                        pending[key].index_add_(0, dest, x.index_select(0, rows).float())
+                    def fold(key, x, rows=fold_rows, dest=fold_dest):
+                        if x.device != dest.device:  # device_map: blocks on several devices
+                            x = x.to(dest.device)
+                        if rows is not None:
+                            x = x.index_select(0, rows)
+                        sums[key].index_add_(0, dest, x.to(torch.float32))
 
                     self._forward(torch.cat([prefix, ids_t[start:end]]), wanted, fold)
                     done += 1
                     if progress is not None:
                         progress(done, total)
+                    carry = max(carry, n_rows)
                     finished = int(np.searchsorted(last_token, end - 1, side="right"))  # last token kept
                     if finished > next_word:
                         n = finished - next_word
                         divisor = counts[next_word:finished, None].to(self.device).clamp(min=1)
-                        block = {key: (pending[key][:n] / divisor).cpu().numpy() for key in wanted}
-                        for key in wanted:
-                            pending[key] = pending[key][n:]
+                        block = {key: (sums[key][:n] / divisor).cpu().numpy() for key in wanted}
+                        for buffer in sums.values():  # unfinished words move to the top (usually 0 or 1)
+                            buffer[:carry - n] = buffer[n:carry].clone()
+                        carry -= n
                         yield r, next_word, block
                         next_word = finished
 
@@ -700,6 +712,19 @@ class HFAdapter:
 
     def __repr__(self) -> str:
         return f"HFAdapter({self.name!r}, family={self.family!r}, n_layers={self.n_layers}, settings={self.settings()})"
+
+
+def _sum_buffers(buffers: dict, wanted, dims: dict, rows: int, device) -> dict[tuple[int, str], torch.Tensor]:
+    """Per-key float32 buffers (at least ``rows`` rows) for word sums, kept in ``buffers`` and
+    reused from window to window: fresh allocations of this size each window cost page faults."""
+    for key in wanted:
+        old = buffers.get(key)
+        if old is None or old.shape[0] < rows:
+            new = torch.empty(max(rows, 2 * (old.shape[0] if old is not None else 0)), dims[key[1]], device=device)
+            if old is not None:
+                new[:old.shape[0]] = old
+            buffers[key] = new
+    return {key: buffers[key] for key in wanted}
 
 
 def _first_tensor(value):
