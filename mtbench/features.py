@@ -146,7 +146,7 @@ def _complete(path: Path, n_words: int) -> bool:
 
 
 def _round(adapter: ModelAdapter, key, x: np.ndarray, dtype: str) -> np.ndarray:
-    y = np.asarray(x).astype(dtype)
+    y = np.asarray(x).astype(dtype, copy=False)  # written out at once: a view is fine
     if not np.isfinite(y).all():
         raise RuntimeError(f"model {adapter.name} gave non-finite or {dtype}-overflowing values for {key}")
     return y

@@ -85,7 +85,8 @@ def test_words_stream_out_window_by_window(adapter, monkeypatch):
     run, first, block = next(stream)
     assert (run, first) == (0, 0) and len(calls) == 1  # the first words come out after one window
     assert set(block) == {(layer, s) for layer in LAYERS for s in STATES}
-    blocks = [block, *(b for _, _, b in stream)]
+    copy = lambda b: {key: x.copy() for key, x in b.items()}  # noqa: E731  (blocks are reused buffers)
+    blocks = [copy(block), *(copy(b) for _, _, b in stream)]
     assert len(calls) == _n_windows(adapter, stim)[0]
     # consecutive blocks, together exactly what extract() returns
     whole = adapter.extract(stim, STATES, LAYERS)

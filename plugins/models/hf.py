@@ -484,7 +484,7 @@ class HFAdapter:
             key: [[np.zeros((0, dims[key[1]]), np.float32)] for _ in stimulus.runs] for key in wanted}
         for run, _, block in self.extract_stream(stimulus, states, layers, progress=progress):
             for key, x in block.items():
-                chunks[key][run].append(x)
+                chunks[key][run].append(x.copy())  # the stream reuses its buffers
         return {key: [np.concatenate(parts) for parts in runs] for key, runs in chunks.items()}
 
     def extract_stream(
@@ -526,7 +526,9 @@ class HFAdapter:
         first_word : int
             Index in the run of the first word of ``block``; blocks of a run are consecutive.
         block : dict
-            ``(layer, state) -> array (n_finished_words, dim)``, float32.
+            ``(layer, state) -> array (n_finished_words, dim)``, float32. On the CPU these
+            arrays are views of reused buffers, valid until the generator resumes: copy
+            what you keep.
         """
         wanted = self._wanted(states, layers)
         if not wanted:
@@ -602,11 +604,11 @@ class HFAdapter:
                     if finished > next_word:
                         n = finished - next_word
                         divisor = counts[next_word:finished, None].to(self.device).clamp(min=1)
-                        block = {key: (sums[key][:n] / divisor).cpu().numpy() for key in wanted}
+                        # divided in place and handed out as views: no copy of the words here
+                        yield r, next_word, {key: sums[key][:n].div_(divisor).cpu().numpy() for key in wanted}
                         for buffer in sums.values():  # unfinished words move to the top (usually 0 or 1)
                             buffer[:carry - n] = buffer[n:carry].clone()
                         carry -= n
-                        yield r, next_word, block
                         next_word = finished
 
     # ------------------------------------------------------------------ token level
