@@ -124,6 +124,11 @@ def memory_child(args) -> dict:
     """One measurement (run in its own process): RSS after load, peak during the extraction."""
     from mtbench.features import word_features
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
     adapter = _adapter(args.context, args.stride)
     stimulus = _text(args.words)
     adapter._state_dims()
@@ -172,7 +177,7 @@ def main() -> int:
         rows = report["memory"] = []
         for factor in (int(f) for f in args.lengths.split(",")):
             command = [sys.executable, __file__, "--child", "memory", "--words", str(args.words * factor),
-                       "--context", str(args.context), "--stride", str(args.stride)]
+                       "--context", str(args.context), "--stride", str(args.stride), "--threads", str(args.threads)]
             result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode != 0:
                 print(result.stderr[-2000:])

@@ -24,9 +24,8 @@ from hf_checks import _stimulus  # noqa: E402
 CONTEXT, STRIDE = 8, 3
 STATES = ["per_head_k_rope", "ffn_activated_state"]
 LAYERS = [1, 3]
-RUN_A = ("the old man told the story of a little girl who walked into the forest "
-         "and found an extraordinary house near the river")
-RUN_B = "where nobody had ever lived then she listened to the quiet voice of the wind and laughed"
+RUN_A = "the old man told the story of a little girl who walked into the extraordinary forest"
+RUN_B = "where nobody had ever lived then she listened to the quiet wind"
 
 
 class _Interrupt(Exception):
@@ -35,6 +34,15 @@ class _Interrupt(Exception):
 
 _REAL_FORWARD = HFAdapter._forward
 
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Tiny models: one thread is faster, and steady on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
