@@ -183,7 +183,8 @@ def run(model, states, layers, dataset, subject, metric, hrf, trim_scans, alphas
     try:
         output = run_pipeline(settings, results_dir, progress=progress)
     except KeyboardInterrupt:
-        click.echo("Error: interrupted; nothing of this run was written (earlier results are untouched)", err=True)
+        click.echo("Error: interrupted; nothing of this run was written (earlier results are untouched); "
+                   "rerun it to resume the feature extraction where it stopped", err=True)
         sys.exit(130)
     print_summary(output)
 

@@ -18,8 +18,10 @@ SmolLM2's), as in training; those prefix tokens are never pooled into words (see
 :func:`special_prefix`).
 
 One forward pass per context window captures every requested (layer, state); only the
-requested ones get hooks, and in :meth:`HFAdapter.extract` each captured tensor is folded
-into per-word sums immediately, so memory is one run's words x dims, never tokens x dims.
+requested ones get hooks, and in :meth:`HFAdapter.extract_stream` each captured tensor is
+folded into per-word sums immediately and finished words are handed out after each window,
+so memory is one window's words x dims, never the text's (``mtbench.features`` streams them
+into its resumable disk cache).
 
 Families: llama, mistral, qwen2, qwen3 (QK-norm), gemma3_text (QK-norm, sandwich norms,
 sliding/global layers with their own RoPE), gpt_oss (attention sinks, sliding/full layers,
