@@ -112,9 +112,11 @@ def speed(args) -> dict:
             cpu[name].append(time.process_time() - start_cpu)
     best = {name: min(t) for name, t in times.items()}
     best_cpu = {name: min(t) for name, t in cpu.items()}
-    return {"tokens_fed": n_fed, "windows": len(batches), "words": args.words, "feature_sets": len(states) * len(layers),
-            "seconds": times, "cpu_seconds": cpu, "tokens_per_s": {name: n_fed / t for name, t in best.items()},
-            "ratio_capture": best["capture"] / best["plain"], "ratio_capture_cache": best["capture+cache"] / best["plain"],
+    return {"tokens_fed": n_fed, "windows": len(batches), "words": args.words,
+            "feature_sets": len(states) * len(layers), "seconds": times, "cpu_seconds": cpu,
+            "tokens_per_s": {name: n_fed / t for name, t in best.items()},
+            "ratio_capture": best["capture"] / best["plain"],
+            "ratio_capture_cache": best["capture+cache"] / best["plain"],
             "cpu_ratio_capture": best_cpu["capture"] / best_cpu["plain"],
             "cpu_ratio_capture_cache": best_cpu["capture+cache"] / best_cpu["plain"],
             "torch_threads": torch.get_num_threads()}
@@ -171,7 +173,8 @@ def main() -> int:
         for name, rate in s["tokens_per_s"].items():
             print(f"  {name:<14} {rate:8.1f} tokens/s   wall: {', '.join(f'{t:.2f}' for t in s['seconds'][name])} s"
                   f"   cpu: {', '.join(f'{t:.2f}' for t in s['cpu_seconds'][name])} s")
-        print(f"  capture / plain = {s['ratio_capture']:.2f}x wall, {s['cpu_ratio_capture']:.2f}x cpu (target <= 1.3x); "
+        print(f"  capture / plain = {s['ratio_capture']:.2f}x wall, {s['cpu_ratio_capture']:.2f}x cpu "
+              "(target <= 1.3x); "
               f"with the disk cache {s['ratio_capture_cache']:.2f}x wall, {s['cpu_ratio_capture_cache']:.2f}x cpu")
     if not args.skip_memory:
         rows = report["memory"] = []
