@@ -334,6 +334,11 @@ class ModelAdapter(Protocol):
     def settings(self) -> dict:
         """Extraction settings that change the features (part of the cache key)."""
 
+    # Optional: ``extract_stream(stimulus, states, layers, start_words=None, progress=None)``
+    # yielding ``(run, first_word, {(layer, state): array (n, dim)})`` blocks of finished words
+    # in order. ``mtbench.features`` then writes them to the cache as they come (memory stays
+    # at one block) and resumes an interrupted extraction at ``start_words`` (per run).
+
 
 @dataclass
 class RunSettings:
@@ -362,4 +367,6 @@ class RunSettings:
     inner: str = "loro"
     # "mtbench" (the settings above) or a named protocol that fixes several of them: see PROTOCOLS.
     protocol: str = "mtbench"
+    # Precision of the on-disk word-feature cache ("float16" or "float32"); features are rounded to it.
+    feature_dtype: str = "float16"
 

@@ -12,6 +12,7 @@ import os
 # torch does the heavy lifting, so keep OpenBLAS single-threaded unless the user says otherwise.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import re  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -39,9 +40,14 @@ class _Cli(click.Group):
 
 
 def _options(pairs: tuple[str, ...], flag: str) -> dict:
-    """``("k=v", ...)`` -> dict, numbers parsed."""
+    """``("k=v", ...)`` -> dict, numbers parsed; ``"a=1,b=2"`` counts as two pairs."""
     out = {}
+    split = []
     for pair in pairs:
+        parts = pair.split(",")
+        # only when every part is a KEY=VALUE of its own (a value may itself hold commas)
+        split += parts if len(parts) > 1 and all(re.match(r"\s*\w[\w-]*=", p) for p in parts) else [pair]
+    for pair in split:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise MtbenchError(f"{flag} expects KEY=VALUE, got {pair!r}")
@@ -137,10 +143,14 @@ def _warn_broken(registry) -> None:
 @click.option("--out", "results_dir", default="mtbench-results", show_default=True, type=click.Path(path_type=Path),
               help="Results directory (shared by runs).")
 @click.option("--dataset-option", "dataset_options", multiple=True, metavar="KEY=VALUE")
-@click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE")
+@click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE",
+              help="e.g. context=512,stride=256 (windows), pooling=last, dtype=bfloat16, device_map=auto.")
+@click.option("--device", default=None, help="Where the model runs: cpu, cuda, cuda:N or auto (a model option).")
+@click.option("--feature-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+              help="Precision of the on-disk word-feature cache.")
 @click.option("--seed", default=0, show_default=True)
 def run(model, states, layers, dataset, subject, metric, hrf, trim_scans, alphas, backend, precision, protocol,
-        results_dir, dataset_options, model_options, seed):
+        results_dir, dataset_options, model_options, device, feature_dtype, seed):
     """Extract states, align them to the scans, fit voxelwise ridge models, score and write results."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -164,7 +174,10 @@ def run(model, states, layers, dataset, subject, metric, hrf, trim_scans, alphas
         dataset_options=_options(dataset_options, "--dataset-option"),
         model_options=_options(model_options, "--model-option"),
         protocol=protocol,
+        feature_dtype=feature_dtype,
     )
+    if device is not None:
+        settings.model_options.setdefault("device", device)
     ctx = click.get_current_context()
     explicit = [name for name in ("hrf", "trim_scans", "alphas", "precision")
                 if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
@@ -174,7 +187,8 @@ def run(model, states, layers, dataset, subject, metric, hrf, trim_scans, alphas
     try:
         output = run_pipeline(settings, results_dir, progress=progress)
     except KeyboardInterrupt:
-        click.echo("Error: interrupted; nothing of this run was written (earlier results are untouched)", err=True)
+        click.echo("Error: interrupted; nothing of this run was written (earlier results are untouched); "
+                   "rerun it to resume the feature extraction where it stopped", err=True)
         sys.exit(130)
     print_summary(output)
 

@@ -1,25 +1,40 @@
-"""Word-level features of a model, cached on disk.
+"""Word-level features of a model, cached on disk, written while they are extracted.
 
-The cache key is (model revision, extraction settings, stimulus fingerprint); each
-(layer, state) is one ``.npy`` file of float16 word vectors for all runs concatenated,
-plus a JSON index with the run lengths. A second run of the same model on the same
-stimulus reads the cache instead of running the model.
+The cache key is (model name, model revision, extraction settings -- context window,
+stride, pooling, dtype... --, stimulus fingerprint): one folder. In it, each
+(layer, state) is one ``.npy`` file of word vectors for all runs concatenated
+(``L004_per_head_q.npy``, float16 by default; ``L004_per_head_q.float32.npy`` with
+``dtype="float32"``), and ``index.json`` records the run lengths. A second run of the same
+model on the same stimulus reads these files instead of running the model.
+
+Streaming and resuming: while a model extracts, finished words go straight into
+preallocated files under ``partial-<dtype>-<hash of the requested keys>/`` (one per
+(layer, state), at their final row), and ``progress.json`` (written atomically after the
+rows it counts) says how many words of each run are done. The files are renamed to their
+final names when every run is done. An interrupted extraction (crash, Ctrl-C) rerun with
+the same request resumes after the last recorded word; nothing before it is recomputed.
+Adapters that have an ``extract_stream`` method (the Hugging Face adapter) stream window
+by window, so memory stays at one window's words; others are extracted in one call.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-from collections.abc import Callable, Sequence
+import os
+import shutil
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .api import ModelAdapter, Stimulus
+from .errors import MtbenchError
 from .paths import atomic_write_bytes, cache_dir
 
 FeatureSet = dict[tuple[int, str], list[np.ndarray]]
+CACHE_DTYPES = ("float16", "float32")
+_PROGRESS = "progress.json"
 
 
 def _cache_folder(adapter: ModelAdapter, stimulus: Stimulus) -> Path:
@@ -28,8 +43,42 @@ def _cache_folder(adapter: ModelAdapter, stimulus: Stimulus) -> Path:
     return cache_dir("features", adapter.name.replace("/", "_").replace(":", "_"), key)
 
 
-def _file(folder: Path, layer: int, state: str) -> Path:
-    return folder / f"L{layer:03d}_{state}.npy"
+def _file(folder: Path, layer: int, state: str, dtype: str = "float16") -> Path:
+    # float16 files keep their original names (caches written before the dtype option stay valid)
+    suffix = "" if dtype == "float16" else f".{dtype}"
+    return folder / f"L{layer:03d}_{state}{suffix}.npy"
+
+
+class CachedFeatures(Mapping):
+    """Features in the cache, read from disk one (layer, state) at a time.
+
+    Behaves like a :data:`FeatureSet` (``features[key]`` -> list of float32 arrays
+    (n_words_r, dim), one per run); ``pop(key)`` forgets a key. Nothing is held in memory
+    between accesses, so a caller that handles one key at a time never holds them all.
+    """
+
+    def __init__(self, files: dict[tuple[int, str], Path], bounds: np.ndarray):
+        self._files, self._bounds = dict(files), bounds
+
+    def __getitem__(self, key: tuple[int, str]) -> list[np.ndarray]:
+        flat = np.load(self._files[key])
+        b = self._bounds
+        return [flat[lo:hi].astype(np.float32) for lo, hi in zip(b[:-1], b[1:])]
+
+    def __iter__(self) -> Iterator[tuple[int, str]]:
+        return iter(self._files)
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def pop(self, key: tuple[int, str], *default):
+        if key not in self._files:
+            if default:
+                return default[0]
+            raise KeyError(key)
+        value = self[key]
+        del self._files[key]
+        return value
 
 
 def word_features(
@@ -39,7 +88,8 @@ def word_features(
     layers: Sequence[int],
     progress: Callable[[int, int], None] | None = None,
     use_cache: bool = True,
-) -> FeatureSet:
+    dtype: str = "float16",
+) -> Mapping[tuple[int, str], list[np.ndarray]]:
     """Features of every requested (layer, state), from the cache when present.
 
     Parameters
@@ -50,49 +100,180 @@ def word_features(
     layers : sequence of int
         1-based block numbers.
     progress : callable, optional
-        Forwarded to ``adapter.extract``.
+        Forwarded to the adapter.
     use_cache : bool
-        Read and write the on-disk cache.
+        Read and write the on-disk cache (else: extract in memory, same rounding).
+    dtype : {"float16", "float32"}
+        Storage precision of the cache; features are returned as float32 either way,
+        rounded to it (a cached and an uncached run give identical numbers).
 
     Returns
     -------
-    dict
-        ``(layer, state) -> [array (n_words_r, dim) per run]``, float32.
+    mapping
+        ``(layer, state) -> [array (n_words_r, dim) per run]``, float32; with the cache, a
+        :class:`CachedFeatures` that reads each key from disk when asked.
     """
+    if dtype not in CACHE_DTYPES:
+        raise MtbenchError(f"unknown feature cache dtype {dtype!r}: use one of {', '.join(CACHE_DTYPES)}")
     run_lengths = [len(r.words) for r in stimulus.runs]
     bounds = np.cumsum([0, *run_lengths])
-    wanted = [(layer, state) for layer in layers for state in states]
-    folder = _cache_folder(adapter, stimulus) if use_cache else None
-    out: FeatureSet = {}
-    missing = []
-    for key in wanted:
-        path = _file(folder, *key) if folder else None
-        if path is not None and path.exists():
-            try:
-                flat = np.load(path).astype(np.float32)
-            except (OSError, ValueError):  # a corrupt cache file is recomputed, not trusted
-                flat = None
-            if flat is not None and flat.shape[0] == bounds[-1]:
-                out[key] = [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-                continue
-        missing.append(key)
+    wanted = list(dict.fromkeys((int(layer), state) for layer in layers for state in states))
+    if not use_cache or bounds[-1] == 0:
+        return _in_memory(adapter, stimulus, wanted, run_lengths, dtype, progress)
+
+    folder = _cache_folder(adapter, stimulus)
+    files = {key: _file(folder, *key, dtype) for key in wanted}
+    missing = [key for key in wanted if not _complete(files[key], bounds[-1])]
     if missing:
-        todo_states = [s for s in states if any(k[1] == s for k in missing)]
-        todo_layers = [layer for layer in layers if any(k[0] == layer for k in missing)]
-        extracted = adapter.extract(stimulus, todo_states, todo_layers, progress=progress)
-        for key in missing:
-            runs = extracted[key]
-            if [r.shape[0] for r in runs] != run_lengths:
-                raise RuntimeError(f"model {adapter.name} returned {[r.shape[0] for r in runs]} words per run "
-                                   f"for {key}, expected {run_lengths}")
-            # Stored as float16; return the same rounded values on a fresh extraction so
-            # that a cached and an uncached run give identical numbers.
-            flat = np.concatenate(runs).astype(np.float16)
-            if not np.isfinite(flat).all():
-                raise RuntimeError(f"model {adapter.name} gave non-finite or float16-overflowing values for {key}")
-            out[key] = [flat[a:b].astype(np.float32) for a, b in zip(bounds[:-1], bounds[1:])]
-            if folder is not None:
-                buffer = io.BytesIO()
-                np.save(buffer, flat)
-                atomic_write_bytes(_file(folder, *key), buffer.getvalue())
+        _extract_to_disk(adapter, stimulus, missing, folder, files, run_lengths, dtype, progress)
+        index = {"model": adapter.name, "revision": adapter.revision, "settings": adapter.settings(),
+                 "stimulus": stimulus.fingerprint(), "run_lengths": run_lengths}
+        atomic_write_bytes(folder / "index.json", json.dumps(index, indent=1, default=str).encode())
+    return CachedFeatures(files, bounds)
+
+
+def _complete(path: Path, n_words: int) -> bool:
+    """A finished cache file of the right length (a corrupt one is deleted and recomputed)."""
+    if not path.exists():
+        return False
+    try:
+        ok = np.load(path, mmap_mode="r").shape[0] == n_words
+    except (OSError, ValueError):
+        ok = False
+    if not ok:
+        path.unlink(missing_ok=True)
+    return ok
+
+
+def _round(adapter: ModelAdapter, key, x: np.ndarray, dtype: str) -> np.ndarray:
+    y = np.asarray(x).astype(dtype, copy=False)  # written out at once: a view is fine
+    if not np.isfinite(y).all():
+        raise RuntimeError(f"model {adapter.name} gave non-finite or {dtype}-overflowing values for {key}")
+    return y
+
+
+def _in_memory(adapter, stimulus, wanted, run_lengths, dtype, progress) -> FeatureSet:
+    states = list(dict.fromkeys(s for _, s in wanted))
+    layers = list(dict.fromkeys(layer for layer, _ in wanted))
+    extracted = adapter.extract(stimulus, states, layers, progress=progress)
+    out: FeatureSet = {}
+    for key in wanted:
+        runs = extracted[key]
+        _check_lengths(adapter, key, [r.shape[0] for r in runs], run_lengths)
+        out[key] = [_round(adapter, key, r, dtype).astype(np.float32) for r in runs]
     return out
+
+
+def _check_lengths(adapter, key, got: list[int], expected: list[int]) -> None:
+    if got != expected:
+        raise RuntimeError(f"model {adapter.name} returned {got} words per run for {key}, expected {expected}")
+
+
+def _stream(adapter, stimulus, states, layers, start_words, progress):
+    """(run, first word, {key: array}) blocks: the adapter's own stream, or one block per run."""
+    if hasattr(adapter, "extract_stream"):
+        yield from adapter.extract_stream(stimulus, states, layers, start_words=start_words, progress=progress)
+        return
+    extracted = adapter.extract(stimulus, states, layers, progress=progress)
+    for r, start in enumerate(start_words):
+        block = {key: runs[r][start:] for key, runs in extracted.items()}
+        if any(len(x) for x in block.values()):
+            yield r, start, block
+
+
+def _extract_to_disk(adapter, stimulus, missing, folder, files, run_lengths, dtype, progress) -> None:
+    """Extract ``missing`` keys into their cache files, resuming a partial extraction."""
+    tag = hashlib.sha256(json.dumps(sorted(missing)).encode()).hexdigest()[:12]
+    partial = folder / f"partial-{dtype}-{tag}"
+    done = _read_progress(partial, run_lengths)
+    if done is not None and any(done) and not all(_complete(partial / files[k].name, sum(run_lengths))
+                                                   for k in missing):
+        done = None  # progress without its files
+    if done is None:  # nothing usable: start afresh
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        done = [0] * len(run_lengths)
+    offsets = np.cumsum([0, *run_lengths])
+    states = list(dict.fromkeys(s for _, s in missing))
+    layers = list(dict.fromkeys(layer for layer, _ in missing))
+    writers = {key: _RowWriter(partial / files[key].name, int(offsets[-1]), dtype) for key in missing}
+    for r, first, block in _stream(adapter, stimulus, states, layers, done, progress):
+        if first != done[r]:
+            raise RuntimeError(f"model {adapter.name} streamed words from {first} in run {r + 1}, "
+                               f"expected {done[r]}")
+        n = None
+        for key in missing:
+            x = _round(adapter, key, block[key], dtype)
+            n = x.shape[0] if n is None else n
+            if x.shape[0] != n or first + n > run_lengths[r]:
+                raise RuntimeError(f"model {adapter.name} streamed {x.shape[0]} words for {key} in run {r + 1}")
+            writers[key].write(int(offsets[r]) + first, x)
+        for writer in writers.values():
+            writer.flush()  # rows reach the file before the progress that counts them
+        done[r] = first + (n or 0)
+        atomic_write_bytes(partial / _PROGRESS, json.dumps({"done": done, "run_lengths": run_lengths}).encode())
+    for key in missing:
+        writers[key].close()
+    if done != list(run_lengths):
+        raise RuntimeError(f"model {adapter.name} stopped after {done} words per run, expected {run_lengths}")
+    for key in missing:
+        os.replace(partial / files[key].name, files[key])
+    shutil.rmtree(partial, ignore_errors=True)
+
+
+def _read_progress(partial: Path, run_lengths: list[int]) -> list[int] | None:
+    try:
+        info = json.loads((partial / _PROGRESS).read_text())
+        done = [int(d) for d in info["done"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if info.get("run_lengths") != list(run_lengths) or any(not 0 <= d <= n for d, n in zip(done, run_lengths)):
+        return None
+    return done
+
+
+class _RowWriter:
+    """Rows of one ``.npy`` file of shape (n_rows, dim), written in place as they come.
+
+    The file (header and its full size, sparse) is created at the first write, when
+    ``dim`` is known; an existing file of the right shape and dtype (a resumed extraction)
+    is written into. Plain positioned writes, not a memory map: written pages stay in the
+    OS cache instead of the process's memory.
+    """
+
+    def __init__(self, path: Path, n_rows: int, dtype: str):
+        self.path, self.n_rows, self.dtype = path, n_rows, np.dtype(dtype)
+        self.handle = None
+        self.offset = 0
+
+    def _open(self, dim: int) -> None:
+        if self.path.exists():
+            try:
+                existing = np.load(self.path, mmap_mode="r")
+                if existing.shape == (self.n_rows, dim) and existing.dtype == self.dtype:
+                    self.offset = existing.offset
+                    del existing
+                    self.handle = open(self.path, "r+b")
+                    return
+            except (OSError, ValueError):
+                pass
+        created = np.lib.format.open_memmap(self.path, mode="w+", dtype=self.dtype, shape=(self.n_rows, dim))
+        self.offset = created.offset
+        del created
+        self.handle = open(self.path, "r+b")
+
+    def write(self, row: int, x: np.ndarray) -> None:
+        if self.handle is None:
+            self._open(x.shape[1])
+        if len(x):
+            self.handle.seek(self.offset + row * x.shape[1] * self.dtype.itemsize)
+            self.handle.write(np.ascontiguousarray(x, dtype=self.dtype).tobytes())
+
+    def flush(self) -> None:
+        if self.handle is not None:
+            self.handle.flush()
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None

@@ -174,7 +174,8 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
 
     with progress if progress is not None else nullcontext():
         on_window, finish = _extract_bar(progress, adapter.name)
-        feats = word_features(adapter, dataset.stimulus, states, layers, progress=on_window)
+        feats = word_features(adapter, dataset.stimulus, states, layers, progress=on_window,
+                              dtype=settings.feature_dtype)
         finish()
         clock.lap("extract")
         operators = stimulus_operators(dataset.stimulus, settings.hrf)

@@ -18,8 +18,10 @@ SmolLM2's), as in training; those prefix tokens are never pooled into words (see
 :func:`special_prefix`).
 
 One forward pass per context window captures every requested (layer, state); only the
-requested ones get hooks, and in :meth:`HFAdapter.extract` each captured tensor is folded
-into per-word sums immediately, so memory is one run's words x dims, never tokens x dims.
+requested ones get hooks, and in :meth:`HFAdapter.extract_stream` each captured tensor is
+folded into per-word sums immediately and finished words are handed out after each window,
+so memory is one window's words x dims, never the text's (``mtbench.features`` streams them
+into its resumable disk cache).
 
 Families: llama, mistral, qwen2, qwen3 (QK-norm), gemma3_text (QK-norm, sandwich norms,
 sliding/global layers with their own RoPE), gpt_oss (attention sinks, sliding/full layers,
@@ -47,6 +49,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -186,7 +189,7 @@ HOOK_MAPS: dict[str, FamilySpec] = {
 EXTRACTOR_VERSION = 2
 POOLINGS = ("mean", "last")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-OPTIONS = ("context", "stride", "pooling", "device", "dtype")
+OPTIONS = ("context", "stride", "pooling", "device", "dtype", "device_map")
 # Options of the loaders only (not of HFAdapter): the untrained control.
 LOAD_OPTIONS = (*OPTIONS, "untrained", "seed")
 
@@ -373,9 +376,14 @@ class HFAdapter:
     pooling : {"mean", "last"}
         Word vector = mean of its tokens' vectors, or its last token's vector.
     device : str
-        Torch device, ``"cpu"`` by default.
+        Torch device: ``"cpu"`` (default), ``"cuda"``, ``"cuda:1"``..., or ``"auto"`` (CUDA when
+        torch sees a GPU, else the CPU); see :func:`resolve_device`.
     dtype : {"float32", "float16", "bfloat16"}
         Weights and activations dtype; features are returned as float32 regardless.
+    device_map : str, optional
+        ``"auto"`` when the model was loaded with ``device_map="auto"`` (spread over the
+        GPUs and the CPU by accelerate): the model is then left where it is, windows go to
+        the device of the input embeddings and word sums live on ``device``.
 
     Attributes
     ----------
@@ -385,7 +393,7 @@ class HFAdapter:
     """
 
     def __init__(self, model, tokenizer, name: str, revision: str, context: int = 512, stride: int = 256,
-                 pooling: str = "mean", device: str = "cpu", dtype: str = "float32"):
+                 pooling: str = "mean", device: str = "cpu", dtype: str = "float32", device_map: str | None = None):
         family = model.config.model_type
         if family not in HOOK_MAPS:
             known = ", ".join(HOOK_MAPS)
@@ -404,14 +412,18 @@ class HFAdapter:
             raise MtbenchError(f"unknown pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
         if str(dtype) not in DTYPES:
             raise MtbenchError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
-        self.pooling, self.dtype, self.device = pooling, str(dtype), torch.device(device)
+        self.pooling, self.dtype, self.device = pooling, str(dtype), resolve_device(device)
 
         self.name, self.revision, self.family = name, revision, family
         self.spec = HOOK_MAPS[family]
         self.tokenizer = tokenizer
-        self.model = model.to(device=self.device, dtype=DTYPES[self.dtype]).eval()
+        if device_map:  # placed by accelerate at load time; moving it would undo that
+            self.model = model.eval()
+        else:
+            self.model = model.to(device=self.device, dtype=DTYPES[self.dtype]).eval()
         # The base model (no LM head): the logits are never needed.
         self.base = getattr(model, model.base_model_prefix, model)
+        self.input_device = self.base.get_input_embeddings().weight.device
         self.blocks = self.base.get_submodule(self.spec.layers)
         self.n_layers = len(self.blocks)
         # model size for the leaderboard (tied embeddings counted once)
@@ -450,13 +462,9 @@ class HFAdapter:
         layers: Sequence[int],
         progress: Callable[[int, int], None] | None = None,
     ) -> dict[tuple[int, str], list[np.ndarray]]:
-        """Word-level features of every requested (layer, state).
+        """Word-level features of every requested (layer, state), all in memory.
 
-        Each run is its own text (fresh context). Its tokens go through the model in
-        windows (see :func:`windows`), each preceded by :attr:`prefix_ids` (the
-        tokenizer's BOS, if it adds one; not counted in ``context`` and not part of any
-        word); every text token's vector is added to the word(s) it belongs to, and each word's sum is divided by its token count (``pooling="mean"``)
-        or only the word's last token is used (``pooling="last"``).
+        Collects :meth:`extract_stream` (see there for windows, special prefix and pooling).
 
         Parameters
         ----------
@@ -475,6 +483,61 @@ class HFAdapter:
         wanted = self._wanted(states, layers)
         if not wanted:
             return {}
+        dims = self._state_dims()
+        chunks: dict[tuple[int, str], list[list[np.ndarray]]] = {
+            key: [[np.zeros((0, dims[key[1]]), np.float32)] for _ in stimulus.runs] for key in wanted}
+        for run, _, block in self.extract_stream(stimulus, states, layers, progress=progress):
+            for key, x in block.items():
+                chunks[key][run].append(x.copy())  # the stream reuses its buffers
+        return {key: [np.concatenate(parts) for parts in runs] for key, runs in chunks.items()}
+
+    def extract_stream(
+        self,
+        stimulus: Stimulus,
+        states: Sequence[str],
+        layers: Sequence[int],
+        start_words: Sequence[int] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Iterator[tuple[int, int, dict[tuple[int, str], np.ndarray]]]:
+        """Word-level features as they are finished, window after window.
+
+        Each run is its own text (fresh context). Its tokens go through the model in
+        windows (see :func:`windows`), each preceded by :attr:`prefix_ids` (the
+        tokenizer's BOS, if it adds one; not counted in ``context`` and not part of any
+        word); every kept text token's vector is added to the word(s) it belongs to. A word
+        is finished once the window holding its last token has run: its sum is divided by
+        its token count (``pooling="mean"``), or only its last token is used
+        (``pooling="last"``), and it is yielded. Only the words of the current window are
+        held in memory, so memory does not grow with the length of the text.
+
+        Parameters
+        ----------
+        stimulus : Stimulus
+        states : sequence of str
+        layers : sequence of int
+            1-based block numbers.
+        start_words : sequence of int, optional
+            Per run, the first word still needed (resuming an interrupted extraction):
+            computation restarts at the window holding that word's first token, and the
+            words are identical to those of an uninterrupted extraction.
+        progress : callable, optional
+            ``progress(done, total)``, counted in windows over all runs (skipped windows
+            count as done).
+
+        Yields
+        ------
+        run : int
+        first_word : int
+            Index in the run of the first word of ``block``; blocks of a run are consecutive.
+        block : dict
+            ``(layer, state) -> array (n_finished_words, dim)``, float32. On the CPU these
+            arrays are views of reused buffers, valid until the generator resumes: copy
+            what you keep.
+        """
+        wanted = self._wanted(states, layers)
+        if not wanted:
+            return
+        start_words = list(start_words) if start_words is not None else [0] * len(stimulus.runs)
         plans = []
         for r in range(len(stimulus.runs)):
             text, spans = stimulus.run_text(r)
@@ -487,36 +550,70 @@ class HFAdapter:
                     last[int(w)] = i
                 keep = np.array(sorted(last.values()), dtype=np.int64)
                 tokens, word_ids = tokens[keep], word_ids[keep]
-            plans.append((enc["input_ids"], tokens, word_ids, len(spans)))
-        total = sum(len(windows(len(ids), self.context, self.stride)) for ids, *_ in plans)
+            n_words = len(spans)
+            first_token = np.full(n_words, np.iinfo(np.int64).max)
+            np.minimum.at(first_token, word_ids, tokens)
+            last_token = np.full(n_words, -1)
+            np.maximum.at(last_token, word_ids, tokens)
+            plan = windows(len(enc["input_ids"]), self.context, self.stride)
+            skip = len(plan)
+            if start_words[r] < n_words:  # resume at the window that keeps the word's first token
+                skip = int(np.searchsorted([end for _, _, end in plan], first_token[start_words[r]], side="right"))
+            plans.append((enc["input_ids"], tokens, word_ids, last_token, plan, skip, min(start_words[r], n_words)))
+        total = sum(len(plan) for *_, plan, _, _ in plans)
         dims = self._state_dims()
 
-        out: dict[tuple[int, str], list[np.ndarray]] = {key: [] for key in wanted}
         prefix, n_prefix = torch.tensor(self.prefix_ids, dtype=torch.long), len(self.prefix_ids)
-        done = 0
+        done = sum(skip for *_, skip, _ in plans)
+        buffers: dict[tuple[int, str], torch.Tensor] = {}
         with torch.inference_mode():
-            for ids, tokens, word_ids, n_words in plans:
-                sums = {key: torch.zeros(n_words, dims[key[1]], device=self.device) for key in wanted}
-                counts = torch.from_numpy(np.bincount(word_ids, minlength=n_words)).to(self.device, torch.float32)
+            for r, (ids, tokens, word_ids, last_token, plan, skip, next_word) in enumerate(plans):
+                counts = torch.from_numpy(np.bincount(word_ids, minlength=len(last_token))).to(torch.float32)
                 ids_t = torch.tensor(ids, dtype=torch.long)
-                for start, keep_from, end in windows(len(ids), self.context, self.stride):
+                carry = 0  # rows 0..carry-1 of the sums: words next_word, next_word + 1, ... not yet finished
+                for start, keep_from, end in plan[skip:]:
                     lo, hi = np.searchsorted(tokens, [keep_from, end])  # pairs of kept tokens
+                    # a pair of a word already written (a token shared with the resume word) is dropped
+                    lo += int(np.searchsorted(word_ids[lo:hi], next_word))
+                    n_rows = (int(word_ids[hi - 1]) + 1 - next_word) if hi > lo else 0
+                    width = n_prefix + end - start  # tokens in the model's input
+                    spare = max(n_rows, carry)  # a row after the live ones, for tokens of no word
+                    sums = _sum_buffers(buffers, wanted, dims, spare + 1, self.device)
+                    for buffer in sums.values():
+                        buffer[carry:spare + 1].zero_()
                     # rows in the model's input: the prefix comes first and is never a word's
-                    rows = torch.from_numpy(tokens[lo:hi] - start + n_prefix).to(self.device)
-                    dest = torch.from_numpy(word_ids[lo:hi]).to(self.device)
+                    rows = tokens[lo:hi] - start + n_prefix
+                    dest = word_ids[lo:hi] - next_word
+                    if len(np.unique(rows)) == len(rows):  # each token in one word: no copy of x needed;
+                        full = np.full(width, spare, dtype=np.int64)
+                        full[rows] = dest
+                        fold_rows, fold_dest = None, torch.from_numpy(full).to(self.device)
+                    else:  # a token shared by two words (e.g. Chinese without spaces)
+                        fold_rows = torch.from_numpy(rows).to(self.device)
+                        fold_dest = torch.from_numpy(dest).to(self.device)
 
-                    def fold(key, x, rows=rows, dest=dest):
-                        sums[key].index_add_(0, dest, x.index_select(0, rows).float())
+                    def fold(key, x, rows=fold_rows, dest=fold_dest):
+                        if x.device != dest.device:  # device_map: blocks on several devices
+                            x = x.to(dest.device)
+                        if rows is not None:
+                            x = x.index_select(0, rows)
+                        sums[key].index_add_(0, dest, x.to(torch.float32))
 
                     self._forward(torch.cat([prefix, ids_t[start:end]]), wanted, fold)
                     done += 1
                     if progress is not None:
                         progress(done, total)
-                divisor = counts.clamp(min=1)[:, None]
-                for key in wanted:
-                    # in place and without copies: this is the size of all the features
-                    out[key].append(sums.pop(key).div_(divisor).cpu().numpy())
-        return out
+                    carry = max(carry, n_rows)
+                    finished = int(np.searchsorted(last_token, end - 1, side="right"))  # last token kept
+                    if finished > next_word:
+                        n = finished - next_word
+                        divisor = counts[next_word:finished, None].to(self.device).clamp(min=1)
+                        # divided in place and handed out as views: no copy of the words here
+                        yield r, next_word, {key: sums[key][:n].div_(divisor).cpu().numpy() for key in wanted}
+                        for buffer in sums.values():  # unfinished words move to the top (usually 0 or 1)
+                            buffer[:carry - n] = buffer[n:carry].clone()
+                        carry -= n
+                        next_word = finished
 
     # ------------------------------------------------------------------ token level
     def capture(self, input_ids, states: Sequence[str], layers: Sequence[int]) -> dict[tuple[int, str], torch.Tensor]:
@@ -586,7 +683,7 @@ class HFAdapter:
                 handles.append(self.blocks[deepest - 1].register_forward_hook(_stop_hook))
             token = _ATTENTION_TAPS.set(attention_taps)
             try:
-                self.base(input_ids=ids.to(self.device)[None], use_cache=False)
+                self.base(input_ids=ids.to(self.input_device)[None], use_cache=False)
             except _StopForward:
                 pass
             finally:
@@ -621,6 +718,19 @@ class HFAdapter:
 
     def __repr__(self) -> str:
         return f"HFAdapter({self.name!r}, family={self.family!r}, n_layers={self.n_layers}, settings={self.settings()})"
+
+
+def _sum_buffers(buffers: dict, wanted, dims: dict, rows: int, device) -> dict[tuple[int, str], torch.Tensor]:
+    """Per-key float32 buffers (at least ``rows`` rows) for word sums, kept in ``buffers`` and
+    reused from window to window: fresh allocations of this size each window cost page faults."""
+    for key in wanted:
+        old = buffers.get(key)
+        if old is None or old.shape[0] < rows:
+            new = torch.empty(max(rows, 2 * (old.shape[0] if old is not None else 0)), dims[key[1]], device=device)
+            if old is not None:
+                new[:old.shape[0]] = old
+            buffers[key] = new
+    return {key: buffers[key] for key in wanted}
 
 
 def _first_tensor(value):
@@ -713,6 +823,27 @@ def _positive_int(name: str, value) -> int:
     if number < 1 or str(number) != str(value).strip():
         raise MtbenchError(f"{name} must be a positive integer, got {value!r}")
     return number
+
+
+def resolve_device(device) -> torch.device:
+    """``"auto"`` -> CUDA when torch sees a GPU, else the CPU; other names as torch reads them.
+
+    Raises
+    ------
+    MtbenchError
+        An unknown device name, or a CUDA device on a machine where torch sees no GPU.
+    """
+    name = str(device).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise MtbenchError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise MtbenchError(f"device {device!r} was asked for but torch sees no CUDA GPU here: "
+                           "use --device cpu (or auto), or install a CUDA build of torch")
+    return resolved
 
 
 def _check_options(options: dict) -> dict:
@@ -809,6 +940,14 @@ def _load_folder(folder: Path, name: str, revision: str, options: dict) -> HFAda
     dtype = str(options.get("dtype", "float32"))
     if dtype not in DTYPES:
         raise MtbenchError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    device_map = options.get("device_map")
+    placement = {}
+    if device_map is not None:
+        if str(device_map) != "auto":
+            raise MtbenchError(f"model option device_map must be auto, got {device_map!r}")
+        if untrained:
+            raise MtbenchError("device_map=auto does not apply to the untrained control: use device=cuda instead")
+        placement = {"device_map": "auto"}
     with _quiet_progress_bars():
         if untrained:
             seed = 0 if seed is None else seed
@@ -823,9 +962,53 @@ def _load_folder(folder: Path, name: str, revision: str, options: dict) -> HFAda
                 model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
             name, revision = untrained_identity(name, revision, seed)
         else:
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype])
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], **placement)
         tokenizer = AutoTokenizer.from_pretrained(folder)
     return HFAdapter(model, tokenizer, name=name, revision=revision, **options)
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+# What a causal LM needs from a hub repository (not its other weight formats, e.g. GGUF or ONNX).
+_HUB_FILES = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+              "special_tokens_map.json", "*.safetensors", "*.safetensors.index.json"]
+
+
+def is_hub_id(spec: str) -> bool:
+    """``org/name`` (one slash, no leading ``.``, ``/`` or ``~``): a Hugging Face hub repository id."""
+    return bool(_HUB_ID.fullmatch(spec))
+
+
+def hub_snapshot(repo_id: str) -> Path:
+    """Local folder of a hub model: from the Hugging Face cache, downloaded there first if needed.
+
+    Offline (``HF_HUB_OFFLINE=1``) only the cache is read. ``HF_HUB_CACHE`` and
+    ``HF_ENDPOINT`` are read when called.
+
+    Raises
+    ------
+    MtbenchError
+        Not in the cache while offline, or the hub cannot be reached, or no such repository.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    fix = (f"download it first with network access (`hf download {repo_id}`) or pass a local folder: "
+           "--model hf:/path/to/model")
+    try:
+        with _quiet_progress_bars():
+            return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES, local_files_only=offline,
+                                          cache_dir=os.environ.get("HF_HUB_CACHE") or None,
+                                          endpoint=os.environ.get("HF_ENDPOINT") or None))
+    except RepositoryNotFoundError:
+        raise MtbenchError(f"no model {repo_id!r} on the Hugging Face hub (or it is private/gated): "
+                           "check the id, or pass a local folder: --model hf:/path/to/model") from None
+    except (LocalEntryNotFoundError, OSError) as exc:
+        if offline:
+            raise MtbenchError(f"model {repo_id} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: "
+                               f"{fix}") from None
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise MtbenchError(f"cannot reach the Hugging Face hub for {repo_id} ({reason}): {fix}") from None
 
 
 def load_hf(path: str | os.PathLike | None = None, **options) -> HFAdapter:
@@ -834,11 +1017,13 @@ def load_hf(path: str | os.PathLike | None = None, **options) -> HFAdapter:
     Parameters
     ----------
     path : str or PathLike
-        Folder with ``config.json``, weights and a fast tokenizer; its
-        ``config.model_type`` must be a family of :data:`HOOK_MAPS`.
+        Folder with ``config.json``, weights and a fast tokenizer, or a hub id
+        ``org/name`` (read from the Hugging Face cache, downloaded there first when online:
+        :func:`hub_snapshot`); its ``config.model_type`` must be a family of :data:`HOOK_MAPS`.
     **options
-        ``context``, ``stride``, ``pooling``, ``device``, ``dtype`` (see :class:`HFAdapter`);
-        ``untrained=1`` [``seed=N``] for the untrained control (see :func:`_load_folder`).
+        ``context``, ``stride``, ``pooling``, ``device``, ``dtype``, ``device_map`` (see
+        :class:`HFAdapter`); ``untrained=1`` [``seed=N``] for the untrained control (see
+        :func:`_load_folder`).
 
     Returns
     -------
@@ -846,8 +1031,11 @@ def load_hf(path: str | os.PathLike | None = None, **options) -> HFAdapter:
         Named ``hf:<path>``; revision = :func:`folder_revision`.
     """
     if not path:
-        raise MtbenchError("the hf model needs a folder: use --model hf:<path to a Hugging Face model folder>")
+        raise MtbenchError("the hf model needs a folder or hub id: use --model hf:<path to a Hugging Face model "
+                           "folder> or hf:<org>/<name>")
     folder = Path(path).expanduser()
+    if not folder.exists() and is_hub_id(str(path)):
+        folder = hub_snapshot(str(path))
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise MtbenchError(f"{folder} is not a Hugging Face model folder (no config.json there)")
