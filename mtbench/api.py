@@ -299,4 +299,10 @@ class RunSettings:
     inner: str = "loro"
     # "mtbench" (the settings above) or a named protocol that fixes several of them: see PROTOCOLS.
     protocol: str = "mtbench"
+    # 1: every (layer, state) on its own; 2: the ``inputs`` states of each layer together, with
+    # ``selection`` "pivot" (keep as many features as ``pivot`` has) or "banded": mtbench.mode2.
+    mode: int = 1
+    inputs: list[str] = field(default_factory=list)
+    pivot: str = "input_hidden_state"
+    selection: str = "pivot"
 

@@ -135,8 +135,15 @@ def _warn_broken(registry) -> None:
 @click.option("--dataset-option", "dataset_options", multiple=True, metavar="KEY=VALUE")
 @click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--mode", type=click.IntRange(1, 2), default=1, show_default=True,
+              help="1: each (layer, state) on its own; 2: the --inputs states of each layer together.")
+@click.option("--inputs", default="", help="Mode 2: comma list of states combined per layer.")
+@click.option("--pivot", default="input_hidden_state", show_default=True,
+              help="Mode 2 pivot: stage 2 keeps as many features as this state has dimensions.")
+@click.option("--selection", type=click.Choice(["pivot", "banded"]), default="pivot", show_default=True,
+              help="Mode 2: pivot (MindTransformer's two-stage selection) or banded (himalaya banded ridge).")
 def run(model, states, layers, dataset, subject, metric, hrf, trim_scans, alphas, backend, precision, protocol,
-        results_dir, dataset_options, model_options, seed):
+        results_dir, dataset_options, model_options, seed, mode, inputs, pivot, selection):
     """Extract states, align them to the scans, fit voxelwise ridge models, score and write results."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -160,6 +167,10 @@ def run(model, states, layers, dataset, subject, metric, hrf, trim_scans, alphas
         dataset_options=_options(dataset_options, "--dataset-option"),
         model_options=_options(model_options, "--model-option"),
         protocol=protocol,
+        mode=mode,
+        inputs=[s.strip() for s in inputs.split(",") if s.strip()],
+        pivot=pivot,
+        selection=selection,
     )
     ctx = click.get_current_context()
     explicit = [name for name in ("hrf", "trim_scans", "alphas", "precision")
@@ -172,7 +183,12 @@ def run(model, states, layers, dataset, subject, metric, hrf, trim_scans, alphas
     except KeyboardInterrupt:
         click.echo("Error: interrupted; nothing of this run was written (earlier results are untouched)", err=True)
         sys.exit(130)
-    print_summary(output)
+    if mode == 2:
+        from .mode2 import print_summary as print_mode2_summary
+
+        print_mode2_summary(output, console)
+    else:
+        print_summary(output)
 
 
 def _parse_alphas(spec: str) -> list[float]:

@@ -242,7 +242,10 @@ def write_run(
     shutil.rmtree(partial, ignore_errors=True)
     (partial / "maps").mkdir(parents=True)
     try:
-        _write_files(partial, meta, table, mask_img, labels, names, ceiling, truth)
+        if hasattr(table, "write_files"):  # Mode 2 results (mtbench.mode2.Mode2Result) write their own files
+            table.write_files(partial, meta, mask_img, labels, names, ceiling, truth)
+        else:
+            _write_files(partial, meta, table, mask_img, labels, names, ceiling, truth)
         os.replace(partial, final)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
