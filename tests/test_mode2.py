@@ -95,6 +95,19 @@ def test_outer_runs_and_refit_coefficients(n_features):
         np.testing.assert_allclose(coefs[2][:, v], model.coef_, atol=2e-4 * np.abs(model.coef_).max())
 
 
+@pytest.mark.slow  # himalaya's solver: ~1 s alone, 15 s on a busy 2-core box
+def test_himalaya_backend_gives_the_same_refit_coefficients():
+    rng = np.random.default_rng(5)
+    xs = [zscore(rng.standard_normal((30, 12))) for _ in range(4)]
+    ys = [zscore(x[:, :3] @ rng.standard_normal((3, 4)) + rng.standard_normal((30, 4))) for x in xs]
+    got = {}
+    for backend in ("torch", "himalaya"):
+        res = fit_nested_loro(xs, ys, ALPHAS, backend=backend, precision="float32", outer_runs=[1],
+                              on_refit=lambda o, c0, c1, coef, b=backend: got.setdefault(b, coef))
+        assert np.isnan(res.test_per_run[0]).all() and np.isfinite(res.test_per_run[1]).all()
+    np.testing.assert_allclose(got["himalaya"], got["torch"], atol=1e-4)
+
+
 # --------------------------------------------------------------------------- pivot selection
 def test_pivot_matches_the_reference_with_shared_alpha():
     xs, ys, groups = planted(seed=1)
