@@ -46,6 +46,7 @@ of the test correlation (``correlation_score_split``: the per-state parts sum to
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +108,7 @@ class LayerFit:
     dims: list[int]
     n_kept: int
     groups: list[GroupFit]
+    seconds: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -123,14 +125,16 @@ class Mode2Result:
         """One row per (layer, parcel), the whole brain first in each layer.
 
         ``stage1_test`` / ``stage2_test``: group mean of the fold-averaged held-out score;
-        ``gain`` = stage 2 - stage 1; ``top_state``: the input state with the largest mean
-        kept share (pivot) or contribution (banded).
+        ``gain`` = stage 2 - stage 1; ``top_state``: pivot, the input state whose features
+        are kept at the highest rate (kept / dim: a wide state does not win by its size;
+        on pure noise every state is kept at about n_kept / n_features); banded, the state
+        with the largest contribution.
         """
         rows = []
         for fit in self.layers:
             for g in fit.groups:
                 s1, s2 = float(np.mean(g.stage1_test)), float(np.mean(g.stage2_test))
-                score = g.kept.mean(0) if self.selection == "pivot" else g.contribution.mean(0)
+                score = g.kept.mean(0) / fit.dims if self.selection == "pivot" else g.contribution.mean(0)
                 row = {
                     "mode": 2, "selection": self.selection, "pivot": self.pivot, "inputs": ",".join(self.inputs),
                     "layer": fit.layer, "parcel_id": g.parcel_id, "parcel": g.parcel, "n_voxels": int(g.voxels.size),
@@ -197,6 +201,7 @@ class Mode2Result:
             columns = {k: [v] * len(rows) for k, v in ident.items()} | {k: [r[k] for r in rows] for k in rows[0]}
             _write_parquet(folder / name, columns, meta)
 
+        meta = meta | {"mode2_seconds": {str(fit.layer): fit.seconds for fit in self.layers}}
         write("mode2.parquet", self.summarize(labels, names, ceiling))
         write("mode2_states.parquet", self.state_rows())
 
@@ -302,11 +307,14 @@ def fit_mode2(
             else prepare((layer, settings.pivot))[0].shape[1]
         x_runs = [np.concatenate([b[r] for b in blocks], axis=1) for r in range(len(y_runs))]
         del blocks
+        seconds: dict = {}
         if settings.selection == "pivot":
-            fits = pivot_selection(x_runs, y_runs, dims, n_keep, groups, settings.alphas, **options)
+            fits = pivot_selection(x_runs, y_runs, dims, n_keep, groups, settings.alphas, seconds=seconds, **options)
         else:
-            fits = banded_ridge(x_runs, y_runs, dims, groups, settings.alphas, seed=settings.seed, **options)
-        result.layers.append(LayerFit(layer=layer, dims=dims, n_kept=min(n_keep, sum(dims)), groups=fits))
+            fits = banded_ridge(x_runs, y_runs, dims, groups, settings.alphas, seed=settings.seed, seconds=seconds,
+                                **options)
+        result.layers.append(LayerFit(layer=layer, dims=dims, n_kept=min(n_keep, sum(dims)), groups=fits,
+                                      seconds=seconds))
         if task is not None:
             progress.update(task, advance=1, description=f"mode 2 ({settings.selection}) L{layer}")
     return result
@@ -363,6 +371,7 @@ def pivot_selection(
     n_keep: int,
     groups: Sequence[tuple[int, str, np.ndarray]],
     alphas: Sequence[float],
+    seconds: dict | None = None,
     **options,
 ) -> list[GroupFit]:
     """MindTransformer's two-stage pivot selection, nested in leave-one-run-out.
@@ -379,6 +388,8 @@ def pivot_selection(
     groups : list of (parcel_id, name, voxel indices)
         Selection groups (:func:`mtbench.results.parcel_groups`).
     alphas : sequence of float
+    seconds : dict, optional
+        Receives the wall time of ``stage1`` and ``stage2``.
     **options
         Passed to :func:`mtbench.encoding.fit_nested_loro` (``backend``, ``score``,
         ``shared_alpha``, ``precision``, ``inner``).
@@ -402,7 +413,10 @@ def pivot_selection(
     def on_coef(g, o, mean_abs):
         importance[g, o] = mean_abs
 
+    start = time.perf_counter()
     stage1 = _stage1(x_runs, y_runs, groups, alphas, options, on_coef)
+    seconds = {} if seconds is None else seconds
+    seconds["stage1"] = round(time.perf_counter() - start, 2)
     fits = []
     for g, (pid, name, idx) in enumerate(groups):
         test1, val1, alpha1 = stage1[g]
@@ -422,6 +436,7 @@ def pivot_selection(
             test2[o], val2[o] = res.test_per_run[o], res.validation_per_run[o]
         nan = np.full((n_runs, len(dims)), np.nan)
         fits.append(GroupFit(pid, name, idx, test1, val1, test2, val2, kept, shares, nan))
+    seconds["stage2"] = round(time.perf_counter() - start - seconds["stage1"], 2)
     return fits
 
 
@@ -434,6 +449,7 @@ def banded_ridge(
     *,
     seed: int = 0,
     n_iter: int = BANDED_ITERATIONS,
+    seconds: dict | None = None,
     **options,
 ) -> list[GroupFit]:
     """Banded ridge (himalaya ``MultipleKernelRidgeCV``, one linear kernel per state), nested LORO.
@@ -453,6 +469,8 @@ def banded_ridge(
         Random state of the search.
     n_iter : int
         Kernel-weight candidates.
+    seconds : dict, optional
+        Receives the wall time of ``stage1`` and ``stage2`` (the banded fits).
     **options
         ``backend``, ``score``, ``shared_alpha``, ``precision``, ``inner`` as in
         :func:`mtbench.encoding.fit_nested_loro` (the banded fit itself always runs on
@@ -471,7 +489,10 @@ def banded_ridge(
         raise MtbenchError(f"input state widths {list(dims)} add up to {sum(dims)}, but the features have "
                            f"{xs[0].shape[1]} columns")
     options = {"shared_alpha": False, "inner": "loro", "score": None, **options}
+    start = time.perf_counter()
     stage1 = _stage1(xs, ys, groups, alphas, options)
+    seconds = {} if seconds is None else seconds
+    seconds["stage1"] = round(time.perf_counter() - start, 2)
     score = options["score"] or pearson_r
     bounds = np.concatenate([[0], np.cumsum(dims)])
     test = np.zeros((n_runs, n_voxels), np.float32)
@@ -515,6 +536,7 @@ def banded_ridge(
         torch.set_num_threads(threads)
         set_backend(previous)
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    seconds["stage2"] = round(time.perf_counter() - start - seconds["stage1"], 2)
     fits = []
     kept = np.tile(np.asarray(dims, dtype=float), (n_runs, 1))
     for g, (pid, name, idx) in enumerate(groups):
@@ -533,7 +555,7 @@ def print_summary(output, console, top: int = 15) -> None:
     selection = rows[0]["selection"]
     brains = [r for r in rows if r["parcel_id"] == -1]
     parcels = sorted((r for r in rows if r["parcel_id"] != -1), key=lambda r: -r["stage2_test"])
-    what = "kept share" if selection == "pivot" else "contribution"
+    what = "kept fraction (kept / dim)" if selection == "pivot" else "contribution"
     table = Table(title=f"Mode 2 ({selection}, pivot {rows[0]['pivot']}): held-out r per layer and parcel — "
                         f"top {top} by stage 2",
                   caption=f"stage 1: ridge on all {rows[0]['n_features']} concatenated features; stage 2: "
