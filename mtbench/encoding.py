@@ -594,15 +594,16 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
         proj = f.proj if f.kernel else (X.index_select(0, idx) @ f.proj)  # (n_train, m)
         s = torch.from_numpy(f.s).to(dev, f64)
         b = f.B[o].to(f32)
+        # coefficients = coef_map @ (z * w): E (feature form) or X_T^T U (kernel form), (n_features, m)
+        coef_map = None if on_refit is None else (X.index_select(0, idx).T @ f.proj if f.kernel else f.proj)
         for c0 in range(0, n_voxels, block):
             c1 = min(n_voxels, c0 + block)
             z = proj.T @ Y[:, c0:c1].index_select(0, idx)
             w = (1.0 / (s[:, None] + alpha_t[best[o, c0:c1]][None, :])).to(f32)  # (m, block)
             zw = z * w
             preds[o][:, c0:c1] = (b @ zw).cpu().numpy()
-            if on_refit is not None:  # coefficients: E zw (feature form), X_T^T U zw (kernel form)
-                coef = X.index_select(0, idx).T @ (f.proj @ zw) if f.kernel else f.proj @ zw
-                on_refit(o, c0, c1, coef.cpu().numpy())
+            if on_refit is not None:
+                on_refit(o, c0, c1, (coef_map @ zw).cpu().numpy())
         del f, proj
 
     test_per_run = np.full((n_runs, n_voxels), np.nan, dtype=np.float32)
