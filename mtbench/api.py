@@ -369,4 +369,10 @@ class RunSettings:
     protocol: str = "mtbench"
     # Precision of the on-disk word-feature cache ("float16" or "float32"); features are rounded to it.
     feature_dtype: str = "float16"
+    # 1: every (layer, state) on its own; 2: the ``inputs`` states of each layer together, with
+    # ``selection`` "pivot" (keep as many features as ``pivot`` has) or "banded": mtbench.mode2.
+    mode: int = 1
+    inputs: list[str] = field(default_factory=list)
+    pivot: str = "input_hidden_state"
+    selection: str = "pivot"
 

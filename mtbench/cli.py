@@ -149,8 +149,15 @@ def _warn_broken(registry) -> None:
 @click.option("--feature-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
               help="Precision of the on-disk word-feature cache.")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--mode", type=click.IntRange(1, 2), default=1, show_default=True,
+              help="1: each (layer, state) on its own; 2: the --inputs states of each layer together.")
+@click.option("--inputs", default="", help="Mode 2: comma list of states combined per layer.")
+@click.option("--pivot", default="input_hidden_state", show_default=True,
+              help="Mode 2 pivot: stage 2 keeps as many features as this state has dimensions.")
+@click.option("--selection", type=click.Choice(["pivot", "banded"]), default="pivot", show_default=True,
+              help="Mode 2: pivot (MindTransformer's two-stage selection) or banded (himalaya banded ridge).")
 def run(model, states, layers, dataset, subject, metric, hrf, trim_scans, alphas, backend, precision, protocol,
-        results_dir, dataset_options, model_options, device, feature_dtype, seed):
+        results_dir, dataset_options, model_options, device, feature_dtype, seed, mode, inputs, pivot, selection):
     """Extract states, align them to the scans, fit voxelwise ridge models, score and write results."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -175,6 +182,10 @@ def run(model, states, layers, dataset, subject, metric, hrf, trim_scans, alphas
         model_options=_options(model_options, "--model-option"),
         protocol=protocol,
         feature_dtype=feature_dtype,
+        mode=mode,
+        inputs=[s.strip() for s in inputs.split(",") if s.strip()],
+        pivot=pivot,
+        selection=selection,
     )
     if device is not None:
         settings.model_options.setdefault("device", device)
@@ -190,7 +201,12 @@ def run(model, states, layers, dataset, subject, metric, hrf, trim_scans, alphas
         click.echo("Error: interrupted; nothing of this run was written (earlier results are untouched); "
                    "rerun it to resume the feature extraction where it stopped", err=True)
         sys.exit(130)
-    print_summary(output)
+    if mode == 2:
+        from .mode2 import print_summary as print_mode2_summary
+
+        print_mode2_summary(output, console)
+    else:
+        print_summary(output)
 
 
 def _parse_alphas(spec: str) -> list[float]:

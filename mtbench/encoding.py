@@ -131,6 +131,11 @@ class EncodingResult:
         without run ``r``). Choosing between feature sets *within* an outer fold from this
         row, then scoring the choice on ``test_per_run[r]``, keeps the choice nested; the
         averaged ``validation`` uses every run and would leak into the test score.
+    alpha_per_run : ndarray, shape (n_runs, n_voxels), optional
+        The alpha chosen in each outer fold (without its test run).
+
+    With ``outer_runs`` (see :func:`fit_nested_loro`) the rows of the outer folds that
+    were not computed are NaN, and the means are over the computed folds only.
     """
 
     test: np.ndarray
@@ -138,6 +143,7 @@ class EncodingResult:
     alpha: np.ndarray
     test_per_run: np.ndarray
     validation_per_run: np.ndarray
+    alpha_per_run: np.ndarray | None = None
 
 
 def pearson_r(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
@@ -173,6 +179,8 @@ def fit_nested_loro(
     device: str = "cpu",
     precision: str = "float32",
     inner: str = "loro",
+    outer_runs: Sequence[int] | None = None,
+    on_refit: Callable[[int, int, int, np.ndarray], None] | None = None,
 ) -> EncodingResult:
     """Fit ridge encoding models with nested leave-one-run-out cross-validation.
 
@@ -215,6 +223,14 @@ def fit_nested_loro(
         that is not ``o`` (run 0, or run 1 when ``o`` is 0) and trained on the runs left;
         ``validation_per_run[o]`` is that fold's r at the chosen alpha. Either way the
         model is then refit on all runs but ``o``.
+    outer_runs : sequence of int, optional
+        Compute only these outer folds (test runs); default all. Only the inner folds
+        they need are decomposed. Rows of the other folds are NaN in the result.
+    on_refit : callable, optional
+        ``on_refit(o, start, stop, coef)`` receives the ridge coefficients of the refit
+        of outer fold ``o`` (all runs but ``o``, chosen alphas), ``coef`` of shape
+        (n_features, stop - start) for voxels ``start:stop``, block by block (the whole
+        coefficient matrix is never held). Used by Mode 2's feature selection.
 
     Returns
     -------
@@ -235,6 +251,7 @@ def fit_nested_loro(
     if inner not in INNERS:
         raise MtbenchError(f"unknown inner validation {inner!r}: choose one of {', '.join(INNERS)}")
     xs, ys, alpha_grid = _validate(X_runs, Y_runs, alphas)
+    outer = _check_outer(outer_runs, len(xs))
     score = pearson_r if score is None else score
     import torch
 
@@ -243,25 +260,35 @@ def fit_nested_loro(
     # Small fits run on one thread: splitting tiny products gains nothing, and when the
     # cores are busy with other processes every parallel region waits for a descheduled
     # thread (measured: 4 s instead of 10 ms for a 4 x 30-scan fit on a loaded 2-core box).
-    small = _work(xs, ys, alpha_grid.size, inner) < _SMALL_FLOPS
+    small = _work(xs, ys, alpha_grid.size, inner, outer) < _SMALL_FLOPS
     try:
         if small and threads > 1:
             torch.set_num_threads(1)
         if backend == "himalaya":
-            return _fit_himalaya(xs, ys, alpha_grid, score, shared_alpha, device, inner)
+            return _fit_himalaya(xs, ys, alpha_grid, score, shared_alpha, device, inner, outer, on_refit)
         with torch.inference_mode():
-            return _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision, inner)
+            return _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision, inner, outer, on_refit)
     finally:
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
 
 
-def _work(xs, ys, n_alphas: int, inner: str = "loro") -> float:
+def _check_outer(outer_runs, n_runs: int) -> list[int]:
+    """``outer_runs`` as a sorted list of distinct run indices (all runs when None)."""
+    if outer_runs is None:
+        return list(range(n_runs))
+    outer = sorted({int(o) for o in outer_runs})
+    if not outer or outer[0] < 0 or outer[-1] >= n_runs:
+        raise MtbenchError(f"outer_runs {list(outer_runs)} must name test runs among 0..{n_runs - 1}")
+    return outer
+
+
+def _work(xs, ys, n_alphas: int, inner: str = "loro", outer: Sequence[int] | None = None) -> float:
     """Floating-point operations of the per-alpha validation products (the dominant cost)."""
     sizes = [x.shape[0] for x in xs]
     total, n_features, n_voxels = sum(sizes), xs[0].shape[1], ys[0].shape[1]
     flops = 0.0
-    for i, j in _inner_pairs(len(xs), inner):
+    for i, j in _inner_pairs(len(xs), inner, outer):
         m = min(n_features, total - sizes[i] - sizes[j])
         flops += 2.0 * n_alphas * (min(sizes[i], m) + min(sizes[j], m)) * m * n_voxels
     return flops
@@ -272,14 +299,16 @@ def _first_validation_run(o: int) -> int:
     return 1 if o == 0 else 0
 
 
-def _inner_pairs(n_runs: int, inner: str) -> list[tuple[int, int]]:
+def _inner_pairs(n_runs: int, inner: str, outer: Sequence[int] | None = None) -> list[tuple[int, int]]:
     """Left-out pairs ``(i, j)`` whose training set (all runs but i and j) some inner fold uses.
 
     ``loro``: every pair. ``first``: the pairs ``(0, o)`` only (outer ``o`` validated on run 0,
-    and ``(0, 1)`` also serves outer 0 validated on run 1).
+    and ``(0, 1)`` also serves outer 0 validated on run 1). With ``outer``, only the pairs
+    that contain one of those outer folds.
     """
     pairs = list(itertools.combinations(range(n_runs), 2))
-    return pairs if inner == "loro" else [p for p in pairs if 0 in p]
+    pairs = pairs if inner == "loro" else [p for p in pairs if 0 in p]
+    return pairs if outer is None else [p for p in pairs if p[0] in outer or p[1] in outer]
 
 
 # --------------------------------------------------------------------------- validation
@@ -373,7 +402,8 @@ def _fast_bfloat16(dev) -> bool:
     return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
 
 
-def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float32", inner="loro") -> EncodingResult:
+def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float32", inner="loro", outer=None,
+               on_refit=None) -> EncodingResult:
     import torch
 
     dev = torch.device(device)
@@ -392,9 +422,10 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
     X = torch.from_numpy(np.concatenate(xs)).to(dev)
     Y = torch.from_numpy(np.concatenate(ys)).to(dev)
 
-    pairs = _inner_pairs(n_runs, inner)
+    outer = list(range(n_runs)) if outer is None else outer
+    pairs = _inner_pairs(n_runs, inner, outer)
     train_sets = [[r for r in range(n_runs) if r not in p] for p in pairs]
-    outer_sets = [[r for r in range(n_runs) if r != o] for o in range(n_runs)]
+    outer_sets = [[r for r in range(n_runs) if r != o] for o in outer]
     n_train = lambda runs: sum(sizes[r] for r in runs)  # noqa: E731
     use_kernel = lambda runs: n_features > n_train(runs)  # noqa: E731
 
@@ -555,29 +586,41 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
     del val_mean
 
     # ---- phase 3: refit on all training runs, predict the test run
-    preds = [np.empty((sizes[o], n_voxels), dtype=np.float32) for o in range(n_runs)]
+    preds = {o: np.empty((sizes[o], n_voxels), dtype=np.float32) for o in outer}
     alpha_t = torch.from_numpy(alpha_grid).to(dev, f64)
-    for o in range(n_runs):
-        f = make_fold(outer_sets[o], [o])
+    for k_outer, o in enumerate(outer):
+        f = make_fold(outer_sets[k_outer], [o])
         idx = train_index(f.train)
         proj = f.proj if f.kernel else (X.index_select(0, idx) @ f.proj)  # (n_train, m)
         s = torch.from_numpy(f.s).to(dev, f64)
         b = f.B[o].to(f32)
+        # coefficients = coef_map @ (z * w): E (feature form) or X_T^T U (kernel form), (n_features, m)
+        coef_map = None if on_refit is None else (X.index_select(0, idx).T @ f.proj if f.kernel else f.proj)
         for c0 in range(0, n_voxels, block):
             c1 = min(n_voxels, c0 + block)
             z = proj.T @ Y[:, c0:c1].index_select(0, idx)
             w = (1.0 / (s[:, None] + alpha_t[best[o, c0:c1]][None, :])).to(f32)  # (m, block)
-            preds[o][:, c0:c1] = (b @ (z * w)).cpu().numpy()
+            zw = z * w
+            preds[o][:, c0:c1] = (b @ zw).cpu().numpy()
+            if on_refit is not None:
+                on_refit(o, c0, c1, (coef_map @ zw).cpu().numpy())
         del f, proj
 
-    test_per_run = np.stack([_checked_score(score, ys[o], preds[o]) for o in range(n_runs)])
+    test_per_run = np.full((n_runs, n_voxels), np.nan, dtype=np.float32)
+    for o in outer:
+        test_per_run[o] = _checked_score(score, ys[o], preds[o])
+    validation = validation.cpu().numpy().astype(np.float32)
     chosen = alpha_grid[best_np]  # (n_runs, n_voxels)
+    skipped = np.setdiff1d(np.arange(n_runs), outer)
+    validation[skipped] = np.nan
+    chosen[skipped] = np.nan
     return EncodingResult(
-        test=test_per_run.mean(0).astype(np.float32),
-        validation=validation.mean(0).cpu().numpy().astype(np.float32),
-        alpha=np.exp(np.log(chosen).mean(0)).astype(np.float32),
+        test=test_per_run[outer].mean(0).astype(np.float32),
+        validation=validation[outer].mean(0).astype(np.float32),
+        alpha=np.exp(np.log(chosen[outer]).mean(0)).astype(np.float32),
         test_per_run=test_per_run,
-        validation_per_run=validation.cpu().numpy().astype(np.float32),
+        validation_per_run=validation,
+        alpha_per_run=chosen.astype(np.float32),
     )
 
 
@@ -591,7 +634,8 @@ def _checked_score(score, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- himalaya (cross-check)
-def _fit_himalaya(xs, ys, alpha_grid, score, shared_alpha, device, inner="loro") -> EncodingResult:
+def _fit_himalaya(xs, ys, alpha_grid, score, shared_alpha, device, inner="loro", outer=None,
+                  on_refit=None) -> EncodingResult:
     """Nested LORO with himalaya's KernelRidgeCV (torch backend) per outer fold."""
     import torch
     from himalaya.backend import get_backend, set_backend
@@ -603,11 +647,12 @@ def _fit_himalaya(xs, ys, alpha_grid, score, shared_alpha, device, inner="loro")
     try:
         n_runs = len(xs)
         n_voxels = ys[0].shape[1]
-        test_per_run = np.zeros((n_runs, n_voxels), dtype=np.float32)
-        validation = np.zeros((n_runs, n_voxels), dtype=np.float32)
-        log_alpha = np.zeros((n_runs, n_voxels), dtype=np.float64)
+        outer = list(range(n_runs)) if outer is None else outer
+        test_per_run = np.full((n_runs, n_voxels), np.nan, dtype=np.float32)
+        validation = np.full((n_runs, n_voxels), np.nan, dtype=np.float32)
+        log_alpha = np.full((n_runs, n_voxels), np.nan, dtype=np.float64)
         batch = max(1, int(2**28 // (4 * alpha_grid.size * max(x.shape[0] for x in xs) * 2)))
-        for o in range(n_runs):
+        for o in outer:
             train = [r for r in range(n_runs) if r != o]
             sizes = [xs[r].shape[0] for r in train]
             edges = np.concatenate([[0], np.cumsum(sizes)])
@@ -625,12 +670,15 @@ def _fit_himalaya(xs, ys, alpha_grid, score, shared_alpha, device, inner="loro")
             test_per_run[o] = _checked_score(score, ys[o], pred)
             validation[o] = backend.to_numpy(model.cv_scores_)
             log_alpha[o] = np.log(backend.to_numpy(model.best_alphas_))
+            if on_refit is not None:  # primal coefficients of the linear kernel: X_T^T dual
+                x_train = np.concatenate([xs[r] for r in train]).astype(np.float64)
+                on_refit(o, 0, n_voxels, (x_train.T @ backend.to_numpy(model.dual_coef_)).astype(np.float32))
             del model
     finally:
         set_backend(previous)
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return EncodingResult(
-        test=test_per_run.mean(0), validation=validation.mean(0),
-        alpha=np.exp(log_alpha.mean(0)).astype(np.float32), test_per_run=test_per_run,
-        validation_per_run=validation,
+        test=test_per_run[outer].mean(0), validation=validation[outer].mean(0),
+        alpha=np.exp(log_alpha[outer].mean(0)).astype(np.float32), test_per_run=test_per_run,
+        validation_per_run=validation, alpha_per_run=np.exp(log_alpha).astype(np.float32),
     )

@@ -10,6 +10,10 @@ Layout of a results directory (several runs share it)::
     RESULTS/runs/<run_id>/maps/*.nii.gz      mask, best-state maps, r per state (4-D over layers)
     RESULTS/runs/<run_id>/truth.json         planted truth, for simulated datasets
 
+A ``--mode 2`` run writes ``mode2.parquet``, ``mode2_states.parquet``, ``mode2_voxels.parquet``
+and ``maps/mode2_stage{1,2}_test_r.nii.gz`` instead of the Mode 1 Parquet files and maps
+(:meth:`mtbench.mode2.Mode2Result.write_files`, columns in ``docs/mode2.md``).
+
 A run is written into ``<run_id>.partial`` and renamed when complete, so an interrupted
 run never leaves a half-written result where readers look.
 """
@@ -242,7 +246,10 @@ def write_run(
     shutil.rmtree(partial, ignore_errors=True)
     (partial / "maps").mkdir(parents=True)
     try:
-        _write_files(partial, meta, table, mask_img, labels, names, ceiling, truth)
+        if hasattr(table, "write_files"):  # Mode 2 results (mtbench.mode2.Mode2Result) write their own files
+            table.write_files(partial, meta, mask_img, labels, names, ceiling, truth)
+        else:
+            _write_files(partial, meta, table, mask_img, labels, names, ceiling, truth)
         os.replace(partial, final)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)

@@ -165,7 +165,12 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
     from .results import ScoreTable, provenance, summarize, write_run
 
     adapter = adapter if adapter is not None else load_model(settings.model, **settings.model_options)
-    states = parse_states(settings.states, adapter.available_states())
+    if settings.mode == 2:  # Mode 2 extracts its inputs and pivot (mtbench.mode2)
+        from .mode2 import mode2_states
+
+        states = [parse_states([s], adapter.available_states())[0] for s in mode2_states(settings)]
+    else:
+        states = parse_states(settings.states, adapter.available_states())
     layers = parse_layers(settings.layers, adapter.n_layers)
     clock.lap("load_model")
     dataset = load_dataset(settings.dataset, **settings.dataset_options)
@@ -183,12 +188,18 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
         y_runs = [zscore(_trim(y, settings.trim_scans)) for y in bold]
         clock.lap("align_and_bold")
         keys = [(layer, state) for layer in layers for state in states]
-        table = ScoreTable(keys=keys, **_fit_all(keys, feats, operators, y_runs, settings, metric, progress))
+        if settings.mode == 2:
+            from .mode2 import fit_mode2
+
+            prepare = lambda key: _scan_features(feats[key], operators, settings)  # noqa: E731
+            table = fit_mode2(prepare, y_runs, layers, settings, dataset.parcels, metric, progress)
+        else:
+            table = ScoreTable(keys=keys, **_fit_all(keys, feats, operators, y_runs, settings, metric, progress))
         clock.lap("fit")
 
     ceiling = dataset.noise_ceiling(settings.subject)
     labels, names = dataset.parcels.labels, dataset.parcels.names
-    summary = summarize(table, labels, names, ceiling)
+    summary = table.summarize(labels, names, ceiling) if settings.mode == 2 else summarize(table, labels, names, ceiling)
     meta = provenance(
         settings=asdict(settings) | {"states": states, "layers": layers},
         model={"name": adapter.name, "spec": settings.model, "family": adapter.family,
@@ -209,12 +220,15 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
     meta["timings"] = clock.stages  # seconds per stage, writing excluded
     run_dir = write_run(Path(results_dir), meta["run_id"], meta, table, dataset.mask_img, labels, names,
                         ceiling, dataset.truth)
-    return RunOutput(run_dir=run_dir, summary=summary, truth_check=check_truth(dataset.truth, summary),
-                     seconds=clock.total)
+    truth_check = table.check_truth(dataset.truth) if settings.mode == 2 else check_truth(dataset.truth, summary)
+    return RunOutput(run_dir=run_dir, summary=summary, truth_check=truth_check, seconds=clock.total)
 
 
 def _check_names(settings: RunSettings):
     """Resolve every name before any heavy work, so a typo fails in a second; returns the metric."""
+    from .mode2 import check_mode2_settings
+
+    check_mode2_settings(settings)
     registry = get_registry()
     registry.model(split_spec(settings.model)[0])
     registry.dataset(settings.dataset)
@@ -257,7 +271,6 @@ def _extract_bar(progress, model_name: str):
 
 def _fit_all(keys, feats, operators, y_runs, settings: RunSettings, metric, progress) -> dict[str, np.ndarray]:
     """Nested leave-one-run-out ridge for every (layer, state); arrays for :class:`ScoreTable`."""
-    from .alignment import align_runs, zscore
     from .encoding import fit_nested_loro
 
     n_voxels, n_runs = y_runs[0].shape[1], len(y_runs)
@@ -266,8 +279,7 @@ def _fit_all(keys, feats, operators, y_runs, settings: RunSettings, metric, prog
         out[name] = np.zeros((len(keys), n_runs, n_voxels), dtype=np.float32)
     task = progress.add_task("fit ridge (nested LORO)", total=len(keys)) if progress is not None else None
     for f, key in enumerate(keys):
-        scans = align_runs(feats.pop(key), operators, zscore_runs=False)  # pop: free memory as we go
-        x_runs = [zscore(_trim(x, settings.trim_scans)) for x in scans]
+        x_runs = _scan_features(feats.pop(key), operators, settings)  # pop: free memory as we go
         result = fit_nested_loro(x_runs, y_runs, settings.alphas, backend=settings.backend, score=metric.score,
                                  precision=settings.precision, shared_alpha=settings.shared_alpha,
                                  inner=settings.inner)
@@ -276,6 +288,14 @@ def _fit_all(keys, feats, operators, y_runs, settings: RunSettings, metric, prog
         if task is not None:
             progress.update(task, advance=1, description=f"fit ridge L{key[0]} {key[1]}")
     return out
+
+
+def _scan_features(words: list[np.ndarray], operators, settings: RunSettings) -> list[np.ndarray]:
+    """Word features -> scan features per run: HRF-aligned, trimmed, z-scored per run (Modes 1 and 2)."""
+    from .alignment import align_runs, zscore
+
+    scans = align_runs(words, operators, zscore_runs=False)
+    return [zscore(_trim(x, settings.trim_scans)) for x in scans]
 
 
 def _trim(x: np.ndarray, n: int) -> np.ndarray:
