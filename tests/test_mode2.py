@@ -20,7 +20,7 @@ import pytest
 from sklearn.linear_model import Ridge
 
 from mtbench.alignment import zscore
-from mtbench.encoding import fit_nested_loro, pearson_r
+from mtbench.encoding import fit_nested_loro
 from mtbench.mode2 import banded_ridge, pivot_selection
 
 ALPHAS = np.logspace(-1, 4, 8)
