@@ -299,4 +299,9 @@ class RunSettings:
     inner: str = "loro"
     # "mtbench" (the settings above) or a named protocol that fixes several of them: see PROTOCOLS.
     protocol: str = "mtbench"
+    # Delayed copies of the aligned features, in scans (None: 1,2,3,4 for hrf="fir", none otherwise).
+    delays: list[int] | None = None
+    # Circular-shift permutations per fit for per-voxel p-values (0: no significance); BH-FDR level.
+    permutations: int = 1000
+    fdr: float = 0.05
 

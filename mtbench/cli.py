@@ -119,7 +119,12 @@ def _warn_broken(registry) -> None:
 @click.option("--dataset", default="synthetic", show_default=True, help="Dataset name (`mtbench list datasets`).")
 @click.option("--subject", default="average", show_default=True)
 @click.option("--metric", default="pearson", show_default=True)
-@click.option("--hrf", type=click.Choice(["glover", "spm"]), default="glover", show_default=True)
+@click.option("--hrf", type=click.Choice(["glover", "spm", "fir"]), default="glover", show_default=True,
+              help="fir: word features summed per scan, delayed copies concatenated (see --delays).")
+@click.option("--delays", default=None, help="Delays in scans, e.g. 1,2,3,4 (default for --hrf fir; none otherwise).")
+@click.option("--permutations", default=1000, show_default=True,
+              help="Circular-shift permutations per fit for per-voxel p-values (0: none).")
+@click.option("--fdr", default=0.05, show_default=True, help="Benjamini-Hochberg FDR level across voxels.")
 @click.option("--trim", "trim_scans", default=0, show_default=True, help="Scans dropped at both ends of each run.")
 @click.option("--alphas", default="1e0:1e8:9", show_default=True,
               help="Ridge penalties: 'start:stop:count' (log-spaced) or a comma list.")
@@ -135,8 +140,8 @@ def _warn_broken(registry) -> None:
 @click.option("--dataset-option", "dataset_options", multiple=True, metavar="KEY=VALUE")
 @click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE")
 @click.option("--seed", default=0, show_default=True)
-def run(model, states, layers, dataset, subject, metric, hrf, trim_scans, alphas, backend, precision, protocol,
-        results_dir, dataset_options, model_options, seed):
+def run(model, states, layers, dataset, subject, metric, hrf, delays, permutations, fdr, trim_scans, alphas, backend,
+        precision, protocol, results_dir, dataset_options, model_options, seed):
     """Extract states, align them to the scans, fit voxelwise ridge models, score and write results."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -160,9 +165,14 @@ def run(model, states, layers, dataset, subject, metric, hrf, trim_scans, alphas
         dataset_options=_options(dataset_options, "--dataset-option"),
         model_options=_options(model_options, "--model-option"),
         protocol=protocol,
+        delays=_parse_delays(delays),
+        permutations=permutations,
+        fdr=fdr,
     )
+    if not 0 < fdr < 1 or permutations < 0:
+        raise MtbenchError(f"--fdr must be in (0, 1) and --permutations >= 0, got {fdr} and {permutations}")
     ctx = click.get_current_context()
-    explicit = [name for name in ("hrf", "trim_scans", "alphas", "precision")
+    explicit = [name for name in ("hrf", "trim_scans", "alphas", "precision", "delays")
                 if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
     settings = resolve_protocol(settings, explicit)  # conflicting explicit flags -> one-line error
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -173,6 +183,18 @@ def run(model, states, layers, dataset, subject, metric, hrf, trim_scans, alphas
         click.echo("Error: interrupted; nothing of this run was written (earlier results are untouched)", err=True)
         sys.exit(130)
     print_summary(output)
+
+
+def _parse_delays(spec: str | None) -> list[int] | None:
+    if spec is None:
+        return None
+    try:
+        delays = [int(d) for d in spec.split(",")]
+    except ValueError:
+        raise MtbenchError(f"cannot read --delays {spec!r}: use a comma list of scans, e.g. 1,2,3,4") from None
+    if min(delays) < 0:
+        raise MtbenchError(f"--delays {spec!r}: delays are scans after the word, >= 0")
+    return delays
 
 
 def _parse_alphas(spec: str) -> list[float]:

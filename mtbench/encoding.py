@@ -138,6 +138,9 @@ class EncodingResult:
     alpha: np.ndarray
     test_per_run: np.ndarray
     validation_per_run: np.ndarray
+    # Held-out predictions, one (n_scans_r, n_voxels) array per run (test run r's model never
+    # saw run r); only with ``fit_nested_loro(..., return_predictions=True)``.
+    predictions: list[np.ndarray] | None = None
 
 
 def pearson_r(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
@@ -173,6 +176,7 @@ def fit_nested_loro(
     device: str = "cpu",
     precision: str = "float32",
     inner: str = "loro",
+    return_predictions: bool = False,
 ) -> EncodingResult:
     """Fit ridge encoding models with nested leave-one-run-out cross-validation.
 
@@ -215,6 +219,9 @@ def fit_nested_loro(
         that is not ``o`` (run 0, or run 1 when ``o`` is 0) and trained on the runs left;
         ``validation_per_run[o]`` is that fold's r at the chosen alpha. Either way the
         model is then refit on all runs but ``o``.
+    return_predictions : bool
+        Also return the held-out predictions (``EncodingResult.predictions``), e.g. for
+        :func:`mtbench.significance.circular_shift_pvalues`.
 
     Returns
     -------
@@ -248,9 +255,13 @@ def fit_nested_loro(
         if small and threads > 1:
             torch.set_num_threads(1)
         if backend == "himalaya":
-            return _fit_himalaya(xs, ys, alpha_grid, score, shared_alpha, device, inner)
-        with torch.inference_mode():
-            return _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision, inner)
+            result = _fit_himalaya(xs, ys, alpha_grid, score, shared_alpha, device, inner)
+        else:
+            with torch.inference_mode():
+                result = _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision, inner)
+        if not return_predictions:
+            result.predictions = None
+        return result
     finally:
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
@@ -578,6 +589,7 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
         alpha=np.exp(np.log(chosen).mean(0)).astype(np.float32),
         test_per_run=test_per_run,
         validation_per_run=validation.cpu().numpy().astype(np.float32),
+        predictions=preds,
     )
 
 
@@ -606,6 +618,7 @@ def _fit_himalaya(xs, ys, alpha_grid, score, shared_alpha, device, inner="loro")
         test_per_run = np.zeros((n_runs, n_voxels), dtype=np.float32)
         validation = np.zeros((n_runs, n_voxels), dtype=np.float32)
         log_alpha = np.zeros((n_runs, n_voxels), dtype=np.float64)
+        preds = []
         batch = max(1, int(2**28 // (4 * alpha_grid.size * max(x.shape[0] for x in xs) * 2)))
         for o in range(n_runs):
             train = [r for r in range(n_runs) if r != o]
@@ -622,6 +635,7 @@ def _fit_himalaya(xs, ys, alpha_grid, score, shared_alpha, device, inner="loro")
             )
             model.fit(np.concatenate([xs[r] for r in train]), np.concatenate([ys[r] for r in train]))
             pred = backend.to_numpy(model.predict(xs[o]))
+            preds.append(np.asarray(pred, dtype=np.float32))
             test_per_run[o] = _checked_score(score, ys[o], pred)
             validation[o] = backend.to_numpy(model.cv_scores_)
             log_alpha[o] = np.log(backend.to_numpy(model.best_alphas_))
@@ -632,5 +646,5 @@ def _fit_himalaya(xs, ys, alpha_grid, score, shared_alpha, device, inner="loro")
     return EncodingResult(
         test=test_per_run.mean(0), validation=validation.mean(0),
         alpha=np.exp(log_alpha.mean(0)).astype(np.float32), test_per_run=test_per_run,
-        validation_per_run=validation,
+        validation_per_run=validation, predictions=preds,
     )
