@@ -225,11 +225,18 @@ def print_summary(output, top: int = 15) -> None:
         table.add_column(col, justify="left" if col in ("parcel", "state") else "right")
     if has_ceiling:
         table.add_column("ceiling", justify="right")
+    has_significance = any(r.get("share_significant", float("nan")) == r.get("share_significant") for r in rows)
+    table.add_column("95% CI (runs)", justify="right")
+    if has_significance:
+        table.add_column("signif.", justify="right")
     for row in [brain, *parcels[:top]]:
         cells = [row["parcel"], str(row["n_voxels"]), str(row["layer"]), row["state"],
                  f"{row['validation']:.3f}", f"{row['test']:.3f}", f"{row['folds_agree']:.0%}"]
         if has_ceiling:
             cells.append(f"{row['ceiling']:.3f}")
+        cells.append(f"{row['test_ci_low']:.3f}..{row['test_ci_high']:.3f}" if "test_ci_low" in row else "")
+        if has_significance:  # share of the parcel's voxels where the winner is significant (BH-FDR)
+            cells.append(f"{row['share_significant']:.0%}")
         table.add_row(*cells)
     console.print(table)
     if output.truth_check:

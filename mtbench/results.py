@@ -6,7 +6,7 @@ Layout of a results directory (several runs share it)::
     RESULTS/runs/<run_id>/scores.parquet     one row per (layer, state, parcel, split)
     RESULTS/runs/<run_id>/summary.parquet    best (layer, state) per parcel, chosen on validation
     RESULTS/runs/<run_id>/winners.parquet    share of each parcel's voxels each (layer, state) wins
-    RESULTS/runs/<run_id>/voxels.parquet     one row per (layer, state, voxel)
+    RESULTS/runs/<run_id>/voxels.parquet     one row per (layer, state, voxel); p/q-values, normalized r
     RESULTS/runs/<run_id>/maps/*.nii.gz      mask, best-state maps, r per state (4-D over layers)
     RESULTS/runs/<run_id>/truth.json         planted truth, for simulated datasets
 
