@@ -360,7 +360,9 @@ def run_worker(method: str, d: int, args, folder: Path) -> dict:
            "--voxels", str(args.voxels), "--threads", str(args.threads), "--precision", args.precision,
            "--ref-voxels", ",".join(map(str, args.ref_voxels)), "--himalaya-folds", str(args.himalaya_folds),
            "--float64-voxels", str(args.float64_voxels), "--permutations", str(args.permutations)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
+    # numpy/scikit-learn (OpenBLAS) get the same threads as torch where they do the work (reference, float64)
+    blas = str(args.threads) if method in ("reference", "float64") else "1"
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OPENBLAS_NUM_THREADS=blas))
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])

@@ -5,7 +5,8 @@ refit. Shifting a run's prediction in time keeps its autocorrelation (and its me
 norm, hence the denominator of Pearson r) and breaks only its alignment with the BOLD, so
 the null respects the temporal autocorrelation of both series; shuffling scans would not
 (autocorrelated but independent series correlate far more often than shuffles suggest:
-the tests measure a 5% test rejecting 20-40% of null voxels with shuffles).
+in ``tests/test_significance.py``, AR(1) phi 0.8, a nominal 5% test rejects 21% of the null
+voxels with shuffles, 4.9% with circular shifts; BH at q 0.1 gives a mean FDP of 0.075).
 
 For every test run the Pearson r of *every* circular shift is one FFT cross-correlation
 per voxel (``O(n log n)``); a permutation then draws one shift per run (the same draws for
@@ -32,9 +33,10 @@ neighbouring voxels).
 Parcel confidence intervals: the outer folds' test runs are the independent units (voxels
 of one run share its noise and are not), so the interval of a parcel-mean score is a
 Student t interval over the per-run parcel means (``n_runs - 1`` degrees of freedom). With
-9 runs a bootstrap over runs would be too narrow (a percentile bootstrap of 9 values
-covers ~88% at a nominal 95%); the t interval is exact for normal per-run means and
-holds its coverage in the simulations of ``tests/test_significance.py``.
+9 runs a bootstrap over runs is too narrow: in the simulation of
+``tests/test_significance.py`` (9 runs of 120 autocorrelated scans, true r 0.25, 300
+repetitions) the t interval covered the truth in 93.7% of the repetitions, a percentile
+bootstrap over runs in 89.3%.
 """
 
 from __future__ import annotations
