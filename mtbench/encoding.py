@@ -258,7 +258,8 @@ def fit_nested_loro(
             result = _fit_himalaya(xs, ys, alpha_grid, score, shared_alpha, device, inner)
         else:
             with torch.inference_mode():
-                result = _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision, inner)
+                result = _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision, inner,
+                                    keep_predictions=return_predictions)
         if not return_predictions:
             result.predictions = None
         return result
@@ -384,7 +385,8 @@ def _fast_bfloat16(dev) -> bool:
     return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
 
 
-def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float32", inner="loro") -> EncodingResult:
+def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float32", inner="loro",
+               keep_predictions=True) -> EncodingResult:
     import torch
 
     dev = torch.device(device)
@@ -565,8 +567,9 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
     best_np = best.cpu().numpy()
     del val_mean
 
-    # ---- phase 3: refit on all training runs, predict the test run
-    preds = [np.empty((sizes[o], n_voxels), dtype=np.float32) for o in range(n_runs)]
+    # ---- phase 3: refit on all training runs, predict the test run (scored at once: only the
+    # predictions asked for are kept, the others never add n_scans x n_voxels to the peak memory)
+    preds, scores = [], []
     alpha_t = torch.from_numpy(alpha_grid).to(dev, f64)
     for o in range(n_runs):
         f = make_fold(outer_sets[o], [o])
@@ -574,14 +577,19 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
         proj = f.proj if f.kernel else (X.index_select(0, idx) @ f.proj)  # (n_train, m)
         s = torch.from_numpy(f.s).to(dev, f64)
         b = f.B[o].to(f32)
+        pred = np.empty((sizes[o], n_voxels), dtype=np.float32)
         for c0 in range(0, n_voxels, block):
             c1 = min(n_voxels, c0 + block)
             z = proj.T @ Y[:, c0:c1].index_select(0, idx)
             w = (1.0 / (s[:, None] + alpha_t[best[o, c0:c1]][None, :])).to(f32)  # (m, block)
-            preds[o][:, c0:c1] = (b @ (z * w)).cpu().numpy()
+            pred[:, c0:c1] = (b @ (z * w)).cpu().numpy()
         del f, proj
+        scores.append(_checked_score(score, ys[o], pred))
+        if keep_predictions:
+            preds.append(pred)
+        del pred
 
-    test_per_run = np.stack([_checked_score(score, ys[o], preds[o]) for o in range(n_runs)])
+    test_per_run = np.stack(scores)
     chosen = alpha_grid[best_np]  # (n_runs, n_voxels)
     return EncodingResult(
         test=test_per_run.mean(0).astype(np.float32),
@@ -589,7 +597,7 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
         alpha=np.exp(np.log(chosen).mean(0)).astype(np.float32),
         test_per_run=test_per_run,
         validation_per_run=validation.cpu().numpy().astype(np.float32),
-        predictions=preds,
+        predictions=preds if keep_predictions else None,
     )
 
 
