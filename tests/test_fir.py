@@ -99,3 +99,20 @@ def test_runner_fir_and_significance(tmp_path, monkeypatch):
     assert 0 <= planted["share_significant"] <= 1
     scores = pq.read_table(output.run_dir / "scores.parquet").to_pandas()
     assert {"ci_low", "ci_high", "share_significant"} <= set(scores.columns)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--delays", "1,x"], "cannot read --delays"),
+    (["--delays", "-1,2"], "delays are scans after the word"),
+    (["--fdr", "1.5"], "--fdr must be in (0, 1)"),
+    (["--protocol", "mindtransformer", "--delays", "1,2"], "--protocol mindtransformer sets delays"),
+])
+def test_cli_bad_alignment_and_significance_options_are_one_line_errors(args, message):
+    from click.testing import CliRunner
+
+    from mtbench.cli import main
+
+    result = CliRunner().invoke(main, ["run", "--model", "x", *args])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.output

@@ -124,3 +124,23 @@ def test_ceiling_from_split_half_is_the_best_achievable_r():
         normalize_by_ceiling(best, ceiling[:3])
     with pytest.raises(MtbenchError, match="split-half"):
         ceiling_from_split_half(np.array([0.5, np.nan]))
+
+
+def test_runs_as_views_of_one_array_fit_identically_without_a_copy():
+    from mtbench.encoding import _concatenated_rows
+
+    rng = np.random.default_rng(4)
+    x_all = rng.standard_normal((150, 6)).astype(np.float32)
+    y_all = (x_all @ rng.standard_normal((6, 12)) + rng.standard_normal((150, 12))).astype(np.float32)
+    y_before = y_all.copy()
+    edges = [0, 40, 90, 150]
+    xs = [x_all[a:b] for a, b in zip(edges[:-1], edges[1:])]
+    ys = [y_all[a:b] for a, b in zip(edges[:-1], edges[1:])]
+    assert np.shares_memory(_concatenated_rows(ys), y_all)
+    assert not np.shares_memory(_concatenated_rows([ys[0], ys[2]]), y_all)  # not consecutive: a copy
+    np.testing.assert_array_equal(_concatenated_rows([ys[0], ys[2]]), np.concatenate([ys[0], ys[2]]))
+    views = fit_nested_loro(xs, ys, np.logspace(-1, 3, 5), precision="float32")
+    copies = fit_nested_loro([x.copy() for x in xs], [y.copy() for y in ys], np.logspace(-1, 3, 5), precision="float32")
+    np.testing.assert_array_equal(views.test_per_run, copies.test_per_run)
+    np.testing.assert_array_equal(views.alpha, copies.alpha)
+    np.testing.assert_array_equal(y_all, y_before)  # the shared buffer is only read
