@@ -175,6 +175,8 @@ def run(settings: RunSettings, results_dir: Path, progress=None) -> RunOutput:
         operators = stimulus_operators(dataset.stimulus, settings.hrf, settings.delays)
         bold = _check_bold(dataset.load_bold(settings.subject), dataset.stimulus, n_voxels, dataset.name)
         y_runs = [zscore(_trim(y, settings.trim_scans)) for y in bold]
+        # views of one buffer: the ridge fit then reads the BOLD without a copy of its own
+        y_runs = np.split(np.concatenate(y_runs), np.cumsum([len(y) for y in y_runs])[:-1])
         clock.lap("align_and_bold")
         keys = [(layer, state) for layer in layers for state in states]
         table = ScoreTable(keys=keys, **_fit_all(keys, feats, operators, y_runs, settings, metric, progress))

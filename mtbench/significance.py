@@ -71,12 +71,13 @@ def shifted_correlations(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """
     import scipy.fft
 
-    y = np.asarray(y, dtype=np.float64)
-    pred = np.asarray(pred, dtype=np.float64)
+    # float32 FFTs (scipy computes them natively in single precision, ~2x faster): r to ~1e-6
+    y = np.asarray(y, dtype=np.float32)
+    pred = np.asarray(pred, dtype=np.float32)
     n = y.shape[0]
-    yc = y - y.mean(0)
-    pc = pred - pred.mean(0)
-    denom = np.sqrt((yc * yc).sum(0) * (pc * pc).sum(0))
+    yc = y - y.mean(0, dtype=np.float64).astype(np.float32)
+    pc = pred - pred.mean(0, dtype=np.float64).astype(np.float32)
+    denom = np.sqrt((yc.astype(np.float64) ** 2).sum(0) * (pc.astype(np.float64) ** 2).sum(0))
     # sum_t pred[t - k] y[t] for all k: inverse FFT of conj(P) Y
     cross = scipy.fft.irfft(np.conj(scipy.fft.rfft(pc, axis=0)) * scipy.fft.rfft(yc, axis=0), n=n, axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
