@@ -5,6 +5,14 @@ is the HRF-convolved boxcar evaluated at the scan's frame time (the middle of th
 exactly what nilearn's ``compute_regressor`` gives for a single event. Building the
 operator once per run turns the alignment of every feature of every state into one
 matrix product, ``X_scans = A @ X_words``.
+
+FIR (``hrf="fir"``): no HRF shape is assumed. The features of the words whose onset falls
+in scan ``t`` are summed (:func:`tr_sum_operator`), and copies delayed by each of
+``delays`` scans (default 1, 2, 3, 4: 2-8 s at a TR of 2 s) are concatenated, so the ridge
+learns a response shape per feature: ``d`` features become ``n_delays * d``. Delays can
+also be added to the Glover/SPM operators. A delayed operator is a stack of shifted
+operators, shape (n_delays, n_scans, n_words); delays never cross run boundaries (the
+first ``delay`` scans of a run get zeros).
 """
 
 from __future__ import annotations
@@ -15,8 +23,11 @@ import numpy as np
 from nilearn.glm.first_level import hemodynamic_models
 
 from .api import Stimulus, StimulusRun
+from .errors import MtbenchError
 
 _HRFS = {"glover": hemodynamic_models.glover_hrf, "spm": hemodynamic_models.spm_hrf}
+HRF_CHOICES = ("glover", "spm", "fir")
+DEFAULT_FIR_DELAYS = (1, 2, 3, 4)
 
 
 def frame_times(n_scans: int, tr: float) -> np.ndarray:
@@ -98,23 +109,88 @@ def align_runs(
     Parameters
     ----------
     word_features : list of ndarray, each (n_words_r, dim)
-    operators : list of ndarray, each (n_scans_r, n_words_r)
+    operators : list of ndarray, each (n_scans_r, n_words_r) or (n_delays, n_scans_r, n_words_r)
     zscore_runs : bool
         Standardize each feature within each run.
 
     Returns
     -------
-    list of ndarray, each (n_scans_r, dim), float32
+    list of ndarray, each (n_scans_r, dim) or (n_scans_r, n_delays * dim), float32
+        Delayed operators give the copies side by side, delay-major: columns
+        ``[k * dim, (k + 1) * dim)`` hold delay ``delays[k]``.
     """
     out = []
     for feats, op in zip(word_features, operators, strict=True):
-        if feats.shape[0] != op.shape[1]:
-            raise ValueError(f"features have {feats.shape[0]} words but the run has {op.shape[1]}")
+        if feats.shape[0] != op.shape[-1]:
+            raise ValueError(f"features have {feats.shape[0]} words but the run has {op.shape[-1]}")
         scans = op.astype(np.float32) @ np.asarray(feats, dtype=np.float32)
+        if scans.ndim == 3:  # delayed copies (n_delays, n_scans, dim) -> (n_scans, n_delays * dim)
+            scans = np.ascontiguousarray(scans.transpose(1, 0, 2)).reshape(scans.shape[1], -1)
         out.append(zscore(scans) if zscore_runs else scans)
     return out
 
 
-def stimulus_operators(stimulus: Stimulus, hrf: str = "glover") -> list[np.ndarray]:
-    """:func:`hrf_operator` for every run of a stimulus."""
-    return [hrf_operator(run, stimulus.tr, hrf) for run in stimulus.runs]
+def tr_sum_operator(run: StimulusRun, tr: float) -> np.ndarray:
+    """Sum of the words whose onset falls in each scan (the FIR input).
+
+    Returns
+    -------
+    ndarray, shape (n_scans, n_words), float64
+        ``A[t, w] = 1`` when ``t * tr <= onset_w < (t + 1) * tr``; words after the last
+        scan contribute nothing.
+    """
+    scan = np.floor(np.asarray(run.onsets, dtype=np.float64) / tr).astype(np.int64)
+    op = np.zeros((run.n_scans, scan.size))
+    inside = (scan >= 0) & (scan < run.n_scans)
+    op[scan[inside], np.flatnonzero(inside)] = 1.0
+    return op
+
+
+def delay_operator(operator: np.ndarray, delays: Sequence[int]) -> np.ndarray:
+    """Stack copies of an operator delayed by whole scans.
+
+    Parameters
+    ----------
+    operator : ndarray, shape (n_scans, n_words)
+    delays : sequence of int, non-negative, in scans
+
+    Returns
+    -------
+    ndarray, shape (n_delays, n_scans, n_words)
+        ``out[k, t] = operator[t - delays[k]]`` (0 for ``t < delays[k]``).
+    """
+    delays = [int(k) for k in delays]
+    if not delays or min(delays) < 0:
+        raise MtbenchError(f"delays {delays} must be a non-empty list of scans >= 0 (e.g. --delays 1,2,3,4)")
+    n_scans = operator.shape[0]
+    out = np.zeros((len(delays), *operator.shape), dtype=operator.dtype)
+    for k, delay in enumerate(delays):
+        if delay < n_scans:
+            out[k, delay:] = operator[: n_scans - delay]
+    return out
+
+
+def stimulus_operators(stimulus: Stimulus, hrf: str = "glover", delays: Sequence[int] | None = None) -> list[np.ndarray]:
+    """The word-to-scan operator of every run of a stimulus.
+
+    Parameters
+    ----------
+    stimulus : Stimulus
+    hrf : {"glover", "spm", "fir"}
+        ``glover``/``spm``: :func:`hrf_operator`; ``fir``: :func:`tr_sum_operator`.
+    delays : sequence of int, optional
+        Delayed copies (in scans) to concatenate (:func:`delay_operator`). Default: none
+        for ``glover``/``spm``, ``DEFAULT_FIR_DELAYS`` for ``fir``.
+
+    Returns
+    -------
+    list of ndarray, each (n_scans_r, n_words_r), or (n_delays, n_scans_r, n_words_r) with delays
+    """
+    if hrf not in HRF_CHOICES:
+        raise MtbenchError(f"unknown HRF {hrf!r}: choose one of {', '.join(HRF_CHOICES)} (--hrf)")
+    if hrf == "fir":
+        ops = [tr_sum_operator(run, stimulus.tr) for run in stimulus.runs]
+        delays = DEFAULT_FIR_DELAYS if delays is None else delays
+    else:
+        ops = [hrf_operator(run, stimulus.tr, hrf) for run in stimulus.runs]
+    return ops if delays is None else [delay_operator(op, delays) for op in ops]

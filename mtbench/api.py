@@ -375,4 +375,9 @@ class RunSettings:
     inputs: list[str] = field(default_factory=list)
     pivot: str = "input_hidden_state"
     selection: str = "pivot"
+    # Delayed copies of the aligned features, in scans (None: 1,2,3,4 for hrf="fir", none otherwise).
+    delays: list[int] | None = None
+    # Circular-shift permutations per fit for per-voxel p-values (0: no significance); BH-FDR level.
+    permutations: int = 1000
+    fdr: float = 0.05
 

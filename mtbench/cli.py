@@ -129,7 +129,12 @@ def _warn_broken(registry) -> None:
 @click.option("--dataset", default="synthetic", show_default=True, help="Dataset name (`mtbench list datasets`).")
 @click.option("--subject", default="average", show_default=True)
 @click.option("--metric", default="pearson", show_default=True)
-@click.option("--hrf", type=click.Choice(["glover", "spm"]), default="glover", show_default=True)
+@click.option("--hrf", type=click.Choice(["glover", "spm", "fir"]), default="glover", show_default=True,
+              help="fir: word features summed per scan, delayed copies concatenated (see --delays).")
+@click.option("--delays", default=None, help="Delays in scans, e.g. 1,2,3,4 (default for --hrf fir; none otherwise).")
+@click.option("--permutations", default=1000, show_default=True,
+              help="Circular-shift permutations per fit for per-voxel p-values (0: none).")
+@click.option("--fdr", default=0.05, show_default=True, help="Benjamini-Hochberg FDR level across voxels.")
 @click.option("--trim", "trim_scans", default=0, show_default=True, help="Scans dropped at both ends of each run.")
 @click.option("--alphas", default="1e0:1e8:9", show_default=True,
               help="Ridge penalties: 'start:stop:count' (log-spaced) or a comma list.")
@@ -156,8 +161,9 @@ def _warn_broken(registry) -> None:
               help="Mode 2 pivot: stage 2 keeps as many features as this state has dimensions.")
 @click.option("--selection", type=click.Choice(["pivot", "banded"]), default="pivot", show_default=True,
               help="Mode 2: pivot (MindTransformer's two-stage selection) or banded (himalaya banded ridge).")
-def run(model, states, layers, dataset, subject, metric, hrf, trim_scans, alphas, backend, precision, protocol,
-        results_dir, dataset_options, model_options, device, feature_dtype, seed, mode, inputs, pivot, selection):
+def run(model, states, layers, dataset, subject, metric, hrf, delays, permutations, fdr, trim_scans, alphas, backend,
+        precision, protocol, results_dir, dataset_options, model_options, device, feature_dtype, seed, mode, inputs,
+        pivot, selection):
     """Extract states, align them to the scans, fit voxelwise ridge models, score and write results."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -186,11 +192,16 @@ def run(model, states, layers, dataset, subject, metric, hrf, trim_scans, alphas
         inputs=[s.strip() for s in inputs.split(",") if s.strip()],
         pivot=pivot,
         selection=selection,
+        delays=_parse_delays(delays),
+        permutations=permutations,
+        fdr=fdr,
     )
     if device is not None:
         settings.model_options.setdefault("device", device)
+    if not 0 < fdr < 1 or permutations < 0:
+        raise MtbenchError(f"--fdr must be in (0, 1) and --permutations >= 0, got {fdr} and {permutations}")
     ctx = click.get_current_context()
-    explicit = [name for name in ("hrf", "trim_scans", "alphas", "precision")
+    explicit = [name for name in ("hrf", "trim_scans", "alphas", "precision", "delays")
                 if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
     settings = resolve_protocol(settings, explicit)  # conflicting explicit flags -> one-line error
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -207,6 +218,18 @@ def run(model, states, layers, dataset, subject, metric, hrf, trim_scans, alphas
         print_mode2_summary(output, console)
     else:
         print_summary(output)
+
+
+def _parse_delays(spec: str | None) -> list[int] | None:
+    if spec is None:
+        return None
+    try:
+        delays = [int(d) for d in spec.split(",")]
+    except ValueError:
+        raise MtbenchError(f"cannot read --delays {spec!r}: use a comma list of scans, e.g. 1,2,3,4") from None
+    if min(delays) < 0:
+        raise MtbenchError(f"--delays {spec!r}: delays are scans after the word, >= 0")
+    return delays
 
 
 def _parse_alphas(spec: str) -> list[float]:
@@ -237,11 +260,18 @@ def print_summary(output, top: int = 15) -> None:
         table.add_column(col, justify="left" if col in ("parcel", "state") else "right")
     if has_ceiling:
         table.add_column("ceiling", justify="right")
+    has_significance = any(r.get("share_significant", float("nan")) == r.get("share_significant") for r in rows)
+    table.add_column("95% CI (runs)", justify="right")
+    if has_significance:
+        table.add_column("signif.", justify="right")
     for row in [brain, *parcels[:top]]:
         cells = [row["parcel"], str(row["n_voxels"]), str(row["layer"]), row["state"],
                  f"{row['validation']:.3f}", f"{row['test']:.3f}", f"{row['folds_agree']:.0%}"]
         if has_ceiling:
             cells.append(f"{row['ceiling']:.3f}")
+        cells.append(f"{row['test_ci_low']:.3f}..{row['test_ci_high']:.3f}" if "test_ci_low" in row else "")
+        if has_significance:  # share of the parcel's voxels where the winner is significant (BH-FDR)
+            cells.append(f"{row['share_significant']:.0%}")
         table.add_row(*cells)
     console.print(table)
     if output.truth_check:

@@ -144,6 +144,9 @@ class EncodingResult:
     test_per_run: np.ndarray
     validation_per_run: np.ndarray
     alpha_per_run: np.ndarray | None = None
+    # Held-out predictions, one (n_scans_r, n_voxels) array per run (test run r's model never
+    # saw run r); only with ``fit_nested_loro(..., return_predictions=True)``.
+    predictions: list[np.ndarray] | None = None
 
 
 def pearson_r(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
@@ -181,6 +184,7 @@ def fit_nested_loro(
     inner: str = "loro",
     outer_runs: Sequence[int] | None = None,
     on_refit: Callable[[int, int, int, np.ndarray], None] | None = None,
+    return_predictions: bool = False,
 ) -> EncodingResult:
     """Fit ridge encoding models with nested leave-one-run-out cross-validation.
 
@@ -231,6 +235,9 @@ def fit_nested_loro(
         of outer fold ``o`` (all runs but ``o``, chosen alphas), ``coef`` of shape
         (n_features, stop - start) for voxels ``start:stop``, block by block (the whole
         coefficient matrix is never held). Used by Mode 2's feature selection.
+    return_predictions : bool
+        Also return the held-out predictions (``EncodingResult.predictions``), e.g. for
+        :func:`mtbench.significance.circular_shift_pvalues`.
 
     Returns
     -------
@@ -265,9 +272,14 @@ def fit_nested_loro(
         if small and threads > 1:
             torch.set_num_threads(1)
         if backend == "himalaya":
-            return _fit_himalaya(xs, ys, alpha_grid, score, shared_alpha, device, inner, outer, on_refit)
-        with torch.inference_mode():
-            return _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision, inner, outer, on_refit)
+            result = _fit_himalaya(xs, ys, alpha_grid, score, shared_alpha, device, inner, outer, on_refit)
+        else:
+            with torch.inference_mode():
+                result = _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision, inner, outer,
+                                    on_refit, keep_predictions=return_predictions)
+        if not return_predictions:
+            result.predictions = None
+        return result
     finally:
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
@@ -403,7 +415,7 @@ def _fast_bfloat16(dev) -> bool:
 
 
 def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float32", inner="loro", outer=None,
-               on_refit=None) -> EncodingResult:
+               on_refit=None, keep_predictions=True) -> EncodingResult:
     import torch
 
     dev = torch.device(device)
@@ -419,8 +431,8 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
     rows = [slice(int(starts[r]), int(starts[r + 1])) for r in range(n_runs)]
     n_total = int(starts[-1])
 
-    X = torch.from_numpy(np.concatenate(xs)).to(dev)
-    Y = torch.from_numpy(np.concatenate(ys)).to(dev)
+    X = torch.from_numpy(_concatenated_rows(xs)).to(dev)
+    Y = torch.from_numpy(_concatenated_rows(ys)).to(dev)  # only read, never written
 
     outer = list(range(n_runs)) if outer is None else outer
     pairs = _inner_pairs(n_runs, inner, outer)
@@ -585,8 +597,10 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
     best_np = best.cpu().numpy()
     del val_mean
 
-    # ---- phase 3: refit on all training runs, predict the test run
-    preds = {o: np.empty((sizes[o], n_voxels), dtype=np.float32) for o in outer}
+    # ---- phase 3: refit on all training runs, predict the test run (scored at once: only the
+    # predictions asked for are kept, the others never add n_scans x n_voxels to the peak memory)
+    preds = []
+    test_per_run = np.full((n_runs, n_voxels), np.nan, dtype=np.float32)
     alpha_t = torch.from_numpy(alpha_grid).to(dev, f64)
     for k_outer, o in enumerate(outer):
         f = make_fold(outer_sets[k_outer], [o])
@@ -596,19 +610,21 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
         b = f.B[o].to(f32)
         # coefficients = coef_map @ (z * w): E (feature form) or X_T^T U (kernel form), (n_features, m)
         coef_map = None if on_refit is None else (X.index_select(0, idx).T @ f.proj if f.kernel else f.proj)
+        pred = np.empty((sizes[o], n_voxels), dtype=np.float32)
         for c0 in range(0, n_voxels, block):
             c1 = min(n_voxels, c0 + block)
             z = proj.T @ Y[:, c0:c1].index_select(0, idx)
             w = (1.0 / (s[:, None] + alpha_t[best[o, c0:c1]][None, :])).to(f32)  # (m, block)
             zw = z * w
-            preds[o][:, c0:c1] = (b @ zw).cpu().numpy()
+            pred[:, c0:c1] = (b @ zw).cpu().numpy()
             if on_refit is not None:
                 on_refit(o, c0, c1, (coef_map @ zw).cpu().numpy())
         del f, proj
+        test_per_run[o] = _checked_score(score, ys[o], pred)
+        if keep_predictions:
+            preds.append(pred)
+        del pred
 
-    test_per_run = np.full((n_runs, n_voxels), np.nan, dtype=np.float32)
-    for o in outer:
-        test_per_run[o] = _checked_score(score, ys[o], preds[o])
     validation = validation.cpu().numpy().astype(np.float32)
     chosen = alpha_grid[best_np]  # (n_runs, n_voxels)
     skipped = np.setdiff1d(np.arange(n_runs), outer)
@@ -621,7 +637,30 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
         test_per_run=test_per_run,
         validation_per_run=validation,
         alpha_per_run=chosen.astype(np.float32),
+        predictions=preds if keep_predictions else None,
     )
+
+
+def _concatenated_rows(arrays: list[np.ndarray]) -> np.ndarray:
+    """``np.concatenate(arrays)``, without a copy when they are consecutive row blocks of one buffer.
+
+    Callers that hold all runs in one C-contiguous (n_scans, n_columns) array and pass its row
+    slices save a copy of the whole data (the BOLD: 290 MB at LPP scale).
+    """
+    first = arrays[0]
+    owner = first.base
+    row_bytes = first.strides[0] if first.ndim == 2 else 0
+    address = first.__array_interface__["data"][0]
+    if owner is not None and row_bytes > 0 and first.flags.writeable:
+        rows = 0
+        for a in arrays:
+            if a.base is not owner or not a.flags.c_contiguous or a.dtype != first.dtype or \
+                    a.shape[1:] != first.shape[1:] or a.__array_interface__["data"][0] != address + rows * row_bytes:
+                break
+            rows += a.shape[0]
+        else:  # one contiguous stretch of the owner's memory: a view of it
+            return np.lib.stride_tricks.as_strided(first, shape=(rows, first.shape[1]), strides=first.strides)
+    return np.concatenate(arrays)
 
 
 def _checked_score(score, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
@@ -651,6 +690,7 @@ def _fit_himalaya(xs, ys, alpha_grid, score, shared_alpha, device, inner="loro",
         test_per_run = np.full((n_runs, n_voxels), np.nan, dtype=np.float32)
         validation = np.full((n_runs, n_voxels), np.nan, dtype=np.float32)
         log_alpha = np.full((n_runs, n_voxels), np.nan, dtype=np.float64)
+        preds = []
         batch = max(1, int(2**28 // (4 * alpha_grid.size * max(x.shape[0] for x in xs) * 2)))
         for o in outer:
             train = [r for r in range(n_runs) if r != o]
@@ -667,6 +707,7 @@ def _fit_himalaya(xs, ys, alpha_grid, score, shared_alpha, device, inner="loro",
             )
             model.fit(np.concatenate([xs[r] for r in train]), np.concatenate([ys[r] for r in train]))
             pred = backend.to_numpy(model.predict(xs[o]))
+            preds.append(np.asarray(pred, dtype=np.float32))
             test_per_run[o] = _checked_score(score, ys[o], pred)
             validation[o] = backend.to_numpy(model.cv_scores_)
             log_alpha[o] = np.log(backend.to_numpy(model.best_alphas_))
@@ -681,4 +722,5 @@ def _fit_himalaya(xs, ys, alpha_grid, score, shared_alpha, device, inner="loro",
         test=test_per_run[outer].mean(0), validation=validation[outer].mean(0),
         alpha=np.exp(log_alpha[outer].mean(0)).astype(np.float32), test_per_run=test_per_run,
         validation_per_run=validation, alpha_per_run=np.exp(log_alpha).astype(np.float32),
+        predictions=preds,
     )

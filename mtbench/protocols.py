@@ -25,10 +25,11 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
         "inner": "first",
         "hrf": "glover",
         "precision": "float32",
+        "delays": None,
     },
 }
 # How users set each field on the command line (for error messages).
-_FLAGS = {"trim_scans": "--trim", "alphas": "--alphas", "hrf": "--hrf", "precision": "--precision"}
+_FLAGS = {"trim_scans": "--trim", "alphas": "--alphas", "hrf": "--hrf", "precision": "--precision", "delays": "--delays"}
 
 
 def resolve_protocol(settings: RunSettings, explicit: Sequence[str] = ()) -> RunSettings:

@@ -6,7 +6,7 @@ Layout of a results directory (several runs share it)::
     RESULTS/runs/<run_id>/scores.parquet     one row per (layer, state, parcel, split)
     RESULTS/runs/<run_id>/summary.parquet    best (layer, state) per parcel, chosen on validation
     RESULTS/runs/<run_id>/winners.parquet    share of each parcel's voxels each (layer, state) wins
-    RESULTS/runs/<run_id>/voxels.parquet     one row per (layer, state, voxel)
+    RESULTS/runs/<run_id>/voxels.parquet     one row per (layer, state, voxel); p/q-values, normalized r
     RESULTS/runs/<run_id>/maps/*.nii.gz      mask, best-state maps, r per state (4-D over layers)
     RESULTS/runs/<run_id>/truth.json         planted truth, for simulated datasets
 
@@ -52,6 +52,9 @@ class ScoreTable:
         Means over outer folds.
     test_per_run, validation_per_run : ndarray, shape (n_fits, n_runs, n_voxels)
         Per outer fold: held-out score, and inner validation score computed without that run.
+    p_value : ndarray, shape (n_fits, n_voxels), optional
+        Circular-shift permutation p-value of the run-averaged test r
+        (:mod:`mtbench.significance`); None when significance was not computed.
     """
 
     keys: list[tuple[int, str]]
@@ -60,6 +63,15 @@ class ScoreTable:
     alpha: np.ndarray
     test_per_run: np.ndarray
     validation_per_run: np.ndarray
+    p_value: np.ndarray | None = None
+
+    def q_value(self) -> np.ndarray | None:
+        """Benjamini-Hochberg adjusted p-values across the voxels of each fit, shape (n_fits, n_voxels)."""
+        if self.p_value is None:
+            return None
+        from .significance import bh_fdr
+
+        return np.stack([bh_fdr(p) for p in self.p_value]).astype(np.float32)
 
 
 def nested_best(validation_per_run: np.ndarray, test_per_run: np.ndarray) -> np.ndarray:
@@ -107,7 +119,8 @@ def parcel_groups(labels: np.ndarray, names: dict[int, str]) -> list[tuple[int, 
     return groups
 
 
-def summarize(table: ScoreTable, labels: np.ndarray, names: dict[int, str], ceiling: np.ndarray | None) -> list[dict]:
+def summarize(table: ScoreTable, labels: np.ndarray, names: dict[int, str], ceiling: np.ndarray | None,
+              fdr: float = 0.05) -> list[dict]:
     """Best (layer, state) per parcel, chosen on parcel-mean validation scores.
 
     Returns
@@ -119,9 +132,16 @@ def summarize(table: ScoreTable, labels: np.ndarray, names: dict[int, str], ceil
         is that winner; ``test``: nested held-out score of choosing the best fit for the
         parcel (choice inside each outer fold, unbiased); ``voxel_best_test``: the same with
         a choice per voxel, averaged; ``ceiling`` and ``test_normalized`` (test / ceiling)
-        when the dataset knows its noise ceiling.
+        when the dataset knows its noise ceiling; ``test_ci_low``, ``test_ci_high``: 95% t
+        interval of ``test`` over the test runs (the independent units,
+        :func:`mtbench.significance.run_confidence_interval`); ``share_significant``: share
+        of the parcel's voxels where the winner is significant at BH-FDR ``fdr`` (across
+        all voxels), NaN without p-values.
     """
+    from .significance import run_confidence_interval
+
     _, voxel_best = best_per_voxel(table)
+    q_value = table.q_value()
     rows = []
     for pid, name, idx in parcel_groups(labels, names):
         val = table.validation[:, idx].mean(1)  # (n_fits,)
@@ -143,6 +163,10 @@ def summarize(table: ScoreTable, labels: np.ndarray, names: dict[int, str], ceil
             "ceiling": float("nan"),
             "test_normalized": float("nan"),
         }
+        pick = np.argmax(val_runs, axis=0)[None]  # the nested choice, per outer fold
+        low, high = run_confidence_interval(np.take_along_axis(test_runs, pick, axis=0)[0])
+        row["test_ci_low"], row["test_ci_high"] = float(low), float(high)
+        row["share_significant"] = float("nan") if q_value is None else float(np.mean(q_value[best, idx] <= fdr))
         if ceiling is not None:
             c = float(np.mean(ceiling[idx]))
             row["ceiling"] = c
@@ -266,9 +290,16 @@ def _write_files(partial: Path, meta: dict, table: ScoreTable, mask_img, labels,
         "subject": meta["settings"]["subject"],
     }
     metric = meta["settings"]["metric"]
+    fdr = meta["settings"].get("fdr", 0.05)
+    from .ceiling import normalize_by_ceiling
+    from .significance import run_confidence_interval
 
-    # scores.parquet: parcel means of every fit, test and validation.
+    q_value = table.q_value()
+
+    # scores.parquet: parcel means of every fit, test and validation; for test rows the 95% t
+    # interval over test runs and the share of voxels significant at BH-FDR `fdr` (NaN otherwise).
     groups = parcel_groups(labels, names)
+    extra: dict[str, list] = {"ci_low": [], "ci_high": [], "share_significant": []}
     rows: dict[str, list] = {k: [] for k in ("layer", "state", "parcel_id", "parcel", "n_voxels", "split", "value")}
     for f, (layer, state) in enumerate(table.keys):
         for pid, name, idx in groups:
@@ -280,11 +311,18 @@ def _write_files(partial: Path, meta: dict, table: ScoreTable, mask_img, labels,
                 rows["n_voxels"].append(int(idx.size))
                 rows["split"].append(split)
                 rows["value"].append(float(values[f, idx].mean()))
+                low = high = share = float("nan")
+                if split == "test":
+                    low, high = map(float, run_confidence_interval(table.test_per_run[f][:, idx].mean(1)))
+                    share = float("nan") if q_value is None else float(np.mean(q_value[f, idx] <= fdr))
+                extra["ci_low"].append(low)
+                extra["ci_high"].append(high)
+                extra["share_significant"].append(share)
     n = len(rows["layer"])
-    columns = {k: [v] * n for k, v in ident.items()} | {"metric": [metric] * n} | rows
+    columns = {k: [v] * n for k, v in ident.items()} | {"metric": [metric] * n} | rows | extra
     _write_parquet(partial / "scores.parquet", columns, meta)
 
-    summary = summarize(table, labels, names, ceiling)
+    summary = summarize(table, labels, names, ceiling, fdr=fdr)
     columns = {k: [v] * len(summary) for k, v in ident.items()} | {"metric": [metric] * len(summary)}
     columns |= {key: [row[key] for row in summary] for key in summary[0]}
     _write_parquet(partial / "summary.parquet", columns, meta)
@@ -302,6 +340,12 @@ def _write_files(partial: Path, meta: dict, table: ScoreTable, mask_img, labels,
         "test": table.test.astype(np.float32).ravel(),
         "validation": table.validation.astype(np.float32).ravel(),
         "alpha": table.alpha.astype(np.float32).ravel(),
+        # NaN where unknown: no ceiling / no significance computed
+        "test_normalized": (np.full(n_fits * n_vox, np.nan, np.float32) if ceiling is None
+                            else normalize_by_ceiling(table.test, ceiling).ravel()),
+        "p_value": (np.full(n_fits * n_vox, np.nan, np.float32) if table.p_value is None
+                    else table.p_value.astype(np.float32).ravel()),
+        "q_value": np.full(n_fits * n_vox, np.nan, np.float32) if q_value is None else q_value.ravel(),
     }
     _write_parquet(partial / "voxels.parquet", voxel_cols, meta)
 

@@ -183,9 +183,11 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
                               dtype=settings.feature_dtype)
         finish()
         clock.lap("extract")
-        operators = stimulus_operators(dataset.stimulus, settings.hrf)
+        operators = stimulus_operators(dataset.stimulus, settings.hrf, settings.delays)
         bold = _check_bold(dataset.load_bold(settings.subject), dataset.stimulus, n_voxels, dataset.name)
         y_runs = [zscore(_trim(y, settings.trim_scans)) for y in bold]
+        # views of one buffer: the ridge fit then reads the BOLD without a copy of its own
+        y_runs = np.split(np.concatenate(y_runs), np.cumsum([len(y) for y in y_runs])[:-1])
         clock.lap("align_and_bold")
         keys = [(layer, state) for layer in layers for state in states]
         if settings.mode == 2:
@@ -199,7 +201,8 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
 
     ceiling = dataset.noise_ceiling(settings.subject)
     labels, names = dataset.parcels.labels, dataset.parcels.names
-    summary = table.summarize(labels, names, ceiling) if settings.mode == 2 else summarize(table, labels, names, ceiling)
+    summary = (table.summarize(labels, names, ceiling) if settings.mode == 2
+               else summarize(table, labels, names, ceiling, fdr=settings.fdr))
     meta = provenance(
         settings=asdict(settings) | {"states": states, "layers": layers},
         model={"name": adapter.name, "spec": settings.model, "family": adapter.family,
@@ -277,14 +280,21 @@ def _fit_all(keys, feats, operators, y_runs, settings: RunSettings, metric, prog
     out = {name: np.zeros((len(keys), n_voxels), dtype=np.float32) for name in ("test", "validation", "alpha")}
     for name in ("test_per_run", "validation_per_run"):
         out[name] = np.zeros((len(keys), n_runs, n_voxels), dtype=np.float32)
+    if settings.permutations > 0:
+        out["p_value"] = np.ones((len(keys), n_voxels), dtype=np.float32)
     task = progress.add_task("fit ridge (nested LORO)", total=len(keys)) if progress is not None else None
     for f, key in enumerate(keys):
         x_runs = _scan_features(feats.pop(key), operators, settings)  # pop: free memory as we go
         result = fit_nested_loro(x_runs, y_runs, settings.alphas, backend=settings.backend, score=metric.score,
                                  precision=settings.precision, shared_alpha=settings.shared_alpha,
-                                 inner=settings.inner)
+                                 inner=settings.inner, return_predictions=settings.permutations > 0)
+        if settings.permutations > 0:  # circular shifts of the held-out predictions: no refit
+            from .significance import run_pvalues
+
+            out["p_value"][f] = run_pvalues(y_runs, result.predictions, settings.permutations, settings.seed)
         for name in out:
-            out[name][f] = getattr(result, name)
+            if name != "p_value":
+                out[name][f] = getattr(result, name)
         if task is not None:
             progress.update(task, advance=1, description=f"fit ridge L{key[0]} {key[1]}")
     return out

@@ -1,0 +1,212 @@
+"""Per-voxel significance of held-out scores, FDR across voxels, parcel confidence intervals.
+
+Null distribution: circular shifts of the held-out predictions within each test run, no
+refit. Shifting a run's prediction in time keeps its autocorrelation (and its mean and
+norm, hence the denominator of Pearson r) and breaks only its alignment with the BOLD, so
+the null respects the temporal autocorrelation of both series; shuffling scans would not
+(autocorrelated but independent series correlate far more often than shuffles suggest:
+in ``tests/test_significance.py``, AR(1) phi 0.8, a nominal 5% test rejects 21% of the null
+voxels with shuffles, 4.9% with circular shifts; BH at q 0.1 gives a mean FDP of 0.075).
+
+For every test run the Pearson r of *every* circular shift is one FFT cross-correlation
+per voxel (``O(n log n)``); a permutation then draws one shift per run (the same draws for
+all voxels) and averages the runs' r, like the observed score. Cost per fit at LPP scale
+(9 runs, 2,816 scans, 25,870 voxels, 1,000 permutations): about 1-2 s on 2 cores, against
+~85 s for the fit itself, so every fit of a sweep gets p-values.
+
+Every shift of a run is drawn (uniformly, the identity included): for circularly stationary
+series the observed r is then exchangeable with the shifted ones and the test is exact.
+Excluding short shifts (``min_shift``), as is sometimes done, makes the test
+*anti-conservative*: the observed r and its near neighbours rise and fall together, so each
+member of a high cluster escapes its own cluster. Measured on AR(1) data (phi 0.8, 4 runs of
+150 scans, 500 permutations): share of null voxels with p <= 0.05 is 0.053 with all shifts
+(100 simulations, +-0.001; the small excess comes from the wrap-around at the run edges,
+which breaks circular stationarity), 0.064 with shifts >= 3, 0.077 with >= 10 and 0.091
+with >= 30 scans (20 simulations each).
+
+The statistic is the mean over test runs of the per-run Pearson r (the default test score)
+whatever ``--metric`` is. p-values are ``(1 + #{null >= observed}) / (1 + n_permutations)``
+(one-sided: better than chance), then Benjamini-Hochberg across the voxels of one fit
+(:func:`scipy.stats.false_discovery_control`; valid under the positive dependence of
+neighbouring voxels).
+
+Parcel confidence intervals: the outer folds' test runs are the independent units (voxels
+of one run share its noise and are not), so the interval of a parcel-mean score is a
+Student t interval over the per-run parcel means (``n_runs - 1`` degrees of freedom). With
+9 runs a bootstrap over runs is too narrow: in the simulation of
+``tests/test_significance.py`` (9 runs of 120 autocorrelated scans, true r 0.25, 300
+repetitions) the t interval covered the truth in 93.7% of the repetitions, a percentile
+bootstrap over runs in 89.3%.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .errors import MtbenchError
+
+__all__ = ["DEFAULT_MIN_SHIFT", "bh_fdr", "circular_shift_pvalues", "run_confidence_interval",
+           "shifted_correlations"]
+
+DEFAULT_MIN_SHIFT = 0
+# Voxels per block: all-shift correlations of one run (n_scans x block) and the null
+# (n_permutations x block) stay in tens of MB.
+_BLOCK = 2048
+
+
+def shifted_correlations(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Pearson r of ``y`` with every circular shift of ``pred``.
+
+    Parameters
+    ----------
+    y, pred : ndarray, shape (n_scans, n_voxels)
+
+    Returns
+    -------
+    ndarray, shape (n_scans, n_voxels), float32
+        Row ``k``: r between ``y`` and ``np.roll(pred, k, axis=0)``; row 0 is the observed r.
+        0 where either column is constant.
+    """
+    import scipy.fft
+
+    # float32 FFTs (scipy computes them natively in single precision, ~2x faster): r to ~1e-6
+    y = np.asarray(y, dtype=np.float32)
+    pred = np.asarray(pred, dtype=np.float32)
+    n = y.shape[0]
+    yc = y - y.mean(0, dtype=np.float64).astype(np.float32)
+    pc = pred - pred.mean(0, dtype=np.float64).astype(np.float32)
+    denom = np.sqrt((yc.astype(np.float64) ** 2).sum(0) * (pc.astype(np.float64) ** 2).sum(0))
+    # sum_t pred[t - k] y[t] for all k: inverse FFT of conj(P) Y
+    cross = scipy.fft.irfft(np.conj(scipy.fft.rfft(pc, axis=0)) * scipy.fft.rfft(yc, axis=0), n=n, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.where(denom > 0, cross / np.where(denom > 0, denom, 1.0), 0.0)
+    return r.astype(np.float32)
+
+
+def circular_shift_pvalues(
+    y_runs: Sequence[np.ndarray],
+    pred_runs: Sequence[np.ndarray],
+    n_permutations: int = 1000,
+    *,
+    min_shift: int = DEFAULT_MIN_SHIFT,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Permutation p-values of the run-averaged Pearson r, from circular shifts within runs.
+
+    Parameters
+    ----------
+    y_runs, pred_runs : list of ndarray, each shape (n_scans_r, n_voxels)
+        Held-out BOLD and the predictions of the model that never saw that run.
+    n_permutations : int
+        Null draws; each draws one shift per run, shared by all voxels.
+    min_shift : int
+        Shifts ``k`` with ``0 < k < min_shift`` or ``k > n_scans_r - min_shift`` and the
+        identity are never drawn when positive. Keep 0 (every shift): excluding neighbours
+        makes the test anti-conservative (see the module docstring).
+    seed : int
+
+    Returns
+    -------
+    observed : ndarray, shape (n_voxels,), float32
+        Mean over runs of the per-run Pearson r.
+    p_values : ndarray, shape (n_voxels,), float64
+        One-sided, in ``[1 / (1 + n_permutations), 1]``.
+
+    Raises
+    ------
+    MtbenchError
+        Mismatched shapes, NaN/inf, too few permutations, or runs too short for ``min_shift``.
+    """
+    if len(y_runs) != len(pred_runs) or not y_runs:
+        raise MtbenchError(f"significance: {len(y_runs)} BOLD runs but {len(pred_runs)} prediction runs")
+    if n_permutations < 1:
+        raise MtbenchError(f"significance needs at least 1 permutation, got {n_permutations}; use --permutations 1000")
+    n_voxels = y_runs[0].shape[1]
+    for r, (y, p) in enumerate(zip(y_runs, pred_runs)):
+        if y.shape != p.shape or y.shape[1] != n_voxels:
+            raise MtbenchError(f"significance: run {r} has BOLD {y.shape} but predictions {p.shape}")
+        if not (np.isfinite(y).all() and np.isfinite(p).all()):
+            raise MtbenchError(f"significance: run {r} contains NaN/inf; clean the data first")
+        if y.shape[0] <= 2 * min_shift:
+            raise MtbenchError(f"significance: run {r} has {y.shape[0]} scans, too few for circular shifts of "
+                               f"at least {min_shift} scans; lower min_shift")
+    rng = np.random.default_rng(seed)
+    # one shift per (permutation, run), uniform over the allowed shifts min_shift..n-min_shift
+    shifts = np.stack([(rng.integers(0, y.shape[0] - 2 * min_shift + 1, n_permutations) + min_shift) % y.shape[0]
+                       if min_shift else rng.integers(0, y.shape[0], n_permutations) for y in y_runs], axis=1)
+    observed = np.zeros(n_voxels, dtype=np.float64)
+    exceed = np.zeros(n_voxels, dtype=np.int64)
+    n_runs = len(y_runs)
+    for c0 in range(0, n_voxels, _BLOCK):
+        c1 = min(n_voxels, c0 + _BLOCK)
+        null = np.zeros((n_permutations, c1 - c0), dtype=np.float32)
+        obs = np.zeros(c1 - c0, dtype=np.float64)
+        for r, (y, p) in enumerate(zip(y_runs, pred_runs)):
+            corr = shifted_correlations(y[:, c0:c1], p[:, c0:c1])
+            obs += corr[0]
+            null += corr[shifts[:, r]]
+        obs /= n_runs
+        null /= n_runs
+        observed[c0:c1] = obs
+        # a tolerance so that float32 rounding never counts a draw equal to the observed as smaller
+        exceed[c0:c1] = (null >= obs.astype(np.float32)[None, :] - 1e-6).sum(0)
+    return observed.astype(np.float32), (1.0 + exceed) / (1.0 + n_permutations)
+
+
+def bh_fdr(p_values: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (q-values) across voxels.
+
+    Parameters
+    ----------
+    p_values : ndarray, shape (n_voxels,)
+
+    Returns
+    -------
+    ndarray, shape (n_voxels,)
+        A voxel is significant at FDR ``q`` when its adjusted value is ``<= q``.
+    """
+    from scipy.stats import false_discovery_control
+
+    p_values = np.asarray(p_values, dtype=np.float64)
+    if p_values.size == 0:
+        return p_values
+    return false_discovery_control(p_values, method="bh")
+
+
+def run_confidence_interval(per_run: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Student t confidence interval of a mean over test runs.
+
+    Parameters
+    ----------
+    per_run : ndarray, shape (n_runs, ...)
+        One value per outer fold (e.g. the parcel-mean test r of each test run).
+    level : float
+
+    Returns
+    -------
+    low, high : ndarray, shape (...)
+        NaN with fewer than 2 runs.
+    """
+    from scipy.stats import t
+
+    per_run = np.asarray(per_run, dtype=np.float64)
+    n = per_run.shape[0]
+    mean = per_run.mean(0)
+    if n < 2:
+        nan = np.full_like(mean, np.nan)
+        return nan, nan
+    half = t.ppf(0.5 + level / 2, n - 1) * per_run.std(0, ddof=1) / np.sqrt(n)
+    return mean - half, mean + half
+
+
+def run_pvalues(y_runs: Sequence[np.ndarray], pred_runs: Sequence[np.ndarray], n_permutations: int,
+                seed: int = 0) -> np.ndarray:
+    """p-values of one fit as the runner computes them (every circular shift drawn).
+
+    Returns
+    -------
+    ndarray, shape (n_voxels,), float32
+    """
+    return circular_shift_pvalues(y_runs, pred_runs, n_permutations, seed=seed)[1].astype(np.float32)

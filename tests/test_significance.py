@@ -1,0 +1,146 @@
+"""Significance (circular shifts within runs, BH-FDR), parcel confidence intervals, noise ceilings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.signal import lfilter
+
+from mtbench.ceiling import ceiling_from_split_half, normalize_by_ceiling
+from mtbench.encoding import fit_nested_loro, pearson_r
+from mtbench.errors import MtbenchError
+from mtbench.significance import bh_fdr, circular_shift_pvalues, run_confidence_interval, shifted_correlations
+
+
+def ar1(rng, shape, phi):
+    """Unit-variance AR(1) noise along axis 0 (slow, BOLD-like autocorrelation)."""
+    e = rng.standard_normal((shape[0] + 50, *shape[1:]))
+    return (lfilter([1.0], [1.0, -phi], e, axis=0)[50:] * np.sqrt(1 - phi**2)).astype(np.float32)
+
+
+def simulate(rng, n_runs=4, n_scans=150, n_voxels=400, n_signal=0, r=0.35, phi=0.8):
+    """Predictions and BOLD, both autocorrelated; the first ``n_signal`` voxels correlate ~``r``."""
+    preds, ys = [], []
+    for _ in range(n_runs):
+        pred = ar1(rng, (n_scans, n_voxels), phi)
+        y = ar1(rng, (n_scans, n_voxels), phi)
+        y[:, :n_signal] = r * pred[:, :n_signal] + np.sqrt(1 - r**2) * y[:, :n_signal]
+        preds.append(pred)
+        ys.append(y)
+    return ys, preds
+
+
+def test_shifted_correlations_match_direct_rolls():
+    rng = np.random.default_rng(0)
+    y, p = rng.standard_normal((37, 5)), rng.standard_normal((37, 5))
+    p[:, 4] = 1.0  # constant prediction: r is 0, not NaN
+    corr = shifted_correlations(y, p)
+    for k in (0, 1, 5, 36):
+        np.testing.assert_allclose(corr[k], pearson_r(y, np.roll(p, k, axis=0)), atol=1e-5)
+
+
+def test_fdr_controlled_on_autocorrelated_null_where_shuffles_fail():
+    q, n_sims = 0.1, 25
+    fdp, uncorrected, shuffled = [], [], []
+    for sim in range(n_sims):
+        rng = np.random.default_rng(100 + sim)
+        ys, preds = simulate(rng, n_signal=80)  # 80 signal voxels make rejections possible, 320 null
+        observed, p = circular_shift_pvalues(ys, preds, 500, seed=sim)
+        significant = bh_fdr(p) <= q
+        fdp.append(significant[80:].sum() / max(1, significant.sum()))
+        uncorrected.append(np.mean(p[80:] <= 0.05))
+        # the naive alternative: shuffle scans within runs (ignores autocorrelation)
+        null = np.mean([[pearson_r(y, pr[rng.permutation(len(pr))])[80:] for y, pr in zip(ys, preds)]
+                        for _ in range(100)], axis=1)  # (100, n_null)
+        shuffled.append(np.mean((1 + (null >= observed[80:]).sum(0)) / 101 <= 0.05))
+    assert np.mean(fdp) <= q  # the false discovery rate is controlled
+    assert np.mean(uncorrected) <= 0.05 + 0.01  # each null voxel: a valid 5% test
+    assert np.mean(shuffled) > 0.15  # the shuffle test would reject far too often on this data
+
+
+def test_planted_signal_is_detected():
+    rng = np.random.default_rng(7)
+    ys, preds = simulate(rng, n_runs=9, n_scans=200, n_voxels=1000, n_signal=100, r=0.3, phi=0.7)
+    observed, p = circular_shift_pvalues(ys, preds, 1000, seed=1)
+    significant = bh_fdr(p) <= 0.05
+    assert significant[:100].mean() > 0.9  # power
+    assert significant[100:].mean() < 0.02
+    assert observed[:100].mean() == pytest.approx(0.3, abs=0.03)
+
+
+def test_pvalues_from_fit_predictions_and_errors():
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal((60, 8)).astype(np.float32) for _ in range(4)]
+    w = np.zeros((8, 30), dtype=np.float32)
+    w[:, :10] = rng.standard_normal((8, 10))
+    ys = [(x @ w + rng.standard_normal((60, 30))).astype(np.float32) for x in xs]
+    ys = [(y - y.mean(0)) / y.std(0) for y in ys]
+    result = fit_nested_loro(xs, ys, np.logspace(-1, 3, 5), return_predictions=True)
+    assert fit_nested_loro(xs, ys, np.logspace(-1, 3, 5)).predictions is None
+    for r, (y, pred) in enumerate(zip(ys, result.predictions)):
+        np.testing.assert_allclose(pearson_r(y, pred), result.test_per_run[r], atol=1e-5)
+    observed, p = circular_shift_pvalues(ys, result.predictions, 200)
+    np.testing.assert_allclose(observed, result.test, atol=1e-5)
+    assert p[:10].max() < 0.01 and np.median(p[10:]) > 0.2
+    with pytest.raises(MtbenchError, match="too few for circular shifts"):
+        circular_shift_pvalues([y[:15] for y in ys], [p_[:15] for p_ in result.predictions], 10, min_shift=8)
+    with pytest.raises(MtbenchError, match="run 1 has BOLD"):
+        circular_shift_pvalues(ys, [result.predictions[0], result.predictions[1][:, :3], *result.predictions[2:]], 10)
+    with pytest.raises(MtbenchError, match="4 BOLD runs but 2 prediction runs"):
+        circular_shift_pvalues(ys, result.predictions[:2], 10)
+
+
+def test_run_confidence_interval_covers_truth():
+    rho, n_sims, covered, widths = 0.25, 300, 0, []
+    for sim in range(n_sims):
+        rng = np.random.default_rng(1000 + sim)
+        ys, preds = simulate(rng, n_runs=9, n_scans=120, n_voxels=20, n_signal=20, r=rho, phi=0.6)
+        per_run = np.array([pearson_r(y, p).mean() for y, p in zip(ys, preds)])  # parcel mean per test run
+        low, high = run_confidence_interval(per_run)
+        covered += low <= rho <= high
+        widths.append(high - low)
+    assert 0.91 <= covered / n_sims <= 0.99
+    assert np.mean(widths) < 0.1
+    low, high = run_confidence_interval(np.array([[0.1, 0.2]]))
+    assert np.isnan(low).all() and np.isnan(high).all()
+
+
+def test_ceiling_from_split_half_is_the_best_achievable_r():
+    rng = np.random.default_rng(5)
+    n_scans, n_subjects, n_voxels = 4000, 20, 6
+    signal = rng.standard_normal((n_scans, n_voxels))
+    noise_sd = np.array([1.0, 2.0, 3.0, 5.0, 8.0, 1e3])
+    subjects = signal[None] + noise_sd * rng.standard_normal((n_subjects, n_scans, n_voxels))
+    half = pearson_r(subjects[::2].mean(0), subjects[1::2].mean(0))
+    ceiling = ceiling_from_split_half(half)
+    best = pearson_r(subjects.mean(0), signal)  # a perfect model of the repeatable signal
+    np.testing.assert_allclose(ceiling[:5], best[:5], atol=0.03)
+    assert ceiling[5] < 0.25  # no repeatable signal (sqrt magnifies the sampling noise of r_half ~0.01)
+    normalized = normalize_by_ceiling(np.stack([best, best / 2]), ceiling)
+    np.testing.assert_allclose(normalized[0, :5], 1.0, atol=0.05)
+    np.testing.assert_allclose(normalized[1, :5], 0.5, atol=0.03)
+    assert np.isnan(normalize_by_ceiling(np.array([0.3, 0.3]), np.array([0.0, 0.04]))).all()
+    with pytest.raises(MtbenchError, match="ceiling has shape"):
+        normalize_by_ceiling(best, ceiling[:3])
+    with pytest.raises(MtbenchError, match="split-half"):
+        ceiling_from_split_half(np.array([0.5, np.nan]))
+
+
+def test_runs_as_views_of_one_array_fit_identically_without_a_copy():
+    from mtbench.encoding import _concatenated_rows
+
+    rng = np.random.default_rng(4)
+    x_all = rng.standard_normal((150, 6)).astype(np.float32)
+    y_all = (x_all @ rng.standard_normal((6, 12)) + rng.standard_normal((150, 12))).astype(np.float32)
+    y_before = y_all.copy()
+    edges = [0, 40, 90, 150]
+    xs = [x_all[a:b] for a, b in zip(edges[:-1], edges[1:])]
+    ys = [y_all[a:b] for a, b in zip(edges[:-1], edges[1:])]
+    assert np.shares_memory(_concatenated_rows(ys), y_all)
+    assert not np.shares_memory(_concatenated_rows([ys[0], ys[2]]), y_all)  # not consecutive: a copy
+    np.testing.assert_array_equal(_concatenated_rows([ys[0], ys[2]]), np.concatenate([ys[0], ys[2]]))
+    views = fit_nested_loro(xs, ys, np.logspace(-1, 3, 5), precision="float32")
+    copies = fit_nested_loro([x.copy() for x in xs], [y.copy() for y in ys], np.logspace(-1, 3, 5), precision="float32")
+    np.testing.assert_array_equal(views.test_per_run, copies.test_per_run)
+    np.testing.assert_array_equal(views.alpha, copies.alpha)
+    np.testing.assert_array_equal(y_all, y_before)  # the shared buffer is only read
