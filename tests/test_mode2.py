@@ -221,6 +221,9 @@ def test_cli_mode2_end_to_end(tiny):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["settings"]["mode"] == 2 and manifest["settings"]["inputs"][0] == "per_head_q_rope"
     assert (run_dir / "maps" / "mode2_stage2_test_r.nii.gz").exists()
+    from mtbench.schema import validate_run
+
+    assert validate_run(run_dir).mode == "2"  # the result schema of Mode 2 (the leaderboard reads it)
 
 
 @pytest.mark.parametrize("extra, message", [
