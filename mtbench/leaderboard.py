@@ -509,6 +509,8 @@ def html_page(board: Board) -> str:
                 cells.append(f'<td data-value="" data-parcel="{_attr(p)}" class="missing">{MISSING}</td>')
                 continue
             tie = f' title="voxel winners tied: {_attr(cell["tied_states"])}"' if cell["tied_states"] else ""
+            if cell["mode"] == "2" and cell["stage1_test"] is not None:
+                tie = f' title="Mode 2 {_attr(cell["selection"])}: stage 1 r {cell["stage1_test"]:.3f}"'
             cells.append(f'<td data-value="{cell["score"]!r}" data-parcel="{_attr(p)}"{tie}>'
                          f'{cell["score"]:.3f}<br><small>L{cell["layer"]} {e(cell["state"])}</small></td>')
         cells.append(f'<td data-value="{_attr(wins_text(m["wins"]))}">{e(wins_text(m["wins"])) or MISSING}</td>')

@@ -507,7 +507,8 @@ def test_mode2_run_joins_the_board_at_its_validation_chosen_layer(runs, mode2):
         assert row["folds_agree"] is None and row["voxel_best_test"] is None  # Mode 1 only: missing, not 0
     # the planted (layer, state) of both planted parcels is recovered by the validation choice
     assert (rows[HESCHL]["layer"], rows[HESCHL]["top_state"]) == (1, "per_head_q_rope")
-    assert (rows[PLANTED[1]["parcel"]]["layer"], rows[PLANTED[1]["parcel"]]["top_state"]) == (3, "ffn_activated_state")
+    stg = rows[PLANTED[1]["parcel"]]
+    assert (stg["layer"], stg["top_state"]) == (3, "ffn_activated_state")
     assert rows[HESCHL]["score"] > 0.25
     # test scores never steer the choice: give Heschl's other layer a huge test r, the choice stays
     edited = [dict(r, stage2_test=0.99) if (r["parcel"], r["layer"]) == (HESCHL, 3) else r
@@ -532,6 +533,7 @@ def test_mode2_run_joins_the_board_at_its_validation_chosen_layer(runs, mode2):
     # written tables: the cell names the chosen layer and the state most kept features came from
     md = leaderboard.markdown(board)
     assert f"{rows[HESCHL]['score']:.3f} (L1 per_head_q_rope)" in md and "Mode 2 rows" in md
+    assert f'title="Mode 2 pivot: stage 1 r {rows[HESCHL]["stage1_test"]:.3f}"' in leaderboard.html_page(board)
     table = pq.read_table(io.BytesIO(leaderboard.parquet_bytes(board))).to_pylist()
     assert [r for r in table if r["mode"] == "2"] == [rows[p] for p in rows]
 
@@ -602,7 +604,8 @@ def test_mode2_report_draws_the_stage_figure(mode2, tmp_path):
     assert [t.get_text() for t in kept.axes[0].get_legend().get_texts()] == STATES
     brain_layer = int(chosen.loc["whole brain", "layer"])
     for k in (1, 2):
-        check_figure(figures[f"mode2_stage{k}_map.png"], f"Mode 2 stage {k}: held-out r per voxel (layer {brain_layer})")
+        check_figure(figures[f"mode2_stage{k}_map.png"],
+                     f"Mode 2 stage {k}: held-out r per voxel (layer {brain_layer})")
     result = CliRunner().invoke(main, ["report", str(mode2), "--out", str(tmp_path / "rep")])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "rep").glob("*.png")) == sorted(figures)
