@@ -4,7 +4,9 @@ Every run folder found under the given paths is checked against the result schem
 (:mod:`mtbench.schema`); a folder that fails is reported in one line and left out. Each
 row of the board is one model (baselines included) on one dataset, subject, mode and
 metric; its cells are the per-parcel scores of the best (layer, state) *chosen on
-validation* (``summary.parquet``: ``test`` is the nested held-out r of that choice).
+validation* (Mode 1, ``summary.parquet``: ``test`` is the nested held-out r of that
+choice), or of the Mode 2 layer chosen on stage-2 validation (``mode2.parquet``: the
+stage-2 test r of that layer, see :func:`mode2_choices`).
 
 Same inputs give byte-identical files: rows and columns are sorted with stable keys,
 nothing records the time of the build, and the Parquet writer adds no timestamp.
@@ -22,11 +24,13 @@ from pathlib import Path
 from .errors import MtbenchError
 from .paths import atomic_write_bytes
 from .results import WHOLE_BRAIN
-from .schema import RunFolder, validate_run
+from .schema import RunFolder, run_mode, validate_run
 
 #: --metric choice -> column of summary.parquet.
 METRICS = {"raw": "test", "normalized": "test_normalized"}
 MISSING = "—"
+MODE2_LEGEND = ("Mode 2 rows: stage-2 held-out r of the layer chosen on stage-2 validation, and the input state "
+                "most kept features came from.")
 
 #: Columns of leaderboard.parquet, in order, with their Arrow types (documented in leaderboard/README.md).
 COLUMNS = {
@@ -36,7 +40,8 @@ COLUMNS = {
     "state": "string", "score": "float64", "test": "float64", "test_normalized": "float64", "ceiling": "float64",
     "validation": "float64", "folds_agree": "float64", "voxel_best_test": "float64", "top_state": "string",
     "top_state_share": "float64", "tied_states": "string", "run_id": "string", "model_revision": "string",
-    "mtbench_version": "string", "report": "string",
+    "mtbench_version": "string", "report": "string", "selection": "string", "inputs": "string",
+    "stage1_test": "float64",
 }
 
 
@@ -128,19 +133,31 @@ def _read(path: Path) -> list[dict]:
     return pq.read_table(path).to_pylist()
 
 
-def run_mode(manifest: dict) -> str:
-    """The encoding mode of a run ("1" unless the run says otherwise)."""
-    settings = manifest.get("settings", {})
-    return str(settings.get("mode") or manifest.get("mode") or 1)
+def mode2_choices(rows: list[dict]) -> list[dict]:
+    """Per parcel, the ``mode2.parquet`` row of the layer with the highest ``stage2_validation``.
 
+    The choice uses validation scores only (never the test scores it then reports); a tie,
+    or a parcel whose validation scores are all NaN, goes to the first layer listed.
 
-def _final_stage(rows: list[dict]) -> list[dict]:
-    """Rows of the last stage when a (Mode 2) summary carries a ``stage`` column."""
-    stages = {row.get("stage") for row in rows} - {None}
-    if not stages:
-        return rows
-    last = max(stages, key=str)
-    return [row for row in rows if row.get("stage") in (last, None)]
+    Parameters
+    ----------
+    rows : list of dict
+        Rows of ``mode2.parquet``: one per (layer, parcel).
+
+    Returns
+    -------
+    list of dict
+        One row per parcel, in parcel-id order (the whole brain, id -1, first).
+    """
+    def validation(row: dict) -> float:
+        value = row["stage2_validation"]
+        return value if value is not None and math.isfinite(value) else -math.inf
+
+    best: dict[int, dict] = {}
+    for row in rows:
+        if row["parcel_id"] not in best or validation(row) > validation(best[row["parcel_id"]]):
+            best[row["parcel_id"]] = row
+    return [best[pid] for pid in sorted(best)]
 
 
 def top_states(winners: list[dict]) -> dict[int, tuple[str, float, str]]:
@@ -258,28 +275,64 @@ def build(
 
 def _run_rows(run: RunFolder, keep_parcel, score_column: str, report: str) -> list[dict]:
     m = run.manifest
-    summary = _final_stage(_read(run.path / "summary.parquet"))
-    winners = top_states(_read(run.path / "winners.parquet"))
+    if run.mode == "2":
+        cells = _mode2_cells(run)
+    else:
+        winners = top_states(_read(run.path / "winners.parquet"))
+        cells = []
+        for row in _read(run.path / "summary.parquet"):
+            state, share, tied = winners.get(row["parcel_id"], (None, None, ""))
+            cells.append({key: row[key] for key in ("parcel_id", "parcel", "n_voxels", "layer", "state")} | {
+                key: _finite(row[key]) for key in ("test", "test_normalized", "ceiling", "validation",
+                                                   "folds_agree", "voxel_best_test")} | {
+                "top_state": state, "top_state_share": share, "tied_states": tied, "selection": "",
+                "inputs": "", "stage1_test": None})
     rows = []
-    for row in summary:
-        if keep_parcel is not None and not keep_parcel(row):
+    for cell in cells:
+        if keep_parcel is not None and not keep_parcel(cell):
             continue
-        state, share, tied = winners.get(row["parcel_id"], (None, None, ""))
         rows.append({
             "rank": 0, "model": m["model"]["name"], "family": m["model"]["family"],
             "n_params": m["model"].get("n_params"), "n_layers": m["model"].get("n_layers"),
             "dataset": m["dataset"]["name"], "dataset_version": m["dataset"]["version"],
-            "atlas": m["dataset"].get("atlas") or "", "subject": m["settings"]["subject"], "mode": run_mode(m),
-            "metric": m["settings"]["metric"], "parcel_id": row["parcel_id"], "parcel": row["parcel"],
-            "n_voxels": row["n_voxels"], "layer": row["layer"], "state": row["state"],
-            "score": _finite(row.get(score_column)), "test": _finite(row["test"]),
-            "test_normalized": _finite(row["test_normalized"]), "ceiling": _finite(row["ceiling"]),
-            "validation": _finite(row["validation"]), "folds_agree": _finite(row["folds_agree"]),
-            "voxel_best_test": _finite(row["voxel_best_test"]), "top_state": state, "top_state_share": share,
-            "tied_states": tied, "run_id": m["run_id"], "model_revision": str(m["model"]["revision"]),
-            "mtbench_version": m["mtbench_version"], "report": report,
+            "atlas": m["dataset"].get("atlas") or "", "subject": m["settings"]["subject"], "mode": run.mode,
+            "metric": m["settings"]["metric"], **cell, "score": cell[score_column], "run_id": m["run_id"],
+            "model_revision": str(m["model"]["revision"]), "mtbench_version": m["mtbench_version"],
+            "report": report,
         })
     return rows
+
+
+def _mode2_cells(run: RunFolder) -> list[dict]:
+    """Board cells of a Mode 2 run: per parcel, the layer chosen on stage-2 validation (:func:`mode2_choices`).
+
+    ``state`` and ``top_state`` name the input state the kept features came from most
+    (``mode2.parquet`` ``top_state``); ``top_state_share`` is its share of the kept features
+    (pivot) or of the summed contributions (banded; missing when that sum is not positive).
+    """
+    states: dict[tuple, dict[str, dict]] = {}
+    for row in _read(run.path / "mode2_states.parquet"):
+        states.setdefault((row["layer"], row["parcel_id"]), {})[row["state"]] = row
+    cells = []
+    for row in mode2_choices(_read(run.path / "mode2.parquet")):
+        per_state = states.get((row["layer"], row["parcel_id"]), {})
+        top = per_state.get(row["top_state"])
+        if top is None:
+            share = None
+        elif row["selection"] == "pivot":
+            share = _finite(top["kept_share"])
+        else:
+            total = sum(s["contribution"] for s in per_state.values())
+            share = _finite(top["contribution"] / total) if total > 0 else None
+        cells.append({
+            "parcel_id": row["parcel_id"], "parcel": row["parcel"], "n_voxels": row["n_voxels"],
+            "layer": row["layer"], "state": row["top_state"], "test": _finite(row["stage2_test"]),
+            "test_normalized": _finite(row["stage2_test_normalized"]), "ceiling": _finite(row["ceiling"]),
+            "validation": _finite(row["stage2_validation"]), "folds_agree": None, "voxel_best_test": None,
+            "top_state": row["top_state"], "top_state_share": share, "tied_states": "",
+            "selection": row["selection"], "inputs": row["inputs"], "stage1_test": _finite(row["stage1_test"]),
+        })
+    return cells
 
 
 def _finite(value) -> float | None:
@@ -404,7 +457,7 @@ def markdown(board: Board) -> str:
         "",
         f"Cells: {score} of the best (layer, state) chosen on validation (nested leave-one-run-out), "
         f"then that winner as (L<layer> <state>). {MISSING} = not measured (parcel not in the run, or no noise "
-        f"ceiling). `n=` ranks are ties. Winning states: number of parcels each state wins.",
+        f"ceiling). `n=` ranks are ties. Winning states: number of parcels each state wins. {MODE2_LEGEND}",
         "",
         "| " + " | ".join(map(_md, head)) + " |",
         "|" + "|".join("---:" if h in ("rank", "params", "layers") else "---" for h in head) + "|",
@@ -456,6 +509,8 @@ def html_page(board: Board) -> str:
                 cells.append(f'<td data-value="" data-parcel="{_attr(p)}" class="missing">{MISSING}</td>')
                 continue
             tie = f' title="voxel winners tied: {_attr(cell["tied_states"])}"' if cell["tied_states"] else ""
+            if cell["mode"] == "2" and cell["stage1_test"] is not None:
+                tie = f' title="Mode 2 {_attr(cell["selection"])}: stage 1 r {cell["stage1_test"]:.3f}"'
             cells.append(f'<td data-value="{cell["score"]!r}" data-parcel="{_attr(p)}"{tie}>'
                          f'{cell["score"]:.3f}<br><small>L{cell["layer"]} {e(cell["state"])}</small></td>')
         cells.append(f'<td data-value="{_attr(wins_text(m["wins"]))}">{e(wins_text(m["wins"])) or MISSING}</td>')
@@ -469,7 +524,7 @@ def html_page(board: Board) -> str:
         "JS": _template("leaderboard.js"),
         "LEGEND": e(f"Cells: {score} of the best (layer, state) chosen on validation (nested leave-one-run-out), "
                     f"and that winner. {MISSING} = not measured (parcel not in the run, or no noise ceiling); "
-                    f"'n=' ranks are ties. Click a column header to sort, click again to reverse."),
+                    f"'n=' ranks are ties. {MODE2_LEGEND} Click a column header to sort, click again to reverse."),
         "OPTIONS": e(json.dumps(board.options, sort_keys=True)),
         "FAMILIES": "".join(f'<option value="{_attr(f)}">{e(f)}</option>' for f in families),
         "PARCELS": "".join(f'<option value="{_attr(p)}">{e(p)}</option>' for p in parcels),

@@ -8,7 +8,9 @@ a colorbar or legend, so tests can inspect them):
 - :func:`best_state_map` and :func:`score_map`: the per-voxel winning state and its nested
   held-out r on the MNI152 template that nilearn ships (no download);
 - :func:`winning_ratio_bars`: share of each parcel's voxels that each state wins;
-- :func:`stage_bars`: Mode 2 stage 1 vs stage 2 per parcel, when the run has stages.
+- Mode 2 runs (``mode2.parquet``): :func:`stage_bars`, stage 1 vs stage 2 per parcel at
+  the layer chosen on stage-2 validation; :func:`kept_state_bars` (which input states the
+  kept features come from); :func:`score_map` of the stage 1 and stage 2 maps.
 
 Figures are drawn on ``Figure`` objects with the Agg canvas (no pyplot state, no display)
 and saved at a fixed size: :data:`DPI` times the figure size in inches, no tight bbox.
@@ -131,8 +133,19 @@ def best_state_map(run_dir: Path, states_by_code: dict[str, str], colors: dict[s
     return fig
 
 
-def score_map(run_dir: Path):
-    """Nested held-out r of each voxel's best (layer, state), on the MNI152 template.
+def score_map(run_dir: Path, name: str = "best_test_r.nii.gz", volume: int | None = None,
+              title: str = "Held-out r of the best layer x state per voxel", label: str = "nested held-out r"):
+    """Held-out r per voxel (by default of each voxel's best (layer, state)), on the MNI152 template.
+
+    Parameters
+    ----------
+    run_dir : Path
+    name : str
+        Map of ``run_dir/maps``.
+    volume : int, optional
+        Volume of a 4-D map (e.g. the layer of a Mode 2 map).
+    title, label : str
+        Suptitle and colorbar label.
 
     Returns
     -------
@@ -143,7 +156,9 @@ def score_map(run_dir: Path):
     from matplotlib.colors import Normalize
     from nilearn import image, plotting
 
-    img = image.load_img(run_dir / "maps" / "best_test_r.nii.gz")
+    img = image.load_img(run_dir / "maps" / name)
+    if volume is not None:
+        img = image.index_img(img, volume)
     data = np.asarray(img.dataobj)
     limit = float(np.abs(data).max()) or 1.0
     cmap = colormaps["RdBu_r"]
@@ -153,12 +168,14 @@ def score_map(run_dir: Path):
                            symmetric_cbar=True)
     cbar = fig.colorbar(ScalarMappable(norm=Normalize(-limit, limit), cmap=cmap),
                         cax=fig.add_axes([0.84, 0.08, 0.02, 0.78], label="colorbar"))
-    cbar.set_label("nested held-out r")
-    fig.suptitle("Held-out r of the best layer x state per voxel", fontsize=11)
+    cbar.set_label(label)
+    fig.suptitle(title, fontsize=11)
     return fig
 
 
-def winning_ratio_bars(winners: list[dict], parcels: list[str], colors: dict[str, tuple]):
+def winning_ratio_bars(winners: list[dict], parcels: list[str], colors: dict[str, tuple],
+                       title: str = "Winning ratios per parcel",
+                       xlabel: str = "share of the parcel's voxels won (on validation)"):
     """Stacked bars: share of each parcel's voxels that each state wins (layers summed).
 
     Returns
@@ -183,23 +200,27 @@ def winning_ratio_bars(winners: list[dict], parcels: list[str], colors: dict[str
             left += width
     ax.set_yticks(y, parcels, fontsize=7)
     ax.set_xlim(0, 1)
-    ax.set_xlabel("share of the parcel's voxels won (on validation)")
+    ax.set_xlabel(xlabel)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, title="state")
-    fig.suptitle("Winning ratios per parcel", fontsize=11)
+    fig.suptitle(title, fontsize=11)
     return fig
 
 
-def stage_bars(stage_rows: list[dict], parcels: list[str]):
+def stage_bars(stage_rows: list[dict], parcels: list[str], title: str = "Mode 2: stage 1 vs stage 2"):
     """Mode 2: held-out r after stage 1 (all concatenated states) and stage 2 (selected features).
 
     Parameters
     ----------
     stage_rows : list of dict
         ``parcel, stage, test`` rows (``stage`` 1 or 2).
+    parcels : list of str
+        Bar order, top to bottom.
+    title : str
 
     Returns
     -------
     matplotlib.figure.Figure
+        One group of bars per parcel (one bar per stage) and a legend of the stages.
     """
     value = {(r["parcel"], str(r["stage"])): r["test"] for r in stage_rows}
     stages = sorted({str(r["stage"]) for r in stage_rows})
@@ -215,7 +236,7 @@ def stage_bars(stage_rows: list[dict], parcels: list[str]):
     ax.set_xlabel("held-out r")
     ax.axvline(0, color="black", linewidth=0.5)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-    fig.suptitle("Mode 2: stage 1 vs stage 2", fontsize=11)
+    fig.suptitle(title, fontsize=11)
     return fig
 
 
@@ -226,22 +247,11 @@ def _read(path: Path) -> list[dict]:
     return pq.read_table(path).to_pylist()
 
 
-def _stage_rows(run: RunFolder, summary: list[dict]) -> list[dict]:
-    """Mode 2 stage scores, from a ``stage`` column of summary.parquet or of another Parquet file of the run."""
-    import pyarrow.parquet as pq
-
-    if summary and "stage" in summary[0]:
-        return summary
-    for path in sorted(run.path.glob("*.parquet")):
-        names = set(pq.read_schema(path).names)
-        if {"parcel", "stage", "test"} <= names:
-            return _read(path)
-    return []
-
-
 def figures(run_dir: Path) -> list[tuple[str, str, object]]:
     """Every figure of a run: ``(file name, caption, Figure)``, in page order."""
     run = validate_run(run_dir)
+    if run.mode == "2":
+        return mode2_figures(run)
     states = list(run.manifest["settings"].get("states") or [])
     summary = _read(run.path / "summary.parquet")
     scores = _read(run.path / "scores.parquet")
@@ -251,9 +261,6 @@ def figures(run_dir: Path) -> list[tuple[str, str, object]]:
     layers = sorted({r["layer"] for r in scores})
     states_by_code = json.loads((run.path / "maps" / "index.json").read_text())["best_state.nii.gz"]
     colors = state_colors(list(dict.fromkeys([*states, *states_by_code.values()])))
-    stage_rows = _stage_rows(run, summary)
-    if stage_rows:  # Mode 2: the final stage picks the winner
-        summary = [r for r in summary if str(r.get("stage", "")) == max(str(s["stage"]) for s in stage_rows)] or summary
     parcels = list(dict.fromkeys(r["parcel"] for r in summary))
     out = [
         ("best_state_map.png", "Best state per voxel (on validation), MNI152", best_state_map(run.path, states_by_code,
@@ -261,8 +268,6 @@ def figures(run_dir: Path) -> list[tuple[str, str, object]]:
         ("score_map.png", "Nested held-out r of each voxel's best fit, MNI152", score_map(run.path)),
         ("winning_ratios.png", "Winning ratios per parcel", winning_ratio_bars(winners, parcels, colors)),
     ]
-    if stage_rows:
-        out.append(("mode2_stages.png", "Mode 2: stage 1 vs stage 2", stage_bars(stage_rows, parcels)))
     by_parcel: dict[int, list[dict]] = {}
     for row in scores:
         by_parcel.setdefault(row["parcel_id"], []).append(row)
@@ -271,6 +276,45 @@ def figures(run_dir: Path) -> list[tuple[str, str, object]]:
         out.append((f"heatmap_{name}.png", f"{row['parcel']}: layer x state",
                     layer_state_heatmap(by_parcel.get(row["parcel_id"], []), row, states, layers)))
     return out
+
+
+def mode2_figures(run: RunFolder) -> list[tuple[str, str, object]]:
+    """Figures of a Mode 2 run: stages per parcel, kept states per parcel, stage 1 and stage 2 maps.
+
+    Each parcel is shown at its layer chosen on stage-2 validation
+    (:func:`mtbench.leaderboard.mode2_choices`, as on the leaderboard); the maps show the
+    layer chosen for the whole brain.
+    """
+    from .leaderboard import mode2_choices
+
+    settings = run.manifest["settings"]
+    chosen = mode2_choices(_read(run.path / "mode2.parquet"))
+    labels = [f"{r['parcel']} (L{r['layer']})" for r in chosen]
+    stage_rows = [{"parcel": label, "stage": stage, "test": row[f"stage{stage}_test"]}
+                  for label, row in zip(labels, chosen) for stage in (1, 2)]
+    at = {(r["layer"], r["parcel_id"]): label for r, label in zip(chosen, labels)}
+    kept_key = "kept_share" if settings["selection"] == "pivot" else "contribution"
+    kept = [{"parcel": at[(r["layer"], r["parcel_id"])], "state": r["state"], "share": r[kept_key]}
+            for r in _read(run.path / "mode2_states.parquet") if (r["layer"], r["parcel_id"]) in at]
+    what = ("share of the kept features from each input state" if settings["selection"] == "pivot"
+            else "contribution of each input state to the stage-2 r")
+    layers = json.loads((run.path / "maps" / "index.json").read_text())["mode2_stage<k>_test_r.nii.gz"][
+        "volume_layers"]
+    brain_layer = chosen[0]["layer"]
+    method = f"{settings['selection']}, pivot {settings['pivot']}"
+    return [
+        ("mode2_stages.png", "Mode 2: held-out r of stage 1 (all inputs) and stage 2 (selected), per parcel at its "
+                             "layer chosen on stage-2 validation",
+         stage_bars(stage_rows, labels, title=f"Mode 2 ({method}): stage 1 vs stage 2")),
+        ("mode2_kept_states.png", f"Mode 2: {what}",
+         winning_ratio_bars(kept, labels, state_colors(list(settings["inputs"])),
+                            title="Mode 2: kept features per input state" if settings["selection"] == "pivot"
+                            else "Mode 2: contribution per input state", xlabel=what)),
+        *((f"mode2_stage{k}_map.png", f"Mode 2 stage {k} held-out r per voxel, layer {brain_layer}, MNI152",
+           score_map(run.path, f"mode2_stage{k}_test_r.nii.gz", layers.index(brain_layer),
+                     title=f"Mode 2 stage {k}: held-out r per voxel (layer {brain_layer})", label="held-out r"))
+          for k in (1, 2)),
+    ]
 
 
 def write_report(run_dir: Path, out: Path | None = None) -> Path:

@@ -1,9 +1,11 @@
 """The result schema of a run folder, as data, and the check of a folder against it.
 
 :data:`RESULT_SCHEMA` lists the files every run has, the manifest keys readers rely on,
-and the columns (with their kind of type) of every Parquet file. Readers accept extra
-files and extra columns (later issues add them, e.g. Mode 2 outputs); they refuse a
-folder that lacks something listed here, with one line naming what is missing and why.
+and the columns (with their kind of type) of every Parquet file, per encoding mode (a
+Mode 1 run writes ``summary.parquet`` and friends, a Mode 2 run ``mode2.parquet`` and
+friends instead: :mod:`mtbench.mode2`). Readers accept extra files and extra columns;
+they refuse a folder that lacks something listed for its mode, with one line naming
+what is missing and why.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ from pathlib import Path
 
 from .errors import MtbenchError
 
-#: What a run folder must hold. Column kinds: "integer", "floating" (float or double),
-#: "string" (also dictionary-encoded or large strings).
+#: What a run folder must hold: keys shared by every mode, then per mode (``settings.mode``
+#: of the manifest, 1 when absent) the extra manifest keys, files and Parquet columns.
+#: Column kinds: "integer", "floating" (float or double), "string" (also dictionary-encoded
+#: or large strings).
+_IDENTITY = {"run_id": "string", "model": "string", "dataset": "string", "subject": "string", "metric": "string"}
 RESULT_SCHEMA: dict = {
     "schema_version": "1",
     "oldest_readable_version": "1",
@@ -26,29 +31,57 @@ RESULT_SCHEMA: dict = {
         "dataset.name", "dataset.version",
         "settings.subject", "settings.metric",
     ],
-    "files": [
-        "maps/mask.nii.gz", "maps/best_test_r.nii.gz", "maps/best_layer.nii.gz", "maps/best_state.nii.gz",
-        "maps/index.json",
-    ],
-    "parquet": {
-        "summary.parquet": {
-            "run_id": "string", "model": "string", "dataset": "string", "subject": "string", "metric": "string",
-            "parcel_id": "integer", "parcel": "string", "n_voxels": "integer", "layer": "integer", "state": "string",
-            "validation": "floating", "test": "floating", "winner_test": "floating", "folds_agree": "floating",
-            "voxel_best_test": "floating", "ceiling": "floating", "test_normalized": "floating",
+    "modes": {
+        "1": {
+            "manifest_keys": [],
+            "files": [
+                "maps/mask.nii.gz", "maps/best_test_r.nii.gz", "maps/best_layer.nii.gz", "maps/best_state.nii.gz",
+                "maps/index.json",
+            ],
+            "parquet": {
+                "summary.parquet": _IDENTITY | {
+                    "parcel_id": "integer", "parcel": "string", "n_voxels": "integer", "layer": "integer",
+                    "state": "string", "validation": "floating", "test": "floating", "winner_test": "floating",
+                    "folds_agree": "floating", "voxel_best_test": "floating", "ceiling": "floating",
+                    "test_normalized": "floating",
+                },
+                "scores.parquet": _IDENTITY | {
+                    "layer": "integer", "state": "string", "parcel_id": "integer", "parcel": "string",
+                    "n_voxels": "integer", "split": "string", "value": "floating",
+                },
+                "winners.parquet": {
+                    "run_id": "string", "parcel_id": "integer", "parcel": "string", "layer": "integer",
+                    "state": "string", "n_won": "integer", "share": "floating",
+                },
+                "voxels.parquet": {
+                    "layer": "integer", "state": "string", "voxel": "integer", "parcel_id": "integer",
+                    "test": "floating", "validation": "floating", "alpha": "floating",
+                },
+            },
         },
-        "scores.parquet": {
-            "run_id": "string", "model": "string", "dataset": "string", "subject": "string", "metric": "string",
-            "layer": "integer", "state": "string", "parcel_id": "integer", "parcel": "string",
-            "n_voxels": "integer", "split": "string", "value": "floating",
-        },
-        "winners.parquet": {
-            "run_id": "string", "parcel_id": "integer", "parcel": "string", "layer": "integer",
-            "state": "string", "n_won": "integer", "share": "floating",
-        },
-        "voxels.parquet": {
-            "layer": "integer", "state": "string", "voxel": "integer", "parcel_id": "integer",
-            "test": "floating", "validation": "floating", "alpha": "floating",
+        "2": {
+            "manifest_keys": ["settings.inputs", "settings.pivot", "settings.selection"],
+            "files": ["maps/mask.nii.gz", "maps/mode2_stage1_test_r.nii.gz", "maps/mode2_stage2_test_r.nii.gz",
+                      "maps/index.json"],
+            "parquet": {
+                "mode2.parquet": _IDENTITY | {
+                    "mode": "integer", "selection": "string", "pivot": "string", "inputs": "string",
+                    "layer": "integer", "parcel_id": "integer", "parcel": "string", "n_voxels": "integer",
+                    "n_features": "integer", "n_kept": "integer", "stage1_test": "floating",
+                    "stage2_test": "floating", "gain": "floating", "stage1_validation": "floating",
+                    "stage2_validation": "floating", "top_state": "string", "ceiling": "floating",
+                    "stage2_test_normalized": "floating",
+                },
+                "mode2_states.parquet": _IDENTITY | {
+                    "layer": "integer", "parcel_id": "integer", "parcel": "string", "state": "string",
+                    "dim": "integer", "kept": "floating", "kept_share": "floating", "kept_fraction": "floating",
+                    "importance_share": "floating", "contribution": "floating",
+                },
+                "mode2_voxels.parquet": {
+                    "layer": "integer", "parcel_id": "integer", "voxel": "integer", "stage1_test": "floating",
+                    "stage2_test": "floating", "stage1_validation": "floating", "stage2_validation": "floating",
+                },
+            },
         },
     },
     # Key of the Parquet schema metadata that holds the run's manifest.
@@ -65,10 +98,20 @@ class RunFolder:
     path : Path
     manifest : dict
         The parsed ``manifest.json``.
+    mode : str
+        The encoding mode whose files the folder holds (a key of ``RESULT_SCHEMA["modes"]``).
     """
 
     path: Path
     manifest: dict
+    mode: str = "1"
+
+
+def run_mode(manifest: dict) -> str:
+    """The encoding mode of a run: ``settings.mode`` of its manifest, "1" when absent."""
+    settings = manifest.get("settings")
+    mode = settings.get("mode") if isinstance(settings, dict) else None
+    return str(mode if mode is not None else manifest.get("mode") or 1)
 
 
 def _version_number(value) -> int | None:
@@ -102,7 +145,7 @@ def _get(mapping: dict, dotted: str):
 
 
 def validate_run(path: Path) -> RunFolder:
-    """Check one run folder against :data:`RESULT_SCHEMA`.
+    """Check one run folder against :data:`RESULT_SCHEMA` (the keys and files of its mode).
 
     Parameters
     ----------
@@ -139,16 +182,22 @@ def validate_run(path: Path) -> RunFolder:
         raise MtbenchError(f"{path}: result schema {version} is older than this mtbench reads "
                            f"({RESULT_SCHEMA['oldest_readable_version']}..{current}); {rerun}")
     newer = f" (written by a newer mtbench, schema {version}: upgrade mtbench)" if version > current else ""
-    for key in RESULT_SCHEMA["manifest_keys"]:
+    mode = run_mode(manifest)
+    if mode not in RESULT_SCHEMA["modes"]:
+        raise MtbenchError(f"{manifest_path}: unknown encoding mode {mode!r} (this mtbench reads modes "
+                           f"{', '.join(RESULT_SCHEMA['modes'])}){newer or '; ' + rerun}")
+    expected = RESULT_SCHEMA["modes"][mode]
+    for key in [*RESULT_SCHEMA["manifest_keys"], *expected["manifest_keys"]]:
         if _get(manifest, key) is None:
             raise MtbenchError(f"{manifest_path}: key {key!r} is missing{newer}; {rerun}")
-    for name in RESULT_SCHEMA["files"]:
+    what = f"incomplete or foreign mode {mode} run"
+    for name in expected["files"]:
         if not (path / name).is_file():
-            raise MtbenchError(f"{path}: {name} is missing (incomplete or foreign run){newer}; {rerun}")
-    for name, columns in RESULT_SCHEMA["parquet"].items():
+            raise MtbenchError(f"{path}: {name} is missing ({what}){newer}; {rerun}")
+    for name, columns in expected["parquet"].items():
         file = path / name
         if not file.is_file():
-            raise MtbenchError(f"{path}: {name} is missing (incomplete or foreign run){newer}; {rerun}")
+            raise MtbenchError(f"{path}: {name} is missing ({what}){newer}; {rerun}")
         try:
             schema = pq.read_schema(file)
         except Exception as exc:  # pyarrow raises several types for a non-Parquet file
@@ -163,4 +212,4 @@ def validate_run(path: Path) -> RunFolder:
             found = _kind_of(schema.field(column).type)
             if found != kind:
                 raise MtbenchError(f"{file}: column {column!r} is {found}, the result schema says {kind}; {rerun}")
-    return RunFolder(path=path, manifest=manifest)
+    return RunFolder(path=path, manifest=manifest, mode=mode)

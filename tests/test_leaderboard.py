@@ -2,8 +2,9 @@
 
 One module fixture runs the real pipeline four times on the tiny synthetic dataset planted
 with a tiny random Llama: that Llama, its untrained control, and the `random` and
-`word-rate` baselines. Everything below reads those results: nothing is hand-written
-except the deliberately broken copies that the schema must refuse.
+`word-rate` baselines; a second one adds a real Mode 2 run of that Llama. Everything below
+reads those results: nothing is hand-written except the deliberately broken copies that
+the schema must refuse.
 """
 
 from __future__ import annotations
@@ -65,6 +66,28 @@ def runs(tmp_path_factory):
         else:
             os.environ["MTBENCH_CACHE"] = before
     return root, model, made
+
+
+@pytest.fixture(scope="module")
+def mode2(runs):
+    """A real Mode 2 run (pivot selection) of the same Llama at layers 1 and 3, in its own results folder `m2`."""
+    from mtbench.api import RunSettings
+    from mtbench.runner import run
+
+    root, model, _ = runs
+    before = os.environ.get("MTBENCH_CACHE")
+    os.environ["MTBENCH_CACHE"] = str(root / "cache")
+    try:
+        data = {"scale": "tiny", "snr": 2.0, "truth_model": f"hf:{model}", "truth": json.dumps(PLANTED)}
+        settings = RunSettings(model=f"hf:{model}", dataset="synthetic", states=["all"], layers="1,3",
+                               alphas=[1.0, 1e2, 1e4], dataset_options=data, mode=2, inputs=STATES,
+                               pivot="input_hidden_state")
+        return run(settings, root / "m2").run_dir
+    finally:
+        if before is None:
+            os.environ.pop("MTBENCH_CACHE", None)
+        else:
+            os.environ["MTBENCH_CACHE"] = before
 
 
 def summary_of(run_dir: Path) -> list[dict]:
@@ -176,15 +199,15 @@ def test_filters_ties_and_superseded_runs(runs, tmp_path):
     assert f"| {twins[0]['rank_label']} | random |" in leaderboard.markdown(board)
 
 
-def test_rebuild_is_byte_identical(runs, tmp_path):
+def test_rebuild_is_byte_identical(runs, mode2, tmp_path):
     root, _, _ = runs
     cli = CliRunner()
-    first = cli.invoke(main, ["leaderboard", str(root / "a"), str(root / "b"), "--out", str(tmp_path / "one"),
-                              "--no-reports"])
+    first = cli.invoke(main, ["leaderboard", str(root / "a"), str(root / "m2"), str(root / "b"), "--out",
+                              str(tmp_path / "one"), "--no-reports"])
     assert first.exit_code == 0, first.output
     time.sleep(1.1)  # a build-time stamp at second resolution would now differ
-    second = cli.invoke(main, ["leaderboard", str(root / "b"), str(root / "a"), "--out", str(tmp_path / "two"),
-                               "--no-reports"])
+    second = cli.invoke(main, ["leaderboard", str(root / "b"), str(root / "a"), str(root / "m2"), "--out",
+                               str(tmp_path / "two"), "--no-reports"])
     assert second.exit_code == 0, second.output
     names = ["leaderboard.parquet", "leaderboard.md", "index.html"]
     for name in names:
@@ -193,7 +216,9 @@ def test_rebuild_is_byte_identical(runs, tmp_path):
     assert meta.created_by.startswith("parquet-cpp-arrow")
     assert set(meta.metadata) == {b"mtbench", b"ARROW:schema"}  # no pandas block with library versions
     stored = json.loads(meta.metadata[b"mtbench"])
-    assert stored["leaderboard_options"]["metric"] == "raw" and len(stored["runs"]) == 4
+    assert stored["leaderboard_options"]["metric"] == "raw" and len(stored["runs"]) == 5
+    modes = pq.read_table(tmp_path / "one" / "leaderboard.parquet").column("mode").to_pylist()
+    assert sorted(set(modes)) == ["1", "2"]
     assert "mtbench leaderboard" in first.output and "random" in first.output
 
 
@@ -315,18 +340,6 @@ def test_report_figures_show_the_run(runs):
     assert len(widths) == len(summary) and all(w == pytest.approx(1.0) for w in widths.values())
     won = {r["state"] for r in pq.read_table(run_dir / "winners.parquet").to_pylist()}
     assert {t.get_text() for t in bars.axes[0].get_legend().get_texts()} == won
-
-
-def test_mode2_stage_bars_compare_the_two_stages(runs):
-    _, _, made = runs
-    summary = summary_of(made["llama"])
-    parcels = [r["parcel"] for r in summary]
-    rows = [{"parcel": r["parcel"], "stage": 1, "test": r["winner_test"]} for r in summary]
-    rows += [{"parcel": r["parcel"], "stage": 2, "test": r["test"]} for r in summary]
-    fig = report.stage_bars(rows, parcels)
-    check_figure(fig, "stage 1 vs stage 2", colorbar=False, legend=True)
-    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["stage 1", "stage 2"]
-    assert sorted(p.get_width() for p in fig.axes[0].patches) == pytest.approx(sorted(r["test"] for r in rows))
 
 
 def test_report_page_is_offline_and_embeds_every_png(runs, tmp_path):
@@ -458,26 +471,142 @@ def test_page_sorts_filters_and_links_in_headless_chromium(runs, tmp_path):
         driver.quit()
 
 
-def test_mode2_runs_with_extra_columns_and_files_are_read(runs, tmp_path):
-    """A Mode 2 run (summary rows per stage, extra columns and files) joins the board at its last stage."""
+# --------------------------------------------------------------------------- Mode 2 runs
+def mode2_expected(run_dir: Path):
+    """Per parcel, the row of mode2.parquet with the highest stage-2 validation r (pandas, first layer on ties)."""
+    import pandas as pd
+
+    frame = pd.read_parquet(run_dir / "mode2.parquet")
+    return frame, frame.loc[frame.groupby("parcel_id", sort=True)["stage2_validation"].idxmax()].set_index("parcel")
+
+
+def test_mode2_run_joins_the_board_at_its_validation_chosen_layer(runs, mode2):
+    import pandas as pd
+
     root, model, made = runs
-    run_dir = tmp_path / "m2" / "runs" / "mode2-run"
-    shutil.copytree(made["llama"], run_dir)
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    manifest["settings"]["mode"] = 2
-    manifest["run_id"] += "-mode2"
-    (run_dir / "manifest.json").write_text(json.dumps(manifest))
-    table = pq.read_table(run_dir / "summary.parquet")
-    stage1 = table.append_column("stage", pa.array([1] * table.num_rows)).set_column(
-        table.schema.get_field_index("test"), "test", table.column("winner_test"))
-    stage2 = table.append_column("stage", pa.array([2] * table.num_rows))
-    both = pa.concat_tables([stage1, stage2]).append_column("kept_from", pa.array(["x"] * 2 * table.num_rows))
-    pq.write_table(both.replace_schema_metadata(table.schema.metadata), run_dir / "summary.parquet")
-    (run_dir / "extra_output.json").write_text("{}")
-    board = leaderboard.build([tmp_path / "m2", root / "a"], mode="2")
-    assert {r["run_id"] for r in board.rows} == {manifest["run_id"]} and {r["mode"] for r in board.rows} == {"2"}
-    stage2_test = {r["parcel"]: r["test"] for r in table.to_pylist()}
-    assert {r["parcel"]: r["score"] for r in board.rows} == stage2_test
-    assert len(leaderboard.build([tmp_path / "m2", root / "a"]).runs) == 3  # modes side by side
-    names = [name for name, _, _ in report.figures(run_dir)]
-    assert "mode2_stages.png" in names
+    run = validate_run(mode2)
+    assert run.mode == "2" and run.manifest["settings"]["inputs"] == STATES
+    assert not (mode2 / "summary.parquet").exists()  # a real Mode 2 run: no Mode 1 files
+    frame, chosen = mode2_expected(mode2)
+    assert sorted(frame["layer"].unique()) == [1, 3]
+    states = pd.read_parquet(mode2 / "mode2_states.parquet")
+    board = leaderboard.build([root / "a", root / "b", root / "m2"])
+    assert board.notes == []
+    rows = {r["parcel"]: r for r in board.rows if r["mode"] == "2"}
+    assert list(rows) == list(chosen.index)  # whole brain first, then parcel ids
+    for parcel, row in rows.items():
+        expected = chosen.loc[parcel]
+        assert row["run_id"] == run.manifest["run_id"] and row["layer"] == expected["layer"]
+        assert row["score"] == row["test"] == expected["stage2_test"]
+        assert (row["validation"], row["stage1_test"]) == (expected["stage2_validation"], expected["stage1_test"])
+        assert row["state"] == row["top_state"] == expected["top_state"]
+        assert (row["selection"], row["inputs"]) == ("pivot", ",".join(STATES))
+        kept = states[(states.layer == expected["layer"]) & (states.parcel == parcel)
+                      & (states.state == expected["top_state"])]["kept_share"]
+        assert row["top_state_share"] == pytest.approx(float(kept.iloc[0]))
+        assert row["folds_agree"] is None and row["voxel_best_test"] is None  # Mode 1 only: missing, not 0
+    # the planted (layer, state) of both planted parcels is recovered by the validation choice
+    assert (rows[HESCHL]["layer"], rows[HESCHL]["top_state"]) == (1, "per_head_q_rope")
+    stg = rows[PLANTED[1]["parcel"]]
+    assert (stg["layer"], stg["top_state"]) == (3, "ffn_activated_state")
+    assert rows[HESCHL]["score"] > 0.25
+    # test scores never steer the choice: give Heschl's other layer a huge test r, the choice stays
+    edited = [dict(r, stage2_test=0.99) if (r["parcel"], r["layer"]) == (HESCHL, 3) else r
+              for r in pq.read_table(mode2 / "mode2.parquet").to_pylist()]
+    assert {r["parcel"]: r["layer"] for r in leaderboard.mode2_choices(edited)}[HESCHL] == 1
+    # modes are ranked apart: the Mode 1 ranks are untouched
+    assert {r["rank"] for r in rows.values()} == {1}
+    assert sorted(r["rank"] for r in board.rows if r["mode"] == "1" and r["parcel_id"] == -1) == [1, 2, 3, 4]
+    only = leaderboard.build([root / "a", root / "b", root / "m2"], mode="2")
+    assert {r["run_id"] for r in only.rows} == {run.manifest["run_id"]}
+    assert {r["run_id"] for r in leaderboard.build([root / "m2", root / "a"], mode="1").rows} == {
+        json.loads((made[k] / "manifest.json").read_text())["run_id"] for k in ("llama", "untrained")}
+    # ceiling-normalized: stage2_test / ceiling, missing where the parcel has no ceiling
+    normalized = {r["parcel"]: r["score"] for r in leaderboard.build([root / "m2"], metric="normalized").rows}
+    for parcel, score in normalized.items():
+        expected = chosen.loc[parcel]
+        if expected["ceiling"] > 0:
+            assert score == pytest.approx(expected["stage2_test"] / expected["ceiling"])
+        else:
+            assert score is None
+    assert any(v is None for v in normalized.values()) and normalized[HESCHL] is not None
+    # written tables: the cell names the chosen layer and the state most kept features came from
+    md = leaderboard.markdown(board)
+    assert f"{rows[HESCHL]['score']:.3f} (L1 per_head_q_rope)" in md and "Mode 2 rows" in md
+    assert f'title="Mode 2 pivot: stage 1 r {rows[HESCHL]["stage1_test"]:.3f}"' in leaderboard.html_page(board)
+    table = pq.read_table(io.BytesIO(leaderboard.parquet_bytes(board))).to_pylist()
+    assert [r for r in table if r["mode"] == "2"] == [rows[p] for p in rows]
+
+
+def test_schema_checks_mode2_runs_against_their_own_files(runs, mode2, tmp_path):
+    _, _, made = runs
+    folder = tmp_path / "runs"
+    copies = {name: folder / name for name in ("column", "no-inputs", "as-mode1", "mode3", "no-states")}
+    for copy in copies.values():
+        shutil.copytree(mode2, copy)
+    table = pq.read_table(copies["column"] / "mode2.parquet")
+    pq.write_table(table.drop_columns(["stage2_validation"]), copies["column"] / "mode2.parquet")
+    for name, edit in (("no-inputs", lambda m: m["settings"].pop("inputs")),
+                       ("as-mode1", lambda m: m["settings"].update(mode=1)),
+                       ("mode3", lambda m: m["settings"].update(mode=3))):
+        manifest = json.loads((copies[name] / "manifest.json").read_text())
+        edit(manifest)
+        manifest["run_id"] += f"-{name}"
+        (copies[name] / "manifest.json").write_text(json.dumps(manifest))
+    (copies["no-states"] / "mode2_states.parquet").unlink()
+    copies["mode1-as-mode2"] = folder / "mode1-as-mode2"  # a Mode 1 run claiming to be Mode 2
+    shutil.copytree(made["llama"], copies["mode1-as-mode2"])
+    manifest = json.loads((copies["mode1-as-mode2"] / "manifest.json").read_text())
+    manifest["settings"].update(mode=2, inputs=STATES, pivot="input_hidden_state", selection="pivot")
+    (copies["mode1-as-mode2"] / "manifest.json").write_text(json.dumps(manifest))
+    expected = {
+        "column": "mode2.parquet: column 'stage2_validation' is missing (older or foreign result schema)",
+        "no-inputs": "key 'settings.inputs' is missing",
+        "as-mode1": "maps/best_test_r.nii.gz is missing (incomplete or foreign mode 1 run)",
+        "mode3": "unknown encoding mode '3' (this mtbench reads modes 1, 2)",
+        "no-states": "mode2_states.parquet is missing (incomplete or foreign mode 2 run)",
+        "mode1-as-mode2": "maps/mode2_stage1_test_r.nii.gz is missing (incomplete or foreign mode 2 run)",
+    }
+    for name, message in expected.items():
+        with pytest.raises(MtbenchError) as info:
+            validate_run(copies[name])
+        assert message in str(info.value) and "\n" not in str(info.value), (name, str(info.value))
+    board = leaderboard.build([tmp_path, mode2])
+    assert {r["run_id"] for r in board.rows} == {json.loads((mode2 / "manifest.json").read_text())["run_id"]}
+    for name, message in expected.items():
+        assert sum(message in note for note in board.notes) == 1, name
+
+
+def test_mode2_report_draws_the_stage_figure(mode2, tmp_path):
+    _, chosen = mode2_expected(mode2)
+    figures = {name: fig for name, _, fig in report.figures(mode2)}
+    assert set(figures) == {"mode2_stages.png", "mode2_kept_states.png", "mode2_stage1_map.png",
+                            "mode2_stage2_map.png"}
+    labels = [f"{parcel} (L{row['layer']})" for parcel, row in chosen.iterrows()]
+    # stage 1 vs stage 2: per parcel, the two scores of its layer chosen on stage-2 validation
+    stages = figures["mode2_stages.png"]
+    check_figure(stages, "stage 1 vs stage 2", colorbar=False, legend=True)
+    ax = stages.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["stage 1", "stage 2"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == labels
+    widths = [p.get_width() for p in ax.patches]
+    n = len(labels)
+    assert widths[:n] == pytest.approx(chosen["stage1_test"].tolist())
+    assert widths[n:] == pytest.approx(chosen["stage2_test"].tolist())
+    # kept features per input state: each parcel's shares sum to 1, the legend names the inputs
+    kept = figures["mode2_kept_states.png"]
+    check_figure(kept, "kept features per input state", colorbar=False, legend=True)
+    totals = {}
+    for patch in kept.axes[0].patches:
+        y = round(patch.get_y() + patch.get_height() / 2)
+        totals[y] = totals.get(y, 0.0) + patch.get_width()
+    assert len(totals) == n and all(t == pytest.approx(1.0) for t in totals.values())
+    assert [t.get_text() for t in kept.axes[0].get_legend().get_texts()] == STATES
+    brain_layer = int(chosen.loc["whole brain", "layer"])
+    for k in (1, 2):
+        check_figure(figures[f"mode2_stage{k}_map.png"],
+                     f"Mode 2 stage {k}: held-out r per voxel (layer {brain_layer})")
+    result = CliRunner().invoke(main, ["report", str(mode2), "--out", str(tmp_path / "rep")])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "rep").glob("*.png")) == sorted(figures)
+    assert "mode2_stages.png" in (tmp_path / "rep" / "index.html").read_text()

@@ -221,6 +221,9 @@ def test_cli_mode2_end_to_end(tiny):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["settings"]["mode"] == 2 and manifest["settings"]["inputs"][0] == "per_head_q_rope"
     assert (run_dir / "maps" / "mode2_stage2_test_r.nii.gz").exists()
+    from mtbench.schema import validate_run
+
+    assert validate_run(run_dir).mode == "2"  # the result schema of Mode 2 (the leaderboard reads it)
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -244,3 +247,15 @@ def test_cli_banded_end_to_end(tiny):
     run_dir = next((root / "banded" / "runs").iterdir())
     rows = {r["parcel"]: r for r in pq.read_table(run_dir / "mode2.parquet").to_pylist()}
     assert rows[PLANTED[0]["parcel"]]["top_state"] == "per_head_q_rope"
+    # the leaderboard and the report read banded runs too: the top state's share of the contributions
+    from mtbench import leaderboard, report
+
+    cell = {r["parcel"]: r for r in leaderboard.build([root / "banded"]).rows}[PLANTED[0]["parcel"]]
+    states = [s for s in pq.read_table(run_dir / "mode2_states.parquet").to_pylist()
+              if s["parcel"] == PLANTED[0]["parcel"]]
+    top = next(s["contribution"] for s in states if s["state"] == "per_head_q_rope")
+    assert cell["top_state"] == "per_head_q_rope" and cell["selection"] == "banded"
+    assert cell["top_state_share"] == pytest.approx(top / sum(s["contribution"] for s in states))
+    assert cell["top_state_share"] > 0.5
+    titles = {name: fig._suptitle.get_text() for name, _, fig in report.figures(run_dir)}
+    assert titles["mode2_kept_states.png"] == "Mode 2: contribution per input state"
