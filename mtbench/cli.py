@@ -221,5 +221,9 @@ def print_summary(output, top: int = 15) -> None:
     console.print(f"results: {output.run_dir}  ({output.seconds:.0f} s)")
 
 
+from .data_cli import data as _data_group  # noqa: E402
+
+main.add_command(_data_group)
+
 if __name__ == "__main__":  # pragma: no cover
     main()
