@@ -13,6 +13,7 @@ place. Files already present are checked the same way (their md5 is remembered i
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import threading
@@ -117,6 +118,9 @@ class _Fetcher:
                     last_error = f"{type(exc).__name__}: {exc}"
                     continue  # resume from what reached the disk
                 size = part.stat().st_size
+                if size < item.size:  # the server stopped early: resume
+                    last_error = f"transfer stopped at {size} of {item.size} bytes"
+                    continue
                 if size == item.size and md5_of(part) == item.md5:
                     os.replace(part, path)
                     stat = path.stat()
@@ -150,7 +154,11 @@ class _Fetcher:
                     self.progress.update(task, completed=0)
             with open(part, "ab" if have else "wb") as handle:
                 while True:
-                    block = response.read(CHUNK)
+                    try:
+                        block = response.read1(CHUNK)
+                    except http.client.IncompleteRead as cut:  # keep what arrived, resume from there
+                        handle.write(cut.partial)
+                        raise
                     if not block:
                         break
                     handle.write(block)
