@@ -167,12 +167,17 @@ def run(model, states, layers, dataset, subject, metric, hrf, trim_scans, alphas
     settings = resolve_protocol(settings, explicit)  # conflicting explicit flags -> one-line error
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console)
-    try:
-        output = run_pipeline(settings, results_dir, progress=progress)
-    except KeyboardInterrupt:
-        click.echo("Error: interrupted; nothing of this run was written (earlier results are untouched)", err=True)
-        sys.exit(130)
-    print_summary(output)
+    from dataclasses import replace
+
+    from .runner import expand_subjects
+
+    for subject in expand_subjects(settings):  # --subject all / a comma list: one run per subject
+        try:
+            output = run_pipeline(replace(settings, subject=subject), results_dir, progress=progress)
+        except KeyboardInterrupt:
+            click.echo("Error: interrupted; nothing of this run was written (earlier results are untouched)", err=True)
+            sys.exit(130)
+        print_summary(output)
 
 
 def _parse_alphas(spec: str) -> list[float]:

@@ -175,3 +175,17 @@ def test_split_half_reliability_matches_a_direct_computation():
         np.testing.assert_allclose(r[split], direct, rtol=1e-5)
     assert r.mean() > 0.3  # the shared signal makes the halves agree
     np.testing.assert_allclose(ceiling_from_split_half(np.array([[0.5, -0.2]])), [np.sqrt(2 / 3), 0.0], rtol=1e-6)
+
+
+def test_subject_all_expands_through_the_dataset(prepared_root):
+    from mtbench.api import RunSettings
+    from mtbench.runner import expand_subjects
+
+    root, _, _ = prepared_root
+    settings = RunSettings(model="smollm2-135m", dataset="lpp-en", states=["all"], subject="all",
+                           dataset_options={"root": str(root)})
+    assert expand_subjects(settings) == SUBJECTS
+    settings.subject = "EN058,sub-EN057"
+    assert expand_subjects(settings) == ["EN058", "EN057"]
+    settings.subject, settings.dataset_options = "average", {"root": "/nowhere"}
+    assert expand_subjects(settings) == ["average"]  # one subject: nothing is loaded

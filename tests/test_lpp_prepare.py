@@ -34,7 +34,7 @@ def _brain() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def short_runs(tmp_path_factory):
-    """Two subjects. 24-scan runs on the tiny native grid (fast checks of the pipeline's pieces)."""
+    """Two subjects' 24-scan runs on the tiny native grid (fast checks of the pipeline's pieces)."""
     rng = np.random.default_rng(1)
     brain, story = _brain(), rng.standard_normal((_brain().sum(), 24)).cumsum(1)
     imgs = []
