@@ -80,8 +80,9 @@ def runs_by_subject(lang: Language, paths) -> dict[str, list[str]]:
     """Group BOLD paths by subject; runs 1..9 are the subject's run labels in sorted order.
 
     The labels are not the same for everyone: most English subjects have 9 consecutive
-    labels between 05 and 18 (one has the 15..23 of the dataset's README), some have gaps
-    (``sub-EN093``: 06-08, 11-16). Sorted order is the order of the book's sections.
+    labels starting at 06-09 (only sub-EN057 has the 15..23 of the dataset's README), most
+    Chinese ones 05..13, some have gaps (``sub-EN093``: 06-08, 11-16). Sorted order is the
+    order of the book's sections.
 
     Parameters
     ----------
