@@ -77,12 +77,18 @@ class DatasetEntry:
     """A dataset a plugin can load.
 
     ``load(**options) -> Dataset``; options are dataset-specific (``--dataset-option k=v``).
+    The optional ``fetch``, ``prepare`` and ``simulate`` callables back ``mtbench data
+    fetch|prepare|simulate NAME`` (see :mod:`mtbench.data_cli` for their signatures); None
+    means the dataset does not offer that command.
     """
 
     name: str
     summary: str
     load: Callable[..., "Dataset"]
     language: str = "en"
+    fetch: Callable[..., Any] | None = None
+    prepare: Callable[..., Any] | None = None
+    simulate: Callable[..., Any] | None = None
 
 
 @dataclass(frozen=True)

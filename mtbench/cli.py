@@ -206,18 +206,23 @@ def run(model, states, layers, dataset, subject, metric, hrf, delays, permutatio
     settings = resolve_protocol(settings, explicit)  # conflicting explicit flags -> one-line error
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console)
-    try:
-        output = run_pipeline(settings, results_dir, progress=progress)
-    except KeyboardInterrupt:
-        click.echo("Error: interrupted; nothing of this run was written (earlier results are untouched); "
-                   "rerun it to resume the feature extraction where it stopped", err=True)
-        sys.exit(130)
-    if mode == 2:
-        from .mode2 import print_summary as print_mode2_summary
+    from dataclasses import replace
 
-        print_mode2_summary(output, console)
-    else:
-        print_summary(output)
+    from .runner import expand_subjects
+
+    for subject in expand_subjects(settings):  # --subject all / a comma list: one run per subject
+        try:
+            output = run_pipeline(replace(settings, subject=subject), results_dir, progress=progress)
+        except KeyboardInterrupt:
+            click.echo("Error: interrupted; nothing of this run was written (earlier results are untouched); "
+                       "rerun it to resume the feature extraction where it stopped", err=True)
+            sys.exit(130)
+        if mode == 2:
+            from .mode2 import print_summary as print_mode2_summary
+
+            print_mode2_summary(output, console)
+        else:
+            print_summary(output)
 
 
 def _parse_delays(spec: str | None) -> list[int] | None:
@@ -293,6 +298,10 @@ main.add_command(report_command)
 from .sweep_cli import sweep  # noqa: E402  (the command lives in its own module)
 
 main.add_command(sweep)
+
+from .data_cli import data as _data_group  # noqa: E402
+
+main.add_command(_data_group)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -315,3 +315,18 @@ def _trim(x: np.ndarray, n: int) -> np.ndarray:
     if x.shape[0] <= 2 * n + 2:
         raise MtbenchError(f"cannot trim {n} scans at both ends of a run of {x.shape[0]} scans; lower --trim")
     return x[n:-n]
+
+
+def expand_subjects(settings: RunSettings) -> list[str]:
+    """``--subject`` as a list: ``average``/one id as is; ``all`` or ``id1,id2`` through the dataset.
+
+    A dataset that knows more than one subject offers ``expand_subjects(spec) -> list[str]``.
+    """
+    spec = settings.subject
+    if spec != "all" and "," not in spec:
+        return [spec]
+    dataset = load_dataset(settings.dataset, **settings.dataset_options)
+    if not hasattr(dataset, "expand_subjects"):
+        raise MtbenchError(f"dataset {settings.dataset} has only the subjects {', '.join(dataset.subjects)}: "
+                           "give one with --subject")
+    return dataset.expand_subjects(spec)

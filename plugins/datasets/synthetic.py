@@ -29,21 +29,20 @@ that no encoding model can learn from so little data (recovered r ~0.2 for a cei
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mtbench.alignment import hrf_operator, zscore
 from mtbench.api import ModelAdapter, Parcellation, Stimulus, StimulusRun
 from mtbench.errors import MtbenchError
 from mtbench.features import word_features
 
+from .planting import (AR1_PHI, N_COMPONENTS, N_DIRECTIONS, PlantedParcel, ar1_noise, parcel_directions,
+                       parse_truth, planted_signal)
 from .atlas import ATLAS_DERIVATION, ATLAS_NAME, MNI_4MM_AFFINE, MNI_4MM_SHAPE, harvard_oxford_cortical
 
 STORY_PATH = Path(__file__).parent / "data" / "story.txt"
@@ -51,10 +50,7 @@ TR = 2.0
 HRF_TAIL_S = 10.0  # scans recorded after the last word, for the HRF to come back down
 TINY_WORDS = 150  # words kept per run at scale="tiny"
 TINY_NULL_PARCELS = 2
-N_DIRECTIONS = 3  # random feature directions per planted parcel, mixed per voxel
-N_COMPONENTS = 32  # the directions live in the span of this many top principal components
 DEFAULT_SNR = 0.45  # signal/noise variance; ceilings ~0.43-0.63, mean ~0.55
-AR1_PHI = (0.3, 0.5)  # range of the per-voxel AR(1) coefficient of the noise
 _SIMULATION_VERSION = 1  # bump when the simulation changes the numbers
 
 DEFAULT_TRUTH_MODEL = "smollm2-135m"
@@ -163,53 +159,6 @@ def make_stimulus(seed: int = 0, max_words: int | None = None, path: Path = STOR
 
 
 # --------------------------------------------------------------------------- options
-@dataclass
-class PlantedParcel:
-    """One planted (parcel, layer, state)."""
-
-    parcel_id: int
-    parcel: str
-    layer: int
-    state: str
-
-
-def _parse_truth(truth: Any, names: dict[int, str]) -> list[PlantedParcel]:
-    if isinstance(truth, str):
-        try:
-            truth = json.loads(truth)
-        except json.JSONDecodeError as exc:
-            raise MtbenchError(f"dataset option truth is not valid JSON ({exc.msg}): give a list of "
-                               '{"parcel": NAME, "layer": N, "state": STATE}') from None
-    if isinstance(truth, dict):
-        truth = [truth]
-    if not isinstance(truth, (list, tuple)) or not truth:
-        raise MtbenchError('dataset option truth must be a non-empty list of {"parcel": NAME, "layer": N, "state": STATE}')
-    by_name = {name.lower(): i for i, name in names.items()}
-    planted: list[PlantedParcel] = []
-    for entry in truth:
-        if not isinstance(entry, dict) or set(entry) != {"parcel", "layer", "state"}:
-            raise MtbenchError(f"truth entry {entry!r} must have exactly the keys parcel, layer, state")
-        parcel = entry["parcel"]
-        if isinstance(parcel, int) or (isinstance(parcel, str) and parcel.isdigit()):
-            parcel_id = int(parcel)
-            if parcel_id not in names:
-                raise MtbenchError(f"truth parcel id {parcel_id} is not a Harvard-Oxford cortical id (1..{len(names)})")
-        else:
-            parcel_id = by_name.get(str(parcel).lower())
-            if parcel_id is None:
-                close = difflib.get_close_matches(str(parcel), list(names.values()), n=3, cutoff=0.4)
-                hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else "names are FSL's, e.g. \"Heschl's Gyrus (includes H1 and H2)\""
-                raise MtbenchError(f"unknown truth parcel {parcel!r}: {hint}")
-        try:
-            layer = int(entry["layer"])
-        except (TypeError, ValueError):
-            raise MtbenchError(f"truth layer {entry['layer']!r} is not an integer (layers are 1-based block numbers)") from None
-        if any(p.parcel_id == parcel_id for p in planted):
-            raise MtbenchError(f"truth plants parcel {names[parcel_id]!r} twice: one (layer, state) per parcel")
-        planted.append(PlantedParcel(parcel_id, names[parcel_id], layer, str(entry["state"])))
-    return planted
-
-
 def _check_planted(planted: list[PlantedParcel], adapter: ModelAdapter) -> None:
     available = set(adapter.available_states())
     for p in planted:
@@ -370,55 +319,20 @@ class SyntheticDataset:
         ndarray, shape (dim, N_DIRECTIONS)
             Unit columns in the span of the top ``N_COMPONENTS`` principal components.
         """
-        _, _, vt = np.linalg.svd(z, full_matrices=False)
-        basis = vt[:N_COMPONENTS]  # (k_pc, dim)
-        # Fix each component's sign (largest loading positive): SVD signs are arbitrary.
-        rows = np.arange(basis.shape[0])
-        basis = basis * np.sign(basis[rows, np.abs(basis).argmax(1)])[:, None]
-        rng = np.random.default_rng([self.seed, 2, planted.parcel_id])
-        w = basis.T @ rng.standard_normal((basis.shape[0], N_DIRECTIONS))
-        return w / np.linalg.norm(w, axis=0)
+        return parcel_directions(z, self.seed, planted.parcel_id)
 
     def _simulate(self) -> None:
         runs = self.stimulus.runs
-        bounds = np.cumsum([0] + [len(r.words) for r in runs])
-        operators = [hrf_operator(run, self.stimulus.tr) for run in runs]
         states = sorted({p.state for p in self.planted})
         layers = sorted({p.layer for p in self.planted})
         features = word_features(self.adapter, self.stimulus, states, layers)
-
-        labels = self.parcels.labels
-        signal = [np.zeros((run.n_scans, self.n_voxels)) for run in runs]
-        for p in self.planted:
-            # z-score over all words: removes the mean vector every state shares, whose
-            # HRF-convolved version is just the word rate.
-            z = zscore(np.concatenate(features[(p.layer, p.state)])).astype(np.float64)
-            words_signal = z @ self.parcel_directions(p, z)  # (n_words, k)
-            voxels = np.flatnonzero(labels == p.parcel_id)
-            rng = np.random.default_rng([self.seed, 5, p.parcel_id])
-            mixing = rng.standard_normal((N_DIRECTIONS, voxels.size))
-            mixing /= np.linalg.norm(mixing, axis=0)
-            for r, op in enumerate(operators):
-                scans = zscore(op @ words_signal[bounds[r]:bounds[r + 1]]).astype(np.float64)
-                per_voxel = zscore(scans @ mixing).astype(np.float64)  # (n_scans_r, n_parcel_voxels)
-                signal[r][:, voxels] = per_voxel * np.sqrt(self._snr_v[voxels])
-
+        signal = planted_signal(self.stimulus, self.planted, lambda p: features[(p.layer, p.state)],
+                                self.parcels.labels, np.sqrt(self._snr_v), self.seed)
         bold = []
         for r, run in enumerate(runs):
-            noise = _ar1_noise(np.random.default_rng([self.seed, 4, r]), run.n_scans, self._phi_v)
+            noise = ar1_noise(np.random.default_rng([self.seed, 4, r]), run.n_scans, self._phi_v)
             bold.append((signal[r] + noise).astype(np.float32))
         self._signal, self._bold = signal, bold
-
-
-def _ar1_noise(rng: np.random.Generator, n_scans: int, phi: np.ndarray) -> np.ndarray:
-    """Stationary unit-variance AR(1) Gaussian noise, shape (n_scans, n_voxels)."""
-    innovations = rng.standard_normal((n_scans, phi.size))
-    noise = np.empty_like(innovations)
-    noise[0] = innovations[0]  # start in the stationary distribution
-    scale = np.sqrt(1.0 - phi**2)
-    for t in range(1, n_scans):
-        noise[t] = phi * noise[t - 1] + scale * innovations[t]
-    return noise
 
 
 def load_synthetic(**options) -> SyntheticDataset:
@@ -458,7 +372,7 @@ def load_synthetic(**options) -> SyntheticDataset:
         raise MtbenchError(f"dataset option scale must be 'full' or 'tiny', got {scale!r}")
 
     _, names = harvard_oxford_cortical(MNI_4MM_AFFINE, MNI_4MM_SHAPE)
-    planted = _parse_truth(options.get("truth", list(DEFAULT_TRUTH)), names)
+    planted = parse_truth(options.get("truth", list(DEFAULT_TRUTH)), names)
     truth_model = options.get("truth_model", DEFAULT_TRUTH_MODEL)
     adapter = _resolve_model(truth_model)
     _check_planted(planted, adapter)

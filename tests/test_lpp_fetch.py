@@ -1,0 +1,186 @@
+"""`mtbench data fetch lpp-en` against a local HTTP server serving a small fake bucket.
+
+The bucket has the real file names of the ds003643 manifest (annotation, metadata, the
+BOLD runs of two English subjects) with small random contents; the test manifest records
+their sizes and md5. The server honours HTTP Range and can cut a transfer midway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mtbench.cli import main
+from mtbench.errors import MtbenchError
+from mtbench_plugins.datasets.lpp.fetch import STATE_FILE, fetch_lpp
+from mtbench_plugins.datasets.lpp.layout import read_manifest
+
+SUBJECTS = ["EN057", "EN093"]  # EN093's run labels have gaps: 06-08, 11-16
+
+
+class Bucket:
+    """Files by path, the requests seen, and which transfers to cut."""
+
+    def __init__(self, files: dict[str, bytes]):
+        self.files = files
+        self.requests: list[tuple[str, str | None]] = []
+        self.cut_once: set[str] = set()  # first full GET of these paths stops halfway
+        self.lock = threading.Lock()
+
+
+def _handler(bucket: Bucket):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):  # keep test output clean
+            pass
+
+        def do_GET(self):  # noqa: N802
+            path = self.path.split("/", 2)[-1]  # /ds003643/<path>
+            with bucket.lock:
+                bucket.requests.append((path, self.headers.get("Range")))
+            body = bucket.files.get(path)
+            if body is None:
+                self.send_error(404)
+                return
+            start, status = 0, 200
+            if self.headers.get("Range"):
+                start = int(self.headers["Range"].removeprefix("bytes=").split("-")[0])
+                status = 206
+            chunk = body[start:]
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(chunk)))
+            if status == 206:
+                self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+            self.end_headers()
+            with bucket.lock:
+                cut = start == 0 and path in bucket.cut_once
+                bucket.cut_once.discard(path)
+            if cut:  # promise everything, send half, drop the connection
+                self.wfile.write(chunk[: len(chunk) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
+            self.wfile.write(chunk)
+
+    return Handler
+
+
+@pytest.fixture
+def bucket_server(tmp_path, lpp_reference):
+    real = read_manifest(lpp_reference / "ds003643_manifest.tsv")
+    wanted = [m for m in real if m.path in ("participants.tsv", "dataset_description.json",
+                                            "annotation/EN/lppEN_word_information.csv")
+              or any(f"/sub-{s}/" in m.path for s in SUBJECTS)]
+    assert len(wanted) == 3 + 9 * len(SUBJECTS)
+    rng = np.random.default_rng(0)
+    files = {m.path: rng.bytes(int(rng.integers(3000, 40000))) for m in wanted}
+    manifest = tmp_path / "manifest.tsv"
+    manifest.write_text("path\tsize\tmd5\n" + "".join(
+        f"{p}\t{len(b)}\t{hashlib.md5(b).hexdigest()}\n" for p, b in files.items()))
+    bucket = Bucket(files)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(bucket))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/ds003643"
+    yield bucket, url, manifest
+    server.shutdown()
+    server.server_close()
+
+
+def _fetch(root, url, manifest, **kwargs):
+    return fetch_lpp("en", root=root, subjects=kwargs.pop("subjects", SUBJECTS), jobs=4, base_url=url,
+                     manifest=str(manifest), **kwargs)
+
+
+def _assert_complete(root, bucket):
+    for path, body in bucket.files.items():
+        assert (root / path).read_bytes() == body, path
+    assert not list(root.rglob("*.part"))
+
+
+def test_fresh_fetch_then_rerun_downloads_nothing(tmp_path, bucket_server):
+    bucket, url, manifest = bucket_server
+    root = tmp_path / "ds003643"
+    message = _fetch(root, url, manifest)
+    assert message.startswith("lpp-en: 21 file(s) downloaded") and "0 already present" in message
+    _assert_complete(root, bucket)
+    assert (root / "derivatives/sub-EN093/func/sub-EN093_task-lppEN_run-16_space-MNIColin27_desc-preproc_bold.nii.gz").exists()
+    n_requests = len(bucket.requests)
+    again = _fetch(root, url, manifest)
+    assert again.startswith("lpp-en: 0 file(s) downloaded (0.0 MB), 21 already present and verified")
+    assert len(bucket.requests) == n_requests
+
+
+def test_cut_transfer_is_resumed_with_range(tmp_path, bucket_server):
+    bucket, url, manifest = bucket_server
+    root = tmp_path / "ds003643"
+    annotation = "annotation/EN/lppEN_word_information.csv"
+    bold = next(p for p in bucket.files if "sub-EN057" in p and "run-19" in p)
+    bucket.cut_once.update({annotation, bold})
+    _fetch(root, url, manifest)
+    _assert_complete(root, bucket)
+    for path in (annotation, bold):
+        ranges = [r for p, r in bucket.requests if p == path]
+        assert ranges[0] is None and ranges[1] == f"bytes={len(bucket.files[path]) // 2}-", ranges
+
+
+def test_partial_file_from_an_interrupted_run_is_resumed(tmp_path, bucket_server):
+    bucket, url, manifest = bucket_server
+    root = tmp_path / "ds003643"
+    path = "participants.tsv"
+    (root).mkdir()
+    (root / f"{path}.part").write_bytes(bucket.files[path][:1000])
+    _fetch(root, url, manifest, annotations_only=True)
+    assert [r for p, r in bucket.requests if p == path] == ["bytes=1000-"]
+    assert (root / path).read_bytes() == bucket.files[path]
+    assert sorted(p for p, _ in bucket.requests) == sorted(
+        ["participants.tsv", "dataset_description.json", "annotation/EN/lppEN_word_information.csv"])
+
+
+def test_corrupted_file_is_detected_and_fetched_again(tmp_path, bucket_server):
+    bucket, url, manifest = bucket_server
+    root = tmp_path / "ds003643"
+    _fetch(root, url, manifest)
+    victim = next(p for p in bucket.files if "sub-EN093" in p)
+    damaged = bytearray(bucket.files[victim])
+    damaged[100] ^= 0xFF  # same size, different md5
+    (root / victim).write_bytes(bytes(damaged))
+    os.utime(root / victim, ns=(1, 1))  # a new mtime: the remembered md5 no longer vouches for it
+    before = len(bucket.requests)
+    message = _fetch(root, url, manifest)
+    assert message.startswith("lpp-en: 1 file(s) downloaded") and "20 already present" in message
+    assert [p for p, _ in bucket.requests[before:]] == [victim]
+    _assert_complete(root, bucket)
+    assert (root / STATE_FILE).exists()
+
+
+def test_server_sending_wrong_bytes_fails_in_one_line(tmp_path, bucket_server):
+    bucket, url, manifest = bucket_server
+    path = "dataset_description.json"
+    bucket.files[path] = b"x" * len(bucket.files[path])  # right size, wrong md5
+    with pytest.raises(MtbenchError, match="could not download dataset_description.json .* 3 attempts") as err:
+        _fetch(tmp_path / "root", url, manifest, annotations_only=True)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "root" / path).exists()
+    with pytest.raises(MtbenchError, match="no subject 'EN999'"):
+        _fetch(tmp_path / "root", url, manifest, subjects=["EN999"])
+
+
+def test_cli_fetch_annotations_only(tmp_path, bucket_server):
+    bucket, url, manifest = bucket_server
+    root = tmp_path / "cli-root"
+    result = CliRunner().invoke(main, ["data", "fetch", "lpp-en", "--annotations-only", "--root", str(root),
+                                       "--option", f"base_url={url}", "--option", f"manifest={manifest}"])
+    assert result.exit_code == 0, result.output
+    assert "3 file(s) downloaded" in result.output
+    assert (root / "annotation/EN/lppEN_word_information.csv").exists()
+    result = CliRunner().invoke(main, ["data", "fetch", "synthetic"])
+    assert result.exit_code == 2 and "dataset 'synthetic' has no `data fetch` command" in result.output
