@@ -58,9 +58,22 @@ def test_model_conforms(name, request):
     check_model_adapter(adapter, stimulus=tiny_stimulus())
 
 
+@pytest.fixture(scope="module")
+def lpp_roots(tmp_path_factory):
+    """Miniature prepared Le Petit Prince roots (real layout, invented words): lpp-* need data."""
+    from lpp_mini import make_mini_root
+
+    roots = {f"lpp-{key}": make_mini_root(tmp_path_factory.mktemp(f"lpp-{key}"), key) for key in ("en", "fr", "cn")}
+    roots["lpp-en-sim"] = roots["lpp-en"]  # a simulation is read by the same loader
+    return roots
+
+
 @pytest.mark.parametrize("name", _params("dataset"))
-def test_dataset_conforms(name):
-    check_dataset(REGISTRY.dataset(name).load(**DATASET_OPTIONS.get(name, {})))
+def test_dataset_conforms(name, request):
+    options = dict(DATASET_OPTIONS.get(name, {}))
+    if name.startswith("lpp-"):
+        options["root"] = str(request.getfixturevalue("lpp_roots")[name])
+    check_dataset(REGISTRY.dataset(name).load(**options))
 
 
 @pytest.mark.slow
