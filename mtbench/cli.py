@@ -279,15 +279,20 @@ def print_summary(output, top: int = 15) -> None:
             cells.append(f"{row['share_significant']:.0%}")
         table.add_row(*cells)
     console.print(table)
+    print_truth_check(output, "Planted truth (simulated dataset): recovered?", "r test")
+
+
+def print_truth_check(output, title: str, score_label: str, out: Console = console) -> None:
+    """The planted-truth table of a simulated dataset (if any), then where the results are."""
     if output.truth_check:
-        check = Table(title="Planted truth (simulated dataset): recovered?")
-        for col in ("parcel", "planted", "found", "r test", "ok"):
+        check = Table(title=title)
+        for col in ("parcel", "planted", "found", score_label, "ok"):
             check.add_column(col)
         for row in output.truth_check:
             check.add_row(row["parcel"], row["planted"], row["found"], f"{row['test']:.3f}",
                           "[green]yes[/green]" if row["recovered"] else "[red]no[/red]")
-        console.print(check)
-    console.print(f"results: {output.run_dir}  ({output.seconds:.0f} s)")
+        out.print(check)
+    out.print(f"results: {output.run_dir}  ({output.seconds:.0f} s)")
 
 
 from .board_commands import leaderboard_command, report_command  # noqa: E402

@@ -569,12 +569,7 @@ def print_summary(output, console, top: int = 15) -> None:
                       f"{row['stage1_test']:.3f}", f"{row['stage2_test']:.3f}", f"{row['gain']:+.3f}",
                       row["top_state"])
     console.print(table)
-    if output.truth_check:
-        check = Table(title="Planted truth (simulated dataset): planted state on top in its parcel?")
-        for col in ("parcel", "planted", "found", "r stage 2", "ok"):
-            check.add_column(col)
-        for row in output.truth_check:
-            check.add_row(row["parcel"], row["planted"], row["found"], f"{row['test']:.3f}",
-                          "[green]yes[/green]" if row["recovered"] else "[red]no[/red]")
-        console.print(check)
-    console.print(f"results: {output.run_dir}  ({output.seconds:.0f} s)")
+    from .cli import print_truth_check
+
+    print_truth_check(output, "Planted truth (simulated dataset): planted state on top in its parcel?", "r stage 2",
+                      out=console)

@@ -37,3 +37,14 @@ def atlas_cache(tmp_path_factory) -> Path:
 
         harvard_oxford_cortical()
     return folder
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: one torch thread is faster, and steady on a shared machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
