@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -42,6 +43,8 @@ def _handler(bucket: Bucket):
             pass
 
         def do_GET(self):  # noqa: N802
+            if self.path.startswith("/?"):  # S3 ListObjectsV2 of the bucket, 10 keys per page
+                return self._list(dict(urllib.parse.parse_qsl(self.path[2:])))
             path = self.path.split("/", 2)[-1]  # /ds003643/<path>
             with bucket.lock:
                 bucket.requests.append((path, self.headers.get("Range")))
@@ -69,6 +72,27 @@ def _handler(bucket: Bucket):
                 self.connection.shutdown(2)
                 return
             self.wfile.write(chunk)
+
+        def _list(self, query):
+            with bucket.lock:
+                bucket.requests.append(("?list", query.get("continuation-token")))
+            keys = sorted(f"{query['prefix']}{p}" for p in bucket.files)
+            start = int(query.get("continuation-token", 0))
+            page = keys[start:start + 10]
+            more = start + 10 < len(keys)
+            contents = "".join(
+                f"<Contents><Key>{k}</Key><Size>{len(bucket.files[k.split('/', 1)[1]])}</Size>"
+                f"<ETag>&quot;{hashlib.md5(bucket.files[k.split('/', 1)[1]]).hexdigest()}&quot;</ETag></Contents>"
+                for k in page)
+            body = ('<?xml version="1.0" encoding="UTF-8"?><ListBucketResult '
+                    'xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+                    f"<IsTruncated>{'true' if more else 'false'}</IsTruncated>{contents}"
+                    + (f"<NextContinuationToken>{start + 10}</NextContinuationToken>" if more else "")
+                    + "</ListBucketResult>").encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
     return Handler
 
@@ -184,3 +208,16 @@ def test_cli_fetch_annotations_only(tmp_path, bucket_server):
     assert (root / "annotation/EN/lppEN_word_information.csv").exists()
     result = CliRunner().invoke(main, ["data", "fetch", "synthetic"])
     assert result.exit_code == 2 and "dataset 'synthetic' has no `data fetch` command" in result.output
+
+
+def test_without_a_manifest_the_bucket_listing_is_used(tmp_path, bucket_server):
+    """The default: list the bucket (paged ListObjectsV2), ETags as md5, then download."""
+    bucket, url, _ = bucket_server
+    root = tmp_path / "ds003643"
+    message = fetch_lpp("en", root=root, subjects=["EN093"], jobs=2, base_url=url)
+    assert message.startswith("lpp-en: 12 file(s) downloaded")
+    listing = [token for path, token in bucket.requests if path == "?list"]
+    assert listing == [None, "10", "20"]  # 21 keys, 10 per page
+    assert not any("sub-EN057" in path for path, _ in bucket.requests)
+    for path in [p for p in bucket.files if "sub-EN057" not in p]:
+        assert (root / path).read_bytes() == bucket.files[path]

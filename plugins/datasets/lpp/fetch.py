@@ -1,8 +1,11 @@
 """``mtbench data fetch lpp-XX``: the files a run needs, from OpenNeuro's public S3 bucket over HTTPS.
 
-Which files, their sizes and md5 come from the real ds003643 manifest shipped with the plugin
-(``data/ds003643_manifest.tsv``): the word annotation, ``participants.tsv``,
-``dataset_description.json`` and the preprocessed BOLD of the chosen subjects.
+Which files exist, their sizes and md5 come from the bucket itself: one S3 ``ListObjectsV2``
+listing of the dataset's prefix (paged), whose ETags are the md5 of these single-part uploads
+(a multipart ETag, with a ``-``, is checked by size only). Option ``manifest`` replaces the
+listing with a ``path, size, md5`` TSV (e.g. the dataset's own manifest, for offline checks).
+From it: the word annotation, ``participants.tsv``, ``dataset_description.json`` and the
+preprocessed BOLD of the chosen subjects.
 
 Each file is downloaded to ``<name>.part`` (resumed with an HTTP ``Range`` request when a
 previous attempt was cut), checked against the manifest's size and md5, then renamed into
@@ -18,7 +21,9 @@ import json
 import os
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
+import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,6 +31,8 @@ from mtbench.errors import MtbenchError
 from mtbench.paths import atomic_write_bytes
 
 from .layout import ManifestFile, default_root, language, read_manifest, runs_by_subject, subjects_in_manifest
+
+_S3 = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
 DEFAULT_URL = "https://s3.amazonaws.com/openneuro.org/ds003643"
 URL_ENV = "MTBENCH_LPP_URL"
@@ -53,6 +60,42 @@ def select_files(key: str, manifest: list[ManifestFile], subjects: list[str] | N
     runs = runs_by_subject(lang, [m.path for m in manifest])
     bold = {path for s in chosen for path in runs[s]}
     return rows + [m for m in manifest if m.path in bold]
+
+
+def list_bucket(base_url: str) -> list[ManifestFile]:
+    """Every file under ``base_url`` (``<bucket URL>/<dataset prefix>``), from S3 ``ListObjectsV2``.
+
+    Returns
+    -------
+    list of ManifestFile
+        Paths relative to the dataset prefix; ``md5`` is the ETag, or ``""`` for a multipart
+        upload (its ETag is not an md5).
+    """
+    bucket_url, prefix = base_url.rstrip("/").rsplit("/", 1)
+    files, token = [], None
+    while True:
+        query = {"list-type": "2", "prefix": prefix + "/"}
+        if token:
+            query["continuation-token"] = token
+        url = f"{bucket_url}/?{urllib.parse.urlencode(query)}"
+        try:
+            with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+                tree = ET.fromstring(response.read())
+        except (urllib.error.URLError, OSError, ET.ParseError) as exc:
+            raise MtbenchError(f"cannot list {bucket_url} (prefix {prefix}/): {exc}; check the network or pass "
+                               "--option manifest=FILE (a path/size/md5 TSV)") from None
+        ns = _S3 if tree.tag.startswith(_S3) else ""
+        for item in tree.iter(f"{ns}Contents"):
+            key, etag = item.findtext(f"{ns}Key"), item.findtext(f"{ns}ETag", "").strip('"')
+            files.append(ManifestFile(key[len(prefix) + 1:], int(item.findtext(f"{ns}Size")),
+                                      "" if "-" in etag else etag))
+        token = tree.findtext(f"{ns}NextContinuationToken")
+        if tree.findtext(f"{ns}IsTruncated") != "true" or not token:
+            return files
+
+
+def _md5_matches(path: Path, item: ManifestFile) -> bool:
+    return not item.md5 or md5_of(path) == item.md5  # no md5 (multipart upload): the size decides
 
 
 def md5_of(path: Path) -> str:
@@ -86,7 +129,7 @@ class _Fetcher:
         remembered = self.state.get(item.path)
         if remembered and remembered == [stat.st_size, stat.st_mtime_ns, item.md5]:
             return True
-        ok = md5_of(path) == item.md5
+        ok = _md5_matches(path, item)
         if ok:
             with self.lock:
                 self.state[item.path] = [stat.st_size, stat.st_mtime_ns, item.md5]
@@ -121,7 +164,7 @@ class _Fetcher:
                 if size < item.size:  # the server stopped early: resume
                     last_error = f"transfer stopped at {size} of {item.size} bytes"
                     continue
-                if size == item.size and md5_of(part) == item.md5:
+                if size == item.size and _md5_matches(part, item):
                     os.replace(part, path)
                     stat = path.stat()
                     with self.lock:
@@ -185,7 +228,7 @@ def fetch_lpp(key: str, root: Path | None = None, subjects: list[str] | None = N
     progress : rich.progress.Progress, optional
     **options
         ``base_url`` (default ``$MTBENCH_LPP_URL`` or OpenNeuro's S3 bucket), ``manifest``
-        (a ``path, size, md5`` TSV replacing the shipped one; tests).
+        (a ``path, size, md5`` TSV used instead of listing the bucket).
 
     Returns
     -------
@@ -195,13 +238,13 @@ def fetch_lpp(key: str, root: Path | None = None, subjects: list[str] | None = N
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise MtbenchError(f"unknown option {unknown[0]!r} for `data fetch`: options are {', '.join(OPTIONS)}")
-    manifest = read_manifest(Path(options["manifest"])) if options.get("manifest") else read_manifest()
+    base_url = str(options.get("base_url") or os.environ.get(URL_ENV) or DEFAULT_URL)
+    manifest = read_manifest(Path(options["manifest"])) if options.get("manifest") else list_bucket(base_url)
     items = select_files(key, manifest, subjects, annotations_only)
     if not items:
-        raise MtbenchError(f"the manifest lists no file for lpp-{key}: reinstall mtbench")
+        raise MtbenchError(f"no file of lpp-{key} found at {base_url}: check --option base_url / manifest")
     root = Path(root) if root is not None else default_root(f"lpp-{key}")
     root.mkdir(parents=True, exist_ok=True)
-    base_url = str(options.get("base_url") or os.environ.get(URL_ENV) or DEFAULT_URL)
     fetcher = _Fetcher(root, base_url, progress)
     if fetcher.total_task is not None:
         progress.update(fetcher.total_task, total=sum(i.size for i in items))

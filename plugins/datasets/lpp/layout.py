@@ -25,7 +25,6 @@ from pathlib import Path
 from mtbench.errors import MtbenchError
 from mtbench.paths import cache_dir
 
-MANIFEST_PATH = Path(__file__).parent / "data" / "ds003643_manifest.tsv"
 PREPARED_DIR = Path("derivatives") / "mtbench-4mm"
 TR = 2.0
 ROOT_ENV = "MTBENCH_LPP_ROOT"
@@ -131,8 +130,8 @@ class ManifestFile:
     md5: str
 
 
-def read_manifest(path: Path = MANIFEST_PATH) -> list[ManifestFile]:
-    """Rows of a ``path, size, md5`` TSV (the real ds003643 manifest, or a test one)."""
+def read_manifest(path: Path) -> list[ManifestFile]:
+    """Rows of a ``path, size, md5`` TSV (e.g. the real ds003643 manifest, or a test one)."""
     with open(path, encoding="utf-8", newline="") as handle:
         return [ManifestFile(row["path"], int(row["size"]), row["md5"]) for row in csv.DictReader(handle, delimiter="\t")]
 
