@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from _cli_run import timed_run  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def main() -> int:
@@ -29,16 +29,11 @@ def main() -> int:
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1", COLUMNS="200")
         if not args.keep_cache:
             env["MTBENCH_CACHE"] = str(Path(tmp) / "cache")
-        start = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", "mtbench.cli", "run", "--model", "smollm2-135m",
-                                 "--states", "all", "--precision", args.precision, "--out", str(Path(tmp) / "res")],
-                                env=env, capture_output=True, text=True)
-        wall = time.perf_counter() - start
-        if result.returncode != 0:
-            print(result.stderr[-2000:])
+        ran = timed_run(["--model", "smollm2-135m",
+                         "--states", "all", "--precision", args.precision], Path(tmp) / "res", env)
+        if ran is None:
             return 1
-        (run_dir,) = (Path(tmp) / "res" / "runs").iterdir()
-        manifest = json.loads((run_dir / "manifest.json").read_text())
+        wall, run_dir, manifest, stdout = ran
         import pyarrow.parquet as pq
 
         summary = {row["parcel"]: row for row in pq.read_table(run_dir / "summary.parquet").to_pylist()}

@@ -11,13 +11,14 @@ default planted truth, SmolLM2-135M) unless ``--sim`` already holds one, runs th
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _cli_run import timed_run  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def main() -> int:
@@ -38,23 +39,18 @@ def main() -> int:
                 print(done.stderr[-2000:])
                 return 1
             print(f"simulate: {time.perf_counter() - start:.0f} s; {done.stdout.strip().splitlines()[-1]}")
-        start = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", "mtbench.cli", "run", "--model", "smollm2-135m", "--dataset",
-                                 "lpp-en-sim", "--dataset-option", f"root={sim}", "--states", args.states,
-                                 "--layers", args.layers, "--out", str(Path(tmp) / "res")],
-                                env=env, capture_output=True, text=True)
-        wall = time.perf_counter() - start
-        if result.returncode != 0:
-            print(result.stderr[-2000:])
+        ran = timed_run(["--model", "smollm2-135m", "--dataset",
+                         "lpp-en-sim", "--dataset-option", f"root={sim}", "--states", args.states,
+                         "--layers", args.layers], Path(tmp) / "res", env)
+        if ran is None:
             return 1
-        (run_dir,) = (Path(tmp) / "res" / "runs").iterdir()
-        manifest = json.loads((run_dir / "manifest.json").read_text())
+        wall, run_dir, manifest, stdout = ran
         n_fits = len(args.states.split(",")) * len(args.layers.split(","))
         fit = manifest["timings"]["fit"]
         print(f"run: {wall:.0f} s wall, stages {manifest['timings']}")
         print(f"fit: {fit / n_fits:.1f} s per (layer, state) over 2,816 scans x 25,870 voxels; "
               f"projected fit time for 390 fits: {fit / n_fits * 390 / 60:.0f} min")
-        print("truth:", result.stdout.split("recovered?", 1)[-1][:800] if "recovered?" in result.stdout else "n/a")
+        print("truth:", stdout.split("recovered?", 1)[-1][:800] if "recovered?" in stdout else "n/a")
     return 0
 
 

@@ -12,13 +12,12 @@ planted-truth check.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from _cli_run import timed_run  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 INPUTS = "per_head_q,per_head_q_rope,per_head_k,per_head_k_rope,attn_output,ffn_activated_state"
 
@@ -32,24 +31,19 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1", COLUMNS="200")
-        start = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", "mtbench.cli", "run", "--model", "smollm2-135m", "--mode", "2",
-                                 "--layers", args.layers, "--inputs", INPUTS, "--pivot", "input_hidden_state",
-                                 "--selection", args.selection, "--out", str(Path(tmp) / "res")],
-                                env=env, capture_output=True, text=True)
-        wall = time.perf_counter() - start
-        if result.returncode != 0:
-            print(result.stderr[-2000:])
+        ran = timed_run(["--model", "smollm2-135m", "--mode", "2",
+                         "--layers", args.layers, "--inputs", INPUTS, "--pivot", "input_hidden_state",
+                         "--selection", args.selection], Path(tmp) / "res", env)
+        if ran is None:
             return 1
-        (run_dir,) = (Path(tmp) / "res" / "runs").iterdir()
-        manifest = json.loads((run_dir / "manifest.json").read_text())
+        wall, run_dir, manifest, stdout = ran
         rows = pq.read_table(run_dir / "mode2.parquet").to_pylist()
     print(f"wall {wall:.1f} s; stages {manifest['timings']}; mode 2 {manifest['mode2_seconds']}")
     for row in sorted(rows, key=lambda r: -r["stage2_test"])[:5]:
         print(f"L{row['layer']} {row['parcel'][:40]:40s} stage1 {row['stage1_test']:.3f} stage2 "
               f"{row['stage2_test']:.3f} top {row['top_state']}")
-    if "Planted truth" in result.stdout:
-        print("Planted truth" + result.stdout.split("Planted truth")[-1].split("results:")[0])
+    if "Planted truth" in stdout:
+        print("Planted truth" + stdout.split("Planted truth")[-1].split("results:")[0])
     return 0
 
 
