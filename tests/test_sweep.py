@@ -194,8 +194,10 @@ def test_two_sweeps_at_once_share_the_results_directory(tiny, tmp_path):
     assert [p.name for p in runs] == sorted(counts) and not any(p.name.endswith(".partial") for p in runs)
     scores = scores_by_cell(results)
     assert all(len(rows) > 0 and np.isfinite([r[-1] for r in rows]).all() for rows in scores.values())
-    ran_inline = record.read_text().splitlines()
-    assert ran_inline and all(line.split()[1] in counts for line in ran_inline if line.startswith("fit "))
+    # the inline sweep runs tasks only if it planned before the other finished (timing decides);
+    # whatever it ran must be one of the cells, each still computed once (checked above)
+    ran_inline = record.read_text().splitlines() if record.exists() else []
+    assert all(line.split()[1] in counts for line in ran_inline if line.startswith("fit "))
 
 
 # --------------------------------------------------------------------------- local executor
