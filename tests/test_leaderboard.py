@@ -99,6 +99,14 @@ def board_of(root: Path, **options) -> leaderboard.Board:
 
 
 # --------------------------------------------------------------------------- aggregation
+
+def _assert_refused_in_one_line(copies: dict, expected: dict) -> None:
+    """Each broken copy fails validation with its expected one-line message."""
+    for name, message in expected.items():
+        with pytest.raises(MtbenchError) as info:
+            validate_run(copies[name])
+        assert message in str(info.value) and "\n" not in str(info.value), (name, str(info.value))
+
 def test_one_row_per_model_with_the_runs_validated_choices(runs):
     root, model, made = runs
     board = board_of(root)
@@ -257,10 +265,7 @@ def test_schema_refuses_foreign_and_older_results_in_one_line(runs, tmp_path):
         "garbage": "winners.parquet: not a readable Parquet file",
         "not-a-run": "not an mtbench run (no manifest.json)",
     }
-    for name, message in expected.items():
-        with pytest.raises(MtbenchError) as info:
-            validate_run(copies[name])
-        assert message in str(info.value) and "\n" not in str(info.value), (name, str(info.value))
+    _assert_refused_in_one_line(copies, expected)
     assert validate_run(copies["newer-ok"])  # a newer schema with every required column: readable
     # the board leaves the broken runs out, one note each, and keeps the good ones
     board = leaderboard.build([tmp_path, root / "a"])
@@ -567,10 +572,7 @@ def test_schema_checks_mode2_runs_against_their_own_files(runs, mode2, tmp_path)
         "no-states": "mode2_states.parquet is missing (incomplete or foreign mode 2 run)",
         "mode1-as-mode2": "maps/mode2_stage1_test_r.nii.gz is missing (incomplete or foreign mode 2 run)",
     }
-    for name, message in expected.items():
-        with pytest.raises(MtbenchError) as info:
-            validate_run(copies[name])
-        assert message in str(info.value) and "\n" not in str(info.value), (name, str(info.value))
+    _assert_refused_in_one_line(copies, expected)
     board = leaderboard.build([tmp_path, mode2])
     assert {r["run_id"] for r in board.rows} == {json.loads((mode2 / "manifest.json").read_text())["run_id"]}
     for name, message in expected.items():
