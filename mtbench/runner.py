@@ -195,8 +195,10 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
 
             prepare = lambda key: _scan_features(feats[key], operators, settings)  # noqa: E731
             table = fit_mode2(prepare, y_runs, layers, settings, dataset.parcels, metric, progress)
-        else:
-            table = ScoreTable(keys=keys, **_fit_all(keys, feats, operators, y_runs, settings, metric, progress))
+        else:  # finished fits are checkpointed: the same command resumes an interrupted run
+            checkpoint = _checkpoint(results_dir, settings, adapter, dataset, y_runs)
+            table = ScoreTable(keys=keys, **_fit_all(keys, feats, operators, y_runs, settings, metric, progress,
+                                                     checkpoint))
         clock.lap("fit")
 
     ceiling = dataset.noise_ceiling(settings.subject)
@@ -223,6 +225,8 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
     meta["timings"] = clock.stages  # seconds per stage, writing excluded
     run_dir = write_run(Path(results_dir), meta["run_id"], meta, table, dataset.mask_img, labels, names,
                         ceiling, dataset.truth)
+    if settings.mode != 2:
+        checkpoint.remove()  # the results are written: the finished fits are no longer needed
     truth_check = table.check_truth(dataset.truth) if settings.mode == 2 else check_truth(dataset.truth, summary)
     return RunOutput(run_dir=run_dir, summary=summary, truth_check=truth_check, seconds=clock.total)
 
@@ -272,8 +276,22 @@ def _extract_bar(progress, model_name: str):
     return update, finish
 
 
-def _fit_all(keys, feats, operators, y_runs, settings: RunSettings, metric, progress) -> dict[str, np.ndarray]:
-    """Nested leave-one-run-out ridge for every (layer, state); arrays for :class:`ScoreTable`."""
+def _checkpoint(results_dir, settings: RunSettings, adapter, dataset, y_runs):
+    """The :class:`~mtbench.checkpoint.FitCheckpoint` of this run's fits (same inputs, same folder)."""
+    from .checkpoint import FitCheckpoint, fingerprint
+
+    parts = {"settings": asdict(settings), "model": [adapter.name, adapter.revision, adapter.settings()],
+             "dataset": [dataset.name, dataset.version, dataset.stimulus.fingerprint()]}
+    return FitCheckpoint(Path(results_dir), fingerprint(parts, y_runs))
+
+
+def _fit_all(keys, feats, operators, y_runs, settings: RunSettings, metric, progress,
+             checkpoint=None) -> dict[str, np.ndarray]:
+    """Nested leave-one-run-out ridge for every (layer, state); arrays for :class:`ScoreTable`.
+
+    With a :class:`~mtbench.checkpoint.FitCheckpoint`, fits found there are read instead of
+    computed, and every new fit is saved there as soon as it is done.
+    """
     from .encoding import fit_nested_loro
 
     n_voxels, n_runs = y_runs[0].shape[1], len(y_runs)
@@ -284,6 +302,15 @@ def _fit_all(keys, feats, operators, y_runs, settings: RunSettings, metric, prog
         out["p_value"] = np.ones((len(keys), n_voxels), dtype=np.float32)
     task = progress.add_task("fit ridge (nested LORO)", total=len(keys)) if progress is not None else None
     for f, key in enumerate(keys):
+        name = f"L{key[0]}-{key[1]}"
+        saved = checkpoint.load(name) if checkpoint is not None else None
+        if saved is not None and set(saved) == set(out):  # fitted before the interruption
+            for column in out:
+                out[column][f] = saved[column]
+            feats.pop(key, None)
+            if task is not None:
+                progress.update(task, advance=1, description=f"fit ridge L{key[0]} {key[1]} (checkpoint)")
+            continue
         x_runs = _scan_features(feats.pop(key), operators, settings)  # pop: free memory as we go
         result = fit_nested_loro(x_runs, y_runs, settings.alphas, backend=settings.backend, score=metric.score,
                                  precision=settings.precision, shared_alpha=settings.shared_alpha,
@@ -292,9 +319,11 @@ def _fit_all(keys, feats, operators, y_runs, settings: RunSettings, metric, prog
             from .significance import run_pvalues
 
             out["p_value"][f] = run_pvalues(y_runs, result.predictions, settings.permutations, settings.seed)
-        for name in out:
-            if name != "p_value":
-                out[name][f] = getattr(result, name)
+        for column in out:
+            if column != "p_value":
+                out[column][f] = getattr(result, column)
+        if checkpoint is not None:
+            checkpoint.save(name, {column: values[f] for column, values in out.items()})
         if task is not None:
             progress.update(task, advance=1, description=f"fit ridge L{key[0]} {key[1]}")
     return out

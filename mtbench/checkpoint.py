@@ -1,0 +1,85 @@
+"""Finished fits of an unfinished run, kept so that re-running the same command resumes it.
+
+A Mode 1 run at full LPP scale is 390 fits and hours of CPU; an interruption (Ctrl-C, a
+killed job, a full session) must not throw away the fits already done. Each finished
+(layer, state) fit is written at once to ``<results>/checkpoints/<fingerprint>/`` (one
+``.npz`` per fit, written atomically); the same command run again finds them and fits only
+the rest. The fingerprint covers everything a fit's numbers depend on: the effective run
+settings, the model's revision and extraction settings, the dataset's version and stimulus,
+and a hash of the BOLD actually fitted, so a changed input never reuses a stale fit. The
+folder is removed once the run's results are written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .paths import atomic_write_bytes
+
+__all__ = ["FitCheckpoint", "fingerprint"]
+
+
+def fingerprint(parts: dict, arrays: Sequence[np.ndarray] = ()) -> str:
+    """Hex digest of JSON-able ``parts`` and the bytes of ``arrays`` (e.g. the BOLD runs)."""
+    digest = hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=16)
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        digest.update(f"{a.dtype}{a.shape}".encode())
+        digest.update(memoryview(a).cast("B"))
+    return digest.hexdigest()
+
+
+class FitCheckpoint:
+    """One ``.npz`` of arrays per finished fit, under ``results_dir/checkpoints/<key>/``.
+
+    Parameters
+    ----------
+    results_dir : Path
+        The run's results folder.
+    key : str
+        :func:`fingerprint` of what the fits depend on.
+    """
+
+    def __init__(self, results_dir: Path, key: str) -> None:
+        self.folder = Path(results_dir) / "checkpoints" / key
+
+    def _path(self, name: str) -> Path:
+        return self.folder / f"{name}.npz"
+
+    def load(self, name: str) -> dict[str, np.ndarray] | None:
+        """The arrays saved for fit ``name``, or None when there are none (or they are unreadable)."""
+        path = self._path(name)
+        if not path.exists():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # e.g. a truncated file: fit it again
+            path.unlink(missing_ok=True)
+            return None
+
+    def save(self, name: str, arrays: dict[str, np.ndarray]) -> None:
+        """Write fit ``name``'s arrays atomically (readers see all of them or none)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        atomic_write_bytes(self._path(name), buffer.getvalue())
+
+    def done(self) -> int:
+        """How many fits are saved."""
+        return len(list(self.folder.glob("*.npz"))) if self.folder.exists() else 0
+
+    def remove(self) -> None:
+        """Delete the checkpoint (the run's results are written)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+        parent = self.folder.parent
+        if parent.exists() and not any(parent.iterdir()):
+            parent.rmdir()
