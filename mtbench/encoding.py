@@ -99,14 +99,11 @@ INNERS = ("loro", "first")
 # float32 only enters the large products); larger ones in float32 (float64 eigh of a
 # 2,000 x 2,000 matrix costs seconds per fold on 2 cores).
 _FLOAT64_EIGH_MAX = 1024
-# Bytes of the largest (rows, n_voxels_block) float32 product: it stays in cache.
-_BLOCK_BYTES = 2**20
-# precision="mixed": voxels per block of the bfloat16 validation products (~10% faster
-# than 256 on 2 cores), as long as their output stays under _MIXED_BYTES.
-_MIXED_BLOCK = 512
-_MIXED_BYTES = 16 * 2**20
-# Up to this many bytes of per-alpha scaled inputs (all pair folds) are kept in memory.
-_STACK_BYTES = 256 * 2**20
+# Voxels per block: the validation product of one pair fold, (rows x n_alphas*block) float32,
+# stays under _BLOCK_BYTES (cache-sized, and small beside the data), at most _MAX_BLOCK voxels.
+_BLOCK_BYTES = 8 * 2**20
+_MAX_BLOCK = 512
+_MIN_BLOCK = 64
 # Below this many floating-point operations a fit runs on one thread.
 _SMALL_FLOPS = 1e9
 
@@ -471,162 +468,159 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
             B = {v: X[rows[v]].to(dtype) @ vecs for v in targets}
         return _Fold(list(runs), use_kernel(runs), s.cpu().numpy().astype(np.float64), vecs.to(f32), B)
 
-    pair_folds = [make_fold(t, p) for t, p in zip(train_sets, pairs)]
+    # Which inner folds are validated: (v, other) = validated on run v, trained without v and
+    # `other`, for outer fold `other` (its test run). The pair (i, j) serves (i, j) and (j, i).
+    def validations(i, j):
+        out = []
+        for v, other in ((i, j), (j, i)):
+            if other in outer and (inner == "loro" or v == _first_validation_run(other)):
+                out.append((v, other))
+        return out
+
+    pair_checks = [(p, t, validations(*p)) for p, t in zip(pairs, train_sets)]
+    pair_checks = [c for c in pair_checks if c[2]]  # e.g. inner="first": pairs nobody validates on
+    pair_folds = [make_fold(t, [v for v, _ in checks]) for _, t, checks in pair_checks]
     need_xty = any(not f.kernel for f in pair_folds)
     train_idx = {tuple(f.train): train_index(f.train) for f in pair_folds if f.kernel}
 
-    # Per pair fold and validation run: centered B (for the numerator) and a matrix with
-    # the same column Gram (for the norm of the centered predictions): R of a QR when that
-    # is smaller than B. Scaled per alpha by w~_a = (s_min + a) / (s + a): the same
-    # direction as 1 / (s + a) (Pearson r ignores the scale) without tiny numbers.
-    pair_num, pair_stack, pair_rows, pair_w = [], [], [], []
-    for f, (i, j) in zip(pair_folds, pairs):
+    # precision="mixed" (``lo`` = bfloat16): only the per-alpha norm products take bfloat16 inputs,
+    # each rounded once from float32 (bfloat16 has float32's exponent range: no rescaling needed,
+    # the rounding is relative, <= 2^-9, at any magnitude); they accumulate in float32. They do not
+    # give each alpha's prediction but the increment from the previous alpha (in increasing
+    # order): B (w~_a - w~_a') z, whose running sum (in float32) is B w~_a z. Rounding errors that
+    # differ between alphas then scale with w~_a - w~_a' (tiny where the r curve is flat, e.g. at
+    # large alphas, where w~ -> 1) instead of with w~_a, so the ranking of neighbouring alphas,
+    # hence the choice, rarely moves (17 alphas at the default shape: 0.4% of voxel-folds instead
+    # of 7% with per-alpha rounding).
+    lo = torch.bfloat16 if precision == "mixed" and _fast_bfloat16(dev) else f32
+    order = np.argsort(alpha_grid, kind="stable")
+    unsort = torch.from_numpy(np.argsort(order, kind="stable")).to(dev)
+
+    # Per pair fold and validation run: centered B (for the Pearson numerator) and a matrix with
+    # the same column Gram (for the norm of the centered predictions): R of a QR when that is
+    # smaller than B. Scaled per alpha by w~_a = (s_min + a) / (s + a): the same direction as
+    # 1 / (s + a) (Pearson r ignores the scale) without tiny numbers.
+    pair_num, pair_stack, pair_rows, pair_w, pair_scale = [], [], [], [], []
+    for f, (_, _, checks) in zip(pair_folds, pair_checks):
         w = (f.s.min() + alpha_grid[:, None]) / (f.s[None, :] + alpha_grid[:, None])  # (n_alphas, m)
         bc, rs = {}, []
-        for v in (i, j):
+        for v, _ in checks:
             b = f.B[v] - f.B[v].mean(0, keepdim=True)
             bc[v] = b.to(f32)
             rs.append((torch.linalg.qr(b, mode="r")[1] if b.shape[0] > b.shape[1] else b).to(f32))
         pair_num.append(bc)
-        pair_rows.append(rs[0].shape[0])
+        pair_rows.append(np.cumsum([0] + [r.shape[0] for r in rs]))
         pair_w.append(torch.from_numpy(w).to(dev, f32))
-        pair_stack.append(torch.cat(rs, 0))  # (rows_i + rows_j, m)
+        # float32: every alpha's weights; bfloat16: the increments between sorted alphas
+        steps = w if lo == f32 else np.diff(w[order], axis=0, prepend=0.0)
+        pair_scale.append(torch.from_numpy(steps.T.copy()).to(dev, f32))  # (m, n_alphas)
+        pair_stack.append(torch.cat(rs, 0).to(lo))  # (rows of the validated runs, m)
         f.B = {}  # the rest is in pair_num / pair_stack
 
-    # Two ways to get the norms of all alphas' predictions, same numbers: while the
-    # per-alpha scaled copies of the stacked inputs fit in memory, one tall product per
-    # block ([B w_a1; B w_a2; ...] @ Z, ~15% faster with 2 threads: it splits better);
-    # otherwise one (rows x m) @ (m x block) product per alpha.
-    #
-    # precision="mixed" (``lo`` = bfloat16): only these products take bfloat16 inputs,
-    # each rounded once from float32 (bfloat16 has float32's exponent range: no rescaling
-    # needed, the rounding is relative, <= 2^-9, at any magnitude); they accumulate in
-    # float32, and their bfloat16 outputs are summed, squared and added up in float32.
-    # They do not give each alpha's prediction but the increment from the previous alpha
-    # (in increasing order): B (w~_a - w~_a') z, whose running sum is B w~_a z. Rounding
-    # errors that differ between alphas then scale with w~_a - w~_a' (tiny where the r
-    # curve is flat, e.g. at large alphas, where w~ -> 1) instead of with w~_a, so the
-    # ranking of neighbouring alphas, hence the choice, rarely moves (17 alphas at the
-    # default shape: 0.4% of voxel-folds instead of 7% with per-alpha rounding).
-    lo = torch.bfloat16 if precision == "mixed" and _fast_bfloat16(dev) else f32
-    scale = pair_w
-    if lo != f32:
-        order = np.argsort(alpha_grid, kind="stable")
-        unsort = torch.from_numpy(np.argsort(order, kind="stable")).to(dev)
-        scale = []
-        for f in pair_folds:
-            w = (f.s.min() + alpha_grid[order, None]) / (f.s[None, :] + alpha_grid[order, None])
-            scale.append(torch.from_numpy(np.diff(w, axis=0, prepend=0.0)).to(dev, f32))  # sorted increments
-    itemsize = torch.finfo(lo).bits // 8
-    stacked = itemsize * n_alphas * sum(st.numel() for st in pair_stack) <= _STACK_BYTES
-    if stacked:
-        pair_tall = [(w[:, None, :] * st[None]).reshape(-1, st.shape[1]).to(lo) for w, st in zip(scale, pair_stack)]
-        widest = max(t.shape[0] for t in pair_tall)
-    else:
-        pair_stack = [st.to(lo) for st in pair_stack]
-        widest = max(max(st.shape) for st in pair_stack)
-    block = int(min(n_voxels, max(256, _BLOCK_BYTES // (4 * widest))))
-    # bfloat16 products: wider blocks where the output (bfloat16 + its float32 copy) stays small
-    vblock = block if lo == f32 else int(min(n_voxels, max(block, min(_MIXED_BLOCK, _MIXED_BYTES // (6 * widest)))))
+    # Outer folds (all runs but the test run o): eigenbasis kept for the refit of every block.
+    outer_folds = [make_fold(t, [o]) for t, o in zip(outer_sets, outer)]
+    outer_idx = [train_index(f.train) if f.kernel else None for f in outer_folds]
+    for f, o in zip(outer_folds, outer):
+        f.B = {"test": f.B[o].to(f32)}  # (n_o, m): coefficients -> predictions of the test run
+    alpha_t = torch.from_numpy(alpha_grid).to(dev, f64)
+    outer_s = [torch.from_numpy(f.s).to(dev, f64) for f in outer_folds]
+    coef_maps = None
+    if on_refit is not None:  # coefficients = coef_map @ (z * w): E (feature form) or X_T^T U (kernel form)
+        coef_maps = [X.index_select(0, idx).T @ f.proj if f.kernel else f.proj
+                     for f, idx in zip(outer_folds, outer_idx)]
 
-    # ---- phase 1: inner validation r for every (outer fold, alpha, voxel)
-    val_sum = torch.zeros((n_runs, n_alphas, n_voxels), dtype=f32, device=dev)
-    for c0 in range(0, n_voxels, vblock):
-        c1 = min(n_voxels, c0 + vblock)
-        yc = Y[:, c0:c1].contiguous()
+    widest = max([int(st.shape[0]) for st in pair_stack] + [1])
+    # voxels per block: the (rows, n_alphas x block) product output stays within a few MB
+    block = int(min(n_voxels, max(_MIN_BLOCK, min(_MAX_BLOCK, _BLOCK_BYTES // (4 * widest * n_alphas)))))
+    n_inner = n_runs - 1 if inner == "loro" else 1
+
+    def xty_of(c0, c1):
+        """X_r^T Y_r of every run for voxels c0:c1 (feature-form folds), and their sum."""
+        if not need_xty and all(f.kernel for f in outer_folds):
+            return None, None
+        yc = Y[:, c0:c1]
+        xty = [X[rw].T @ yc[rw] for rw in rows]
+        return xty, sum(xty)
+
+    def validate(c0, c1, xty, xty_all):
+        """Inner validation r, shape (n_runs, n_alphas, c1 - c0): mean over the outer fold's inner folds."""
+        yc = Y[:, c0:c1]
         ynorm = [torch.linalg.vector_norm(yc[rw] - yc[rw].mean(0, keepdim=True), dim=0) for rw in rows]
-        if need_xty:
-            xty = [X[rw].T @ yc[rw] for rw in rows]
-            xty_all = sum(xty)
-        for p, (f, (i, j)) in enumerate(zip(pair_folds, pairs)):
+        val = torch.zeros((n_runs, n_alphas, c1 - c0), dtype=f32, device=dev)
+        for p, (f, ((i, j), _, checks)) in enumerate(zip(pair_folds, pair_checks)):
             if f.kernel:
                 z = f.proj.T @ yc.index_select(0, train_idx[tuple(f.train)])
             else:
                 z = f.proj.T @ (xty_all - xty[i] - xty[j])
-            ri, w = pair_rows[p], pair_w[p]
-            if stacked and lo == f32:
-                pred = (pair_tall[p] @ z).square_().view(n_alphas, -1, c1 - c0)
-                sq = torch.stack([pred[:, :ri].sum(1), pred[:, ri:].sum(1)])  # (2, n_alphas, block)
-            elif stacked:  # bfloat16 increments in sorted order -> running sums -> norms
-                pred = (pair_tall[p] @ z.to(lo)).to(f32).view(n_alphas, -1, c1 - c0)
-                for a in range(1, n_alphas):  # running sums: several times faster than cumsum_(0)
-                    pred[a].add_(pred[a - 1])
-                pred.square_()
-                sq = torch.stack([pred[:, :ri].sum(1), pred[:, ri:].sum(1)]).index_select(1, unsort)
-            elif lo == f32:
-                sq = torch.empty((2, n_alphas, c1 - c0), dtype=f32, device=dev)
-                zw = torch.empty_like(z)
-                pred = torch.empty((pair_stack[p].shape[0], c1 - c0), dtype=f32, device=dev)
-                for a in range(n_alphas):
-                    torch.mul(z, w[a][:, None], out=zw)
-                    torch.mm(pair_stack[p], zw, out=pred)
-                    pred.square_()
-                    torch.sum(pred[:ri], 0, out=sq[0, a])
-                    torch.sum(pred[ri:], 0, out=sq[1, a])
-            else:  # the same increments one alpha at a time
-                sq = torch.empty((2, n_alphas, c1 - c0), dtype=f32, device=dev)
-                zw = torch.empty_like(z)
-                zw_lo = torch.empty(z.shape, dtype=lo, device=dev)
-                pred_lo = torch.empty((pair_stack[p].shape[0], c1 - c0), dtype=lo, device=dev)
-                total = torch.zeros(pred_lo.shape, dtype=f32, device=dev)
-                pred = torch.empty_like(total)
-                for k, a in enumerate(order):
-                    torch.mul(z, scale[p][k][:, None], out=zw)
-                    torch.mm(pair_stack[p], zw_lo.copy_(zw), out=pred_lo)
-                    torch.square(total.add_(pred_lo), out=pred)
-                    torch.sum(pred[:ri], 0, out=sq[0, a])
-                    torch.sum(pred[ri:], 0, out=sq[1, a])
-            for k, (v, other) in enumerate(((i, j), (j, i))):
-                if inner == "first" and v != _first_validation_run(other):
-                    continue
-                num = w @ ((pair_num[p][v].T @ yc[rows[v]]) * z)  # (n_alphas, block)
-                denom = sq[k].sqrt_() * ynorm[v][None, :]
-                r = torch.where(denom > 0, num / torch.where(denom > 0, denom, 1.0), 0.0)
-                # validated on run v with run `other` also left out: inner fold of outer fold `other`
-                val_sum[other, :, c0:c1] += r
-        del pred, z
-    val_mean = val_sum / (n_runs - 1 if inner == "loro" else 1)
-    del val_sum
+            # every alpha's scaled coefficients side by side: one (rows x m) @ (m x n_alphas*block)
+            # product gives the predictions (float32) or their increments (bfloat16) of all alphas
+            zw = (z[:, None, :] * pair_scale[p][:, :, None]).reshape(z.shape[0], -1)
+            pred = (pair_stack[p] @ zw.to(lo)).view(-1, n_alphas, c1 - c0)
+            if lo != f32:  # increments in sorted order -> running sums in float32
+                pred = pred.to(f32)
+                for a in range(1, n_alphas):
+                    pred[:, a].add_(pred[:, a - 1])
+            pred.square_()  # then column sums per run (several times faster than vector_norm here)
+            edges = pair_rows[p]
+            for k, (v, other) in enumerate(checks):
+                norm = pred[edges[k]:edges[k + 1]].sum(0).sqrt_()  # (n_alphas, block)
+                if lo != f32:
+                    norm = norm.index_select(0, unsort)
+                num = pair_w[p] @ ((pair_num[p][v].T @ yc[rows[v]]) * z)  # (n_alphas, block)
+                denom = norm * ynorm[v][None, :]
+                val[other] += torch.where(denom > 0, num / torch.where(denom > 0, denom, 1.0), 0.0)
+        return val / n_inner
 
-    # ---- phase 2: choose alphas without the test run
-    if shared_alpha:
-        best = val_mean.mean(2).argmax(1)[:, None].expand(n_runs, n_voxels)  # (n_runs, n_voxels)
-    else:
-        best = val_mean.argmax(1)  # first maximum: ties go to the first alpha listed
-    validation = val_mean.gather(1, best[:, None, :])[:, 0, :]  # (n_runs, n_voxels)
-    best_np = best.cpu().numpy()
-    del val_mean
-
-    # ---- phase 3: refit on all training runs, predict the test run (scored at once: only the
-    # predictions asked for are kept, the others never add n_scans x n_voxels to the peak memory)
-    preds = []
     test_per_run = np.full((n_runs, n_voxels), np.nan, dtype=np.float32)
-    alpha_t = torch.from_numpy(alpha_grid).to(dev, f64)
-    for k_outer, o in enumerate(outer):
-        f = make_fold(outer_sets[k_outer], [o])
-        idx = train_index(f.train)
-        proj = f.proj if f.kernel else (X.index_select(0, idx) @ f.proj)  # (n_train, m)
-        s = torch.from_numpy(f.s).to(dev, f64)
-        b = f.B[o].to(f32)
-        # coefficients = coef_map @ (z * w): E (feature form) or X_T^T U (kernel form), (n_features, m)
-        coef_map = None if on_refit is None else (X.index_select(0, idx).T @ f.proj if f.kernel else f.proj)
-        pred = np.empty((sizes[o], n_voxels), dtype=np.float32)
+    preds = [np.empty((sizes[o], n_voxels), dtype=np.float32) for o in outer] if keep_predictions else None
+
+    def refit(c0, c1, best, xty, xty_all):
+        """Refit every outer fold on its training runs with the chosen alphas; score its test run."""
+        for k, (o, f) in enumerate(zip(outer, outer_folds)):
+            if f.kernel:
+                z = f.proj.T @ Y[:, c0:c1].index_select(0, outer_idx[k])
+            else:  # X'Y of the training runs: all runs' sum minus the test run's (no new product)
+                z = f.proj.T @ (xty_all - xty[o])
+            w = (1.0 / (outer_s[k][:, None] + alpha_t[best[o]][None, :])).to(f32)  # (m, block)
+            zw = z * w
+            pred = (f.B["test"] @ zw).cpu().numpy()
+            test_per_run[o, c0:c1] = _checked_score(score, ys[o][:, c0:c1], pred)
+            if preds is not None:
+                preds[k][:, c0:c1] = pred
+            if on_refit is not None:
+                on_refit(o, c0, c1, (coef_maps[k] @ zw).cpu().numpy())
+
+    validation = torch.empty((n_runs, n_voxels), dtype=f32, device=dev)
+    best_all = torch.empty((n_runs, n_voxels), dtype=torch.long, device=dev)
+    if shared_alpha:  # one alpha per outer fold for all voxels: every block is validated first
+        val_sum = torch.zeros((n_runs, n_alphas), dtype=torch.float64, device=dev)
+        val_blocks = []
         for c0 in range(0, n_voxels, block):
             c1 = min(n_voxels, c0 + block)
-            z = proj.T @ Y[:, c0:c1].index_select(0, idx)
-            w = (1.0 / (s[:, None] + alpha_t[best[o, c0:c1]][None, :])).to(f32)  # (m, block)
-            zw = z * w
-            pred[:, c0:c1] = (b @ zw).cpu().numpy()
-            if on_refit is not None:
-                on_refit(o, c0, c1, (coef_map @ zw).cpu().numpy())
-        del f, proj
-        test_per_run[o] = _checked_score(score, ys[o], pred)
-        if keep_predictions:
-            preds.append(pred)
-        del pred
+            val = validate(c0, c1, *xty_of(c0, c1))
+            val_sum += val.sum(2, dtype=torch.float64)
+            val_blocks.append(val)
+        choice = val_sum.argmax(1)  # first maximum: ties go to the first alpha listed
+        for b, c0 in enumerate(range(0, n_voxels, block)):
+            c1 = min(n_voxels, c0 + block)
+            best_all[:, c0:c1] = choice[:, None]
+            validation[:, c0:c1] = val_blocks[b].gather(1, best_all[:, None, c0:c1])[:, 0]
+        del val_blocks
+        for c0 in range(0, n_voxels, block):
+            c1 = min(n_voxels, c0 + block)
+            refit(c0, c1, best_all[:, c0:c1], *xty_of(c0, c1))
+    else:  # alpha per voxel: validate, choose and refit block by block in one pass
+        for c0 in range(0, n_voxels, block):
+            c1 = min(n_voxels, c0 + block)
+            xty, xty_all = xty_of(c0, c1)
+            val = validate(c0, c1, xty, xty_all)
+            best = val.argmax(1)  # (n_runs, block); first maximum: ties go to the first alpha listed
+            best_all[:, c0:c1] = best
+            validation[:, c0:c1] = val.gather(1, best[:, None, :])[:, 0]
+            refit(c0, c1, best, xty, xty_all)
 
     validation = validation.cpu().numpy().astype(np.float32)
-    chosen = alpha_grid[best_np]  # (n_runs, n_voxels)
+    chosen = alpha_grid[best_all.cpu().numpy()]  # (n_runs, n_voxels)
     skipped = np.setdiff1d(np.arange(n_runs), outer)
     validation[skipped] = np.nan
     chosen[skipped] = np.nan
@@ -637,7 +631,7 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
         test_per_run=test_per_run,
         validation_per_run=validation,
         alpha_per_run=chosen.astype(np.float32),
-        predictions=preds if keep_predictions else None,
+        predictions=preds,
     )
 
 

@@ -150,26 +150,32 @@ def test_himalaya_backend_agrees():
     np.testing.assert_allclose(ours.alpha, theirs.alpha, rtol=1e-4)
 
 
-@pytest.mark.parametrize("stack_bytes", [2**30, 0], ids=["stacked-alphas", "alpha-by-alpha"])
-def test_voxel_blocks_and_product_paths_agree(monkeypatch, stack_bytes):
-    """Small voxel blocks, and either way of computing all alphas' norms, give the same numbers."""
+@pytest.mark.parametrize("shared_alpha", [False, True], ids=["alpha-per-voxel", "shared-alpha"])
+@pytest.mark.parametrize("max_block", [64, 100], ids=["blocks-of-64", "blocks-of-100"])
+def test_voxel_blocks_agree(monkeypatch, max_block, shared_alpha):
+    """Small voxel blocks (the last one partial) give the same numbers as one block of all voxels."""
     import mtbench.encoding as enc
 
     rng = np.random.default_rng(5)
     xs, ys = _random_data(rng, n_features=40, n_voxels=700)
-    whole = fit_nested_loro(xs, ys, ALPHAS, precision="float32")
-    monkeypatch.setattr(enc, "_BLOCK_BYTES", 1)  # -> blocks of 256 voxels
-    monkeypatch.setattr(enc, "_STACK_BYTES", stack_bytes)
-    blocked = fit_nested_loro(xs, ys, ALPHAS, precision="float32")
+    monkeypatch.setattr(enc, "_MAX_BLOCK", 10_000)
+    monkeypatch.setattr(enc, "_BLOCK_BYTES", 2**40)
+    whole = fit_nested_loro(xs, ys, ALPHAS, precision="float32", shared_alpha=shared_alpha, return_predictions=True)
+    monkeypatch.setattr(enc, "_MAX_BLOCK", max_block)
+    monkeypatch.setattr(enc, "_BLOCK_BYTES", 1)  # -> the smallest block allowed
+    monkeypatch.setattr(enc, "_MIN_BLOCK", max_block)
+    blocked = fit_nested_loro(xs, ys, ALPHAS, precision="float32", shared_alpha=shared_alpha,
+                              return_predictions=True)
     np.testing.assert_allclose(blocked.test_per_run, whole.test_per_run, atol=1e-6)
     np.testing.assert_allclose(blocked.validation, whole.validation, atol=1e-6)
     np.testing.assert_array_equal(blocked.alpha, whole.alpha)
+    for a, b in zip(blocked.predictions, whole.predictions):
+        np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- mixed precision
-@pytest.mark.parametrize("stack_bytes", [2**30, 0], ids=["stacked-alphas", "alpha-by-alpha"])
 @pytest.mark.parametrize("n_features", [40, 150], ids=["feature-form", "kernel-form"])
-def test_mixed_precision_close_to_float32(monkeypatch, n_features, stack_bytes):
+def test_mixed_precision_close_to_float32(monkeypatch, n_features):
     """bfloat16 alpha-sweep products: validation r within 3e-3, same alphas almost everywhere.
 
     Only the validation norms are computed from bfloat16 inputs: where an outer fold
@@ -179,7 +185,6 @@ def test_mixed_precision_close_to_float32(monkeypatch, n_features, stack_bytes):
     import mtbench.encoding as enc
 
     monkeypatch.setattr(enc, "_fast_bfloat16", lambda dev: True)  # bfloat16 products on any CPU
-    monkeypatch.setattr(enc, "_STACK_BYTES", stack_bytes)
     rng = np.random.default_rng(31 + n_features)
     xs, ys = _random_data(rng, n_runs=4, n_scans=50, n_features=n_features, n_voxels=1500, snr=1.0)
     ys = [np.concatenate([y[:, :1000], zscore(rng.standard_normal((50, 500)))], axis=1) for y in ys]
@@ -199,13 +204,11 @@ def test_mixed_precision_close_to_float32(monkeypatch, n_features, stack_bytes):
     assert abs(mixed.test.mean() - exact.test.mean()) < 1e-4
 
 
-@pytest.mark.parametrize("stack_bytes", [2**30, 0], ids=["stacked-alphas", "alpha-by-alpha"])
-def test_mixed_precision_alpha_order(monkeypatch, stack_bytes):
+def test_mixed_precision_alpha_order(monkeypatch):
     """The bfloat16 increments run over the sorted alphas: any order, repeats included, fits the same."""
     import mtbench.encoding as enc
 
     monkeypatch.setattr(enc, "_fast_bfloat16", lambda dev: True)
-    monkeypatch.setattr(enc, "_STACK_BYTES", stack_bytes)
     rng = np.random.default_rng(17)
     xs, ys = _random_data(rng, n_features=40, n_voxels=300, snr=1.0)
     shuffled = ALPHAS[[5, 0, 10, 3, 3, 7, 1, 9, 2, 8, 4, 6]]  # ALPHAS[3] twice
