@@ -182,6 +182,7 @@ def fit_nested_loro(
     outer_runs: Sequence[int] | None = None,
     on_refit: Callable[[int, int, int, np.ndarray], None] | None = None,
     return_predictions: bool = False,
+    on_predictions: Callable[[int, int, list[np.ndarray]], None] | None = None,
 ) -> EncodingResult:
     """Fit ridge encoding models with nested leave-one-run-out cross-validation.
 
@@ -235,6 +236,11 @@ def fit_nested_loro(
     return_predictions : bool
         Also return the held-out predictions (``EncodingResult.predictions``), e.g. for
         :func:`mtbench.significance.circular_shift_pvalues`.
+    on_predictions : callable, optional
+        ``on_predictions(start, stop, preds)`` receives the held-out predictions block by
+        block: ``preds`` lists, per computed outer fold (in order), an array of shape
+        (n_scans_o, stop - start) for voxels ``start:stop``. Per-voxel statistics (e.g.
+        circular-shift p-values) computed there never need all predictions in memory.
 
     Returns
     -------
@@ -270,10 +276,12 @@ def fit_nested_loro(
             torch.set_num_threads(1)
         if backend == "himalaya":
             result = _fit_himalaya(xs, ys, alpha_grid, score, shared_alpha, device, inner, outer, on_refit)
+            if on_predictions is not None:
+                on_predictions(0, ys[0].shape[1], result.predictions)
         else:
             with torch.inference_mode():
                 result = _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision, inner, outer,
-                                    on_refit, keep_predictions=return_predictions)
+                                    on_refit, keep_predictions=return_predictions, on_predictions=on_predictions)
         if not return_predictions:
             result.predictions = None
         return result
@@ -412,7 +420,7 @@ def _fast_bfloat16(dev) -> bool:
 
 
 def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float32", inner="loro", outer=None,
-               on_refit=None, keep_predictions=True) -> EncodingResult:
+               on_refit=None, keep_predictions=True, on_predictions=None) -> EncodingResult:
     import torch
 
     dev = torch.device(device)
@@ -508,13 +516,18 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
             b = f.B[v] - f.B[v].mean(0, keepdim=True)
             bc[v] = b.to(f32)
             rs.append((torch.linalg.qr(b, mode="r")[1] if b.shape[0] > b.shape[1] else b).to(f32))
+        edges = np.cumsum([0] + [r.shape[0] for r in rs])
+        stack = None
+        if lo == f32 and all(r.shape == bc[v].shape for r, (v, _) in zip(rs, checks)):
+            stack = torch.cat(rs, 0)  # no QR: the stack holds the centered B themselves, share them
+            bc = {v: stack[edges[k]:edges[k + 1]] for k, (v, _) in enumerate(checks)}
         pair_num.append(bc)
-        pair_rows.append(np.cumsum([0] + [r.shape[0] for r in rs]))
+        pair_rows.append(edges)
         pair_w.append(torch.from_numpy(w).to(dev, f32))
         # float32: every alpha's weights; bfloat16: the increments between sorted alphas
         steps = w if lo == f32 else np.diff(w[order], axis=0, prepend=0.0)
         pair_scale.append(torch.from_numpy(steps.T.copy()).to(dev, f32))  # (m, n_alphas)
-        pair_stack.append(torch.cat(rs, 0).to(lo))  # (rows of the validated runs, m)
+        pair_stack.append(stack if stack is not None else torch.cat(rs, 0).to(lo))  # (rows validated, m)
         f.B = {}  # the rest is in pair_num / pair_stack
 
     # Outer folds (all runs but the test run o): eigenbasis kept for the refit of every block.
@@ -522,6 +535,7 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
     outer_idx = [train_index(f.train) if f.kernel else None for f in outer_folds]
     for f, o in zip(outer_folds, outer):
         f.B = {"test": f.B[o].to(f32)}  # (n_o, m): coefficients -> predictions of the test run
+    K = G = None  # every eigenbasis is made: the Gram pieces are no longer needed
     alpha_t = torch.from_numpy(alpha_grid).to(dev, f64)
     outer_s = [torch.from_numpy(f.s).to(dev, f64) for f in outer_folds]
     coef_maps = None
@@ -576,6 +590,7 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
 
     def refit(c0, c1, best, xty, xty_all):
         """Refit every outer fold on its training runs with the chosen alphas; score its test run."""
+        block_preds = []
         for k, (o, f) in enumerate(zip(outer, outer_folds)):
             if f.kernel:
                 z = f.proj.T @ Y[:, c0:c1].index_select(0, outer_idx[k])
@@ -587,8 +602,11 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
             test_per_run[o, c0:c1] = _checked_score(score, ys[o][:, c0:c1], pred)
             if preds is not None:
                 preds[k][:, c0:c1] = pred
+            block_preds.append(pred)
             if on_refit is not None:
                 on_refit(o, c0, c1, (coef_maps[k] @ zw).cpu().numpy())
+        if on_predictions is not None:
+            on_predictions(c0, c1, block_preds)
 
     validation = torch.empty((n_runs, n_voxels), dtype=f32, device=dev)
     best_all = torch.empty((n_runs, n_voxels), dtype=torch.long, device=dev)

@@ -312,13 +312,17 @@ def _fit_all(keys, feats, operators, y_runs, settings: RunSettings, metric, prog
                 progress.update(task, advance=1, description=f"fit ridge L{key[0]} {key[1]} (checkpoint)")
             continue
         x_runs = _scan_features(feats.pop(key), operators, settings)  # pop: free memory as we go
-        result = fit_nested_loro(x_runs, y_runs, settings.alphas, backend=settings.backend, score=metric.score,
-                                 precision=settings.precision, shared_alpha=settings.shared_alpha,
-                                 inner=settings.inner, return_predictions=settings.permutations > 0)
-        if settings.permutations > 0:  # circular shifts of the held-out predictions: no refit
+        significance = None
+        if settings.permutations > 0:  # circular shifts of the held-out predictions, block by block: no refit
             from .significance import run_pvalues
 
-            out["p_value"][f] = run_pvalues(y_runs, result.predictions, settings.permutations, settings.seed)
+            def significance(c0, c1, preds, f=f):
+                y_block = [y[:, c0:c1] for y in y_runs]
+                out["p_value"][f, c0:c1] = run_pvalues(y_block, preds, settings.permutations, settings.seed)
+
+        result = fit_nested_loro(x_runs, y_runs, settings.alphas, backend=settings.backend, score=metric.score,
+                                 precision=settings.precision, shared_alpha=settings.shared_alpha,
+                                 inner=settings.inner, on_predictions=significance)
         for column in out:
             if column != "p_value":
                 out[column][f] = getattr(result, column)

@@ -9,7 +9,8 @@ from scipy.signal import lfilter
 from mtbench.ceiling import ceiling_from_split_half, normalize_by_ceiling
 from mtbench.encoding import fit_nested_loro, pearson_r
 from mtbench.errors import MtbenchError
-from mtbench.significance import bh_fdr, circular_shift_pvalues, run_confidence_interval, shifted_correlations
+from mtbench.significance import (bh_fdr, circular_shift_pvalues, run_confidence_interval, run_pvalues,
+                                  shifted_correlations)
 
 
 def ar1(rng, shape, phi):
@@ -144,3 +145,31 @@ def test_runs_as_views_of_one_array_fit_identically_without_a_copy():
     np.testing.assert_array_equal(views.test_per_run, copies.test_per_run)
     np.testing.assert_array_equal(views.alpha, copies.alpha)
     np.testing.assert_array_equal(y_all, y_before)  # the shared buffer is only read
+
+
+def test_pvalues_block_by_block_equal_the_whole_fit(monkeypatch):
+    """on_predictions hands out the held-out predictions per voxel block: p-values computed there
+    equal those of all predictions at once (same shifts for every voxel), and match the fit's r."""
+    import mtbench.encoding as enc
+
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal((60, 12)).astype(np.float32) for _ in range(4)]
+    w = rng.standard_normal((12, 300)).astype(np.float32)
+    ys = [(x @ w) * 0.3 + rng.standard_normal((60, 300)).astype(np.float32) for x in xs]
+    ys = [(y - y.mean(0)) / y.std(0) for y in ys]
+    whole = fit_nested_loro(xs, ys, np.logspace(-1, 3, 5), return_predictions=True)
+    expected = run_pvalues(ys, whole.predictions, 200, seed=4)
+    got = np.full(300, np.nan, dtype=np.float32)
+    seen = []
+
+    def per_block(c0, c1, preds):
+        seen.append((c0, c1))
+        assert [p.shape for p in preds] == [(60, c1 - c0)] * 4
+        got[c0:c1] = run_pvalues([y[:, c0:c1] for y in ys], preds, 200, seed=4)
+
+    monkeypatch.setattr(enc, "_MAX_BLOCK", 64)
+    monkeypatch.setattr(enc, "_MIN_BLOCK", 64)
+    fit_nested_loro(xs, ys, np.logspace(-1, 3, 5), on_predictions=per_block)
+    assert seen[0] == (0, 64) and seen[-1] == (256, 300) and len(seen) == 5
+    np.testing.assert_array_equal(got, expected)
+    assert (expected[:150] < 0.05).mean() > 0.5  # signal everywhere: most voxels significant
