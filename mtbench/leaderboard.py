@@ -140,7 +140,7 @@ def mode2_choices(rows: list[dict]) -> list[dict]:
     and scored by that fold's ``stage2_test``; ``test`` is the mean over folds, ``layer``
     the layer most folds chose (``folds_agree``: their share), as Mode 1's ``summary.parquet``
     (:func:`mtbench.mode2.nested_choices`). The choice uses validation scores only (never
-    the test scores it then reports); ties and all-NaN folds go to the first layer. This is
+    the test scores it then reports); ties and all-NaN folds go to the lowest layer. This is
     what a run writes in ``mode2_nested.parquet``, which the board shows.
 
     Parameters
