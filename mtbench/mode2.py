@@ -692,7 +692,8 @@ def banded_ridge(
 
 # --------------------------------------------------------------------------- terminal
 def print_summary(output, console, top: int = 15) -> None:
-    """Stage 1 vs stage 2 per (layer, parcel), best parcels first, and the planted-truth check."""
+    """Stage 1 vs stage 2 per (layer, parcel), best parcels first, the nested whole-brain score, and the
+    planted-truth check."""
     from rich.table import Table
 
     rows = output.summary
@@ -713,6 +714,14 @@ def print_summary(output, console, top: int = 15) -> None:
                       f"{row['stage1_test']:.3f}", f"{row['stage2_test']:.3f}", f"{row['gain']:+.3f}",
                       row["top_state"])
     console.print(table)
+    nested = Path(output.run_dir) / "mode2_nested.parquet"
+    if nested.is_file():  # what the leaderboard shows: the layer chosen inside each outer fold
+        import pyarrow.parquet as pq
+
+        brain = pq.read_table(nested).to_pylist()[0]
+        console.print(f"Nested layer choice (the leaderboard's score, mode2_nested.parquet): whole brain r "
+                      f"{brain['test']:.3f}, layer {brain['layer']} chosen in {brain['folds_agree']:.0%} of the "
+                      f"outer folds ({brain['fold_layers']})")
     from .cli import print_truth_check
 
     print_truth_check(output, "Planted truth (simulated dataset): planted state on top in its parcel?", "r stage 2",

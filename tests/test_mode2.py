@@ -297,6 +297,8 @@ def test_cli_mode2_end_to_end(tiny):
     for parcel, row in rows.items():
         assert nested[parcel]["test"] == pytest.approx(row["stage2_test"], abs=1e-6), parcel
         assert (nested[parcel]["layer"], nested[parcel]["folds_agree"]) == (1, 1.0)
+    brain = nested["whole brain"]
+    assert f"whole brain r {brain['test']:.3f}, layer 1 chosen in 100% of the outer folds" in out.stdout
     folds = pq.read_table(run_dir / "mode2_folds.parquet").to_pandas()
     assert folds["fold"].nunique() >= 2 and len(folds) == len(rows) * folds["fold"].nunique()
     voxels = pq.read_table(run_dir / "mode2_voxels.parquet")
