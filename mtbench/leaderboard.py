@@ -5,8 +5,8 @@ Every run folder found under the given paths is checked against the result schem
 row of the board is one model (baselines included) on one dataset, subject, mode and
 metric; its cells are the per-parcel scores of the best (layer, state) *chosen on
 validation* (Mode 1, ``summary.parquet``: ``test`` is the nested held-out r of that
-choice), or of the Mode 2 layer chosen on stage-2 validation (``mode2.parquet``: the
-stage-2 test r of that layer, see :func:`mode2_choices`).
+choice), or of the Mode 2 layer chosen on stage-2 validation inside each outer fold
+(``mode2_nested.parquet``: the nested stage-2 test r of that choice, see :func:`mode2_choices`).
 
 Same inputs give byte-identical files: rows and columns are sorted with stable keys,
 nothing records the time of the build, and the Parquet writer adds no timestamp.
@@ -29,8 +29,8 @@ from .schema import RunFolder, run_mode, validate_run
 #: --metric choice -> column of summary.parquet.
 METRICS = {"raw": "test", "normalized": "test_normalized"}
 MISSING = "—"
-MODE2_LEGEND = ("Mode 2 rows: stage-2 held-out r of the layer chosen on stage-2 validation, and the input state "
-                "most kept features came from.")
+MODE2_LEGEND = ("Mode 2 rows: stage-2 held-out r of the layer chosen on stage-2 validation inside each outer fold "
+                "(nested), the layer most folds chose, and the input state most kept features came from.")
 
 #: Columns of leaderboard.parquet, in order, with their Arrow types (documented in leaderboard/README.md).
 COLUMNS = {
@@ -134,30 +134,28 @@ def _read(path: Path) -> list[dict]:
 
 
 def mode2_choices(rows: list[dict]) -> list[dict]:
-    """Per parcel, the ``mode2.parquet`` row of the layer with the highest ``stage2_validation``.
+    """Per parcel, the Mode 2 layer chosen on stage-2 validation inside each outer fold (nested).
 
-    The choice uses validation scores only (never the test scores it then reports); a tie,
-    or a parcel whose validation scores are all NaN, goes to the first layer listed.
+    In each fold the layer with the highest ``stage2_validation`` of that fold is chosen
+    and scored by that fold's ``stage2_test``; ``test`` is the mean over folds, ``layer``
+    the layer most folds chose (``folds_agree``: their share), as Mode 1's ``summary.parquet``
+    (:func:`mtbench.mode2.nested_choices`). The choice uses validation scores only (never
+    the test scores it then reports); ties and all-NaN folds go to the lowest layer. This is
+    what a run writes in ``mode2_nested.parquet``, which the board shows.
 
     Parameters
     ----------
     rows : list of dict
-        Rows of ``mode2.parquet``: one per (layer, parcel).
+        Rows of ``mode2_folds.parquet``: one per (layer, parcel, fold).
 
     Returns
     -------
     list of dict
         One row per parcel, in parcel-id order (the whole brain, id -1, first).
     """
-    def validation(row: dict) -> float:
-        value = row["stage2_validation"]
-        return value if value is not None and math.isfinite(value) else -math.inf
+    from .mode2 import nested_choices
 
-    best: dict[int, dict] = {}
-    for row in rows:
-        if row["parcel_id"] not in best or validation(row) > validation(best[row["parcel_id"]]):
-            best[row["parcel_id"]] = row
-    return [best[pid] for pid in sorted(best)]
+    return nested_choices(rows)
 
 
 def top_states(winners: list[dict]) -> dict[int, tuple[str, float, str]]:
@@ -304,17 +302,19 @@ def _run_rows(run: RunFolder, keep_parcel, score_column: str, report: str) -> li
 
 
 def _mode2_cells(run: RunFolder) -> list[dict]:
-    """Board cells of a Mode 2 run: per parcel, the layer chosen on stage-2 validation (:func:`mode2_choices`).
+    """Board cells of a Mode 2 run: per parcel, its nested layer choice (``mode2_nested.parquet``).
 
-    ``state`` and ``top_state`` name the input state the kept features came from most
-    (``mode2.parquet`` ``top_state``); ``top_state_share`` is its share of the kept features
-    (pivot) or of the summed contributions (banded; missing when that sum is not positive).
+    ``test`` is the nested stage-2 test r (:func:`mode2_choices`), ``layer`` the layer most
+    folds chose and ``folds_agree`` their share. ``state`` and ``top_state`` name the input
+    state the kept features came from most at that layer (``top_state``); ``top_state_share``
+    is its share of the kept features (pivot) or of the summed contributions (banded;
+    missing when that sum is not positive).
     """
     states: dict[tuple, dict[str, dict]] = {}
     for row in _read(run.path / "mode2_states.parquet"):
         states.setdefault((row["layer"], row["parcel_id"]), {})[row["state"]] = row
     cells = []
-    for row in mode2_choices(_read(run.path / "mode2.parquet")):
+    for row in _read(run.path / "mode2_nested.parquet"):
         per_state = states.get((row["layer"], row["parcel_id"]), {})
         top = per_state.get(row["top_state"])
         if top is None:
@@ -326,9 +326,10 @@ def _mode2_cells(run: RunFolder) -> list[dict]:
             share = _finite(top["contribution"] / total) if total > 0 else None
         cells.append({
             "parcel_id": row["parcel_id"], "parcel": row["parcel"], "n_voxels": row["n_voxels"],
-            "layer": row["layer"], "state": row["top_state"], "test": _finite(row["stage2_test"]),
-            "test_normalized": _finite(row["stage2_test_normalized"]), "ceiling": _finite(row["ceiling"]),
-            "validation": _finite(row["stage2_validation"]), "folds_agree": None, "voxel_best_test": None,
+            "layer": row["layer"], "state": row["top_state"], "test": _finite(row["test"]),
+            "test_normalized": _finite(row["test_normalized"]), "ceiling": _finite(row["ceiling"]),
+            "validation": _finite(row["validation"]), "folds_agree": _finite(row["folds_agree"]),
+            "voxel_best_test": None,
             "top_state": row["top_state"], "top_state_share": share, "tied_states": "",
             "selection": row["selection"], "inputs": row["inputs"], "stage1_test": _finite(row["stage1_test"]),
         })

@@ -56,7 +56,7 @@ import numpy as np
 from .errors import MtbenchError
 
 __all__ = ["GroupFit", "LayerFit", "Mode2Result", "SELECTIONS", "banded_ridge", "check_mode2_settings",
-           "fit_mode2", "mode2_states", "pivot_selection"]
+           "fit_mode2", "mode2_states", "nested_choices", "nested_layer_choice", "pivot_selection"]
 
 SELECTIONS = ("pivot", "banded")
 # Kernel-weight candidates of the banded random search (himalaya's default is 100: ~5x the
@@ -169,6 +169,45 @@ class Mode2Result:
                     })
         return rows
 
+    def fold_rows(self) -> list[dict]:
+        """One row per (layer, parcel, outer fold): the parcel-mean scores of that fold.
+
+        ``fold`` ``k`` held out run ``k`` (0-based, in the dataset's run order); its
+        validation scores were computed on the other runs only. These are the scores
+        :func:`nested_choices` chooses from (``mode2_folds.parquet``).
+        """
+        rows = []
+        for fit in self.layers:
+            for g in fit.groups:
+                means = {name: getattr(g, name).mean(1) for name in FOLD_SCORES}  # (n_runs,) each
+                for fold in range(g.stage2_test.shape[0]):
+                    rows.append({"layer": fit.layer, "parcel_id": g.parcel_id, "parcel": g.parcel,
+                                 "n_voxels": int(g.voxels.size), "fold": fold,
+                                 **{name: float(means[name][fold]) for name in FOLD_SCORES}})
+        return rows
+
+    def nested_rows(self, ceiling: np.ndarray | None, summary: list[dict] | None = None) -> list[dict]:
+        """One row per parcel: the nested layer choice (:func:`nested_choices`) with the run's settings.
+
+        Adds to :func:`nested_choices`' columns ``mode, selection, pivot, inputs``,
+        ``top_state`` (of the chosen ``layer``, as in ``mode2.parquet``), ``ceiling`` and
+        ``test_normalized`` (``test / ceiling``; NaN without a positive ceiling).
+        """
+        summary = summary if summary is not None else self.summarize(np.zeros(0), {}, None)
+        top = {(row["layer"], row["parcel_id"]): row["top_state"] for row in summary}
+        voxels = {g.parcel_id: g.voxels for g in self.layers[0].groups}
+        rows = []
+        for row in nested_choices(self.fold_rows()):
+            row = {"mode": 2, "selection": self.selection, "pivot": self.pivot, "inputs": ",".join(self.inputs),
+                   **row, "top_state": top[(row["layer"], row["parcel_id"])],
+                   "ceiling": float("nan"), "test_normalized": float("nan")}
+            if ceiling is not None:
+                c = float(np.mean(ceiling[voxels[row["parcel_id"]]]))
+                row["ceiling"] = c
+                row["test_normalized"] = row["test"] / c if c > 0 else float("nan")
+            rows.append(row)
+        return rows
+
     def check_truth(self, truth: dict | None) -> list[dict]:
         """Planted (parcel, layer, state) whose state is an input: does it dominate that parcel?"""
         if not truth:
@@ -186,7 +225,8 @@ class Mode2Result:
 
     # ----------------------------------------------------------------- files
     def write_files(self, folder: Path, meta: dict, mask_img, labels, names, ceiling, truth) -> None:
-        """Write ``mode2.parquet``, ``mode2_states.parquet``, ``mode2_voxels.parquet``, maps, manifest.
+        """Write ``mode2.parquet``, ``mode2_nested.parquet``, ``mode2_folds.parquet``, ``mode2_states.parquet``,
+        ``mode2_voxels.parquet``, maps, manifest.
 
         Called by :func:`mtbench.results.write_run` inside the run's ``.partial`` folder.
         """
@@ -202,7 +242,10 @@ class Mode2Result:
             _write_parquet(folder / name, columns, meta)
 
         meta = meta | {"mode2_seconds": {str(fit.layer): fit.seconds for fit in self.layers}}
-        write("mode2.parquet", self.summarize(labels, names, ceiling))
+        summary = self.summarize(labels, names, ceiling)
+        write("mode2.parquet", summary)
+        write("mode2_nested.parquet", self.nested_rows(ceiling, summary))
+        write("mode2_folds.parquet", self.fold_rows())
         write("mode2_states.parquet", self.state_rows())
 
         n_vox = labels.size
@@ -234,6 +277,107 @@ class Mode2Result:
         if truth is not None:
             (folder / "truth.json").write_text(json.dumps(truth, indent=2, sort_keys=True))
         (folder / "manifest.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+
+# --------------------------------------------------------------------------- nested layer choice
+#: Per-fold parcel scores of ``mode2_folds.parquet`` (GroupFit attributes of the same names).
+FOLD_SCORES = ("stage1_test", "stage2_test", "stage1_validation", "stage2_validation")
+
+
+def nested_layer_choice(validation: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, float, int, float]:
+    """The Mode 2 layer chosen inside each outer fold, and the held-out score of that choice.
+
+    In outer fold ``o`` the layer with the highest stage-2 validation score of fold ``o``
+    (computed without run ``o``) is chosen and scored on run ``o``; the score is the mean
+    over folds (:func:`mtbench.results.nested_best`, as Mode 1). Choosing once on
+    fold-averaged validation would let run ``o`` help choose the layer scored on run ``o``.
+    NaN validation scores never win; ties, and folds where every layer is NaN, go to the
+    first layer.
+
+    The layer reported for the parcel is the one chosen in the most folds; when several
+    are chosen equally often, the one with the highest fold-averaged validation (then the
+    first). It labels the choice; the score is that of the per-fold choices.
+
+    Parameters
+    ----------
+    validation, test : ndarray, shape (n_layers, n_folds)
+        Stage-2 validation and test scores (e.g. parcel means) of each layer in each fold.
+
+    Returns
+    -------
+    picks : ndarray of int, shape (n_folds,)
+        Index of the layer chosen in each fold.
+    score : float
+        Mean over folds of the chosen layer's test score.
+    modal : int
+        The layer index chosen in the most folds (ties: highest fold-averaged validation, then first).
+    agree : float
+        Share of the folds that chose ``modal``.
+    """
+    from .results import nested_best
+
+    validation, test = np.asarray(validation, dtype=np.float64), np.asarray(test, dtype=np.float64)
+    if validation.ndim != 2 or validation.shape != test.shape:
+        raise MtbenchError(f"Mode 2 layer choice needs validation and test scores of shape (n_layers, n_folds), got "
+                           f"{validation.shape} and {test.shape}; pass one row per layer and one column per fold")
+    finite = np.where(np.isfinite(validation), validation, -np.inf)
+    picks = np.argmax(finite, axis=0)
+    counts = np.bincount(picks, minlength=validation.shape[0])
+    tied = np.flatnonzero(counts == counts.max())
+    finite_count = np.isfinite(validation).sum(1)
+    averaged = np.where(finite_count > 0, np.where(np.isfinite(validation), validation, 0.0).sum(1)
+                        / np.maximum(finite_count, 1), -np.inf)  # NaN-free mean over folds, -inf when none
+    modal = int(tied[np.argmax(averaged[tied])])
+    return picks, float(nested_best(finite, test)), modal, float(counts[modal] / picks.size)
+
+
+def nested_choices(fold_rows: list[dict]) -> list[dict]:
+    """Per parcel, the nested Mode 2 layer choice from per-fold rows (``mode2_folds.parquet``).
+
+    Parameters
+    ----------
+    fold_rows : list of dict
+        ``layer, parcel_id, parcel, n_voxels, fold`` and the :data:`FOLD_SCORES`, one per
+        (layer, parcel, fold), every parcel with the same layers and folds.
+
+    Returns
+    -------
+    list of dict
+        One per parcel in parcel-id order (the whole brain, -1, first): ``parcel_id,
+        parcel, n_voxels``; ``test``: stage-2 test r of the layer chosen inside each fold
+        (:func:`nested_layer_choice`), mean over folds; ``stage1_test`` and ``validation``
+        (stage-2): the same folds' scores of the same choices; ``layer``: the layer chosen
+        in the most folds (ties: the highest fold-averaged stage-2 validation, then the
+        lowest layer); ``folds_agree``: share of folds that chose it; ``fold_layers``:
+        the layer chosen in each fold, comma list in fold order; ``test_ci_low``,
+        ``test_ci_high``: 95% t interval of ``test`` over folds.
+    """
+    from .significance import run_confidence_interval
+
+    cells: dict[int, dict] = {}
+    for row in fold_rows:
+        cell = cells.setdefault(row["parcel_id"], {"row": row, "scores": {}})
+        cell["scores"][(row["layer"], row["fold"])] = row
+    out = []
+    for pid in sorted(cells):
+        scores = cells[pid]["scores"]
+        layers, folds = sorted({k[0] for k in scores}), sorted({k[1] for k in scores})
+        if len(scores) != len(layers) * len(folds):
+            raise MtbenchError(f"Mode 2 parcel {cells[pid]['row']['parcel']!r} has {len(scores)} per-fold rows, not "
+                               f"{len(layers)} layers x {len(folds)} folds; re-run it with this mtbench")
+        grid = {name: np.array([[scores[(layer, fold)][name] for fold in folds] for layer in layers], dtype=float)
+                for name in FOLD_SCORES}  # (n_layers, n_folds) each
+        picks, test, modal, agree = nested_layer_choice(grid["stage2_validation"], grid["stage2_test"])
+        chosen = {name: grid[name][picks, np.arange(len(folds))] for name in FOLD_SCORES}  # (n_folds,) each
+        low, high = run_confidence_interval(chosen["stage2_test"])
+        first = cells[pid]["row"]
+        out.append({"parcel_id": pid, "parcel": first["parcel"], "n_voxels": first["n_voxels"],
+                    "layer": int(layers[modal]), "folds_agree": agree,
+                    "fold_layers": ",".join(str(layers[p]) for p in picks),
+                    "test": test, "stage1_test": float(chosen["stage1_test"].mean()),
+                    "validation": float(chosen["stage2_validation"].mean()),
+                    "test_ci_low": float(low), "test_ci_high": float(high)})
+    return out
 
 
 # --------------------------------------------------------------------------- settings
@@ -548,7 +692,8 @@ def banded_ridge(
 
 # --------------------------------------------------------------------------- terminal
 def print_summary(output, console, top: int = 15) -> None:
-    """Stage 1 vs stage 2 per (layer, parcel), best parcels first, and the planted-truth check."""
+    """Stage 1 vs stage 2 per (layer, parcel), best parcels first, the nested whole-brain score, and the
+    planted-truth check."""
     from rich.table import Table
 
     rows = output.summary
@@ -569,6 +714,14 @@ def print_summary(output, console, top: int = 15) -> None:
                       f"{row['stage1_test']:.3f}", f"{row['stage2_test']:.3f}", f"{row['gain']:+.3f}",
                       row["top_state"])
     console.print(table)
+    nested = Path(output.run_dir) / "mode2_nested.parquet"
+    if nested.is_file():  # what the leaderboard shows: the layer chosen inside each outer fold
+        import pyarrow.parquet as pq
+
+        brain = pq.read_table(nested).to_pylist()[0]
+        console.print(f"Nested layer choice (the leaderboard's score, mode2_nested.parquet): whole brain r "
+                      f"{brain['test']:.3f}, layer {brain['layer']} chosen in {brain['folds_agree']:.0%} of the "
+                      f"outer folds ({brain['fold_layers']})")
     from .cli import print_truth_check
 
     print_truth_check(output, "Planted truth (simulated dataset): planted state on top in its parcel?", "r stage 2",

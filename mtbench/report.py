@@ -8,9 +8,10 @@ a colorbar or legend, so tests can inspect them):
 - :func:`best_state_map` and :func:`score_map`: the per-voxel winning state and its nested
   held-out r on the MNI152 template that nilearn ships (no download);
 - :func:`winning_ratio_bars`: share of each parcel's voxels that each state wins;
-- Mode 2 runs (``mode2.parquet``): :func:`stage_bars`, stage 1 vs stage 2 per parcel at
-  the layer chosen on stage-2 validation; :func:`kept_state_bars` (which input states the
-  kept features come from); :func:`score_map` of the stage 1 and stage 2 maps.
+- Mode 2 runs (``mode2_nested.parquet``): :func:`stage_bars`, stage 1 vs stage 2 per parcel
+  at the layer chosen on stage-2 validation inside each outer fold; :func:`kept_state_bars`
+  (which input states the kept features come from); :func:`score_map` of the stage 1 and
+  stage 2 maps.
 
 Figures are drawn on ``Figure`` objects with the Agg canvas (no pyplot state, no display)
 and saved at a fixed size: :data:`DPI` times the figure size in inches, no tight bbox.
@@ -281,16 +282,15 @@ def figures(run_dir: Path) -> list[tuple[str, str, object]]:
 def mode2_figures(run: RunFolder) -> list[tuple[str, str, object]]:
     """Figures of a Mode 2 run: stages per parcel, kept states per parcel, stage 1 and stage 2 maps.
 
-    Each parcel is shown at its layer chosen on stage-2 validation
-    (:func:`mtbench.leaderboard.mode2_choices`, as on the leaderboard); the maps show the
-    layer chosen for the whole brain.
+    Each parcel is shown with its nested layer choice (``mode2_nested.parquet``, as on the
+    leaderboard: the stage-1 and stage-2 r of the layer chosen inside each outer fold,
+    labelled with the layer most folds chose, whose kept states are drawn); the maps show
+    the layer most folds chose for the whole brain.
     """
-    from .leaderboard import mode2_choices
-
     settings = run.manifest["settings"]
-    chosen = mode2_choices(_read(run.path / "mode2.parquet"))
+    chosen = _read(run.path / "mode2_nested.parquet")
     labels = [f"{r['parcel']} (L{r['layer']})" for r in chosen]
-    stage_rows = [{"parcel": label, "stage": stage, "test": row[f"stage{stage}_test"]}
+    stage_rows = [{"parcel": label, "stage": stage, "test": row["stage1_test" if stage == 1 else "test"]}
                   for label, row in zip(labels, chosen) for stage in (1, 2)]
     at = {(r["layer"], r["parcel_id"]): label for r, label in zip(chosen, labels)}
     kept_key = "kept_share" if settings["selection"] == "pivot" else "contribution"
@@ -303,8 +303,8 @@ def mode2_figures(run: RunFolder) -> list[tuple[str, str, object]]:
     brain_layer = chosen[0]["layer"]
     method = f"{settings['selection']}, pivot {settings['pivot']}"
     return [
-        ("mode2_stages.png", "Mode 2: held-out r of stage 1 (all inputs) and stage 2 (selected), per parcel at its "
-                             "layer chosen on stage-2 validation",
+        ("mode2_stages.png", "Mode 2: held-out r of stage 1 (all inputs) and stage 2 (selected), per parcel at the "
+                             "layer chosen on stage-2 validation inside each outer fold",
          stage_bars(stage_rows, labels, title=f"Mode 2 ({method}): stage 1 vs stage 2")),
         ("mode2_kept_states.png", f"Mode 2: {what}",
          winning_ratio_bars(kept, labels, state_colors(list(settings["inputs"])),

@@ -72,6 +72,19 @@ RESULT_SCHEMA: dict = {
                     "stage2_validation": "floating", "top_state": "string", "ceiling": "floating",
                     "stage2_test_normalized": "floating",
                 },
+                "mode2_nested.parquet": _IDENTITY | {
+                    "mode": "integer", "selection": "string", "pivot": "string", "inputs": "string",
+                    "parcel_id": "integer", "parcel": "string", "n_voxels": "integer", "layer": "integer",
+                    "folds_agree": "floating", "fold_layers": "string", "test": "floating",
+                    "stage1_test": "floating", "validation": "floating", "test_ci_low": "floating",
+                    "test_ci_high": "floating", "top_state": "string", "ceiling": "floating",
+                    "test_normalized": "floating",
+                },
+                "mode2_folds.parquet": _IDENTITY | {
+                    "layer": "integer", "parcel_id": "integer", "parcel": "string", "n_voxels": "integer",
+                    "fold": "integer", "stage1_test": "floating", "stage2_test": "floating",
+                    "stage1_validation": "floating", "stage2_validation": "floating",
+                },
                 "mode2_states.parquet": _IDENTITY | {
                     "layer": "integer", "parcel_id": "integer", "parcel": "string", "state": "string",
                     "dim": "integer", "kept": "floating", "kept_share": "floating", "kept_fraction": "floating",

@@ -478,14 +478,32 @@ def test_page_sorts_filters_and_links_in_headless_chromium(runs, tmp_path):
 
 # --------------------------------------------------------------------------- Mode 2 runs
 def mode2_expected(run_dir: Path):
-    """Per parcel, the row of mode2.parquet with the highest stage-2 validation r (pandas, first layer on ties)."""
+    """Per parcel, the nested layer choice recomputed with pandas from mode2_folds.parquet.
+
+    In each fold the layer with the highest stage-2 validation r of that fold (lowest layer on ties), its test r;
+    ``test``, ``stage1_test``, ``validation``: means over folds; ``layer``: the most frequent choice (on ties the
+    highest fold-averaged validation) with its ``folds_agree``, ``top_state`` and ``ceiling`` from mode2.parquet.
+    """
     import pandas as pd
 
     frame = pd.read_parquet(run_dir / "mode2.parquet")
-    return frame, frame.loc[frame.groupby("parcel_id", sort=True)["stage2_validation"].idxmax()].set_index("parcel")
+    folds = pd.read_parquet(run_dir / "mode2_folds.parquet").sort_values(["parcel_id", "fold", "layer"])
+    picks = folds.loc[folds.groupby(["parcel_id", "fold"])["stage2_validation"].idxmax()]
+    chosen = picks.groupby("parcel_id", sort=True).agg(
+        parcel=("parcel", "first"), test=("stage2_test", "mean"), stage1_test=("stage1_test", "mean"),
+        validation=("stage2_validation", "mean"), fold_layers=("layer", lambda s: ",".join(map(str, s))))
+    averaged = folds.groupby(["parcel_id", "layer"])["stage2_validation"].mean()
+    chosen["layer"] = [max(picks[picks.parcel_id == pid].layer.mode(), key=lambda layer: averaged[(pid, layer)])
+                       for pid in chosen.index]
+    chosen["folds_agree"] = [float(np.mean(picks[picks.parcel_id == pid].layer == layer))
+                             for pid, layer in chosen["layer"].items()]
+    at_layer = frame.set_index(["parcel_id", "layer"])
+    for column in ("top_state", "ceiling"):
+        chosen[column] = [at_layer.loc[(pid, layer), column] for pid, layer in chosen["layer"].items()]
+    return frame, chosen.reset_index().set_index("parcel")
 
 
-def test_mode2_run_joins_the_board_at_its_validation_chosen_layer(runs, mode2):
+def test_mode2_run_joins_the_board_with_its_nested_layer_choice(runs, mode2):
     import pandas as pd
 
     root, model, made = runs
@@ -495,6 +513,7 @@ def test_mode2_run_joins_the_board_at_its_validation_chosen_layer(runs, mode2):
     frame, chosen = mode2_expected(mode2)
     assert sorted(frame["layer"].unique()) == [1, 3]
     states = pd.read_parquet(mode2 / "mode2_states.parquet")
+    nested = pd.read_parquet(mode2 / "mode2_nested.parquet").set_index("parcel")
     board = leaderboard.build([root / "a", root / "b", root / "m2"])
     assert board.notes == []
     rows = {r["parcel"]: r for r in board.rows if r["mode"] == "2"}
@@ -502,23 +521,38 @@ def test_mode2_run_joins_the_board_at_its_validation_chosen_layer(runs, mode2):
     for parcel, row in rows.items():
         expected = chosen.loc[parcel]
         assert row["run_id"] == run.manifest["run_id"] and row["layer"] == expected["layer"]
-        assert row["score"] == row["test"] == expected["stage2_test"]
-        assert (row["validation"], row["stage1_test"]) == (expected["stage2_validation"], expected["stage1_test"])
+        # the nested score (choice inside each fold), recomputed from the per-fold file
+        assert row["score"] == row["test"] == pytest.approx(expected["test"], abs=1e-12)
+        assert row["validation"] == pytest.approx(expected["validation"], abs=1e-12)
+        assert row["stage1_test"] == pytest.approx(expected["stage1_test"], abs=1e-12)
+        assert row["folds_agree"] == pytest.approx(expected["folds_agree"])
+        assert nested.loc[parcel, "fold_layers"] == expected["fold_layers"]
         assert row["state"] == row["top_state"] == expected["top_state"]
         assert (row["selection"], row["inputs"]) == ("pivot", ",".join(STATES))
         kept = states[(states.layer == expected["layer"]) & (states.parcel == parcel)
                       & (states.state == expected["top_state"])]["kept_share"]
         assert row["top_state_share"] == pytest.approx(float(kept.iloc[0]))
-        assert row["folds_agree"] is None and row["voxel_best_test"] is None  # Mode 1 only: missing, not 0
+        assert row["voxel_best_test"] is None  # Mode 1 only: missing, not 0
+    # with two layers the per-fold choices differ somewhere, and the leaderboard reports those, not the layer
+    # chosen on fold-averaged validation (that score is kept in mode2.parquet)
+    averaged = frame.loc[frame.groupby("parcel_id")["stage2_validation"].idxmax()].set_index("parcel")
+    split = [p for p in rows if len(set(chosen.loc[p, "fold_layers"].split(","))) > 1]
+    assert split, chosen["fold_layers"]
+    assert any(rows[p]["test"] != pytest.approx(averaged.loc[p, "stage2_test"], abs=1e-6) for p in split)
     # the planted (layer, state) of both planted parcels is recovered by the validation choice
     assert (rows[HESCHL]["layer"], rows[HESCHL]["top_state"]) == (1, "per_head_q_rope")
     stg = rows[PLANTED[1]["parcel"]]
     assert (stg["layer"], stg["top_state"]) == (3, "ffn_activated_state")
     assert rows[HESCHL]["score"] > 0.25
-    # test scores never steer the choice: give Heschl's other layer a huge test r, the choice stays
-    edited = [dict(r, stage2_test=0.99) if (r["parcel"], r["layer"]) == (HESCHL, 3) else r
-              for r in pq.read_table(mode2 / "mode2.parquet").to_pylist()]
-    assert {r["parcel"]: r["layer"] for r in leaderboard.mode2_choices(edited)}[HESCHL] == 1
+    # mode2_choices recomputes the written nested rows from the per-fold file ...
+    fold_rows = pq.read_table(mode2 / "mode2_folds.parquet").to_pylist()
+    written = pq.read_table(mode2 / "mode2_nested.parquet").to_pylist()
+    for mine, theirs in zip(leaderboard.mode2_choices(fold_rows), written, strict=True):
+        assert mine == {key: theirs[key] for key in mine}
+    # ... and test scores never steer it: give Heschl's other layer a huge test r, the choice stays
+    edited = [dict(r, stage2_test=0.99) if (r["parcel"], r["layer"]) == (HESCHL, 3) else r for r in fold_rows]
+    again = {r["parcel"]: r for r in leaderboard.mode2_choices(edited)}[HESCHL]
+    assert (again["layer"], again["test"]) == (1, pytest.approx(rows[HESCHL]["test"]))
     # modes are ranked apart: the Mode 1 ranks are untouched
     assert {r["rank"] for r in rows.values()} == {1}
     assert sorted(r["rank"] for r in board.rows if r["mode"] == "1" and r["parcel_id"] == -1) == [1, 2, 3, 4]
@@ -531,7 +565,7 @@ def test_mode2_run_joins_the_board_at_its_validation_chosen_layer(runs, mode2):
     for parcel, score in normalized.items():
         expected = chosen.loc[parcel]
         if expected["ceiling"] > 0:
-            assert score == pytest.approx(expected["stage2_test"] / expected["ceiling"])
+            assert score == pytest.approx(expected["test"] / expected["ceiling"])
         else:
             assert score is None
     assert any(v is None for v in normalized.values()) and normalized[HESCHL] is not None
@@ -543,10 +577,29 @@ def test_mode2_run_joins_the_board_at_its_validation_chosen_layer(runs, mode2):
     assert [r for r in table if r["mode"] == "2"] == [rows[p] for p in rows]
 
 
+def test_mode2_docs_queries_recompute_the_nested_choice(mode2, monkeypatch):
+    doc = (Path(__file__).parents[1] / "docs" / "mode2.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
+    assert len(blocks) == 2
+    monkeypatch.chdir(mode2)
+    scope: dict = {}
+    for block in blocks:
+        exec(block, scope)
+    written = pq.read_table(mode2 / "mode2_nested.parquet").to_pandas().set_index("parcel_id")
+    for name in ("nested_pandas", "nested_duckdb"):
+        frame = scope[name].reset_index() if name == "nested_pandas" else scope[name]
+        frame = frame.set_index("parcel_id")
+        assert list(frame.index) == list(written.index), name
+        assert frame["parcel"].tolist() == written["parcel"].tolist(), name
+        np.testing.assert_allclose(frame["test"], written["test"], atol=1e-12, err_msg=name)
+    assert scope["nested_pandas"]["fold_layers"].tolist() == written["fold_layers"].tolist()
+
+
 def test_schema_checks_mode2_runs_against_their_own_files(runs, mode2, tmp_path):
     _, _, made = runs
     folder = tmp_path / "runs"
-    copies = {name: folder / name for name in ("column", "no-inputs", "as-mode1", "mode3", "no-states")}
+    copies = {name: folder / name for name in ("column", "no-inputs", "as-mode1", "mode3", "no-states", "no-folds",
+                                               "nested-column")}
     for copy in copies.values():
         shutil.copytree(mode2, copy)
     table = pq.read_table(copies["column"] / "mode2.parquet")
@@ -559,6 +612,9 @@ def test_schema_checks_mode2_runs_against_their_own_files(runs, mode2, tmp_path)
         manifest["run_id"] += f"-{name}"
         (copies[name] / "manifest.json").write_text(json.dumps(manifest))
     (copies["no-states"] / "mode2_states.parquet").unlink()
+    (copies["no-folds"] / "mode2_folds.parquet").unlink()  # as a Mode 2 run of an older mtbench
+    table = pq.read_table(copies["nested-column"] / "mode2_nested.parquet")
+    pq.write_table(table.drop_columns(["folds_agree"]), copies["nested-column"] / "mode2_nested.parquet")
     copies["mode1-as-mode2"] = folder / "mode1-as-mode2"  # a Mode 1 run claiming to be Mode 2
     shutil.copytree(made["llama"], copies["mode1-as-mode2"])
     manifest = json.loads((copies["mode1-as-mode2"] / "manifest.json").read_text())
@@ -570,6 +626,8 @@ def test_schema_checks_mode2_runs_against_their_own_files(runs, mode2, tmp_path)
         "as-mode1": "maps/best_test_r.nii.gz is missing (incomplete or foreign mode 1 run)",
         "mode3": "unknown encoding mode '3' (this mtbench reads modes 1, 2)",
         "no-states": "mode2_states.parquet is missing (incomplete or foreign mode 2 run)",
+        "no-folds": "mode2_folds.parquet is missing (incomplete or foreign mode 2 run)",
+        "nested-column": "mode2_nested.parquet: column 'folds_agree' is missing (older or foreign result schema)",
         "mode1-as-mode2": "maps/mode2_stage1_test_r.nii.gz is missing (incomplete or foreign mode 2 run)",
     }
     _assert_refused_in_one_line(copies, expected)
@@ -585,7 +643,7 @@ def test_mode2_report_draws_the_stage_figure(mode2, tmp_path):
     assert set(figures) == {"mode2_stages.png", "mode2_kept_states.png", "mode2_stage1_map.png",
                             "mode2_stage2_map.png"}
     labels = [f"{parcel} (L{row['layer']})" for parcel, row in chosen.iterrows()]
-    # stage 1 vs stage 2: per parcel, the two scores of its layer chosen on stage-2 validation
+    # stage 1 vs stage 2: per parcel, the nested scores of the layers chosen in each fold (labelled by the modal one)
     stages = figures["mode2_stages.png"]
     check_figure(stages, "stage 1 vs stage 2", colorbar=False, legend=True)
     ax = stages.axes[0]
@@ -594,7 +652,7 @@ def test_mode2_report_draws_the_stage_figure(mode2, tmp_path):
     widths = [p.get_width() for p in ax.patches]
     n = len(labels)
     assert widths[:n] == pytest.approx(chosen["stage1_test"].tolist())
-    assert widths[n:] == pytest.approx(chosen["stage2_test"].tolist())
+    assert widths[n:] == pytest.approx(chosen["test"].tolist())
     # kept features per input state: each parcel's shares sum to 1, the legend names the inputs
     kept = figures["mode2_kept_states.png"]
     check_figure(kept, "kept features per input state", colorbar=False, legend=True)

@@ -21,7 +21,8 @@ from sklearn.linear_model import Ridge
 
 from mtbench.alignment import zscore
 from mtbench.encoding import fit_nested_loro
-from mtbench.mode2 import banded_ridge, pivot_selection
+from mtbench.errors import MtbenchError
+from mtbench.mode2 import LayerFit, Mode2Result, banded_ridge, nested_choices, nested_layer_choice, pivot_selection
 
 ALPHAS = np.logspace(-1, 4, 8)
 DIMS = [30, 8, 8, 30]  # states A, B, C, D; B and C carry signal, A and D are distractors
@@ -161,6 +162,80 @@ def test_signal_only_in_the_test_run_is_not_fitted():
         assert abs(fits[parcel].stage1_test[2].mean()) < 0.15
 
 
+# --------------------------------------------------------------------------- nested layer choice
+def test_nested_choice_differs_from_the_fold_averaged_choice():
+    # layer 0 wins fold 0's validation by far, hence the fold average (0.3 vs 0.2); layer 1
+    # wins the other three folds. Nested: layer 0 is scored on fold 0 only, layer 1 on the rest.
+    validation = np.array([[0.9, 0.1, 0.1, 0.1], [0.2, 0.2, 0.2, 0.2]])
+    test = np.array([[0.5, 0.0, 0.0, 0.0], [0.1, 0.3, 0.3, 0.3]])
+    assert np.argmax(validation.mean(1)) == 0 and test[0].mean() == pytest.approx(0.125)  # the averaged choice
+    picks, score, modal, agree = nested_layer_choice(validation, test)
+    assert picks.tolist() == [0, 1, 1, 1] and (modal, agree) == (1, 0.75)
+    assert score == pytest.approx((0.5 + 3 * 0.3) / 4)
+    # NaN validation never wins; an all-NaN fold and ties go to the first layer, a tie in counts too
+    nan = np.nan
+    picks, score, modal, agree = nested_layer_choice([[nan, 0.4, nan, 0.2], [0.1, nan, nan, 0.2]],
+                                                     [[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
+    assert picks.tolist() == [1, 0, 0, 0] and score == pytest.approx((5 + 2 + 3 + 4) / 4) and (modal, agree) == (0, 0.75)
+    # one fold each: the reported layer is the one with the higher fold-averaged validation, then the first
+    assert nested_layer_choice([[0.1, 0.2], [0.3, 0.15]], [[0, 0], [0, 0]])[2:] == (1, 0.5)
+    assert nested_layer_choice([[0.1, 0.3], [0.3, 0.1]], [[0, 0], [0, 0]])[2:] == (0, 0.5)
+    assert nested_layer_choice([[nan, 0.3], [0.3, 0.1]], [[0, 0], [0, 0]])[2:] == (0, 0.5)  # NaN: mean of the rest
+    with pytest.raises(MtbenchError, match=r"shape \(n_layers, n_folds\)"):
+        nested_layer_choice(validation, test[:, :3])
+
+    # the same choice from per-fold rows (mode2_folds.parquet), with layer numbers and the other scores
+    def rows(parcel_id, val, tst):
+        return [{"layer": layer, "parcel_id": parcel_id, "parcel": f"p{parcel_id}", "n_voxels": 5, "fold": fold,
+                 "stage2_validation": val[k, fold], "stage2_test": tst[k, fold], "stage1_test": 10 * k + fold,
+                 "stage1_validation": 0.0} for k, layer in enumerate((1, 3)) for fold in range(4)]
+
+    made = nested_choices(rows(4, validation, test) + rows(-1, validation[::-1], test[::-1]))
+    assert [m["parcel_id"] for m in made] == [-1, 4]
+    brain, parcel = made
+    assert (parcel["layer"], parcel["folds_agree"], parcel["fold_layers"]) == (3, 0.75, "1,3,3,3")
+    assert parcel["test"] == pytest.approx(0.35)
+    assert parcel["stage1_test"] == pytest.approx((0 + 11 + 12 + 13) / 4)  # the same fold's choice, stage 1
+    assert parcel["validation"] == pytest.approx((0.9 + 3 * 0.2) / 4)
+    assert parcel["test_ci_low"] < 0.35 < parcel["test_ci_high"]
+    assert (brain["layer"], brain["fold_layers"], brain["test"]) == (1, "3,1,1,1", pytest.approx(0.35))
+    with pytest.raises(MtbenchError, match="has 7 per-fold rows, not 2 layers x 4 folds") as info:
+        nested_choices(rows(4, validation, test)[:-1])
+    assert "\n" not in str(info.value)
+
+
+def test_nested_rows_of_a_two_layer_fit_recompute_from_the_fold_arrays():
+    xs, ys, groups = planted(seed=2)
+    bounds = np.cumsum([0, *DIMS])
+    noisy = [x.copy() for x in xs]  # layer 2: state B (parcel 1's driver) replaced by noise
+    rng = np.random.default_rng(7)
+    for x in noisy:
+        x[:, bounds[1]:bounds[2]] = zscore(rng.standard_normal((x.shape[0], DIMS[1])))
+    result = Mode2Result("pivot", list("ABCD"), "B")
+    for layer, features in ((1, xs), (2, noisy)):
+        fits = pivot_selection(features, ys, DIMS, PIVOT, groups, ALPHAS, precision="float32")
+        result.layers.append(LayerFit(layer=layer, dims=DIMS, n_kept=PIVOT, groups=fits))
+    ceiling = np.linspace(0.2, 0.8, ys[0].shape[1])
+    nested = {row["parcel_id"]: row for row in result.nested_rows(ceiling)}
+    folds = result.fold_rows()
+    assert len(folds) == 2 * len(groups) * len(xs)
+    for g, (pid, _, idx) in enumerate(groups):
+        # direct: per fold, the layer with the best parcel-mean stage-2 validation, its test r on that fold
+        val = np.stack([fit.groups[g].stage2_validation.mean(1) for fit in result.layers])  # (n_layers, n_runs)
+        test = np.stack([fit.groups[g].stage2_test.mean(1) for fit in result.layers])
+        picks = np.argmax(val, axis=0)
+        row = nested[pid]
+        assert row["test"] == pytest.approx(test[picks, np.arange(len(xs))].mean(), abs=1e-6)
+        assert row["fold_layers"] == ",".join(str(p + 1) for p in picks)
+        assert row["ceiling"] == pytest.approx(ceiling[idx].mean())
+        assert row["test_normalized"] == pytest.approx(row["test"] / row["ceiling"])
+        mine = [f for f in folds if f["parcel_id"] == pid and f["layer"] == 2]
+        np.testing.assert_allclose([f["stage2_test"] for f in mine], test[1], atol=1e-6)
+    # parcel 1 needs state B: every fold chooses layer 1, and its top state there is B
+    assert (nested[1]["layer"], nested[1]["folds_agree"], nested[1]["top_state"]) == (1, 1.0, "B")
+    assert nested[1]["test"] > 0.5
+
+
 # --------------------------------------------------------------------------- banded ridge
 def test_banded_ridge_credits_the_planted_band():
     xs, ys, groups = planted(seed=5)
@@ -216,6 +291,16 @@ def test_cli_mode2_end_to_end(tiny):
     for parcel in rows:
         shares = [s["kept_share"] for s in states if s["parcel"] == parcel]
         assert len(shares) == 3 and abs(sum(shares) - 1) < 1e-6
+    # one layer: nothing to choose, the nested score of each parcel is that layer's fold-averaged score
+    nested = {r["parcel"]: r for r in pq.read_table(run_dir / "mode2_nested.parquet").to_pylist()}
+    assert list(nested) == list(rows)
+    for parcel, row in rows.items():
+        assert nested[parcel]["test"] == pytest.approx(row["stage2_test"], abs=1e-6), parcel
+        assert (nested[parcel]["layer"], nested[parcel]["folds_agree"]) == (1, 1.0)
+    brain = nested["whole brain"]
+    assert f"whole brain r {brain['test']:.3f}, layer 1 chosen in 100% of the outer folds" in out.stdout
+    folds = pq.read_table(run_dir / "mode2_folds.parquet").to_pandas()
+    assert folds["fold"].nunique() >= 2 and len(folds) == len(rows) * folds["fold"].nunique()
     voxels = pq.read_table(run_dir / "mode2_voxels.parquet")
     assert voxels.num_rows == 2 * rows["whole brain"]["n_voxels"]  # whole-brain rows + own-parcel rows
     manifest = json.loads((run_dir / "manifest.json").read_text())
