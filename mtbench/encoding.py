@@ -487,9 +487,12 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
 
     pair_checks = [(p, t, validations(*p)) for p, t in zip(pairs, train_sets)]
     pair_checks = [c for c in pair_checks if c[2]]  # e.g. inner="first": pairs nobody validates on
-    pair_folds = [make_fold(t, [v for v, _ in checks]) for _, t, checks in pair_checks]
-    need_xty = any(not f.kernel for f in pair_folds)
-    train_idx = {tuple(f.train): train_index(f.train) for f in pair_folds if f.kernel}
+    # Kernel-form pair folds (n_features > their training scans) hold an n_train x n_train
+    # eigenbasis each (36 x 25 MB at LPP scale): they are made and used one at a time over all
+    # voxels ("lazy"). Feature-form ones are small and all kept, so that one pass over voxel
+    # blocks shares the per-run X'Y products between every fold.
+    lazy = all(use_kernel(t) for _, t, _ in pair_checks)
+    need_xty = not lazy or not all(use_kernel(t) for t in outer_sets)
 
     # precision="mixed" (``lo`` = bfloat16): only the per-alpha norm products take bfloat16 inputs,
     # each rounded once from float32 (bfloat16 has float32's exponent range: no rescaling needed,
@@ -504,12 +507,23 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
     order = np.argsort(alpha_grid, kind="stable")
     unsort = torch.from_numpy(np.argsort(order, kind="stable")).to(dev)
 
-    # Per pair fold and validation run: centered B (for the Pearson numerator) and a matrix with
-    # the same column Gram (for the norm of the centered predictions): R of a QR when that is
-    # smaller than B. Scaled per alpha by w~_a = (s_min + a) / (s + a): the same direction as
-    # 1 / (s + a) (Pearson r ignores the scale) without tiny numbers.
-    pair_num, pair_stack, pair_rows, pair_w, pair_scale = [], [], [], [], []
-    for f, (_, _, checks) in zip(pair_folds, pair_checks):
+    @dataclass
+    class _PairInputs:
+        num: dict  # validated run -> centered B (n_v, m) float32, for the Pearson numerators
+        stack: Any  # (rows, m) in ``lo``: same column Gram as the centered B of every validated run
+        edges: np.ndarray  # row offsets of each validated run in ``stack``
+        w: Any  # (n_alphas, m) float32: w~_a
+        scale: Any  # (m, n_alphas) float32: w~_a (float32) or the increments between sorted alphas
+        train_idx: Any  # kernel form: rows of the training runs
+
+    def pair_inputs(f, checks):
+        """What the validation of one pair fold needs for every voxel block.
+
+        Per validated run: centered B (for the numerator) and a matrix with the same column Gram
+        (for the norm of the centered predictions): R of a QR when that is smaller than B.
+        Scaled per alpha by w~_a = (s_min + a) / (s + a): the same direction as 1 / (s + a)
+        (Pearson r ignores the scale) without tiny numbers.
+        """
         w = (f.s.min() + alpha_grid[:, None]) / (f.s[None, :] + alpha_grid[:, None])  # (n_alphas, m)
         bc, rs = {}, []
         for v, _ in checks:
@@ -517,18 +531,80 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
             bc[v] = b.to(f32)
             rs.append((torch.linalg.qr(b, mode="r")[1] if b.shape[0] > b.shape[1] else b).to(f32))
         edges = np.cumsum([0] + [r.shape[0] for r in rs])
-        stack = None
         if lo == f32 and all(r.shape == bc[v].shape for r, (v, _) in zip(rs, checks)):
             stack = torch.cat(rs, 0)  # no QR: the stack holds the centered B themselves, share them
             bc = {v: stack[edges[k]:edges[k + 1]] for k, (v, _) in enumerate(checks)}
-        pair_num.append(bc)
-        pair_rows.append(edges)
-        pair_w.append(torch.from_numpy(w).to(dev, f32))
+        else:
+            stack = torch.cat(rs, 0).to(lo)
         # float32: every alpha's weights; bfloat16: the increments between sorted alphas
         steps = w if lo == f32 else np.diff(w[order], axis=0, prepend=0.0)
-        pair_scale.append(torch.from_numpy(steps.T.copy()).to(dev, f32))  # (m, n_alphas)
-        pair_stack.append(stack if stack is not None else torch.cat(rs, 0).to(lo))  # (rows validated, m)
-        f.B = {}  # the rest is in pair_num / pair_stack
+        f.B = {}  # the rest is in num / stack
+        return _PairInputs(bc, stack, edges, torch.from_numpy(w).to(dev, f32),
+                           torch.from_numpy(steps.T.copy()).to(dev, f32),
+                           train_index(f.train) if f.kernel else None)
+
+    pairs_ready = [] if lazy else [(f, pair_inputs(f, c[2]))
+                                   for f, c in zip((make_fold(t, [v for v, _ in checks])
+                                                    for _, t, checks in pair_checks), pair_checks)]
+    n_inner = n_runs - 1 if inner == "loro" else 1
+    # norm of every run's centered BOLD (the Pearson denominators' other half), (n_runs, n_voxels)
+    ynorm_all = torch.stack([torch.linalg.vector_norm(Y[rw] - Y[rw].mean(0, keepdim=True), dim=0) for rw in rows])
+
+    # voxels per block: the (rows, n_alphas x block) product output stays within a few MB
+    widest = max([sum(min(sizes[v], n_train(t)) for v, _ in checks) for _, t, checks in pair_checks] + [1])
+    block = int(min(n_voxels, max(_MIN_BLOCK, min(_MAX_BLOCK, _BLOCK_BYTES // (4 * widest * n_alphas)))))
+    blocks = [(c0, min(n_voxels, c0 + block)) for c0 in range(0, n_voxels, block)]
+
+    def xty_of(c0, c1):
+        """X_r^T Y_r of every run for voxels c0:c1 (feature-form folds), and their sum."""
+        if not need_xty:
+            return None, None
+        yc = Y[:, c0:c1]
+        xty = [X[rw].T @ yc[rw] for rw in rows]
+        return xty, sum(xty)
+
+    def validate_pair(f, data, pair, checks, c0, c1, xty, xty_all, val):
+        """Add one pair fold's validation r of voxels c0:c1 to ``val`` (n_runs, n_alphas, c1 - c0)."""
+        i, j = pair
+        yc = Y[:, c0:c1]
+        if f.kernel:
+            z = f.proj.T @ yc.index_select(0, data.train_idx)
+        else:
+            z = f.proj.T @ (xty_all - xty[i] - xty[j])
+        # every alpha's scaled coefficients side by side: one (rows x m) @ (m x n_alphas*block)
+        # product gives the predictions (float32) or their increments (bfloat16) of all alphas
+        zw = (z[:, None, :] * data.scale[:, :, None]).reshape(z.shape[0], -1)
+        pred = (data.stack @ zw.to(lo)).view(-1, n_alphas, c1 - c0)
+        if lo != f32:  # increments in sorted order -> running sums in float32
+            pred = pred.to(f32)
+            for a in range(1, n_alphas):
+                pred[:, a].add_(pred[:, a - 1])
+        pred.square_()  # then column sums per run (several times faster than vector_norm here)
+        for k, (v, other) in enumerate(checks):
+            norm = pred[data.edges[k]:data.edges[k + 1]].sum(0).sqrt_()  # (n_alphas, block)
+            if lo != f32:
+                norm = norm.index_select(0, unsort)
+            num = data.w @ ((data.num[v].T @ yc[rows[v]]) * z)  # (n_alphas, block)
+            denom = norm * ynorm_all[v, c0:c1][None, :]
+            val[other] += torch.where(denom > 0, num / torch.where(denom > 0, denom, 1.0), 0.0)
+
+    def validate(c0, c1, xty, xty_all):
+        """Inner validation r, shape (n_runs, n_alphas, c1 - c0): mean over the outer fold's inner folds."""
+        val = torch.zeros((n_runs, n_alphas, c1 - c0), dtype=f32, device=dev)
+        for (f, data), (pair, _, checks) in zip(pairs_ready, pair_checks):
+            validate_pair(f, data, pair, checks, c0, c1, xty, xty_all, val)
+        return val / n_inner
+
+    val_all = None
+    if lazy:  # one kernel-form pair fold at a time, over every voxel block
+        val_all = torch.zeros((n_runs, n_alphas, n_voxels), dtype=f32, device=dev)
+        for pair, t, checks in pair_checks:
+            f = make_fold(t, [v for v, _ in checks])
+            data = pair_inputs(f, checks)
+            for c0, c1 in blocks:
+                validate_pair(f, data, pair, checks, c0, c1, None, None, val_all[:, :, c0:c1])
+            del f, data
+        val_all /= n_inner
 
     # Outer folds (all runs but the test run o): eigenbasis kept for the refit of every block.
     outer_folds = [make_fold(t, [o]) for t, o in zip(outer_sets, outer)]
@@ -542,48 +618,6 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
     if on_refit is not None:  # coefficients = coef_map @ (z * w): E (feature form) or X_T^T U (kernel form)
         coef_maps = [X.index_select(0, idx).T @ f.proj if f.kernel else f.proj
                      for f, idx in zip(outer_folds, outer_idx)]
-
-    widest = max([int(st.shape[0]) for st in pair_stack] + [1])
-    # voxels per block: the (rows, n_alphas x block) product output stays within a few MB
-    block = int(min(n_voxels, max(_MIN_BLOCK, min(_MAX_BLOCK, _BLOCK_BYTES // (4 * widest * n_alphas)))))
-    n_inner = n_runs - 1 if inner == "loro" else 1
-
-    def xty_of(c0, c1):
-        """X_r^T Y_r of every run for voxels c0:c1 (feature-form folds), and their sum."""
-        if not need_xty and all(f.kernel for f in outer_folds):
-            return None, None
-        yc = Y[:, c0:c1]
-        xty = [X[rw].T @ yc[rw] for rw in rows]
-        return xty, sum(xty)
-
-    def validate(c0, c1, xty, xty_all):
-        """Inner validation r, shape (n_runs, n_alphas, c1 - c0): mean over the outer fold's inner folds."""
-        yc = Y[:, c0:c1]
-        ynorm = [torch.linalg.vector_norm(yc[rw] - yc[rw].mean(0, keepdim=True), dim=0) for rw in rows]
-        val = torch.zeros((n_runs, n_alphas, c1 - c0), dtype=f32, device=dev)
-        for p, (f, ((i, j), _, checks)) in enumerate(zip(pair_folds, pair_checks)):
-            if f.kernel:
-                z = f.proj.T @ yc.index_select(0, train_idx[tuple(f.train)])
-            else:
-                z = f.proj.T @ (xty_all - xty[i] - xty[j])
-            # every alpha's scaled coefficients side by side: one (rows x m) @ (m x n_alphas*block)
-            # product gives the predictions (float32) or their increments (bfloat16) of all alphas
-            zw = (z[:, None, :] * pair_scale[p][:, :, None]).reshape(z.shape[0], -1)
-            pred = (pair_stack[p] @ zw.to(lo)).view(-1, n_alphas, c1 - c0)
-            if lo != f32:  # increments in sorted order -> running sums in float32
-                pred = pred.to(f32)
-                for a in range(1, n_alphas):
-                    pred[:, a].add_(pred[:, a - 1])
-            pred.square_()  # then column sums per run (several times faster than vector_norm here)
-            edges = pair_rows[p]
-            for k, (v, other) in enumerate(checks):
-                norm = pred[edges[k]:edges[k + 1]].sum(0).sqrt_()  # (n_alphas, block)
-                if lo != f32:
-                    norm = norm.index_select(0, unsort)
-                num = pair_w[p] @ ((pair_num[p][v].T @ yc[rows[v]]) * z)  # (n_alphas, block)
-                denom = norm * ynorm[v][None, :]
-                val[other] += torch.where(denom > 0, num / torch.where(denom > 0, denom, 1.0), 0.0)
-        return val / n_inner
 
     test_per_run = np.full((n_runs, n_voxels), np.nan, dtype=np.float32)
     preds = [np.empty((sizes[o], n_voxels), dtype=np.float32) for o in outer] if keep_predictions else None
@@ -610,26 +644,21 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
 
     validation = torch.empty((n_runs, n_voxels), dtype=f32, device=dev)
     best_all = torch.empty((n_runs, n_voxels), dtype=torch.long, device=dev)
-    if shared_alpha:  # one alpha per outer fold for all voxels: every block is validated first
-        val_sum = torch.zeros((n_runs, n_alphas), dtype=torch.float64, device=dev)
-        val_blocks = []
-        for c0 in range(0, n_voxels, block):
-            c1 = min(n_voxels, c0 + block)
-            val = validate(c0, c1, *xty_of(c0, c1))
-            val_sum += val.sum(2, dtype=torch.float64)
-            val_blocks.append(val)
-        choice = val_sum.argmax(1)  # first maximum: ties go to the first alpha listed
-        for b, c0 in enumerate(range(0, n_voxels, block)):
-            c1 = min(n_voxels, c0 + block)
-            best_all[:, c0:c1] = choice[:, None]
-            validation[:, c0:c1] = val_blocks[b].gather(1, best_all[:, None, c0:c1])[:, 0]
-        del val_blocks
-        for c0 in range(0, n_voxels, block):
-            c1 = min(n_voxels, c0 + block)
+    if shared_alpha or lazy:  # every block validated first (one alpha per outer fold, or lazy folds)
+        if val_all is None:
+            val_all = torch.empty((n_runs, n_alphas, n_voxels), dtype=f32, device=dev)
+            for c0, c1 in blocks:
+                val_all[:, :, c0:c1] = validate(c0, c1, *xty_of(c0, c1))
+        if shared_alpha:  # first maximum of the voxel-mean r: ties go to the first alpha listed
+            best_all[:] = val_all.sum(2, dtype=torch.float64).argmax(1)[:, None]
+        else:
+            best_all[:] = val_all.argmax(1)
+        validation[:] = val_all.gather(1, best_all[:, None, :])[:, 0]
+        del val_all
+        for c0, c1 in blocks:
             refit(c0, c1, best_all[:, c0:c1], *xty_of(c0, c1))
     else:  # alpha per voxel: validate, choose and refit block by block in one pass
-        for c0 in range(0, n_voxels, block):
-            c1 = min(n_voxels, c0 + block)
+        for c0, c1 in blocks:
             xty, xty_all = xty_of(c0, c1)
             val = validate(c0, c1, xty, xty_all)
             best = val.argmax(1)  # (n_runs, block); first maximum: ties go to the first alpha listed

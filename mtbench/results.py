@@ -10,12 +10,15 @@ Layout of a results directory (several runs share it)::
     RESULTS/runs/<run_id>/maps/*.nii.gz      mask, best-state maps, r per state (4-D over layers)
     RESULTS/runs/<run_id>/truth.json         planted truth, for simulated datasets
 
-A ``--mode 2`` run writes ``mode2.parquet``, ``mode2_states.parquet``, ``mode2_voxels.parquet``
-and ``maps/mode2_stage{1,2}_test_r.nii.gz`` instead of the Mode 1 Parquet files and maps
-(:meth:`mtbench.mode2.Mode2Result.write_files`, columns in ``docs/mode2.md``).
+A ``--mode 2`` run writes ``mode2.parquet``, ``mode2_folds.parquet`` (per outer fold),
+``mode2_nested.parquet`` (the layer chosen per fold on validation), ``mode2_states.parquet``,
+``mode2_voxels.parquet`` and ``maps/mode2_stage{1,2}_test_r.nii.gz`` instead of the Mode 1
+Parquet files and maps (:meth:`mtbench.mode2.Mode2Result.write_files`, columns in ``docs/mode2.md``).
 
 A run is written into ``<run_id>.partial`` and renamed when complete, so an interrupted
-run never leaves a half-written result where readers look.
+run never leaves a half-written result where readers look. Its finished fits are kept
+meanwhile in ``RESULTS/checkpoints/<fingerprint>/`` (:mod:`mtbench.checkpoint`), so that the
+same command resumes it; that folder is removed once the run is written.
 """
 
 from __future__ import annotations

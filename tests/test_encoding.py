@@ -152,12 +152,14 @@ def test_himalaya_backend_agrees():
 
 @pytest.mark.parametrize("shared_alpha", [False, True], ids=["alpha-per-voxel", "shared-alpha"])
 @pytest.mark.parametrize("max_block", [64, 100], ids=["blocks-of-64", "blocks-of-100"])
-def test_voxel_blocks_agree(monkeypatch, max_block, shared_alpha):
-    """Small voxel blocks (the last one partial) give the same numbers as one block of all voxels."""
+@pytest.mark.parametrize("n_features", [40, 400], ids=["feature-form", "kernel-form"])
+def test_voxel_blocks_agree(monkeypatch, max_block, shared_alpha, n_features):
+    """Small voxel blocks (the last one partial) give the same numbers as one block of all voxels
+    (kernel form: pair folds made one at a time over all blocks; feature form: all kept)."""
     import mtbench.encoding as enc
 
     rng = np.random.default_rng(5)
-    xs, ys = _random_data(rng, n_features=40, n_voxels=700)
+    xs, ys = _random_data(rng, n_features=n_features, n_voxels=700)
     monkeypatch.setattr(enc, "_MAX_BLOCK", 10_000)
     monkeypatch.setattr(enc, "_BLOCK_BYTES", 2**40)
     whole = fit_nested_loro(xs, ys, ALPHAS, precision="float32", shared_alpha=shared_alpha, return_predictions=True)
