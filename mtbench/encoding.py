@@ -19,27 +19,34 @@ How the work is shared (this is what makes the fit fast on a CPU):
   (``X_T^T X_T``, size n_features) otherwise: the eigenbasis is never larger than needed.
 - Inner folds come in pairs: the training set of "outer o, inner i" equals that of
   "outer i, inner o" (all runs but o and i), so each of the C(n_runs, 2) training sets
-  is decomposed once and validated on both left-out runs.
-- Validation predictions are never stored: one product ``[B w_a1; B w_a2; ...] @ Z``
-  (``B`` = both left-out runs' ``B_v`` stacked) per block of voxels that stays in cache
-  gives the norms of the centered predictions of every alpha; the numerator of Pearson r
-  needs no predictions at all: ``<B_v (w_a * z), y_v> = sum_k w_a[k] (B_v^T y_v)[k] z[k]``,
-  one small product for all alphas.
-- Blocks of voxels bound the memory: nothing of size n_alphas x n_scans x n_voxels exists.
+  is decomposed once and validated on both left-out runs (``inner="first"``: only on the
+  run that protocol validates on).
+- X'Y is computed once per run and voxel block; every feature-form training set (inner
+  pairs and outer refits) takes its ``Z = E^T (X'Y_all - X'Y_left_out)`` from those
+  sums instead of projecting its own targets.
+- Validation predictions are never stored: one product ``B [w_a1 z, w_a2 z, ...]`` per pair
+  fold and block of voxels (every alpha's scaled coefficients side by side) gives the
+  norms of the centered predictions of every alpha; the numerator of Pearson r needs no
+  predictions at all: ``<B_v (w_a * z), y_v> = sum_k w_a[k] (B_v^T y_v)[k] z[k]``, one
+  small product for all alphas.
+- One pass over blocks of voxels (alpha per voxel): validate, choose the alpha and refit
+  every outer fold for the block, then the next block. Nothing of size
+  n_alphas x n_scans x n_voxels exists, and the held-out predictions go block by block
+  to ``on_predictions`` (significance) instead of being kept. Kernel-form pair folds
+  (n_train x n_train eigenbases) are made one at a time over all voxels instead.
 
-Cost: the per-alpha products dominate (70-85% of the time): n_alphas x n_runs x
-(n_runs - 1) x n_val_scans x min(n_train_scans, n_features) multiply-adds per voxel.
-That is the floor for exact per-alpha validation scores; at 4 runs x 80 scans, 15,000
-voxels and 17 alphas it is ~80 GFLOP of ~100 in all. Time grows linearly with the
-number of alphas (9 alphas: ~0.45 s with 2 threads). 9 runs x 310 scans, d = 576,
-26,000 voxels: 85 s with 2 threads, 149 s with 1; 1.8 GB peak resident memory for the
-whole process (its 290 MB of inputs included). At the shape of the default benchmark
-run (4 runs of 86-90 scans, 16,471 voxels, d = 192 / 576 / 1,536; 2 threads on a 2-core
-AVX512-BF16 CPU): 0.57-0.61 s per call with 9 alphas, 0.85-0.89 s with 17, of which
-~0.25 s does not depend on the number of alphas; the per-alpha products alone run at
-~200 GFLOP/s.
+Cost: the per-alpha products dominate: n_alphas x n_runs x (n_runs - 1) x n_val_scans x
+min(n_train_scans, n_features) multiply-adds per voxel. That is the floor for exact
+per-alpha validation scores. Measured on a quiet 2-core AVX512-BF16 machine, 9 runs
+x 2,816 scans, 25,870 voxels, d = 576, 9 alphas (``benchmarks/encoding.py``, see
+``docs/encoding.md``): 46 s in ``float32``, 23.5-24.5 s with ``precision="mixed"``,
+11-13 s for the MindTransformer protocol (one inner fold, shared alpha, 16 alphas);
+peak resident memory 2.0-2.1x the data (X and Y), 2.8x at d = 4,096 (kernel form).
+At the shape of the default run (4 runs of 86-90 scans, 16,471 voxels): ~0.4 s per
+call with 9 alphas in ``mixed``.
 
-``precision="mixed"`` (opt-in) computes only those per-alpha norm products from
+``precision="mixed"`` (opt-in here; ``mtbench run`` uses it by default where the hardware
+multiplies bfloat16 natively) computes only those per-alpha norm products from
 bfloat16 inputs (float32 accumulation); eigendecompositions, projections, the Pearson
 numerators, the refit, the test predictions and scores stay as with ``float32``. The
 products give the increments between consecutive (sorted) alphas, summed in float32, so
@@ -61,7 +68,8 @@ features, correlated or not, signal planted in 40% of the voxels, noise):
   test r 0.015-0.08, voxel mean < 3e-5.
 
 For comparison, float32 against float64 (d = 576, 17 alphas) changes 0.05% of the
-choices, test r by <= 2.5e-4. Because of the near-tie flips ``float32`` stays the default.
+choices, test r by <= 2.5e-4. Because of the near-tie flips ``float32`` stays this function's
+default (and the MindTransformer protocol's).
 
 Why not himalaya: ``backend="himalaya"`` runs ``himalaya.kernel_ridge.KernelRidgeCV``
 (torch backend, run-wise inner splits, correlation score) per outer fold; it is kept as
