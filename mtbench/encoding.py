@@ -112,6 +112,8 @@ _FLOAT64_EIGH_MAX = 1024
 _BLOCK_BYTES = 8 * 2**20
 _MAX_BLOCK = 512
 _MIN_BLOCK = 64
+# Voxels per chunk (feature form): the chunk's per-run X'Y products stay under this many bytes.
+_CHUNK_BYTES = 64 * 2**20
 # Below this many floating-point operations a fit runs on one thread.
 _SMALL_FLOPS = 1e9
 
@@ -518,7 +520,7 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
     @dataclass
     class _PairInputs:
         num: dict  # validated run -> centered B (n_v, m) float32, for the Pearson numerators
-        stack: Any  # (rows, m) in ``lo``: same column Gram as the centered B of every validated run
+        stack: Any  # (rows, m) float32: same column Gram as the centered B of every validated run
         edges: np.ndarray  # row offsets of each validated run in ``stack``
         w: Any  # (n_alphas, m) float32: w~_a
         scale: Any  # (m, n_alphas) float32: w~_a (float32) or the increments between sorted alphas
@@ -539,11 +541,10 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
             bc[v] = b.to(f32)
             rs.append((torch.linalg.qr(b, mode="r")[1] if b.shape[0] > b.shape[1] else b).to(f32))
         edges = np.cumsum([0] + [r.shape[0] for r in rs])
-        if lo == f32 and all(r.shape == bc[v].shape for r, (v, _) in zip(rs, checks)):
-            stack = torch.cat(rs, 0)  # no QR: the stack holds the centered B themselves, share them
+        stack = torch.cat(rs, 0)
+        if all(r.shape == bc[v].shape for r, (v, _) in zip(rs, checks)):
+            # no QR: the stack holds the centered B themselves, share them
             bc = {v: stack[edges[k]:edges[k + 1]] for k, (v, _) in enumerate(checks)}
-        else:
-            stack = torch.cat(rs, 0).to(lo)
         # float32: every alpha's weights; bfloat16: the increments between sorted alphas
         steps = w if lo == f32 else np.diff(w[order], axis=0, prepend=0.0)
         f.B = {}  # the rest is in num / stack
@@ -558,10 +559,16 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
     # norm of every run's centered BOLD (the Pearson denominators' other half), (n_runs, n_voxels)
     ynorm_all = torch.stack([torch.linalg.vector_norm(Y[rw] - Y[rw].mean(0, keepdim=True), dim=0) for rw in rows])
 
-    # voxels per block: the (rows, n_alphas x block) product output stays within a few MB
+    # Voxels per block: the (n_alphas x rows, block) product output stays within a few MB. Per
+    # chunk of blocks, each pair fold's per-alpha scaled inputs are made once (feature form: the
+    # chunk's X'Y products are kept meanwhile, so the chunk is bounded by _CHUNK_BYTES of them).
     widest = max([sum(min(sizes[v], n_train(t)) for v, _ in checks) for _, t, checks in pair_checks] + [1])
     block = int(min(n_voxels, max(_MIN_BLOCK, min(_MAX_BLOCK, _BLOCK_BYTES // (4 * widest * n_alphas)))))
-    blocks = [(c0, min(n_voxels, c0 + block)) for c0 in range(0, n_voxels, block)]
+    chunk = n_voxels if not need_xty else max(block, _CHUNK_BYTES // (4 * n_features * (n_runs + 1)) // block * block)
+    chunks = [(c0, min(n_voxels, c0 + chunk)) for c0 in range(0, n_voxels, chunk)]
+
+    def blocks_of(c0, c1):
+        return [(b0, min(c1, b0 + block)) for b0 in range(c0, c1, block)]
 
     def xty_of(c0, c1):
         """X_r^T Y_r of every run for voxels c0:c1 (feature-form folds), and their sum."""
@@ -571,7 +578,17 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
         xty = [X[rw].T @ yc[rw] for rw in rows]
         return xty, sum(xty)
 
-    def validate_pair(f, data, pair, checks, c0, c1, xty, xty_all, val):
+    def tall_of(data):
+        """Every alpha's scaled inputs stacked, (n_alphas x rows, m) in ``lo``: one product per block.
+
+        The per-alpha factors multiply the inputs (not the coefficients z), so the rounding of
+        each alpha's bfloat16 copy differs from row to row and largely averages out in the norms;
+        rounding alpha-scaled z instead would shift every row's prediction coherently (measured:
+        3.6x more alpha choices moved against float32).
+        """
+        return (data.scale.T[:, None, :] * data.stack[None]).reshape(-1, data.stack.shape[1]).to(lo)
+
+    def validate_pair(f, data, tall, pair, checks, c0, c1, xty, xty_all, val):
         """Add one pair fold's validation r of voxels c0:c1 to ``val`` (n_runs, n_alphas, c1 - c0)."""
         i, j = pair
         yc = Y[:, c0:c1]
@@ -579,17 +596,15 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
             z = f.proj.T @ yc.index_select(0, data.train_idx)
         else:
             z = f.proj.T @ (xty_all - xty[i] - xty[j])
-        # every alpha's scaled coefficients side by side: one (rows x m) @ (m x n_alphas*block)
-        # product gives the predictions (float32) or their increments (bfloat16) of all alphas
-        zw = (z[:, None, :] * data.scale[:, :, None]).reshape(z.shape[0], -1)
-        pred = (data.stack @ zw.to(lo)).view(-1, n_alphas, c1 - c0)
+        # predictions (float32) or their increments between sorted alphas (bfloat16) of all alphas
+        pred = (tall @ z.to(lo)).view(n_alphas, -1, c1 - c0)
         if lo != f32:  # increments in sorted order -> running sums in float32
             pred = pred.to(f32)
             for a in range(1, n_alphas):
-                pred[:, a].add_(pred[:, a - 1])
+                pred[a].add_(pred[a - 1])
         pred.square_()  # then column sums per run (several times faster than vector_norm here)
         for k, (v, other) in enumerate(checks):
-            norm = pred[data.edges[k]:data.edges[k + 1]].sum(0).sqrt_()  # (n_alphas, block)
+            norm = pred[:, data.edges[k]:data.edges[k + 1]].sum(1).sqrt_()  # (n_alphas, block)
             if lo != f32:
                 norm = norm.index_select(0, unsort)
             num = data.w @ ((data.num[v].T @ yc[rows[v]]) * z)  # (n_alphas, block)
@@ -597,10 +612,14 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
             val[other] += torch.where(denom > 0, num / torch.where(denom > 0, denom, 1.0), 0.0)
 
     def validate(c0, c1, xty, xty_all):
-        """Inner validation r, shape (n_runs, n_alphas, c1 - c0): mean over the outer fold's inner folds."""
+        """Inner validation r of a chunk, (n_runs, n_alphas, c1 - c0): mean over the outer fold's inner folds."""
         val = torch.zeros((n_runs, n_alphas, c1 - c0), dtype=f32, device=dev)
         for (f, data), (pair, _, checks) in zip(pairs_ready, pair_checks):
-            validate_pair(f, data, pair, checks, c0, c1, xty, xty_all, val)
+            tall = tall_of(data)
+            for b0, b1 in blocks_of(c0, c1):
+                sub = None if xty is None else [x[:, b0 - c0:b1 - c0] for x in xty]
+                sub_all = None if xty is None else xty_all[:, b0 - c0:b1 - c0]
+                validate_pair(f, data, tall, pair, checks, b0, b1, sub, sub_all, val[:, :, b0 - c0:b1 - c0])
         return val / n_inner
 
     val_all = None
@@ -609,9 +628,10 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
         for pair, t, checks in pair_checks:
             f = make_fold(t, [v for v, _ in checks])
             data = pair_inputs(f, checks)
-            for c0, c1 in blocks:
-                validate_pair(f, data, pair, checks, c0, c1, None, None, val_all[:, :, c0:c1])
-            del f, data
+            tall = tall_of(data)
+            for c0, c1 in blocks_of(0, n_voxels):
+                validate_pair(f, data, tall, pair, checks, c0, c1, None, None, val_all[:, :, c0:c1])
+            del f, data, tall
         val_all /= n_inner
 
     # Outer folds (all runs but the test run o): eigenbasis kept for the refit of every block.
@@ -655,7 +675,7 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
     if shared_alpha or lazy:  # every block validated first (one alpha per outer fold, or lazy folds)
         if val_all is None:
             val_all = torch.empty((n_runs, n_alphas, n_voxels), dtype=f32, device=dev)
-            for c0, c1 in blocks:
+            for c0, c1 in chunks:
                 val_all[:, :, c0:c1] = validate(c0, c1, *xty_of(c0, c1))
         if shared_alpha:  # first maximum of the voxel-mean r: ties go to the first alpha listed
             best_all[:] = val_all.sum(2, dtype=torch.float64).argmax(1)[:, None]
@@ -663,10 +683,10 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
             best_all[:] = val_all.argmax(1)
         validation[:] = val_all.gather(1, best_all[:, None, :])[:, 0]
         del val_all
-        for c0, c1 in blocks:
+        for c0, c1 in chunks:
             refit(c0, c1, best_all[:, c0:c1], *xty_of(c0, c1))
-    else:  # alpha per voxel: validate, choose and refit block by block in one pass
-        for c0, c1 in blocks:
+    else:  # alpha per voxel: validate, choose and refit chunk by chunk in one pass
+        for c0, c1 in chunks:
             xty, xty_all = xty_of(c0, c1)
             val = validate(c0, c1, xty, xty_all)
             best = val.argmax(1)  # (n_runs, block); first maximum: ties go to the first alpha listed

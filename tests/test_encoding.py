@@ -166,6 +166,7 @@ def test_voxel_blocks_agree(monkeypatch, max_block, shared_alpha, n_features):
     monkeypatch.setattr(enc, "_MAX_BLOCK", max_block)
     monkeypatch.setattr(enc, "_BLOCK_BYTES", 1)  # -> the smallest block allowed
     monkeypatch.setattr(enc, "_MIN_BLOCK", max_block)
+    monkeypatch.setattr(enc, "_CHUNK_BYTES", 1)  # feature form: chunks of one block (X'Y made per block)
     blocked = fit_nested_loro(xs, ys, ALPHAS, precision="float32", shared_alpha=shared_alpha,
                               return_predictions=True)
     np.testing.assert_allclose(blocked.test_per_run, whole.test_per_run, atol=1e-6)

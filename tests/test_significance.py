@@ -169,6 +169,7 @@ def test_pvalues_block_by_block_equal_the_whole_fit(monkeypatch):
 
     monkeypatch.setattr(enc, "_MAX_BLOCK", 64)
     monkeypatch.setattr(enc, "_MIN_BLOCK", 64)
+    monkeypatch.setattr(enc, "_CHUNK_BYTES", 1)  # chunks of one block: predictions handed out per 64 voxels
     fit_nested_loro(xs, ys, np.logspace(-1, 3, 5), on_predictions=per_block)
     assert seen[0] == (0, 64) and seen[-1] == (256, 300) and len(seen) == 5
     np.testing.assert_array_equal(got, expected)
