@@ -114,6 +114,8 @@ _MAX_BLOCK = 512
 _MIN_BLOCK = 64
 # Voxels per chunk (feature form): the chunk's per-run X'Y products stay under this many bytes.
 _CHUNK_BYTES = 64 * 2**20
+# Bytes of pair-fold eigenbases and inputs held at once (see the groups in _fit_torch).
+_GROUP_BYTES = 128 * 2**20
 # Below this many floating-point operations a fit runs on one thread.
 _SMALL_FLOPS = 1e9
 
@@ -402,6 +404,29 @@ class _Fold:
     B: dict
 
 
+class _Workspace:
+    """Scratch tensors reused from block to block.
+
+    The large temporaries of the block loop (tens of MB, thousands of them per fit) are written
+    into the same memory instead of being freed and allocated again: with glibc's malloc the
+    freed blocks fragment the heap (+270 MB peak resident memory measured at LPP scale).
+    """
+
+    def __init__(self, device) -> None:
+        self.device = device
+        self.buffers: dict[str, Any] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype) -> Any:
+        """A contiguous tensor of ``shape`` (contents undefined), backed by buffer ``name``."""
+        import torch
+
+        numel = int(np.prod(shape))
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.dtype != dtype or buffer.numel() < numel:
+            buffer = self.buffers[name] = torch.empty(numel, dtype=dtype, device=self.device)
+        return buffer[:numel].view(shape)
+
+
 def effective_precision(precision: str, device: str = "cpu") -> str:
     """The precision a fit really uses: ``mixed`` falls back to ``float32`` without native bfloat16."""
     import torch
@@ -497,12 +522,26 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
 
     pair_checks = [(p, t, validations(*p)) for p, t in zip(pairs, train_sets)]
     pair_checks = [c for c in pair_checks if c[2]]  # e.g. inner="first": pairs nobody validates on
-    # Kernel-form pair folds (n_features > their training scans) hold an n_train x n_train
-    # eigenbasis each (36 x 25 MB at LPP scale): they are made and used one at a time over all
-    # voxels ("lazy"). Feature-form ones are small and all kept, so that one pass over voxel
-    # blocks shares the per-run X'Y products between every fold.
-    lazy = all(use_kernel(t) for _, t, _ in pair_checks)
-    need_xty = not lazy or not all(use_kernel(t) for t in outer_sets)
+    # Pair folds are made in groups whose eigenbases and inputs fit in _GROUP_BYTES, each group
+    # used over all voxels before the next one is made: at LPP scale all 36 feature-form folds at
+    # d = 576 (~100 MB), 9 at d = 1,536 (13 MB each), 5 kernel-form ones (n_train x n_train, ~20 MB
+    # each). With one group and an alpha per voxel, validation, choice and refit share one pass
+    # over the voxels (and its X'Y products).
+    def fold_bytes(t, checks):
+        m = min(n_features, n_train(t))
+        return 4 * m * ((n_train(t) if use_kernel(t) else n_features) + sum(sizes[v] for v, _ in checks))
+
+    groups, group_bytes = [], 0
+    for c in pair_checks:
+        size = fold_bytes(c[1], c[2])
+        if groups and group_bytes + size <= _GROUP_BYTES:
+            groups[-1].append(c)
+            group_bytes += size
+        else:
+            groups.append([c])
+            group_bytes = size
+    fused = len(groups) == 1 and not shared_alpha
+    need_xty = not all(use_kernel(t) for t in train_sets + outer_sets)
 
     # precision="mixed" (``lo`` = bfloat16): only the per-alpha norm products take bfloat16 inputs,
     # each rounded once from float32 (bfloat16 has float32's exponent range: no rescaling needed,
@@ -552,9 +591,11 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
                            torch.from_numpy(steps.T.copy()).to(dev, f32),
                            train_index(f.train) if f.kernel else None)
 
-    pairs_ready = [] if lazy else [(f, pair_inputs(f, c[2]))
-                                   for f, c in zip((make_fold(t, [v for v, _ in checks])
-                                                    for _, t, checks in pair_checks), pair_checks)]
+    def make_group(group):
+        """The pair folds of ``group`` with what their validation needs."""
+        folds = (make_fold(t, [v for v, _ in checks]) for _, t, checks in group)
+        return [(f, pair_inputs(f, c[2]), c) for f, c in zip(folds, group)]
+
     n_inner = n_runs - 1 if inner == "loro" else 1
     # norm of every run's centered BOLD (the Pearson denominators' other half), (n_runs, n_voxels)
     ynorm_all = torch.stack([torch.linalg.vector_norm(Y[rw] - Y[rw].mean(0, keepdim=True), dim=0) for rw in rows])
@@ -570,13 +611,26 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
     def blocks_of(c0, c1):
         return [(b0, min(c1, b0 + block)) for b0 in range(c0, c1, block)]
 
+    ws = _Workspace(dev)
+
     def xty_of(c0, c1):
-        """X_r^T Y_r of every run for voxels c0:c1 (feature-form folds), and their sum."""
+        """X_r^T Y_r of every run for voxels c0:c1 (feature-form folds), and their sum (workspace tensors)."""
         if not need_xty:
             return None, None
         yc = Y[:, c0:c1]
-        xty = [X[rw].T @ yc[rw] for rw in rows]
-        return xty, sum(xty)
+        xty = [torch.mm(X[rw].T, yc[rw], out=ws.get(f"xty{r}", (n_features, c1 - c0), f32))
+               for r, rw in enumerate(rows)]
+        total = ws.get("xty_all", (n_features, c1 - c0), f32).copy_(xty[0])
+        for part in xty[1:]:
+            total.add_(part)
+        return xty, total
+
+    def projected(proj, xty_all, left_out, c1_c0):
+        """``proj^T (X'Y_all - sum of X'Y_left_out)``: the targets of a training set, (m, block)."""
+        rest = torch.sub(xty_all, left_out[0], out=ws.get("rest", tuple(xty_all.shape), f32))
+        for part in left_out[1:]:
+            rest.sub_(part)
+        return torch.mm(proj.T, rest, out=ws.get("z", (proj.shape[1], c1_c0), f32))
 
     def tall_of(data):
         """Every alpha's scaled inputs stacked, (n_alphas x rows, m) in ``lo``: one product per block.
@@ -586,20 +640,27 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
         rounding alpha-scaled z instead would shift every row's prediction coherently (measured:
         3.6x more alpha choices moved against float32).
         """
-        return (data.scale.T[:, None, :] * data.stack[None]).reshape(-1, data.stack.shape[1]).to(lo)
+        n_rows, m = data.stack.shape
+        tall = ws.get("tall", (n_alphas, n_rows, m), lo)
+        for a in range(n_alphas):  # written (and rounded) straight into the workspace
+            torch.mul(data.stack, data.scale[:, a], out=tall[a])
+        return tall.view(-1, m)
 
     def validate_pair(f, data, tall, pair, checks, c0, c1, xty, xty_all, val):
         """Add one pair fold's validation r of voxels c0:c1 to ``val`` (n_runs, n_alphas, c1 - c0)."""
         i, j = pair
         yc = Y[:, c0:c1]
         if f.kernel:
-            z = f.proj.T @ yc.index_select(0, data.train_idx)
+            targets = torch.index_select(yc, 0, data.train_idx,
+                                         out=ws.get("targets", (len(data.train_idx), c1 - c0), f32))
+            z = torch.mm(f.proj.T, targets, out=ws.get("z", (f.proj.shape[1], c1 - c0), f32))
         else:
-            z = f.proj.T @ (xty_all - xty[i] - xty[j])
+            z = projected(f.proj, xty_all, [xty[i], xty[j]], c1 - c0)
         # predictions (float32) or their increments between sorted alphas (bfloat16) of all alphas
-        pred = (tall @ z.to(lo)).view(n_alphas, -1, c1 - c0)
+        z_lo = z if lo == f32 else ws.get("z_lo", tuple(z.shape), lo).copy_(z)
+        pred = torch.mm(tall, z_lo, out=ws.get("pred_lo", (tall.shape[0], c1 - c0), lo)).view(n_alphas, -1, c1 - c0)
         if lo != f32:  # increments in sorted order -> running sums in float32
-            pred = pred.to(f32)
+            pred = ws.get("pred", tuple(pred.shape), f32).copy_(pred)
             for a in range(1, n_alphas):
                 pred[a].add_(pred[a - 1])
         pred.square_()  # then column sums per run (several times faster than vector_norm here)
@@ -611,27 +672,27 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
             denom = norm * ynorm_all[v, c0:c1][None, :]
             val[other] += torch.where(denom > 0, num / torch.where(denom > 0, denom, 1.0), 0.0)
 
-    def validate(c0, c1, xty, xty_all):
-        """Inner validation r of a chunk, (n_runs, n_alphas, c1 - c0): mean over the outer fold's inner folds."""
-        val = torch.zeros((n_runs, n_alphas, c1 - c0), dtype=f32, device=dev)
-        for (f, data), (pair, _, checks) in zip(pairs_ready, pair_checks):
+    def validate(ready, c0, c1, val, xty=None, xty_all=None):
+        """Add the validation r of the pair folds ``ready`` for voxels c0:c1 to ``val`` (n_runs, n_alphas, c1 - c0)."""
+        if xty is None and any(not f.kernel for f, _, _ in ready):
+            xty, xty_all = xty_of(c0, c1)
+        for f, data, (pair, _, checks) in ready:
             tall = tall_of(data)
             for b0, b1 in blocks_of(c0, c1):
                 sub = None if xty is None else [x[:, b0 - c0:b1 - c0] for x in xty]
                 sub_all = None if xty is None else xty_all[:, b0 - c0:b1 - c0]
                 validate_pair(f, data, tall, pair, checks, b0, b1, sub, sub_all, val[:, :, b0 - c0:b1 - c0])
-        return val / n_inner
+        return xty, xty_all
 
     val_all = None
-    if lazy:  # one kernel-form pair fold at a time, over every voxel block
+    ready = make_group(groups[0]) if fused else None
+    if not fused:  # every voxel validated first, group by group
         val_all = torch.zeros((n_runs, n_alphas, n_voxels), dtype=f32, device=dev)
-        for pair, t, checks in pair_checks:
-            f = make_fold(t, [v for v, _ in checks])
-            data = pair_inputs(f, checks)
-            tall = tall_of(data)
-            for c0, c1 in blocks_of(0, n_voxels):
-                validate_pair(f, data, tall, pair, checks, c0, c1, None, None, val_all[:, :, c0:c1])
-            del f, data, tall
+        for group in groups:
+            ready = make_group(group)
+            for c0, c1 in (chunks if any(not f.kernel for f, _, _ in ready) else [(0, n_voxels)]):
+                validate(ready, c0, c1, val_all[:, :, c0:c1])
+            ready = None
         val_all /= n_inner
 
     # Outer folds (all runs but the test run o): eigenbasis kept for the refit of every block.
@@ -654,12 +715,15 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
         """Refit every outer fold on its training runs with the chosen alphas; score its test run."""
         block_preds = []
         for k, (o, f) in enumerate(zip(outer, outer_folds)):
+            m = f.proj.shape[1]
             if f.kernel:
-                z = f.proj.T @ Y[:, c0:c1].index_select(0, outer_idx[k])
+                targets = torch.index_select(Y[:, c0:c1], 0, outer_idx[k],
+                                             out=ws.get("targets", (len(outer_idx[k]), c1 - c0), f32))
+                z = torch.mm(f.proj.T, targets, out=ws.get("z", (m, c1 - c0), f32))
             else:  # X'Y of the training runs: all runs' sum minus the test run's (no new product)
-                z = f.proj.T @ (xty_all - xty[o])
-            w = (1.0 / (outer_s[k][:, None] + alpha_t[best[o]][None, :])).to(f32)  # (m, block)
-            zw = z * w
+                z = projected(f.proj, xty_all, [xty[o]], c1 - c0)
+            w = torch.add(outer_s[k][:, None], alpha_t[best[o]][None, :], out=ws.get("w", (m, c1 - c0), f64))
+            zw = torch.div(z, w, out=ws.get("zw", (m, c1 - c0), f32))  # z / (s + alpha), (m, block)
             pred = (f.B["test"] @ zw).cpu().numpy()
             test_per_run[o, c0:c1] = _checked_score(score, ys[o][:, c0:c1], pred)
             if preds is not None:
@@ -672,11 +736,7 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
 
     validation = torch.empty((n_runs, n_voxels), dtype=f32, device=dev)
     best_all = torch.empty((n_runs, n_voxels), dtype=torch.long, device=dev)
-    if shared_alpha or lazy:  # every block validated first (one alpha per outer fold, or lazy folds)
-        if val_all is None:
-            val_all = torch.empty((n_runs, n_alphas, n_voxels), dtype=f32, device=dev)
-            for c0, c1 in chunks:
-                val_all[:, :, c0:c1] = validate(c0, c1, *xty_of(c0, c1))
+    if not fused:
         if shared_alpha:  # first maximum of the voxel-mean r: ties go to the first alpha listed
             best_all[:] = val_all.sum(2, dtype=torch.float64).argmax(1)[:, None]
         else:
@@ -688,7 +748,9 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
     else:  # alpha per voxel: validate, choose and refit chunk by chunk in one pass
         for c0, c1 in chunks:
             xty, xty_all = xty_of(c0, c1)
-            val = validate(c0, c1, xty, xty_all)
+            val = torch.zeros((n_runs, n_alphas, c1 - c0), dtype=f32, device=dev)
+            validate(ready, c0, c1, val, xty, xty_all)
+            val /= n_inner
             best = val.argmax(1)  # (n_runs, block); first maximum: ties go to the first alpha listed
             best_all[:, c0:c1] = best
             validation[:, c0:c1] = val.gather(1, best[:, None, :])[:, 0]

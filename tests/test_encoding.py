@@ -153,9 +153,10 @@ def test_himalaya_backend_agrees():
 @pytest.mark.parametrize("shared_alpha", [False, True], ids=["alpha-per-voxel", "shared-alpha"])
 @pytest.mark.parametrize("max_block", [64, 100], ids=["blocks-of-64", "blocks-of-100"])
 @pytest.mark.parametrize("n_features", [40, 400], ids=["feature-form", "kernel-form"])
-def test_voxel_blocks_agree(monkeypatch, max_block, shared_alpha, n_features):
-    """Small voxel blocks (the last one partial) give the same numbers as one block of all voxels
-    (kernel form: pair folds made one at a time over all blocks; feature form: all kept)."""
+@pytest.mark.parametrize("group_bytes", [2**40, 1], ids=["one-group", "fold-by-fold"])
+def test_voxel_blocks_agree(monkeypatch, max_block, shared_alpha, n_features, group_bytes):
+    """Small voxel blocks (the last one partial), and pair folds made one group at a time over all
+    voxels, give the same numbers as one block of all voxels with every fold at once."""
     import mtbench.encoding as enc
 
     rng = np.random.default_rng(5)
@@ -167,6 +168,7 @@ def test_voxel_blocks_agree(monkeypatch, max_block, shared_alpha, n_features):
     monkeypatch.setattr(enc, "_BLOCK_BYTES", 1)  # -> the smallest block allowed
     monkeypatch.setattr(enc, "_MIN_BLOCK", max_block)
     monkeypatch.setattr(enc, "_CHUNK_BYTES", 1)  # feature form: chunks of one block (X'Y made per block)
+    monkeypatch.setattr(enc, "_GROUP_BYTES", group_bytes)
     blocked = fit_nested_loro(xs, ys, ALPHAS, precision="float32", shared_alpha=shared_alpha,
                               return_predictions=True)
     np.testing.assert_allclose(blocked.test_per_run, whole.test_per_run, atol=1e-6)
