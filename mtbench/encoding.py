@@ -112,7 +112,7 @@ _FLOAT64_EIGH_MAX = 1024
 _BLOCK_BYTES = 8 * 2**20
 _MAX_BLOCK = 512
 _MIN_BLOCK = 64
-# Voxels per chunk (feature form): the chunk's per-run X'Y products stay under this many bytes.
+# Voxels per chunk: its per-run X'Y products and refit temporaries stay under this many bytes.
 _CHUNK_BYTES = 64 * 2**20
 # Bytes of pair-fold eigenbases and inputs held at once (see the groups in _fit_torch).
 _GROUP_BYTES = 128 * 2**20
@@ -601,11 +601,15 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
     ynorm_all = torch.stack([torch.linalg.vector_norm(Y[rw] - Y[rw].mean(0, keepdim=True), dim=0) for rw in rows])
 
     # Voxels per block: the (n_alphas x rows, block) product output stays within a few MB. Per
-    # chunk of blocks, each pair fold's per-alpha scaled inputs are made once (feature form: the
-    # chunk's X'Y products are kept meanwhile, so the chunk is bounded by _CHUNK_BYTES of them).
+    # chunk of blocks, each pair fold's per-alpha scaled inputs are made once, and the outer folds
+    # are refit; the chunk's X'Y products and refit temporaries stay under _CHUNK_BYTES.
     widest = max([sum(min(sizes[v], n_train(t)) for v, _ in checks) for _, t, checks in pair_checks] + [1])
     block = int(min(n_voxels, max(_MIN_BLOCK, min(_MAX_BLOCK, _BLOCK_BYTES // (4 * widest * n_alphas)))))
-    chunk = n_voxels if not need_xty else max(block, _CHUNK_BYTES // (4 * n_features * (n_runs + 1)) // block * block)
+    # per voxel of a chunk: the runs' X'Y (feature form) and the refit's targets, z, 1 / (s + alpha), z w
+    widest_basis = max(min(n_features, n_train(t)) for t in outer_sets)
+    kernel_targets = max([n_train(t) for t in outer_sets if use_kernel(t)] + [0])
+    per_voxel = 4 * ((n_runs + 1) * n_features if need_xty else 0) + 4 * (5 * widest_basis + kernel_targets)
+    chunk = int(min(n_voxels, max(block, _CHUNK_BYTES // per_voxel // block * block)))
     chunks = [(c0, min(n_voxels, c0 + chunk)) for c0 in range(0, n_voxels, chunk)]
 
     def blocks_of(c0, c1):
