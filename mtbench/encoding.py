@@ -29,19 +29,21 @@ How the work is shared (this is what makes the fit fast on a CPU):
   norms of the centered predictions of every alpha; the numerator of Pearson r needs no
   predictions at all: ``<B_v (w_a * z), y_v> = sum_k w_a[k] (B_v^T y_v)[k] z[k]``, one
   small product for all alphas.
-- One pass over blocks of voxels (alpha per voxel): validate, choose the alpha and refit
-  every outer fold for the block, then the next block. Nothing of size
-  n_alphas x n_scans x n_voxels exists, and the held-out predictions go block by block
-  to ``on_predictions`` (significance) instead of being kept. Kernel-form pair folds
-  (n_train x n_train eigenbases) are made one at a time over all voxels instead.
+- One pass over chunks of voxels (alpha per voxel): validate, choose the alpha and refit
+  every outer fold for the chunk, then the next chunk. Nothing of size
+  n_alphas x n_scans x n_voxels exists, and the held-out predictions go chunk by chunk
+  to ``on_predictions`` (significance) instead of being kept. When the pair folds'
+  eigenbases exceed ``_GROUP_BYTES`` (wide features, kernel form), they are made in
+  groups, each used over all voxels, and the refit takes a second pass.
 
 Cost: the per-alpha products dominate: n_alphas x n_runs x (n_runs - 1) x n_val_scans x
 min(n_train_scans, n_features) multiply-adds per voxel. That is the floor for exact
 per-alpha validation scores. Measured on a quiet 2-core AVX512-BF16 machine, 9 runs
-x 2,816 scans, 25,870 voxels, d = 576, 9 alphas (``benchmarks/encoding.py``, see
-``docs/encoding.md``): 46 s in ``float32``, 23.5-24.5 s with ``precision="mixed"``,
-11-13 s for the MindTransformer protocol (one inner fold, shared alpha, 16 alphas);
-peak resident memory 2.0-2.1x the data (X and Y), 2.8x at d = 4,096 (kernel form).
+x 2,816 scans, 25,870 voxels, 9 alphas (``benchmarks/encoding.py``, table in
+``docs/encoding.md``): d = 576: 50 s in ``float32``, 26 s with ``precision="mixed"``,
+12.6 s for the MindTransformer protocol (one inner fold, shared alpha, 16 alphas), at
+1.04x the dense floor; peak resident memory 1.8-2.7x the data (X and Y) up to d = 1,536,
+2.3-3.0x in kernel form (d = 4,096 and 14,336).
 At the shape of the default run (4 runs of 86-90 scans, 16,471 voxels): ~0.4 s per
 call with 9 alphas in ``mixed``.
 
