@@ -1,6 +1,6 @@
 """Why the run-averaged circular-shift test is anti-conservative (see significance_null.py).
 
-    python benchmarks/_significance_folds.py
+    python benchmarks/significance_folds.py
 
 On null voxels fitted by nested leave-one-run-out: each run's own shift test is calibrated
 (measured 4.0-5.4% at p < 0.05), but the folds' held-out r correlate (0.12 on average) and the
