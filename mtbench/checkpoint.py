@@ -73,10 +73,6 @@ class FitCheckpoint:
         np.savez(buffer, **arrays)
         atomic_write_bytes(self._path(name), buffer.getvalue())
 
-    def done(self) -> int:
-        """How many fits are saved."""
-        return len(list(self.folder.glob("*.npz"))) if self.folder.exists() else 0
-
     def remove(self) -> None:
         """Delete the checkpoint (the run's results are written)."""
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -24,9 +24,9 @@ How the work is shared (this is what makes the fit fast on a CPU):
 - X'Y is computed once per run and voxel block; every feature-form training set (inner
   pairs and outer refits) takes its ``Z = E^T (X'Y_all - X'Y_left_out)`` from those
   sums instead of projecting its own targets.
-- Validation predictions are never stored: one product ``B [w_a1 z, w_a2 z, ...]`` per pair
-  fold and block of voxels (every alpha's scaled coefficients side by side) gives the
-  norms of the centered predictions of every alpha; the numerator of Pearson r needs no
+- Validation predictions are never stored: one product ``[B w_a1; B w_a2; ...] @ z`` per
+  pair fold and block of voxels (every alpha's scaled inputs stacked, made once per pair
+  fold and chunk of voxels) gives the norms of the centered predictions of every alpha; the numerator of Pearson r needs no
   predictions at all: ``<B_v (w_a * z), y_v> = sum_k w_a[k] (B_v^T y_v)[k] z[k]``, one
   small product for all alphas.
 - One pass over chunks of voxels (alpha per voxel): validate, choose the alpha and refit

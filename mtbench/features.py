@@ -53,8 +53,9 @@ class CachedFeatures(Mapping):
     """Features in the cache, read from disk one (layer, state) at a time.
 
     Behaves like a :data:`FeatureSet` (``features[key]`` -> list of float32 arrays
-    (n_words_r, dim), one per run); ``pop(key)`` forgets a key. Nothing is held in memory
-    between accesses, so a caller that handles one key at a time never holds them all.
+    (n_words_r, dim), one per run); ``pop(key)`` reads and forgets a key, ``del features[key]``
+    only forgets it. Nothing is held in memory between accesses, so a caller that handles
+    one key at a time never holds them all.
     """
 
     def __init__(self, files: dict[tuple[int, str], Path], bounds: np.ndarray):
@@ -70,6 +71,9 @@ class CachedFeatures(Mapping):
 
     def __len__(self) -> int:
         return len(self._files)
+
+    def __delitem__(self, key: tuple[int, str]) -> None:
+        del self._files[key]  # forget it without reading it
 
     def pop(self, key: tuple[int, str], *default):
         if key not in self._files:

@@ -190,6 +190,7 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
         y_runs = np.split(np.concatenate(y_runs), np.cumsum([len(y) for y in y_runs])[:-1])
         clock.lap("align_and_bold")
         keys = [(layer, state) for layer in layers for state in states]
+        checkpoint = None
         if settings.mode == 2:
             from .mode2 import fit_mode2
 
@@ -225,7 +226,7 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
     meta["timings"] = clock.stages  # seconds per stage, writing excluded
     run_dir = write_run(Path(results_dir), meta["run_id"], meta, table, dataset.mask_img, labels, names,
                         ceiling, dataset.truth)
-    if settings.mode != 2:
+    if checkpoint is not None:
         checkpoint.remove()  # the results are written: the finished fits are no longer needed
     truth_check = table.check_truth(dataset.truth) if settings.mode == 2 else check_truth(dataset.truth, summary)
     return RunOutput(run_dir=run_dir, summary=summary, truth_check=truth_check, seconds=clock.total)
@@ -307,7 +308,7 @@ def _fit_all(keys, feats, operators, y_runs, settings: RunSettings, metric, prog
         if saved is not None and set(saved) == set(out):  # fitted before the interruption
             for column in out:
                 out[column][f] = saved[column]
-            feats.pop(key, None)
+            del feats[key]  # its features are not needed (a cached set does not even read them)
             if task is not None:
                 progress.update(task, advance=1, description=f"fit ridge L{key[0]} {key[1]} (checkpoint)")
             continue

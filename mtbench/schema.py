@@ -21,6 +21,9 @@ from .errors import MtbenchError
 #: Column kinds: "integer", "floating" (float or double), "string" (also dictionary-encoded
 #: or large strings).
 _IDENTITY = {"run_id": "string", "model": "string", "dataset": "string", "subject": "string", "metric": "string"}
+# one row per parcel of a Mode 2 run: its settings and the parcel
+_MODE2_PARCEL = _IDENTITY | {"mode": "integer", "selection": "string", "pivot": "string", "inputs": "string",
+                             "parcel_id": "integer", "parcel": "string", "n_voxels": "integer"}
 RESULT_SCHEMA: dict = {
     "schema_version": "1",
     "oldest_readable_version": "1",
@@ -64,17 +67,14 @@ RESULT_SCHEMA: dict = {
             "files": ["maps/mask.nii.gz", "maps/mode2_stage1_test_r.nii.gz", "maps/mode2_stage2_test_r.nii.gz",
                       "maps/index.json"],
             "parquet": {
-                "mode2.parquet": _IDENTITY | {
-                    "mode": "integer", "selection": "string", "pivot": "string", "inputs": "string",
-                    "layer": "integer", "parcel_id": "integer", "parcel": "string", "n_voxels": "integer",
-                    "n_features": "integer", "n_kept": "integer", "stage1_test": "floating",
+                "mode2.parquet": _MODE2_PARCEL | {
+                    "layer": "integer", "n_features": "integer", "n_kept": "integer", "stage1_test": "floating",
                     "stage2_test": "floating", "gain": "floating", "stage1_validation": "floating",
                     "stage2_validation": "floating", "top_state": "string", "ceiling": "floating",
                     "stage2_test_normalized": "floating",
                 },
-                "mode2_nested.parquet": _IDENTITY | {
-                    "mode": "integer", "selection": "string", "pivot": "string", "inputs": "string",
-                    "parcel_id": "integer", "parcel": "string", "n_voxels": "integer", "layer": "integer",
+                "mode2_nested.parquet": _MODE2_PARCEL | {
+                    "layer": "integer",
                     "folds_agree": "floating", "fold_layers": "string", "test": "floating",
                     "stage1_test": "floating", "validation": "floating", "test_ci_low": "floating",
                     "test_ci_high": "floating", "top_state": "string", "ceiling": "floating",

@@ -90,6 +90,17 @@ def mode2(runs):
             os.environ["MTBENCH_CACHE"] = before
 
 
+def run_doc_examples(doc: str, n_blocks: int, folder: Path, monkeypatch) -> dict:
+    """Run the ```python blocks of ``doc`` (repository-relative) in ``folder``; their shared globals."""
+    blocks = re.findall(r"```python\n(.*?)```", (Path(__file__).parents[1] / doc).read_text(), re.S)
+    assert len(blocks) == n_blocks, f"{doc}: expected {n_blocks} python examples, found {len(blocks)}"
+    monkeypatch.chdir(folder)
+    scope: dict = {}
+    for block in blocks:
+        exec(block, scope)
+    return scope
+
+
 def summary_of(run_dir: Path) -> list[dict]:
     return pq.read_table(run_dir / "summary.parquet").to_pylist()
 
@@ -375,13 +386,7 @@ def test_docs_queries_run_in_pandas_polars_duckdb(runs, tmp_path, monkeypatch):
     root, _, _ = runs
     board = board_of(root)
     leaderboard.write(board, tmp_path / "leaderboard")
-    readme = (Path(__file__).parents[1] / "leaderboard" / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
-    assert len(blocks) == 3
-    monkeypatch.chdir(tmp_path)
-    scope: dict = {}
-    for block in blocks:
-        exec(block, scope)
+    scope = run_doc_examples("leaderboard/README.md", 3, tmp_path, monkeypatch)
     expected = {}
     for row in board.rows:
         if row["parcel"] not in expected or row["score"] > expected[row["parcel"]][1]:
@@ -578,13 +583,7 @@ def test_mode2_run_joins_the_board_with_its_nested_layer_choice(runs, mode2):
 
 
 def test_mode2_docs_queries_recompute_the_nested_choice(mode2, monkeypatch):
-    doc = (Path(__file__).parents[1] / "docs" / "mode2.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
-    assert len(blocks) == 2
-    monkeypatch.chdir(mode2)
-    scope: dict = {}
-    for block in blocks:
-        exec(block, scope)
+    scope = run_doc_examples("docs/mode2.md", 2, mode2, monkeypatch)
     written = pq.read_table(mode2 / "mode2_nested.parquet").to_pandas().set_index("parcel_id")
     for name in ("nested_pandas", "nested_duckdb"):
         frame = scope[name].reset_index() if name == "nested_pandas" else scope[name]
