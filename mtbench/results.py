@@ -58,6 +58,9 @@ class ScoreTable:
     p_value : ndarray, shape (n_fits, n_voxels), optional
         Circular-shift permutation p-value of the run-averaged test r
         (:mod:`mtbench.significance`); None when significance was not computed.
+    null_inflation : ndarray, shape (n_fits,), optional
+        Variance inflation of each fit's null from cross-fitting
+        (:func:`mtbench.significance.fold_dependence`), applied to its p-values.
     """
 
     keys: list[tuple[int, str]]
@@ -67,6 +70,7 @@ class ScoreTable:
     test_per_run: np.ndarray
     validation_per_run: np.ndarray
     p_value: np.ndarray | None = None
+    null_inflation: np.ndarray | None = None
 
     def q_value(self) -> np.ndarray | None:
         """Benjamini-Hochberg adjusted p-values across the voxels of each fit, shape (n_fits, n_voxels)."""

@@ -221,6 +221,10 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
 
     meta["settings"]["precision_used"] = "float32" if settings.backend == "himalaya" else effective_precision(
         settings.precision, "cuda" if settings.backend == "torch_cuda" else "cpu")
+    inflation = getattr(table, "null_inflation", None)
+    if inflation is not None:  # per fit: how much cross-fitting widened its null (mtbench.significance)
+        meta["significance"] = {"null_inflation": {f"L{layer}-{state}": round(float(value), 4)
+                                                   for (layer, state), value in zip(table.keys, inflation)}}
     meta["run_id"] = run_id or run_id_for(settings)
     meta["seconds"] = round(clock.total, 1)
     meta["timings"] = clock.stages  # seconds per stage, writing excluded
@@ -301,6 +305,7 @@ def _fit_all(keys, feats, operators, y_runs, settings: RunSettings, metric, prog
         out[name] = np.zeros((len(keys), n_runs, n_voxels), dtype=np.float32)
     if settings.permutations > 0:
         out["p_value"] = np.ones((len(keys), n_voxels), dtype=np.float32)
+        out["null_inflation"] = np.ones(len(keys), dtype=np.float32)
     task = progress.add_task("fit ridge (nested LORO)", total=len(keys)) if progress is not None else None
     for f, key in enumerate(keys):
         name = f"L{key[0]}-{key[1]}"
@@ -313,20 +318,30 @@ def _fit_all(keys, feats, operators, y_runs, settings: RunSettings, metric, prog
                 progress.update(task, advance=1, description=f"fit ridge L{key[0]} {key[1]} (checkpoint)")
             continue
         x_runs = _scan_features(feats.pop(key), operators, settings)  # pop: free memory as we go
+
+        def fit(y_runs, **kwargs):
+            return fit_nested_loro(x_runs, y_runs, settings.alphas, backend=settings.backend, score=metric.score,
+                                   precision=settings.precision, shared_alpha=settings.shared_alpha,
+                                   inner=settings.inner, **kwargs)
+
         significance = None
-        if settings.permutations > 0:  # circular shifts of the held-out predictions, block by block: no refit
-            from .significance import run_pvalues
+        if settings.permutations > 0:  # circular shifts of the held-out predictions, block by block
+            from .significance import fold_dependence, run_pvalues
 
-            def significance(c0, c1, preds, f=f):
+            # cross-fitted folds share training runs: calibrate the null's spread on a refit of
+            # shifted BOLD (2,000 voxels), else the p-values are anti-conservative
+            inflation = fold_dependence(lambda y: fit(y, return_predictions=True).predictions, y_runs,
+                                        seed=settings.seed)
+            out["null_inflation"][f] = inflation
+
+            def significance(c0, c1, preds, f=f, inflation=inflation):
                 y_block = [y[:, c0:c1] for y in y_runs]
-                out["p_value"][f, c0:c1] = run_pvalues(y_block, preds, settings.permutations, settings.seed)
+                out["p_value"][f, c0:c1] = run_pvalues(y_block, preds, settings.permutations, settings.seed,
+                                                       inflation)
 
-        result = fit_nested_loro(x_runs, y_runs, settings.alphas, backend=settings.backend, score=metric.score,
-                                 precision=settings.precision, shared_alpha=settings.shared_alpha,
-                                 inner=settings.inner, on_predictions=significance)
-        for column in out:
-            if column != "p_value":
-                out[column][f] = getattr(result, column)
+        result = fit(y_runs, on_predictions=significance)
+        for column in ("test", "validation", "alpha", "test_per_run", "validation_per_run"):
+            out[column][f] = getattr(result, column)
         if checkpoint is not None:
             checkpoint.save(name, {column: values[f] for column, values in out.items()})
         if task is not None:

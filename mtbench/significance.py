@@ -41,14 +41,14 @@ bootstrap over runs in 89.3%.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from .errors import MtbenchError
 
-__all__ = ["DEFAULT_MIN_SHIFT", "bh_fdr", "circular_shift_pvalues", "run_confidence_interval",
-           "shifted_correlations"]
+__all__ = ["DEFAULT_MIN_SHIFT", "bh_fdr", "circular_shift_pvalues", "fold_dependence", "run_confidence_interval",
+           "run_pvalues", "shift_null_moments", "shifted_correlations"]
 
 DEFAULT_MIN_SHIFT = 0
 # Voxels per block: all-shift correlations of one run (n_scans x block) and the null
@@ -93,6 +93,7 @@ def circular_shift_pvalues(
     *,
     min_shift: int = DEFAULT_MIN_SHIFT,
     seed: int = 0,
+    inflation: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Permutation p-values of the run-averaged Pearson r, from circular shifts within runs.
 
@@ -107,6 +108,11 @@ def circular_shift_pvalues(
         identity are never drawn when positive. Keep 0 (every shift): excluding neighbours
         makes the test anti-conservative (see the module docstring).
     seed : int
+    inflation : float
+        Variance inflation of the run-averaged r under the null relative to independent
+        runs (:func:`fold_dependence`): every null draw is spread around the voxel's null
+        mean by ``sqrt(inflation)``. 1 treats the runs' scores as independent, which is
+        right only when the predictions were not cross-fitted.
 
     Returns
     -------
@@ -124,6 +130,8 @@ def circular_shift_pvalues(
         raise MtbenchError(f"significance: {len(y_runs)} BOLD runs but {len(pred_runs)} prediction runs")
     if n_permutations < 1:
         raise MtbenchError(f"significance needs at least 1 permutation, got {n_permutations}; use --permutations 1000")
+    if not (np.isfinite(inflation) and inflation > 0):
+        raise MtbenchError(f"significance: null variance inflation must be a positive number, got {inflation}")
     n_voxels = y_runs[0].shape[1]
     for r, (y, p) in enumerate(zip(y_runs, pred_runs)):
         if y.shape != p.shape or y.shape[1] != n_voxels:
@@ -140,6 +148,7 @@ def circular_shift_pvalues(
     observed = np.zeros(n_voxels, dtype=np.float64)
     exceed = np.zeros(n_voxels, dtype=np.int64)
     n_runs = len(y_runs)
+    spread = np.float32(np.sqrt(inflation))
     null = np.empty((n_permutations, _GATHER), dtype=np.float32)
     drawn = np.empty_like(null)
     for c0 in range(0, n_voxels, _BLOCK):
@@ -147,6 +156,8 @@ def circular_shift_pvalues(
         corrs = [shifted_correlations(y[:, c0:c1], p[:, c0:c1]) for y, p in zip(y_runs, pred_runs)]
         obs = sum(corr[0].astype(np.float64) for corr in corrs) / n_runs
         observed[c0:c1] = obs
+        # exact mean of the null (every shift of every run equally likely)
+        null_mean = (sum(corr.mean(0, dtype=np.float64) for corr in corrs) / n_runs).astype(np.float32)
         # gather the drawn shifts in narrow column blocks into preallocated buffers: the
         # (n_permutations, width) working set stays in cache (10x faster than one fancy index)
         for g0 in range(0, c1 - c0, _GATHER):
@@ -158,6 +169,10 @@ def circular_shift_pvalues(
                 np.take(np.ascontiguousarray(corr[:, g0:g1]), shifts[:, r], axis=0, out=block_drawn)
                 block_null += block_drawn
             block_null /= n_runs
+            if inflation != 1.0:
+                block_null -= null_mean[None, g0:g1]
+                block_null *= spread
+                block_null += null_mean[None, g0:g1]
             # a tolerance so that float32 rounding never counts a draw equal to the observed as smaller
             threshold = obs[g0:g1].astype(np.float32)[None, :] - 1e-6
             exceed[c0 + g0:c0 + g1] = (block_null >= threshold).sum(0)
@@ -184,14 +199,24 @@ def bh_fdr(p_values: np.ndarray) -> np.ndarray:
     return false_discovery_control(p_values, method="bh")
 
 
-def run_confidence_interval(per_run: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-    """Student t confidence interval of a mean over test runs.
+def run_confidence_interval(per_run: np.ndarray, level: float = 0.95, *,
+                            cross_fitted: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Student t confidence interval of a mean over test runs (outer folds).
+
+    Cross-fitted folds share training runs, so their test scores are positively correlated
+    and ``s^2 / K`` underestimates the variance of their mean. The interval uses the
+    corrected variance of Nadeau & Bengio (2003, "Inference for the generalization error"),
+    ``s^2 (1/K + n_test/n_train)`` with ``n_test/n_train = 1/(K-1)`` for leave-one-run-out;
+    it assumes a fold correlation of ``1/K``, close to the 0.12 measured between LORO folds
+    on null data (``benchmarks/significance_null.py``).
 
     Parameters
     ----------
     per_run : ndarray, shape (n_runs, ...)
         One value per outer fold (e.g. the parcel-mean test r of each test run).
     level : float
+    cross_fitted : bool
+        False for scores of independent runs (no shared training data): plain ``s^2 / K``.
 
     Returns
     -------
@@ -206,16 +231,97 @@ def run_confidence_interval(per_run: np.ndarray, level: float = 0.95) -> tuple[n
     if n < 2:
         nan = np.full_like(mean, np.nan)
         return nan, nan
-    half = t.ppf(0.5 + level / 2, n - 1) * per_run.std(0, ddof=1) / np.sqrt(n)
+    variance_factor = 1 / n + 1 / (n - 1) if cross_fitted else 1 / n
+    half = t.ppf(0.5 + level / 2, n - 1) * per_run.std(0, ddof=1) * np.sqrt(variance_factor)
     return mean - half, mean + half
 
 
+def shift_null_moments(y_runs: Sequence[np.ndarray], pred_runs: Sequence[np.ndarray]
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run-averaged r and the exact mean and standard deviation of its circular-shift null.
+
+    With one shift per run drawn uniformly and independently, the null of the mean r over
+    ``K`` runs has mean ``sum_k m_k / K`` and variance ``sum_k v_k / K^2`` (``m_k``, ``v_k``:
+    mean and variance of run ``k``'s r over all its shifts); no draws needed.
+
+    Parameters
+    ----------
+    y_runs, pred_runs : list of ndarray, each shape (n_scans_r, n_voxels)
+
+    Returns
+    -------
+    observed, null_mean, null_sd : ndarray, shape (n_voxels,), float64
+    """
+    n_voxels, n_runs = y_runs[0].shape[1], len(y_runs)
+    observed, null_mean, null_var = (np.zeros(n_voxels) for _ in range(3))
+    for c0 in range(0, n_voxels, _BLOCK):
+        c1 = min(n_voxels, c0 + _BLOCK)
+        for y, p in zip(y_runs, pred_runs):
+            corr = shifted_correlations(y[:, c0:c1], p[:, c0:c1]).astype(np.float64)
+            observed[c0:c1] += corr[0] / n_runs
+            null_mean[c0:c1] += corr.mean(0) / n_runs
+            null_var[c0:c1] += corr.var(0) / n_runs**2
+    return observed, null_mean, np.sqrt(null_var)
+
+
+def fold_dependence(
+    fit_predictions: Callable[[list[np.ndarray]], list[np.ndarray]],
+    y_runs: Sequence[np.ndarray],
+    n_voxels: int = 2000,
+    seed: int = 0,
+) -> float:
+    """Null variance inflation of the run-averaged r caused by cross-fitting.
+
+    The outer folds of leave-one-run-out share training runs, so under the null their
+    held-out r are positively correlated (a fold's prediction of run ``i`` and another's of
+    run ``j`` share the term ``y_i' X_i A X_j' y_j``) and the mean r varies more than the
+    independent per-run shifts assume. This refits the model on BOLD whose runs are each
+    rolled by a random quarter-to-three-quarter run length (a null that keeps the BOLD's
+    autocorrelation but breaks its alignment with the features) for a random subset of
+    voxels, each voxel rolled by its own shifts, standardizes each voxel's mean r by its exact shift null
+    (:func:`shift_null_moments`), and returns the mean square of that z (1 if smaller).
+
+    Parameters
+    ----------
+    fit_predictions : callable
+        ``fit_predictions(y_runs) -> held-out predictions`` per run, with the same features,
+        settings and nested cross-validation as the real fit.
+    y_runs : list of ndarray, each shape (n_scans_r, n_voxels_total)
+    n_voxels : int
+        Calibration voxels (a random subset; all when there are fewer).
+    seed : int
+
+    Returns
+    -------
+    float
+        ``lambda >= 1``; pass it as ``inflation`` to :func:`circular_shift_pvalues`.
+    """
+    rng = np.random.default_rng([seed, 20261123])
+    total = y_runs[0].shape[1]
+    subset = np.sort(rng.choice(total, size=min(n_voxels, total), replace=False))
+    shifted = []
+    for y in y_runs:
+        # each voxel its own shift: the estimate averages over many shift configurations
+        n = len(y)
+        shifts = rng.integers(n // 4, 3 * n // 4 + 1, subset.size)
+        rows = (np.arange(n)[:, None] - shifts[None, :]) % n
+        shifted.append(np.ascontiguousarray(y[:, subset][rows, np.arange(subset.size)[None, :]]))
+    observed, null_mean, null_sd = shift_null_moments(shifted, fit_predictions(shifted))
+    valid = null_sd > 0
+    if not valid.any():
+        return 1.0
+    z = (observed[valid] - null_mean[valid]) / null_sd[valid]
+    return max(1.0, float(np.mean(z**2)))
+
+
 def run_pvalues(y_runs: Sequence[np.ndarray], pred_runs: Sequence[np.ndarray], n_permutations: int,
-                seed: int = 0) -> np.ndarray:
-    """p-values of one fit as the runner computes them (every circular shift drawn).
+                seed: int = 0, inflation: float = 1.0) -> np.ndarray:
+    """p-values of one fit as the runner computes them (every circular shift drawn, the null
+    spread by the fit's :func:`fold_dependence`).
 
     Returns
     -------
     ndarray, shape (n_voxels,), float32
     """
-    return circular_shift_pvalues(y_runs, pred_runs, n_permutations, seed=seed)[1].astype(np.float32)
+    return circular_shift_pvalues(y_runs, pred_runs, n_permutations, seed=seed,
+                                  inflation=inflation)[1].astype(np.float32)

@@ -33,10 +33,16 @@ class _Stop(Exception):
 
 
 def _counting_fit(monkeypatch, stop_after: int | None = None) -> list[int]:
-    """Patch the ridge fit to count its calls (and raise after ``stop_after`` of them)."""
+    """Patch the ridge fit to count its calls (and raise after ``stop_after`` of them).
+
+    Only the fits of the real BOLD count: each (layer, state) also refits shifted BOLD first to
+    calibrate its significance (those calls return their predictions).
+    """
     calls = []
 
     def fit(*args, **kwargs):
+        if kwargs.get("return_predictions"):
+            return REAL_FIT(*args, **kwargs)
         if stop_after is not None and len(calls) == stop_after:
             raise _Stop("interrupted")
         calls.append(1)
@@ -73,6 +79,9 @@ def test_an_interrupted_run_resumes_from_its_finished_fits(settings, tmp_path, m
     resumed, fresh = _scores(output.run_dir), _scores(reference)
     for column in ("test", "validation", "alpha", "p_value"):
         np.testing.assert_array_equal(resumed[column].to_numpy(), fresh[column].to_numpy(), err_msg=column)
+    inflation = json.loads((output.run_dir / "manifest.json").read_text())["significance"]["null_inflation"]
+    assert len(inflation) == n_fits and min(inflation.values()) >= 1.0  # resumed fits kept their calibration
+    assert inflation == json.loads((reference / "manifest.json").read_text())["significance"]["null_inflation"]
 
 
 def test_a_changed_input_never_reuses_a_checkpoint(settings, tmp_path, monkeypatch):

@@ -9,8 +9,8 @@ from scipy.signal import lfilter
 from mtbench.ceiling import ceiling_from_split_half, normalize_by_ceiling
 from mtbench.encoding import fit_nested_loro, pearson_r
 from mtbench.errors import MtbenchError
-from mtbench.significance import (bh_fdr, circular_shift_pvalues, run_confidence_interval, run_pvalues,
-                                  shifted_correlations)
+from mtbench.significance import (bh_fdr, circular_shift_pvalues, fold_dependence, run_confidence_interval,
+                                  run_pvalues, shift_null_moments, shifted_correlations)
 
 
 def ar1(rng, shape, phi):
@@ -92,18 +92,87 @@ def test_pvalues_from_fit_predictions_and_errors():
 
 
 def test_run_confidence_interval_covers_truth():
+    """Independent runs (no shared training data): the plain t interval over runs."""
     rho, n_sims, covered, widths = 0.25, 300, 0, []
     for sim in range(n_sims):
         rng = np.random.default_rng(1000 + sim)
         ys, preds = simulate(rng, n_runs=9, n_scans=120, n_voxels=20, n_signal=20, r=rho, phi=0.6)
         per_run = np.array([pearson_r(y, p).mean() for y, p in zip(ys, preds)])  # parcel mean per test run
-        low, high = run_confidence_interval(per_run)
+        low, high = run_confidence_interval(per_run, cross_fitted=False)
         covered += low <= rho <= high
         widths.append(high - low)
     assert 0.91 <= covered / n_sims <= 0.99
     assert np.mean(widths) < 0.1
     low, high = run_confidence_interval(np.array([[0.1, 0.2]]))
     assert np.isnan(low).all() and np.isnan(high).all()
+
+
+def _zscore(a):
+    return ((a - a.mean(0)) / a.std(0)).astype(np.float32)
+
+
+def _cross_fitted(rng, n_scans, n_features, n_null, n_signal, gain, w=None):
+    """Smooth features and AR(1) BOLD of 9 runs; the first ``n_signal`` voxels depend on the features."""
+    xs = [_zscore(lfilter([1], [1, -0.5], rng.standard_normal((n_scans, n_features)), axis=0)) for _ in range(9)]
+    w = rng.standard_normal((n_features, n_signal)) if w is None else w
+    ys = []
+    for x in xs:
+        y = lfilter([1], [1, -0.4], rng.standard_normal((n_scans, n_null + n_signal)), axis=0)
+        y[:, :n_signal] += gain * (x @ w) / np.sqrt(n_features)
+        ys.append(_zscore(y))
+    return xs, ys
+
+
+def test_cross_fitted_scores_need_the_fold_dependence_calibration():
+    """The held-out predictions of nested LORO share training runs: the per-run shift null
+    alone rejects ~13% of null voxels at p < 0.05; spread by the measured fold dependence, the
+    test holds its level and BH its FDR, and planted voxels are still found."""
+    alphas, raw, calibrated, fdp, power = np.logspace(-1, 5, 7), [], [], [], []
+    for sim in range(3):
+        xs, ys = _cross_fitted(np.random.default_rng(sim), 150, 24, n_null=1500, n_signal=150, gain=0.25)
+        inflation = fold_dependence(lambda y: fit_nested_loro(xs, y, alphas, return_predictions=True).predictions,
+                                    ys, seed=sim)
+        assert 1.5 < inflation < 2.6  # about 1 + 8 * 0.12: nine folds correlated ~0.12
+        predictions = fit_nested_loro(xs, ys, alphas, return_predictions=True).predictions
+        raw.append(np.mean(run_pvalues(ys, predictions, 500, seed=sim)[150:] < 0.05))
+        p = run_pvalues(ys, predictions, 500, seed=sim, inflation=inflation)
+        calibrated.append(np.mean(p[150:] < 0.05))
+        significant = bh_fdr(p) <= 0.1
+        fdp.append(significant[150:].sum() / max(1, significant.sum()))
+        power.append(significant[:150].mean())
+    assert np.mean(raw) > 0.09  # uncalibrated: anti-conservative
+    assert np.mean(calibrated) <= 0.06
+    assert np.mean(fdp) <= 0.1
+    assert np.mean(power) > 0.8
+
+
+def test_fold_dependence_is_one_for_independent_predictions():
+    """Predictions that were not cross-fitted (independent per run): nothing to correct."""
+    rng = np.random.default_rng(8)
+    ys, preds = simulate(rng, n_runs=9, n_scans=120, n_voxels=2000, phi=0.6)
+    observed, mean, sd = shift_null_moments(ys, preds)
+    z = (observed - mean) / sd
+    assert abs(np.mean(z**2) - 1) < 0.1
+    inflation = fold_dependence(lambda shifted: preds, ys, seed=1)  # "refit" ignores the BOLD
+    assert 1.0 <= inflation < 1.1
+    with pytest.raises(MtbenchError, match="inflation must be a positive number"):
+        circular_shift_pvalues(ys, preds, 10, inflation=float("nan"))
+
+
+def test_cross_fitted_confidence_interval_covers_the_expected_score():
+    """Cross-fitted folds: the plain t interval is too narrow (the folds' scores correlate);
+    the Nadeau-Bengio corrected one covers the expected held-out score."""
+    w = np.random.default_rng(7).standard_normal((10, 20))
+    means, corrected, plain = [], [], []
+    for sim in range(200):
+        xs, ys = _cross_fitted(np.random.default_rng(1000 + sim), 100, 10, n_null=0, n_signal=20, gain=0.3, w=w)
+        per_run = fit_nested_loro(xs, ys, np.logspace(-1, 5, 7)).test_per_run.mean(1)  # parcel mean per run
+        means.append(per_run.mean())
+        corrected.append(run_confidence_interval(per_run))
+        plain.append(run_confidence_interval(per_run, cross_fitted=False))
+    truth = np.mean(means)  # the expected score of this model, +-0.001
+    assert 0.93 <= np.mean([low <= truth <= high for low, high in corrected]) <= 0.995
+    assert np.mean([low <= truth <= high for low, high in plain]) < 0.92
 
 
 def test_ceiling_from_split_half_is_the_best_achievable_r():
