@@ -170,6 +170,10 @@ def delay_operator(operator: np.ndarray, delays: Sequence[int]) -> np.ndarray:
     return out
 
 
+# Bump when the scan features computed from the same operators change (the TR-level cache key).
+_ALIGNMENT_VERSION = 1
+
+
 def stimulus_operators(stimulus: Stimulus, hrf: str = "glover", delays: Sequence[int] | None = None) -> list[np.ndarray]:
     """The word-to-scan operator of every run of a stimulus.
 
@@ -194,3 +198,30 @@ def stimulus_operators(stimulus: Stimulus, hrf: str = "glover", delays: Sequence
     else:
         ops = [hrf_operator(run, stimulus.tr, hrf) for run in stimulus.runs]
     return ops if delays is None else [delay_operator(op, delays) for op in ops]
+
+
+def alignment_fingerprint(operators: Sequence[np.ndarray], trim_scans: int) -> str:
+    """Content hash of a word-to-scan alignment: the operators (HRF or FIR, delays, timings,
+    TR) and the trimming; the key of the TR-level feature cache
+    (:class:`mtbench.features.ScanFeatures`).
+
+    Parameters
+    ----------
+    operators : list of ndarray
+        :func:`stimulus_operators`, one per run.
+    trim_scans : int
+        Scans dropped at both ends of each run before the per-run z-scoring.
+
+    Returns
+    -------
+    str
+        16 hex digits.
+    """
+    import hashlib
+
+    h = hashlib.sha256(f"{_ALIGNMENT_VERSION}|{trim_scans}".encode())
+    for op in operators:
+        op = np.ascontiguousarray(op, dtype=np.float64)
+        h.update(str(op.shape).encode())
+        h.update(op.tobytes())
+    return h.hexdigest()[:16]

@@ -84,6 +84,88 @@ class CachedFeatures(Mapping):
         del self._files[key]
         return value
 
+    def file(self, key: tuple[int, str]) -> Path:
+        """The cache file of one (layer, state)."""
+        return self._files[key]
+
+
+class ScanFeatures(Mapping):
+    """TR-level features: word features aligned to the scans, cached next to the word features.
+
+    ``scans[key]`` -> list of float32 arrays (n_scans_r, dim), one per run, as ``align`` makes
+    them from ``words[key]``. When the word features come from the disk cache
+    (:class:`CachedFeatures`), each aligned (layer, state) is saved once in
+    ``<word cache>/scans-<alignment>/`` and read back by every later fit with the same
+    alignment (a run with another metric, alpha grid, mode or parcellation), so neither the
+    model nor the alignment runs again. ``alignment`` must change whenever ``align`` would give
+    other numbers (:func:`mtbench.alignment.alignment_fingerprint`). ``pop`` and ``del``
+    forget a key as :class:`CachedFeatures` does.
+
+    Parameters
+    ----------
+    words : mapping
+        ``(layer, state) -> [array (n_words_r, dim) per run]``.
+    align : callable
+        ``align(word_runs) -> scan_runs``.
+    alignment : str
+        Fingerprint of everything ``align`` depends on besides the words.
+    run_lengths : list of int
+        Scans per run after alignment (to split the cached rows and check them).
+    """
+
+    def __init__(self, words: Mapping, align: Callable[[list[np.ndarray]], list[np.ndarray]], alignment: str,
+                 run_lengths: Sequence[int]):
+        self._words, self._align, self._alignment = words, align, alignment
+        self._bounds = np.cumsum([0, *run_lengths])
+
+    def _file(self, key: tuple[int, str]) -> Path | None:
+        if not isinstance(self._words, CachedFeatures):
+            return None  # features held in memory (no cache): align every time
+        words = self._words.file(key)  # its name says the word features' dtype
+        return words.parent / f"scans-{self._alignment}" / words.name
+
+    def _read(self, path: Path) -> np.ndarray | None:
+        try:
+            flat = np.load(path)
+        except (OSError, ValueError, EOFError):
+            return None  # missing or corrupt: align again
+        return flat if flat.ndim == 2 and flat.shape[0] == self._bounds[-1] and flat.dtype == np.float32 else None
+
+    def __getitem__(self, key: tuple[int, str]) -> list[np.ndarray]:
+        if key not in self._words:
+            raise KeyError(key)
+        path = self._file(key)
+        flat = None if path is None else self._read(path)
+        if flat is None:
+            flat = np.ascontiguousarray(np.concatenate(self._align(self._words[key])), dtype=np.float32)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                with open(tmp, "wb") as fh:
+                    np.save(fh, flat)
+                os.replace(tmp, path)  # atomic: a reader sees the whole file or none
+        b = self._bounds
+        # views of one buffer (the ridge fit then reads them without a copy)
+        return [flat[lo:hi] for lo, hi in zip(b[:-1], b[1:])]
+
+    def __iter__(self) -> Iterator[tuple[int, str]]:
+        return iter(self._words)
+
+    def __len__(self) -> int:
+        return len(self._words)
+
+    def __delitem__(self, key: tuple[int, str]) -> None:
+        del self._words[key]
+
+    def pop(self, key: tuple[int, str], *default):
+        if key not in self._words:
+            if default:
+                return default[0]
+            raise KeyError(key)
+        value = self[key]
+        del self._words[key]
+        return value
+
 
 def word_features(
     adapter: ModelAdapter,

@@ -160,8 +160,8 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
     clock = _Clock()
     settings = resolve_protocol(settings)
     metric = _check_names(settings)
-    from .alignment import stimulus_operators, zscore
-    from .features import word_features
+    from .alignment import alignment_fingerprint, stimulus_operators, zscore
+    from .features import ScanFeatures, word_features
     from .results import ScoreTable, provenance, summarize, write_run
 
     adapter = adapter if adapter is not None else load_model(settings.model, **settings.model_options)
@@ -184,6 +184,10 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
         finish()
         clock.lap("extract")
         operators = stimulus_operators(dataset.stimulus, settings.hrf, settings.delays)
+        # TR-level features, aligned once per (layer, state) and alignment, cached next to the words
+        scans = ScanFeatures(feats, lambda words: _scan_features(words, operators, settings),
+                             alignment_fingerprint(operators, settings.trim_scans),
+                             [op.shape[-2] - 2 * max(settings.trim_scans, 0) for op in operators])
         bold = _check_bold(dataset.load_bold(settings.subject), dataset.stimulus, n_voxels, dataset.name)
         y_runs = [zscore(_trim(y, settings.trim_scans)) for y in bold]
         # views of one buffer: the ridge fit then reads the BOLD without a copy of its own
@@ -194,11 +198,10 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
         if settings.mode == 2:
             from .mode2 import fit_mode2
 
-            prepare = lambda key: _scan_features(feats[key], operators, settings)  # noqa: E731
-            table = fit_mode2(prepare, y_runs, layers, settings, dataset.parcels, metric, progress)
+            table = fit_mode2(scans.__getitem__, y_runs, layers, settings, dataset.parcels, metric, progress)
         else:  # finished fits are checkpointed: the same command resumes an interrupted run
             checkpoint = _checkpoint(results_dir, settings, adapter, dataset, y_runs)
-            table = ScoreTable(keys=keys, **_fit_all(keys, feats, operators, y_runs, settings, metric, progress,
+            table = ScoreTable(keys=keys, **_fit_all(keys, scans, y_runs, settings, metric, progress,
                                                      checkpoint))
         clock.lap("fit")
 
@@ -290,7 +293,7 @@ def _checkpoint(results_dir, settings: RunSettings, adapter, dataset, y_runs):
     return FitCheckpoint(Path(results_dir), fingerprint(parts, y_runs))
 
 
-def _fit_all(keys, feats, operators, y_runs, settings: RunSettings, metric, progress,
+def _fit_all(keys, scans, y_runs, settings: RunSettings, metric, progress,
              checkpoint=None) -> dict[str, np.ndarray]:
     """Nested leave-one-run-out ridge for every (layer, state); arrays for :class:`ScoreTable`.
 
@@ -313,11 +316,11 @@ def _fit_all(keys, feats, operators, y_runs, settings: RunSettings, metric, prog
         if saved is not None and set(saved) == set(out):  # fitted before the interruption
             for column in out:
                 out[column][f] = saved[column]
-            del feats[key]  # its features are not needed (a cached set does not even read them)
+            del scans[key]  # its features are not needed (a cached set does not even read them)
             if task is not None:
                 progress.update(task, advance=1, description=f"fit ridge L{key[0]} {key[1]} (checkpoint)")
             continue
-        x_runs = _scan_features(feats.pop(key), operators, settings)  # pop: free memory as we go
+        x_runs = scans.pop(key)  # pop: free memory as we go
 
         def fit(y_runs, **kwargs):
             return fit_nested_loro(x_runs, y_runs, settings.alphas, backend=settings.backend, score=metric.score,

@@ -84,15 +84,15 @@ def _data(seed=0, n_runs=5, n_scans=70, n_features=30, n_voxels=40):
 def test_mindtransformer_protocol_matches_sklearn_reference():
     from mtbench.alignment import zscore
     from mtbench.registry import get_registry
-    from mtbench.runner import _fit_all, _trim
+    from mtbench.runner import _fit_all, _scan_features, _trim
 
     x_scans, y_scans = _data()
     settings = resolve_protocol(RunSettings(model="m", dataset="d", states=["s"], protocol="mindtransformer"))
     # mtbench's own pipeline from scan-level features on: the runner's trimming, z-scoring and fit
     identity = [np.eye(x.shape[0]) for x in x_scans]  # features already at scan level
     y_runs = [zscore(_trim(y, settings.trim_scans)) for y in y_scans]
-    got = _fit_all([(1, "s")], {(1, "s"): x_scans}, identity, y_runs, settings,
-                   get_registry().metric("pearson"), None)
+    scans = {(1, "s"): _scan_features(x_scans, identity, settings)}  # the runner's alignment, trim, z-score
+    got = _fit_all([(1, "s")], scans, y_runs, settings, get_registry().metric("pearson"), None)
 
     test, chosen, validation = mindtransformer_reference(x_scans, y_scans)
     assert test[:20].mean() > 0.2 and abs(test[20:].mean()) < 0.1  # planted signal is found
