@@ -22,6 +22,10 @@ from .protocols import resolve_protocol
 from .errors import MtbenchError
 from .registry import get_registry, load_dataset, load_model, split_spec
 
+# Null voxels fitted with every (layer, state) to measure its cross-fitting dependence
+# (mtbench.significance.fold_dependence): relative standard error of the estimate ~4.5%.
+CALIBRATION_VOXELS = 1000
+SIGNIFICANCE_METHOD = "circular shifts, null widened by the fit's fold dependence"
 
 @dataclass
 class RunOutput:
@@ -190,8 +194,9 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
                              [op.shape[-2] - 2 * max(settings.trim_scans, 0) for op in operators])
         bold = _check_bold(dataset.load_bold(settings.subject), dataset.stimulus, n_voxels, dataset.name)
         y_runs = [zscore(_trim(y, settings.trim_scans)) for y in bold]
-        # views of one buffer: the ridge fit then reads the BOLD without a copy of its own
-        y_runs = np.split(np.concatenate(y_runs), np.cumsum([len(y) for y in y_runs])[:-1])
+        targets, n_calibration = _fit_targets(y_runs, settings)
+        y_runs = [t[:, n_calibration:] for t in targets]
+        del bold
         clock.lap("align_and_bold")
         keys = [(layer, state) for layer in layers for state in states]
         checkpoint = None
@@ -201,8 +206,8 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
             table = fit_mode2(scans.__getitem__, y_runs, layers, settings, dataset.parcels, metric, progress)
         else:  # finished fits are checkpointed: the same command resumes an interrupted run
             checkpoint = _checkpoint(results_dir, settings, adapter, dataset, y_runs)
-            table = ScoreTable(keys=keys, **_fit_all(keys, scans, y_runs, settings, metric, progress,
-                                                     checkpoint))
+            table = ScoreTable(keys=keys, **_fit_all(keys, scans, targets, n_calibration, settings, metric,
+                                                     progress, checkpoint))
         clock.lap("fit")
 
     ceiling = dataset.noise_ceiling(settings.subject)
@@ -289,20 +294,51 @@ def _checkpoint(results_dir, settings: RunSettings, adapter, dataset, y_runs):
     from .checkpoint import FitCheckpoint, fingerprint
 
     parts = {"settings": asdict(settings), "model": [adapter.name, adapter.revision, adapter.settings()],
-             "dataset": [dataset.name, dataset.version, dataset.stimulus.fingerprint()]}
+             "dataset": [dataset.name, dataset.version, dataset.stimulus.fingerprint()],
+             # how the p-values are made: fits tested another way are not mixed into one run
+             "significance": [SIGNIFICANCE_METHOD, CALIBRATION_VOXELS]}
     return FitCheckpoint(Path(results_dir), fingerprint(parts, y_runs))
 
 
-def _fit_all(keys, scans, y_runs, settings: RunSettings, metric, progress,
+def _fit_targets(y_runs: list[np.ndarray], settings: RunSettings) -> tuple[list[np.ndarray], int]:
+    """What the ridge fits of a run regress on: its BOLD runs, after ``n_calibration`` null columns.
+
+    Per-voxel significance needs the null variance inflation of each fit
+    (:func:`mtbench.significance.fold_dependence`); when every voxel has its own alpha the
+    voxels are fitted independently, so ``CALIBRATION_VOXELS`` null columns
+    (:func:`mtbench.significance.calibration_columns`) ride along in the same fit and share
+    its decompositions. They come first: the significance of the real voxels waits for them.
+
+    Returns
+    -------
+    targets : list of ndarray, each shape (n_scans_r, n_calibration + n_voxels)
+        Row views of one C-contiguous buffer (the ridge fit then reads it without a copy).
+    n_calibration : int
+    """
+    from .significance import calibration_columns
+
+    n_calibration = 0
+    if settings.permutations > 0 and settings.mode != 2 and not settings.shared_alpha:
+        n_calibration = min(CALIBRATION_VOXELS, y_runs[0].shape[1])
+    parts = y_runs
+    if n_calibration:
+        parts = [np.concatenate([c, y], axis=1)
+                 for c, y in zip(calibration_columns(y_runs, n_calibration, settings.seed), y_runs)]
+    return np.split(np.concatenate(parts), np.cumsum([len(y) for y in y_runs])[:-1]), n_calibration
+
+
+def _fit_all(keys, scans, targets, n_calibration: int, settings: RunSettings, metric, progress,
              checkpoint=None) -> dict[str, np.ndarray]:
     """Nested leave-one-run-out ridge for every (layer, state); arrays for :class:`ScoreTable`.
 
-    With a :class:`~mtbench.checkpoint.FitCheckpoint`, fits found there are read instead of
-    computed, and every new fit is saved there as soon as it is done.
+    ``targets``: :func:`_fit_targets`. With a :class:`~mtbench.checkpoint.FitCheckpoint`, fits
+    found there are read instead of computed, and every new fit is saved there as soon as it
+    is done.
     """
     from .encoding import fit_nested_loro
+    from .significance import ShiftTest, fold_dependence
 
-    n_voxels, n_runs = y_runs[0].shape[1], len(y_runs)
+    n_voxels, n_runs = targets[0].shape[1] - n_calibration, len(targets)
     out = {name: np.zeros((len(keys), n_voxels), dtype=np.float32) for name in ("test", "validation", "alpha")}
     for name in ("test_per_run", "validation_per_run"):
         out[name] = np.zeros((len(keys), n_runs, n_voxels), dtype=np.float32)
@@ -327,24 +363,20 @@ def _fit_all(keys, scans, y_runs, settings: RunSettings, metric, progress,
                                    precision=settings.precision, shared_alpha=settings.shared_alpha,
                                    inner=settings.inner, **kwargs)
 
-        significance = None
-        if settings.permutations > 0:  # circular shifts of the held-out predictions, block by block
-            from .significance import fold_dependence, run_pvalues
-
-            # cross-fitted folds share training runs: calibrate the null's spread on a refit of
-            # shifted BOLD (2,000 voxels), else the p-values are anti-conservative
-            inflation = fold_dependence(lambda y: fit(y, return_predictions=True).predictions, y_runs,
-                                        seed=settings.seed)
-            out["null_inflation"][f] = inflation
-
-            def significance(c0, c1, preds, f=f, inflation=inflation):
-                y_block = [y[:, c0:c1] for y in y_runs]
-                out["p_value"][f, c0:c1] = run_pvalues(y_block, preds, settings.permutations, settings.seed,
-                                                       inflation)
-
-        result = fit(y_runs, on_predictions=significance)
+        # circular shifts of the held-out predictions, block by block, the null widened by the
+        # fit's own cross-fitting dependence (else the p-values are anti-conservative)
+        test = None
+        if settings.permutations > 0 and n_calibration:
+            test = ShiftTest(targets, n_calibration, settings.permutations, settings.seed)
+        elif settings.permutations > 0:  # one alpha for all voxels: null columns must not vote for it
+            inflation = fold_dependence(lambda y: fit(y, return_predictions=True).predictions, targets,
+                                        CALIBRATION_VOXELS, settings.seed)
+            test = ShiftTest(targets, 0, settings.permutations, settings.seed, inflation)
+        result = fit(targets, on_predictions=test)
         for column in ("test", "validation", "alpha", "test_per_run", "validation_per_run"):
-            out[column][f] = getattr(result, column)
+            out[column][f] = getattr(result, column)[..., n_calibration:]
+        if test is not None:
+            out["p_value"][f], out["null_inflation"][f] = test.p_values, test.inflation
         if checkpoint is not None:
             checkpoint.save(name, {column: values[f] for column, values in out.items()})
         if task is not None:

@@ -47,19 +47,22 @@ runs 89.3%.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from .errors import MtbenchError
 
-__all__ = ["DEFAULT_MIN_SHIFT", "bh_fdr", "circular_shift_pvalues", "fold_dependence", "run_confidence_interval",
-           "run_pvalues", "shift_null_moments", "shifted_correlations"]
+__all__ = ["DEFAULT_MIN_SHIFT", "ShiftTest", "bh_fdr", "calibration_columns", "circular_shift_pvalues",
+           "fold_dependence", "inflation_from_null_fit", "run_confidence_interval", "run_pvalues",
+           "shift_null_moments", "shifted_correlations"]
 
 DEFAULT_MIN_SHIFT = 0
 # Voxels per block: all-shift correlations of one run (n_scans x block) and the null
 # (n_permutations x block) stay in tens of MB.
 _BLOCK = 2048
+_FFT_WORKERS = max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
 _GATHER = 256  # columns per gather of the null draws (cache-sized working set)
 
 
@@ -84,12 +87,15 @@ def shifted_correlations(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
     n = y.shape[0]
     yc = y - y.mean(0, dtype=np.float64).astype(np.float32)
     pc = pred - pred.mean(0, dtype=np.float64).astype(np.float32)
-    denom = np.sqrt((yc.astype(np.float64) ** 2).sum(0) * (pc.astype(np.float64) ** 2).sum(0))
+    denom = np.sqrt((yc * yc).sum(0, dtype=np.float64) * (pc * pc).sum(0, dtype=np.float64))
+    inverse = np.divide(1.0, denom, out=np.zeros_like(denom), where=denom > 0).astype(np.float32)
     # sum_t pred[t - k] y[t] for all k: inverse FFT of conj(P) Y
-    cross = scipy.fft.irfft(np.conj(scipy.fft.rfft(pc, axis=0)) * scipy.fft.rfft(yc, axis=0), n=n, axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = np.where(denom > 0, cross / np.where(denom > 0, denom, 1.0), 0.0)
-    return r.astype(np.float32)
+    spectrum = scipy.fft.rfft(pc, axis=0, workers=_FFT_WORKERS)
+    np.conjugate(spectrum, out=spectrum)
+    spectrum *= scipy.fft.rfft(yc, axis=0, workers=_FFT_WORKERS)
+    cross = scipy.fft.irfft(spectrum, n=n, axis=0, workers=_FFT_WORKERS)
+    cross *= inverse  # 0 where either column is constant
+    return cross
 
 
 def circular_shift_pvalues(
@@ -270,22 +276,80 @@ def shift_null_moments(y_runs: Sequence[np.ndarray], pred_runs: Sequence[np.ndar
     return observed, null_mean, np.sqrt(null_var)
 
 
+def calibration_columns(y_runs: Sequence[np.ndarray], n_voxels: int = 1000, seed: int = 0) -> list[np.ndarray]:
+    """Null BOLD for :func:`fold_dependence`: a random subset of voxels, each run of each voxel
+    circularly rolled by its own random shift of a quarter to three quarters of the run.
+
+    The rolled series keep their autocorrelation but lose their alignment with the features,
+    and with many independent shifts the estimate averages over many shift configurations.
+
+    Parameters
+    ----------
+    y_runs : list of ndarray, each shape (n_scans_r, n_voxels_total)
+    n_voxels : int
+        Calibration voxels (all when there are fewer).
+    seed : int
+
+    Returns
+    -------
+    list of ndarray, each shape (n_scans_r, min(n_voxels, n_voxels_total)), float32
+    """
+    rng = np.random.default_rng([seed, 20261123])
+    total = y_runs[0].shape[1]
+    subset = np.sort(rng.choice(total, size=min(n_voxels, total), replace=False))
+    columns = np.arange(subset.size)[None, :]
+    out = []
+    for y in y_runs:
+        n = len(y)
+        shifts = rng.integers(n // 4, 3 * n // 4 + 1, subset.size)
+        rows = (np.arange(n)[:, None] - shifts[None, :]) % n
+        out.append(np.ascontiguousarray(np.asarray(y[:, subset], dtype=np.float32)[rows, columns]))
+    return out
+
+
+def inflation_from_null_fit(y_runs: Sequence[np.ndarray], pred_runs: Sequence[np.ndarray]) -> np.ndarray:
+    """Squared standardized scores of null voxels (their mean is the null variance inflation).
+
+    Parameters
+    ----------
+    y_runs, pred_runs : list of ndarray, each shape (n_scans_r, n_voxels)
+        :func:`calibration_columns` and the held-out predictions of their nested fit.
+
+    Returns
+    -------
+    ndarray, shape (n_valid,)
+        ``z^2`` per voxel, ``z = (mean r - null mean) / null sd`` (:func:`shift_null_moments`);
+        voxels without a defined null (constant series) are left out.
+    """
+    observed, null_mean, null_sd = shift_null_moments(y_runs, pred_runs)
+    valid = null_sd > 0
+    return ((observed[valid] - null_mean[valid]) / null_sd[valid]) ** 2
+
+
+def _inflation(z2: np.ndarray) -> float:
+    return max(1.0, float(np.mean(z2))) if z2.size else 1.0
+
+
 def fold_dependence(
     fit_predictions: Callable[[list[np.ndarray]], list[np.ndarray]],
     y_runs: Sequence[np.ndarray],
-    n_voxels: int = 2000,
+    n_voxels: int = 1000,
     seed: int = 0,
 ) -> float:
     """Null variance inflation of the run-averaged r caused by cross-fitting.
 
     The outer folds of leave-one-run-out share training runs, so under the null their
-    held-out r are positively correlated (a fold's prediction of run ``i`` and another's of
-    run ``j`` share the term ``y_i' X_i A X_j' y_j``) and the mean r varies more than the
-    independent per-run shifts assume. This refits the model on BOLD whose runs are each
-    rolled by a random quarter-to-three-quarter run length (a null that keeps the BOLD's
-    autocorrelation but breaks its alignment with the features) for a random subset of
-    voxels, each voxel rolled by its own shifts, standardizes each voxel's mean r by its exact shift null
-    (:func:`shift_null_moments`), and returns the mean square of that z (1 if smaller).
+    held-out r are positively correlated (fold ``i``'s prediction of run ``i`` and fold
+    ``j``'s of run ``j`` share the term ``y_i' X_i A X_j' y_j``) and the mean r varies more
+    than the independent per-run shifts assume. This refits the model on null BOLD
+    (:func:`calibration_columns`), standardizes each voxel's mean r by the exact mean and
+    standard deviation of its shift null (:func:`shift_null_moments`), and returns the mean
+    square of that z (1 if smaller). With ``n_voxels`` voxels its relative standard error
+    is about ``sqrt(2 / n_voxels)`` (4.5% for 1,000).
+
+    ``mtbench run`` gets the same number without a second fit: it appends the calibration
+    columns to the BOLD of the real fit (:class:`ShiftTest`); this function serves fits
+    whose voxels are not independent (one alpha shared by all voxels).
 
     Parameters
     ----------
@@ -302,22 +366,64 @@ def fold_dependence(
     float
         ``lambda >= 1``; pass it as ``inflation`` to :func:`circular_shift_pvalues`.
     """
-    rng = np.random.default_rng([seed, 20261123])
-    total = y_runs[0].shape[1]
-    subset = np.sort(rng.choice(total, size=min(n_voxels, total), replace=False))
-    shifted = []
-    for y in y_runs:
-        # each voxel its own shift: the estimate averages over many shift configurations
-        n = len(y)
-        shifts = rng.integers(n // 4, 3 * n // 4 + 1, subset.size)
-        rows = (np.arange(n)[:, None] - shifts[None, :]) % n
-        shifted.append(np.ascontiguousarray(y[:, subset][rows, np.arange(subset.size)[None, :]]))
-    observed, null_mean, null_sd = shift_null_moments(shifted, fit_predictions(shifted))
-    valid = null_sd > 0
-    if not valid.any():
-        return 1.0
-    z = (observed[valid] - null_mean[valid]) / null_sd[valid]
-    return max(1.0, float(np.mean(z**2)))
+    shifted = calibration_columns(y_runs, n_voxels, seed)
+    return _inflation(inflation_from_null_fit(shifted, fit_predictions(shifted)))
+
+
+class ShiftTest:
+    """The per-voxel test of one fit, fed block by block through ``on_predictions``.
+
+    The fit's targets are the real voxels followed by ``n_calibration`` null columns
+    (:func:`calibration_columns`), all fitted by the same nested cross-validation (they
+    share every decomposition, and voxels are fitted independently when each has its own
+    alpha). The calibration columns must come first: their blocks give the null variance
+    inflation (:func:`inflation_from_null_fit`) before the real voxels' p-values are drawn
+    (:func:`circular_shift_pvalues` with that inflation). With ``inflation`` given (e.g. from
+    :func:`fold_dependence`) there are no calibration columns.
+
+    Parameters
+    ----------
+    y_runs : list of ndarray, each shape (n_scans_r, n_calibration + n_voxels)
+        The fit's targets, calibration columns first.
+    n_calibration : int
+    n_permutations : int
+    seed : int
+    inflation : float, optional
+        Known inflation (then ``n_calibration`` must be 0).
+
+    Attributes
+    ----------
+    p_values : ndarray, shape (n_voxels,), float32
+    inflation : float or None
+        Known once the calibration blocks are in.
+    """
+
+    def __init__(self, y_runs: Sequence[np.ndarray], n_calibration: int, n_permutations: int, seed: int = 0,
+                 inflation: float | None = None):
+        if (inflation is None) == (n_calibration == 0):
+            raise ValueError("give either calibration columns or a known inflation")
+        self._y, self._n_cal, self._n_perm, self._seed = y_runs, n_calibration, n_permutations, seed
+        self._z2: list[np.ndarray] = []
+        self._seen = 0
+        self.inflation = inflation
+        self.p_values = np.ones(y_runs[0].shape[1] - n_calibration, dtype=np.float32)
+
+    def __call__(self, c0: int, c1: int, preds: list[np.ndarray]) -> None:
+        if self._seen < self._n_cal and c0 != self._seen:  # the fit hands out blocks in column order
+            raise RuntimeError(f"calibration columns arrived out of order (column {c0} after {self._seen})")
+        if c0 < self._n_cal:  # calibration columns
+            stop = min(c1, self._n_cal)
+            self._z2.append(inflation_from_null_fit([y[:, c0:stop] for y in self._y],
+                                                    [p[:, : stop - c0] for p in preds]))
+            self._seen = stop
+            if stop == self._n_cal:
+                self.inflation = _inflation(np.concatenate(self._z2))
+        if c1 <= self._n_cal:
+            return
+        start = max(c0, self._n_cal)
+        preds = [p[:, start - c0:] for p in preds]
+        self.p_values[start - self._n_cal:c1 - self._n_cal] = run_pvalues(
+            [y[:, start:c1] for y in self._y], preds, self._n_perm, self._seed, self.inflation)
 
 
 def run_pvalues(y_runs: Sequence[np.ndarray], pred_runs: Sequence[np.ndarray], n_permutations: int,

@@ -92,7 +92,7 @@ def test_mindtransformer_protocol_matches_sklearn_reference():
     identity = [np.eye(x.shape[0]) for x in x_scans]  # features already at scan level
     y_runs = [zscore(_trim(y, settings.trim_scans)) for y in y_scans]
     scans = {(1, "s"): _scan_features(x_scans, identity, settings)}  # the runner's alignment, trim, z-score
-    got = _fit_all([(1, "s")], scans, y_runs, settings, get_registry().metric("pearson"), None)
+    got = _fit_all([(1, "s")], scans, y_runs, 0, settings, get_registry().metric("pearson"), None)
 
     test, chosen, validation = mindtransformer_reference(x_scans, y_scans)
     assert test[:20].mean() > 0.2 and abs(test[20:].mean()) < 0.1  # planted signal is found

@@ -243,3 +243,35 @@ def test_pvalues_block_by_block_equal_the_whole_fit(monkeypatch):
     assert seen[0] == (0, 64) and seen[-1] == (256, 300) and len(seen) == 5
     np.testing.assert_array_equal(got, expected)
     assert (expected[:150] < 0.05).mean() > 0.5  # signal everywhere: most voxels significant
+
+
+def test_calibration_columns_ride_along_in_the_real_fit(monkeypatch):
+    """The runner fits the null calibration columns with the real voxels (per-voxel alpha: the
+    voxels are independent): same scores as a fit without them, same inflation as a refit of
+    the columns alone, and p-values equal to testing the whole fit at once with it."""
+    import mtbench.encoding as enc
+    from mtbench.significance import ShiftTest, calibration_columns
+
+    xs, ys = _cross_fitted(np.random.default_rng(5), 120, 16, n_null=300, n_signal=60, gain=0.3)
+    alphas = np.logspace(-1, 5, 7)
+    cal = calibration_columns(ys, 200, seed=2)
+    assert [c.shape for c in cal] == [(120, 200)] * 9
+    targets = [np.concatenate([c, y], axis=1) for c, y in zip(cal, ys)]
+    monkeypatch.setattr(enc, "_MAX_BLOCK", 64)
+    monkeypatch.setattr(enc, "_MIN_BLOCK", 64)
+    monkeypatch.setattr(enc, "_CHUNK_BYTES", 1)  # blocks of 64: one straddles calibration and real columns
+    test = ShiftTest(targets, 200, 300, seed=3)
+    together = fit_nested_loro(xs, targets, alphas, on_predictions=test)
+    alone = fit_nested_loro(xs, ys, alphas, return_predictions=True)
+    np.testing.assert_allclose(together.test[200:], alone.test, atol=1e-5)
+    np.testing.assert_array_equal(together.alpha[200:], alone.alpha)
+    refit = fold_dependence(lambda y: fit_nested_loro(xs, y, alphas, return_predictions=True).predictions, ys,
+                            200, seed=2)
+    assert test.inflation == pytest.approx(refit, rel=1e-4) and test.inflation > 1.2
+    np.testing.assert_allclose(test.p_values, run_pvalues(ys, alone.predictions, 300, 3, test.inflation), atol=0.01)
+    assert np.median(test.p_values[:60]) < 0.01 < np.median(test.p_values[60:])
+
+    with pytest.raises(RuntimeError, match="out of order"):  # real voxels before all calibration columns
+        ShiftTest(targets, 200, 10)(64, 300, [t[:, 64:300] for t in targets])
+    with pytest.raises(ValueError, match="either calibration columns or a known inflation"):
+        ShiftTest(targets, 200, 10, inflation=2.0)
