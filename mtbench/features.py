@@ -49,7 +49,20 @@ def _file(folder: Path, layer: int, state: str, dtype: str = "float16") -> Path:
     return folder / f"L{layer:03d}_{state}{suffix}.npy"
 
 
-class CachedFeatures(Mapping):
+class _ReadOnce(Mapping):
+    """A mapping whose values are read on access; ``pop`` reads and forgets, ``del`` only forgets."""
+
+    def pop(self, key: tuple[int, str], *default):
+        if key not in self:
+            if default:
+                return default[0]
+            raise KeyError(key)
+        value = self[key]
+        del self[key]
+        return value
+
+
+class CachedFeatures(_ReadOnce):
     """Features in the cache, read from disk one (layer, state) at a time.
 
     Behaves like a :data:`FeatureSet` (``features[key]`` -> list of float32 arrays
@@ -75,21 +88,15 @@ class CachedFeatures(Mapping):
     def __delitem__(self, key: tuple[int, str]) -> None:
         del self._files[key]  # forget it without reading it
 
-    def pop(self, key: tuple[int, str], *default):
-        if key not in self._files:
-            if default:
-                return default[0]
-            raise KeyError(key)
-        value = self[key]
-        del self._files[key]
-        return value
+    def __contains__(self, key) -> bool:
+        return key in self._files  # without reading the file
 
     def file(self, key: tuple[int, str]) -> Path:
         """The cache file of one (layer, state)."""
         return self._files[key]
 
 
-class ScanFeatures(Mapping):
+class ScanFeatures(_ReadOnce):
     """TR-level features: word features aligned to the scans, cached next to the word features.
 
     ``scans[key]`` -> list of float32 arrays (n_scans_r, dim), one per run, as ``align`` makes
@@ -157,14 +164,8 @@ class ScanFeatures(Mapping):
     def __delitem__(self, key: tuple[int, str]) -> None:
         del self._words[key]
 
-    def pop(self, key: tuple[int, str], *default):
-        if key not in self._words:
-            if default:
-                return default[0]
-            raise KeyError(key)
-        value = self[key]
-        del self._words[key]
-        return value
+    def __contains__(self, key) -> bool:
+        return key in self._words
 
 
 def word_features(
