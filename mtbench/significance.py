@@ -30,7 +30,7 @@ training runs, so under the null their r are positively correlated (~0.12 betwee
 the mean varies about twice as much as independent per-run shifts assume: alone, the shift null
 rejected 10.5-13% of null voxels at p < 0.05. Each fit therefore measures that inflation
 (:func:`fold_dependence`: 1,000 circularly shifted null voxels fitted alongside) and every null draw
-is spread around its voxel's null mean by its square root; the calibrated test rejects 3.7-5.3%
+is spread around its voxel's null mean by its square root; the calibrated test rejects 3.4-5.7%
 (``benchmarks/significance_null.py``). p-values are ``(1 + #{null >= observed}) / (1 +
 n_permutations)`` (one-sided: better than chance), then Benjamini-Hochberg across the voxels of
 one fit (:func:`scipy.stats.false_discovery_control`; valid under the positive dependence of
