@@ -5,7 +5,8 @@
 Null voxels (AR(1) noise, phi 0.4, independent of the features) are fitted by
 ``fit_nested_loro`` (9 runs of 300 scans, 64 features of three smoothness levels) and tested
 as ``mtbench run`` does: circular shifts within runs, the null spread by the fit's measured
-fold dependence (``fold_dependence``: a refit of shifted BOLD). A valid test rejects ~5% at
+fold dependence (``fold_dependence``: 1,000 shifted null columns, refitted here on their own;
+``mtbench run`` fits them alongside the real voxels, which gives the same numbers). A valid test rejects ~5% at
 p < 0.05. The shift null alone, which treats the nine cross-fitted folds as independent,
 rejects 10.5-12.5% (measured 2026-11-23; the full-scale LPP simulation gave 13.2% / 5.1% at
 p < 0.05 / 0.01 in its null parcels). The script also prints why: each run's own shift test is

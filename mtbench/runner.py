@@ -320,11 +320,14 @@ def _fit_targets(y_runs: list[np.ndarray], settings: RunSettings) -> tuple[list[
     n_calibration = 0
     if settings.permutations > 0 and settings.mode != 2 and not settings.shared_alpha:
         n_calibration = min(CALIBRATION_VOXELS, y_runs[0].shape[1])
-    parts = y_runs
-    if n_calibration:
-        parts = [np.concatenate([c, y], axis=1)
-                 for c, y in zip(calibration_columns(y_runs, n_calibration, settings.seed), y_runs)]
-    return np.split(np.concatenate(parts), np.cumsum([len(y) for y in y_runs])[:-1]), n_calibration
+    bounds = np.cumsum([0, *[len(y) for y in y_runs]])
+    buffer = np.empty((bounds[-1], n_calibration + y_runs[0].shape[1]), dtype=np.float32)  # filled in place
+    null = calibration_columns(y_runs, n_calibration, settings.seed) if n_calibration else [None] * len(y_runs)
+    for lo, hi, y, columns in zip(bounds[:-1], bounds[1:], y_runs, null):
+        buffer[lo:hi, n_calibration:] = y
+        if n_calibration:
+            buffer[lo:hi, :n_calibration] = columns
+    return [buffer[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])], n_calibration
 
 
 def _fit_all(keys, scans, targets, n_calibration: int, settings: RunSettings, metric, progress,

@@ -168,8 +168,8 @@ def circular_shift_pvalues(
         corrs = [shifted_correlations(y[:, c0:c1], p[:, c0:c1]) for y, p in zip(y_runs, pred_runs)]
         obs = sum(corr[0].astype(np.float64) for corr in corrs) / n_runs
         observed[c0:c1] = obs
-        # exact mean of the null (every shift of every run equally likely)
-        null_mean = (sum(corr.mean(0, dtype=np.float64) for corr in corrs) / n_runs).astype(np.float32)
+        if inflation != 1.0:  # exact mean of the null (every shift of every run equally likely)
+            null_mean = (sum(corr.mean(0, dtype=np.float64) for corr in corrs) / n_runs).astype(np.float32)
         # gather the drawn shifts in narrow column blocks into preallocated buffers: the
         # (n_permutations, width) working set stays in cache (10x faster than one fancy index)
         for g0 in range(0, c1 - c0, _GATHER):

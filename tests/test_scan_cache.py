@@ -2,51 +2,26 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from mtbench import runner
 from mtbench.api import RunSettings
 from mtbench.features import ScanFeatures
 from mtbench.runner import run
-from mtbench.testing import make_tiny_llama
+from run_helpers import count_calls, tiny_run_settings, voxel_table
 
 STATES = ["input_hidden_state", "per_head_k_rope"]
-REAL_ALIGN = runner._scan_features
 
 
 @pytest.fixture
 def settings(tmp_path, monkeypatch):
-    monkeypatch.setenv("MTBENCH_CACHE", str(tmp_path / "cache"))
-    model = make_tiny_llama(tmp_path / "tiny-llama", seed=0, n_layers=2)
-    truth = [{"parcel": "Heschl's Gyrus (includes H1 and H2)", "layer": 2, "state": "per_head_k_rope"}]
-    return RunSettings(model=f"hf:{model}", dataset="synthetic", states=STATES, layers="all",
-                       alphas=[1.0, 1e2, 1e4], permutations=0,
-                       dataset_options={"scale": "tiny", "truth_model": f"hf:{model}", "truth": json.dumps(truth)})
-
-
-def _count_alignments(monkeypatch) -> list[int]:
-    calls = []
-
-    def align(*args, **kwargs):
-        calls.append(1)
-        return REAL_ALIGN(*args, **kwargs)
-
-    monkeypatch.setattr(runner, "_scan_features", align)
-    return calls
-
-
-def _voxels(run_dir):
-    return pq.read_table(run_dir / "voxels.parquet").to_pandas().sort_values(["layer", "state", "voxel"],
-                                                                               ignore_index=True)
+    return tiny_run_settings(tmp_path, monkeypatch, STATES, "per_head_k_rope", permutations=0)
 
 
 def test_a_second_run_reads_the_aligned_features(settings, tmp_path, monkeypatch):
     n_fits = 2 * len(STATES)
-    calls = _count_alignments(monkeypatch)
+    calls = count_calls(monkeypatch, runner, "_scan_features")
     first = run(settings, tmp_path / "a").run_dir
     assert len(calls) == n_fits
     cached = sorted((tmp_path / "cache").rglob("scans-*/*.npy"))
@@ -56,14 +31,14 @@ def test_a_second_run_reads_the_aligned_features(settings, tmp_path, monkeypatch
     calls.clear()
     other = run(RunSettings(**{**settings.__dict__, "alphas": [10.0, 1e3], "fdr": 0.1}), tmp_path / "b").run_dir
     assert calls == []
-    assert not np.array_equal(_voxels(other)["alpha"], _voxels(first)["alpha"])  # it did refit with the new grid
+    assert not np.array_equal(voxel_table(other)["alpha"], voxel_table(first)["alpha"])  # it did refit with the new grid
 
     # the cached features give exactly the numbers of freshly aligned ones
     for path in cached:
         path.unlink()
     again = run(settings, tmp_path / "c").run_dir
     assert len(calls) == n_fits
-    np.testing.assert_array_equal(_voxels(again)["test"].to_numpy(), _voxels(first)["test"].to_numpy())
+    np.testing.assert_array_equal(voxel_table(again)["test"].to_numpy(), voxel_table(first)["test"].to_numpy())
 
     # another alignment (FIR delays) is another cache entry
     calls.clear()
