@@ -197,6 +197,7 @@ def fit_nested_loro(
     on_refit: Callable[[int, int, int, np.ndarray], None] | None = None,
     return_predictions: bool = False,
     on_predictions: Callable[[int, int, list[np.ndarray]], None] | None = None,
+    alpha_per_run: np.ndarray | None = None,
 ) -> EncodingResult:
     """Fit ridge encoding models with nested leave-one-run-out cross-validation.
 
@@ -255,6 +256,12 @@ def fit_nested_loro(
         block: ``preds`` lists, per computed outer fold (in order), an array of shape
         (n_scans_o, stop - start) for voxels ``start:stop``. Per-voxel statistics (e.g.
         circular-shift p-values) computed there never need all predictions in memory.
+    alpha_per_run : ndarray, shape (n_runs, n_voxels), optional
+        Refit only: skip the alpha search and refit outer fold ``o`` with the alphas
+        ``alpha_per_run[o]`` (values from ``alphas``, e.g. an earlier fit's
+        ``EncodingResult.alpha_per_run``). The test predictions and scores are those of
+        the fit that chose these alphas (e.g. to score it with another metric at a tenth
+        of the cost); ``validation`` and ``validation_per_run`` are NaN.
 
     Returns
     -------
@@ -276,6 +283,7 @@ def fit_nested_loro(
         raise MtbenchError(f"unknown inner validation {inner!r}: choose one of {', '.join(INNERS)}")
     xs, ys, alpha_grid = _validate(X_runs, Y_runs, alphas)
     outer = _check_outer(outer_runs, len(xs))
+    alpha_index = None if alpha_per_run is None else _grid_index(alpha_per_run, alpha_grid, outer, ys)
     score = pearson_r if score is None else score
     import torch
 
@@ -284,24 +292,43 @@ def fit_nested_loro(
     # Small fits run on one thread: splitting tiny products gains nothing, and when the
     # cores are busy with other processes every parallel region waits for a descheduled
     # thread (measured: 4 s instead of 10 ms for a 4 x 30-scan fit on a loaded 2-core box).
-    small = _work(xs, ys, alpha_grid.size, inner, outer) < _SMALL_FLOPS
+    small = (alpha_index is not None and xs[0].shape[1] * sum(y.size for y in ys) < _SMALL_FLOPS
+             or _work(xs, ys, alpha_grid.size, inner, outer) < _SMALL_FLOPS)
     try:
         if small and threads > 1:
             torch.set_num_threads(1)
         if backend == "himalaya":
-            result = _fit_himalaya(xs, ys, alpha_grid, score, shared_alpha, device, inner, outer, on_refit)
+            result = _fit_himalaya(xs, ys, alpha_grid, score, shared_alpha, device, inner, outer, on_refit,
+                                   alpha_index)
             if on_predictions is not None:
                 on_predictions(0, ys[0].shape[1], result.predictions)
         else:
             with torch.inference_mode():
                 result = _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision, inner, outer,
-                                    on_refit, keep_predictions=return_predictions, on_predictions=on_predictions)
+                                    on_refit, keep_predictions=return_predictions, on_predictions=on_predictions,
+                                    alpha_index=alpha_index)
         if not return_predictions:
             result.predictions = None
         return result
     finally:
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
+
+
+def _grid_index(alpha_per_run, alpha_grid: np.ndarray, outer: list[int], ys) -> np.ndarray:
+    """Positions in ``alpha_grid`` of the given per-run alphas, (n_runs, n_voxels) int64 (0 where unused)."""
+    given = np.asarray(alpha_per_run, dtype=np.float64)
+    shape = (len(ys), ys[0].shape[1])
+    if given.shape != shape:
+        raise MtbenchError(f"alpha_per_run has shape {given.shape}, expected {shape} (runs x voxels)")
+    rows = given[outer]
+    index = np.abs(np.log(alpha_grid)[:, None, None] - np.log(np.where(rows > 0, rows, np.nan))[None]).argmin(0)
+    if not np.allclose(alpha_grid[index], rows, rtol=1e-5, atol=0):
+        raise MtbenchError("alpha_per_run holds values that are not among the alphas (or NaN in a computed "
+                           "outer fold); pass the alphas of the fit that chose them")
+    out = np.zeros(shape, dtype=np.int64)
+    out[outer] = index
+    return out
 
 
 def _check_outer(outer_runs, n_runs: int) -> list[int]:
@@ -457,7 +484,7 @@ def _fast_bfloat16(dev) -> bool:
 
 
 def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float32", inner="loro", outer=None,
-               on_refit=None, keep_predictions=True, on_predictions=None) -> EncodingResult:
+               on_refit=None, keep_predictions=True, on_predictions=None, alpha_index=None) -> EncodingResult:
     import torch
 
     dev = torch.device(device)
@@ -524,6 +551,8 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
 
     pair_checks = [(p, t, validations(*p)) for p, t in zip(pairs, train_sets)]
     pair_checks = [c for c in pair_checks if c[2]]  # e.g. inner="first": pairs nobody validates on
+    if alpha_index is not None:  # refit only: the alphas are given, no inner fold is needed
+        pair_checks = []
     # Pair folds are made in groups whose eigenbases and inputs fit in _GROUP_BYTES, each group
     # used over all voxels before the next one is made: at LPP scale all 36 feature-form folds at
     # d = 576 (~100 MB), 9 at d = 1,536 (13 MB each), 5 kernel-form ones (n_train x n_train, ~20 MB
@@ -692,7 +721,7 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
 
     val_all = None
     ready = make_group(groups[0]) if fused else None
-    if not fused:  # every voxel validated first, group by group
+    if not fused and alpha_index is None:  # every voxel validated first, group by group
         val_all = torch.zeros((n_runs, n_alphas, n_voxels), dtype=f32, device=dev)
         for group in groups:
             ready = make_group(group)
@@ -742,7 +771,12 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
 
     validation = torch.empty((n_runs, n_voxels), dtype=f32, device=dev)
     best_all = torch.empty((n_runs, n_voxels), dtype=torch.long, device=dev)
-    if not fused:
+    if alpha_index is not None:  # refit only, with the given alphas
+        best_all[:] = torch.from_numpy(alpha_index).to(dev)
+        validation[:] = float("nan")
+        for c0, c1 in chunks:
+            refit(c0, c1, best_all[:, c0:c1], *xty_of(c0, c1))
+    elif not fused:
         if shared_alpha:  # first maximum of the voxel-mean r: ties go to the first alpha listed
             best_all[:] = val_all.sum(2, dtype=torch.float64).argmax(1)[:, None]
         else:
@@ -811,11 +845,15 @@ def _checked_score(score, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- himalaya (cross-check)
 def _fit_himalaya(xs, ys, alpha_grid, score, shared_alpha, device, inner="loro", outer=None,
-                  on_refit=None) -> EncodingResult:
-    """Nested LORO with himalaya's KernelRidgeCV (torch backend) per outer fold."""
+                  on_refit=None, alpha_index=None) -> EncodingResult:
+    """Nested LORO with himalaya's KernelRidgeCV (torch backend) per outer fold.
+
+    With ``alpha_index`` (refit only), himalaya's ``KernelRidge`` with one given alpha per
+    voxel replaces ``KernelRidgeCV``.
+    """
     import torch
     from himalaya.backend import get_backend, set_backend
-    from himalaya.kernel_ridge import KernelRidgeCV
+    from himalaya.kernel_ridge import KernelRidge, KernelRidgeCV
     from himalaya.scoring import correlation_score
 
     previous = get_backend()
@@ -837,17 +875,26 @@ def _fit_himalaya(xs, ys, alpha_grid, score, shared_alpha, device, inner="loro",
             inner_runs = range(len(train)) if inner == "loro" else [train.index(_first_validation_run(o))]
             splits = [(np.setdiff1d(everything, np.arange(edges[k], edges[k + 1])),
                        np.arange(edges[k], edges[k + 1])) for k in inner_runs]
-            model = KernelRidgeCV(
-                alphas=alpha_grid, kernel="linear", fit_intercept=False, cv=splits, warn=False,
-                solver_params=dict(score_func=correlation_score, local_alpha=not shared_alpha,
-                                   n_targets_batch=batch, n_targets_batch_refit=batch),
-            )
+            if alpha_index is None:
+                model = KernelRidgeCV(
+                    alphas=alpha_grid, kernel="linear", fit_intercept=False, cv=splits, warn=False,
+                    solver_params=dict(score_func=correlation_score, local_alpha=not shared_alpha,
+                                       n_targets_batch=batch, n_targets_batch_refit=batch),
+                )
+            else:
+                model = KernelRidge(alpha=alpha_grid[alpha_index[o]], kernel="linear", fit_intercept=False,
+                                    solver="eigenvalues", warn=False)  # exact, as KernelRidgeCV refits
             model.fit(np.concatenate([xs[r] for r in train]), np.concatenate([ys[r] for r in train]))
             pred = backend.to_numpy(model.predict(xs[o]))
             preds.append(np.asarray(pred, dtype=np.float32))
             test_per_run[o] = _checked_score(score, ys[o], pred)
-            validation[o] = backend.to_numpy(model.cv_scores_)
-            log_alpha[o] = np.log(backend.to_numpy(model.best_alphas_))
+            if alpha_index is None:
+                validation[o] = backend.to_numpy(model.cv_scores_)
+                # himalaya returns the chosen alphas in float32: snap them back onto the grid
+                chosen = np.log(backend.to_numpy(model.best_alphas_).astype(np.float64))
+                log_alpha[o] = np.log(alpha_grid)[np.abs(np.log(alpha_grid)[:, None] - chosen).argmin(0)]
+            else:
+                log_alpha[o] = np.log(alpha_grid[alpha_index[o]])
             if on_refit is not None:  # primal coefficients of the linear kernel: X_T^T dual
                 x_train = np.concatenate([xs[r] for r in train]).astype(np.float64)
                 on_refit(o, 0, n_voxels, (x_train.T @ backend.to_numpy(model.dual_coef_)).astype(np.float32))

@@ -150,6 +150,49 @@ def test_himalaya_backend_agrees():
     np.testing.assert_allclose(ours.alpha, theirs.alpha, rtol=1e-4)
 
 
+@pytest.mark.parametrize("backend", ["torch", "himalaya"])
+@pytest.mark.parametrize("n_features", [20, 100], ids=["feature-form", "kernel-form"])
+def test_refit_with_given_alphas_reproduces_the_fit(monkeypatch, backend, n_features):
+    """``alpha_per_run`` skips the alpha search (no inner fold is decomposed) and gives the same
+    held-out predictions, so another metric can score a finished fit at a fraction of its cost."""
+    import mtbench.encoding as enc
+
+    rng = np.random.default_rng(21 + n_features)
+    xs, ys = _random_data(rng, n_features=n_features, n_voxels=40)
+    full = fit_nested_loro(xs, ys, ALPHAS, backend=backend, precision="float32", return_predictions=True)
+    assert len(np.unique(full.alpha_per_run)) > 1  # the voxels did choose different alphas
+    decompositions = []
+    import torch
+
+    real_eigh = torch.linalg.eigh
+    monkeypatch.setattr(torch.linalg, "eigh", lambda a: decompositions.append(a.shape) or real_eigh(a))
+    neg_mse = lambda t, p: -((t - p) ** 2).mean(0)  # noqa: E731
+    again = fit_nested_loro(xs, ys, ALPHAS, backend=backend, precision="float32", return_predictions=True,
+                            alpha_per_run=full.alpha_per_run, score=neg_mse)
+    if backend == "torch":
+        assert len(decompositions) == len(xs)  # the outer folds only: no inner pair fold
+    # himalaya's KernelRidge solves the refit another way than KernelRidgeCV: float32 rounding,
+    # measured against each voxel's largest prediction (large alphas give tiny predictions)
+    tolerance = 1e-6 if backend == "torch" else 2e-3
+    for run, (before, after) in enumerate(zip(full.predictions, again.predictions)):
+        scale = np.abs(before).max(0)
+        assert (np.abs(after - before) <= tolerance * scale + 1e-7).all(), f"run {run}"
+        np.testing.assert_allclose(again.test_per_run[run], neg_mse(ys[run], before), rtol=1e-3, atol=1e-5)
+    np.testing.assert_array_equal(again.alpha_per_run, full.alpha_per_run)
+    assert np.isnan(again.validation).all() and np.isnan(again.validation_per_run).all()
+
+
+def test_refit_alphas_must_come_from_the_grid():
+    rng = np.random.default_rng(3)
+    xs, ys = _random_data(rng)
+    given = np.full((4, 15), ALPHAS[1])
+    given[2, 3] = ALPHAS[1] * 1.5
+    with pytest.raises(MtbenchError, match="not among the alphas"):
+        fit_nested_loro(xs, ys, ALPHAS, alpha_per_run=given)
+    with pytest.raises(MtbenchError, match="expected \\(4, 15\\)"):
+        fit_nested_loro(xs, ys, ALPHAS, alpha_per_run=given[:3])
+
+
 @pytest.mark.parametrize("shared_alpha", [False, True], ids=["alpha-per-voxel", "shared-alpha"])
 @pytest.mark.parametrize("max_block", [64, 100], ids=["blocks-of-64", "blocks-of-100"])
 @pytest.mark.parametrize("n_features", [40, 400], ids=["feature-form", "kernel-form"])
