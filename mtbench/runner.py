@@ -25,7 +25,8 @@ from .registry import get_registry, load_dataset, load_model, split_spec
 # Null voxels fitted with every (layer, state) to measure its cross-fitting dependence
 # (mtbench.significance.fold_dependence): relative standard error of the estimate ~4.5%.
 CALIBRATION_VOXELS = 1000
-SIGNIFICANCE_METHOD = "circular shifts, null widened by the fit's fold dependence"
+SIGNIFICANCE_METHOD = ("circular shifts, null widened by the fit's fold dependence "
+                       "(shared alpha: null columns refitted with the fit's alphas)")
 
 @dataclass
 class RunOutput:
@@ -339,7 +340,7 @@ def _fit_all(keys, scans, targets, n_calibration: int, settings: RunSettings, me
     is done.
     """
     from .encoding import fit_nested_loro
-    from .significance import ShiftTest, fold_dependence
+    from .significance import ShiftTest
 
     n_voxels, n_runs = targets[0].shape[1] - n_calibration, len(targets)
     out = {name: np.zeros((len(keys), n_voxels), dtype=np.float32) for name in ("test", "validation", "alpha")}
@@ -371,11 +372,10 @@ def _fit_all(keys, scans, targets, n_calibration: int, settings: RunSettings, me
         test = None
         if settings.permutations > 0 and n_calibration:
             test = ShiftTest(targets, n_calibration, settings.permutations, settings.seed)
-        elif settings.permutations > 0:  # one alpha for all voxels: null columns must not vote for it
-            inflation = fold_dependence(lambda y: fit(y, return_predictions=True).predictions, targets,
-                                        CALIBRATION_VOXELS, settings.seed)
-            test = ShiftTest(targets, 0, settings.permutations, settings.seed, inflation)
-        result = fit(targets, on_predictions=test)
+        shared_test = settings.permutations > 0 and not n_calibration
+        result = fit(targets, on_predictions=test, return_predictions=shared_test)
+        if shared_test:
+            test = _shared_alpha_test(fit, result, targets, settings)
         for column in ("test", "validation", "alpha", "test_per_run", "validation_per_run"):
             out[column][f] = getattr(result, column)[..., n_calibration:]
         if test is not None:
@@ -385,6 +385,43 @@ def _fit_all(keys, scans, targets, n_calibration: int, settings: RunSettings, me
         if task is not None:
             progress.update(task, advance=1, description=f"fit ridge L{key[0]} {key[1]}")
     return out
+
+
+def _shared_alpha_test(fit, result, targets: list[np.ndarray], settings: RunSettings):
+    """The per-voxel test of a fit whose voxels share one alpha per outer fold.
+
+    Null columns cannot ride along in such a fit (they would vote for the alpha), so the
+    fold dependence is measured on a refit of ``CALIBRATION_VOXELS`` null columns
+    (:func:`mtbench.significance.fold_dependence`) with the alphas the real fit chose: a null
+    voxel of this fit is fitted with them, and the refit needs no alpha search.
+
+    Parameters
+    ----------
+    fit : callable
+        ``fit(y_runs, **kwargs) -> EncodingResult`` with the real fit's features and settings.
+    result : EncodingResult
+        The real fit, with its held-out predictions.
+    targets : list of ndarray, each shape (n_scans_r, n_voxels)
+
+    Returns
+    -------
+    ShiftTest
+        With ``p_values`` of every voxel and the measured ``inflation``.
+    """
+    from .significance import ShiftTest, fold_dependence
+
+    def null_predictions(y_runs: list[np.ndarray]) -> list[np.ndarray]:
+        alphas = np.repeat(result.alpha_per_run[:, :1], y_runs[0].shape[1], axis=1)
+        return fit(y_runs, alpha_per_run=alphas, return_predictions=True).predictions
+
+    inflation = fold_dependence(null_predictions, targets, CALIBRATION_VOXELS, settings.seed)
+    test = ShiftTest(targets, 0, settings.permutations, settings.seed, inflation)
+    n_voxels, block = targets[0].shape[1], 4096  # blocks bound the shift-null temporaries
+    for c0 in range(0, n_voxels, block):
+        c1 = min(c0 + block, n_voxels)
+        test(c0, c1, [p[:, c0:c1] for p in result.predictions])
+    result.predictions = None  # tested: no longer needed
+    return test
 
 
 def _scan_features(words: list[np.ndarray], operators, settings: RunSettings) -> list[np.ndarray]:

@@ -349,7 +349,8 @@ def fold_dependence(
 
     ``mtbench run`` gets the same number without a second fit: it appends the calibration
     columns to the BOLD of the real fit (:class:`ShiftTest`); this function serves fits
-    whose voxels are not independent (one alpha shared by all voxels).
+    whose voxels are not independent (one alpha shared by all voxels), where the runner
+    refits the columns with the alphas the real fit chose (``alpha_per_run``).
 
     Parameters
     ----------

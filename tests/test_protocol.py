@@ -13,6 +13,7 @@ import json
 from dataclasses import asdict
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from sklearn.linear_model import Ridge
@@ -166,3 +167,8 @@ def test_runner_records_protocol_settings(tmp_path, monkeypatch):
     assert len(manifest["alphas"]) == 16 and manifest["precision_used"] == "float32"
     np.testing.assert_allclose(manifest["alphas"], np.logspace(2, 7, 16))
     assert asdict(settings)["trim_scans"] == 0  # the caller's settings are left alone
+    # one alpha for all voxels: significance from a refit of null columns with the fit's alphas
+    inflation = json.loads((output.run_dir / "manifest.json").read_text())["significance"]["null_inflation"]
+    assert list(inflation) == ["L1-input_hidden_state"] and inflation["L1-input_hidden_state"] >= 1
+    p_value = pq.read_table(output.run_dir / "voxels.parquet", columns=["p_value"]).column(0).to_numpy()
+    assert ((p_value > 0) & (p_value <= 1)).all() and len(np.unique(p_value)) > 10

@@ -275,3 +275,37 @@ def test_calibration_columns_ride_along_in_the_real_fit(monkeypatch):
         ShiftTest(targets, 200, 10)(64, 300, [t[:, 64:300] for t in targets])
     with pytest.raises(ValueError, match="either calibration columns or a known inflation"):
         ShiftTest(targets, 200, 10, inflation=2.0)
+
+
+def test_shared_alpha_null_columns_are_refitted_with_the_fits_alphas():
+    """One alpha for all voxels (``--shared-alpha``, the mindtransformer protocol): the null
+    columns cannot ride along (they would vote for the alpha), so they are refitted with the
+    alphas the real fit chose, as a null voxel of that fit is, without an alpha search. The
+    test then holds its level, BH its FDR, and planted voxels are found."""
+    from mtbench.api import RunSettings
+    from mtbench.runner import _shared_alpha_test
+
+    alphas, calibrated, fdp, power = np.logspace(-1, 5, 7), [], [], []
+    for sim in range(3):
+        xs, ys = _cross_fitted(np.random.default_rng(10 + sim), 150, 24, n_null=1500, n_signal=150, gain=0.25)
+        calls = []
+
+        def fit(y_runs, **kwargs):
+            calls.append(kwargs)
+            return fit_nested_loro(xs, y_runs, alphas, shared_alpha=True, **kwargs)
+
+        result = fit(ys, return_predictions=True)
+        predictions = result.predictions
+        test = _shared_alpha_test(fit, result, ys, RunSettings(model="m", dataset="d", states=["s"],
+                                                                    permutations=500, seed=sim))
+        refit = calls[1]["alpha_per_run"]  # the null columns' refit: every column gets the fit's alpha
+        assert refit.shape == (9, 1000) and (refit == result.alpha_per_run[:, :1]).all()
+        assert 1.5 < test.inflation < 2.6
+        np.testing.assert_allclose(test.p_values, run_pvalues(ys, predictions, 500, sim, test.inflation), atol=0)
+        calibrated.append(np.mean(test.p_values[150:] < 0.05))
+        significant = bh_fdr(test.p_values) <= 0.1
+        fdp.append(significant[150:].sum() / max(1, significant.sum()))
+        power.append(significant[:150].mean())
+    assert np.mean(calibrated) <= 0.06
+    assert np.mean(fdp) <= 0.1
+    assert np.mean(power) > 0.8
