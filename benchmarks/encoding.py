@@ -3,6 +3,7 @@
     python benchmarks/encoding.py                    # full: d in 576,1536,4096,14336, 25,870 voxels
     python benchmarks/encoding.py --quick            # shared machine: 4,000 voxels, d in 576,1536
     python benchmarks/encoding.py --d 576 --voxels 8000 --methods mtbench,floor
+    python benchmarks/encoding.py --backend torch_cuda --methods mtbench,mtbench-mt   # on a GPU
 
 Data: 9 runs with the real English LPP scan counts (282, 298, 340, 303, 265, 343, 325, 292,
 368 = 2,816 scans), scan-level features of width ``d`` and BOLD of ``--voxels`` voxels, both
@@ -37,6 +38,12 @@ per feature and run, timed on 8 features and extrapolated to d).
 
 ``--float64`` compares mtbench's float32 (and mixed) scores with a float64 implementation of
 the same nested protocol on a voxel subset (max |delta r|, share of changed alpha choices).
+
+``--backend torch_cuda`` runs mtbench's fits (``mtbench``, ``mtbench-mt``, and the mtbench side
+of ``--float64``) on the GPU; the other methods are CPU implementations and are refused with it.
+Only the fit is timed: each worker first fits 64 voxels once, so that CUDA's start-up (context,
+cuBLAS/cuSOLVER handles, kernel loading) is not counted; ``gpu_peak_mb`` is the GPU memory peak
+of the timed fit (``torch.cuda.max_memory_allocated``).
 
 Targets (issue 5): >= 20x faster than ``reference``; faster than ``himalaya``; mem/data <= 3.
 """
@@ -118,12 +125,19 @@ def peak_mb() -> float:
 def work_mtbench(xs, ys, args, protocol: str) -> dict:
     from mtbench.encoding import fit_nested_loro
 
-    kwargs = dict(precision=args.precision)
+    kwargs = dict(precision=args.precision, backend=args.backend)
     if protocol == "mindtransformer":
         kwargs.update(inner="first", shared_alpha=True, precision="float32")
         alphas = MT_ALPHAS
     else:
         alphas = MTBENCH_ALPHAS
+    gpu = args.backend == "torch_cuda"
+    if gpu:  # CUDA start-up outside the timing: one small fit of the same shape of features
+        import torch
+
+        fit_nested_loro(xs, [np.ascontiguousarray(y[:, :64]) for y in ys], alphas, **kwargs)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     significance = bool(args.permutations) and protocol == "mtbench"
     spent = [0.0]
 
@@ -136,8 +150,10 @@ def work_mtbench(xs, ys, args, protocol: str) -> dict:
 
     start = time.perf_counter()
     result = fit_nested_loro(xs, ys, alphas, on_predictions=pvalues if significance else None, **kwargs)
-    seconds = time.perf_counter() - start - spent[0]
+    seconds = time.perf_counter() - start - spent[0]  # results are numpy arrays: the GPU has finished
     out = {"seconds": seconds, "mean_r": float(result.test.mean())}
+    if gpu:
+        out["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if significance:
         out["significance_seconds"] = spent[0]
     return out
@@ -324,7 +340,7 @@ def work_float64(xs, ys, args) -> dict:
     ref_r, ref_alpha = float64_nested(xs, ys, MTBENCH_ALPHAS)
     out = {}
     for precision in ("float32", "mixed"):
-        res = fit_nested_loro(xs, ys, MTBENCH_ALPHAS, precision=precision)
+        res = fit_nested_loro(xs, ys, MTBENCH_ALPHAS, precision=precision, backend=args.backend)
         delta = np.abs(res.test - ref_r.mean(0))
         out[precision] = {"max_abs_delta_r": float(delta.max()), "p99_abs_delta_r": float(np.quantile(delta, 0.99)),
                           "mean_delta_r": float((res.test - ref_r.mean(0)).mean()), "voxels": v,
@@ -365,6 +381,7 @@ def worker(args) -> None:
 def run_worker(method: str, d: int, args, folder: Path) -> dict:
     cmd = [sys.executable, __file__, "--worker", method, "--d", str(d), "--data", str(folder),
            "--voxels", str(args.voxels), "--threads", str(args.threads), "--precision", args.precision,
+           "--backend", args.backend,
            "--ref-voxels", ",".join(map(str, args.ref_voxels)), "--himalaya-folds", str(args.himalaya_folds),
            "--float64-voxels", str(args.float64_voxels), "--permutations", str(args.permutations)]
     # numpy/scikit-learn (OpenBLAS) get the same threads as torch where they do the work (reference, float64)
@@ -387,6 +404,8 @@ def main(argv=None) -> int:
     parser.add_argument("--float64-voxels", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--precision", default="float32", choices=["float32", "mixed"])
+    parser.add_argument("--backend", default="torch", choices=["torch", "torch_cuda"],
+                        help="torch_cuda: mtbench's fits on the GPU (methods mtbench, mtbench-mt; --float64)")
     parser.add_argument("--ref-voxels", default="250,1000", help="voxel subsets the reference is timed on")
     parser.add_argument("--himalaya-folds", type=int, default=None, help="outer folds timed (default 9; quick 1)")
     parser.add_argument("--permutations", type=int, default=1000, help="also time significance (0: skip)")
@@ -402,8 +421,12 @@ def main(argv=None) -> int:
         return 0
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    cpu_only = [m for m in methods if m not in ("mtbench", "mtbench-mt")] + (["--alignment"] if args.alignment else [])
+    if args.backend == "torch_cuda" and cpu_only:
+        parser.error(f"--backend torch_cuda times mtbench's fits only; drop {', '.join(cpu_only)}")
     print(f"# LPP-scale encoding benchmark: 9 runs, {sum(LPP_SCANS)} scans, {args.voxels} voxels, "
-          f"{args.threads} threads, {os.cpu_count()} CPUs, precision {args.precision}")
+          f"{args.threads} threads, {os.cpu_count()} CPUs, precision {args.precision}"
+          + (f", backend {args.backend}" if args.backend != "torch" else ""))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -439,6 +462,8 @@ def print_rows(d: int, results: dict, args) -> None:
         note = res.get("note", "")
         if method == "floor":
             note = f"{res['gflop']:.0f} GFLOP at {res['gflops']:.0f} GFLOP/s + eigh {res['eigh_seconds']:.1f} s"
+        if "gpu_peak_mb" in res:
+            note += f"GPU peak {res['gpu_peak_mb']:.0f} MB ({res['gpu_peak_mb'] / res['data_mb']:.2f}x data) "
         if "significance_seconds" in res:
             note += f"significance ({args.permutations} circular shifts): {res['significance_seconds']:.2f} s"
         mem = f"{res['peak_mb'] / res['data_mb']:.2f}" if method != "floor" else ""
