@@ -21,5 +21,6 @@ def timed_run(args: list[str], out: Path, env: dict) -> tuple[float, Path, dict,
     if result.returncode != 0:
         print(result.stderr[-2000:])
         return None
-    (run_dir,) = (out / "runs").iterdir()
+    # the newest run (ids start with their UTC time): a kept results folder may hold earlier ones
+    run_dir = max(d for d in (out / "runs").iterdir() if not d.name.endswith(".partial"))
     return wall, run_dir, json.loads((run_dir / "manifest.json").read_text()), result.stdout
