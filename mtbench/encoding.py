@@ -315,6 +315,12 @@ def fit_nested_loro(
             torch.set_num_threads(threads)
 
 
+def _nearest_alpha(values: np.ndarray, alpha_grid: np.ndarray) -> np.ndarray:
+    """Index in ``alpha_grid`` of the alpha nearest (in log) to each of ``values`` (any shape, > 0)."""
+    log_values = np.log(np.where(values > 0, values, np.nan))
+    return np.abs(np.log(alpha_grid).reshape(-1, *[1] * log_values.ndim) - log_values).argmin(0)
+
+
 def _grid_index(alpha_per_run, alpha_grid: np.ndarray, outer: list[int], ys) -> np.ndarray:
     """Positions in ``alpha_grid`` of the given per-run alphas, (n_runs, n_voxels) int64 (0 where unused)."""
     given = np.asarray(alpha_per_run, dtype=np.float64)
@@ -322,7 +328,7 @@ def _grid_index(alpha_per_run, alpha_grid: np.ndarray, outer: list[int], ys) -> 
     if given.shape != shape:
         raise MtbenchError(f"alpha_per_run has shape {given.shape}, expected {shape} (runs x voxels)")
     rows = given[outer]
-    index = np.abs(np.log(alpha_grid)[:, None, None] - np.log(np.where(rows > 0, rows, np.nan))[None]).argmin(0)
+    index = _nearest_alpha(rows, alpha_grid)
     if not np.allclose(alpha_grid[index], rows, rtol=1e-5, atol=0):
         raise MtbenchError("alpha_per_run holds values that are not among the alphas (or NaN in a computed "
                            "outer fold); pass the alphas of the fit that chose them")
@@ -891,8 +897,8 @@ def _fit_himalaya(xs, ys, alpha_grid, score, shared_alpha, device, inner="loro",
             if alpha_index is None:
                 validation[o] = backend.to_numpy(model.cv_scores_)
                 # himalaya returns the chosen alphas in float32: snap them back onto the grid
-                chosen = np.log(backend.to_numpy(model.best_alphas_).astype(np.float64))
-                log_alpha[o] = np.log(alpha_grid)[np.abs(np.log(alpha_grid)[:, None] - chosen).argmin(0)]
+                chosen = backend.to_numpy(model.best_alphas_).astype(np.float64)
+                log_alpha[o] = np.log(alpha_grid[_nearest_alpha(chosen, alpha_grid)])
             else:
                 log_alpha[o] = np.log(alpha_grid[alpha_index[o]])
             if on_refit is not None:  # primal coefficients of the linear kernel: X_T^T dual
