@@ -12,6 +12,10 @@ so the same command resumes an interrupted run from its checkpoints (the full ru
 ``--states all --layers all``, takes ~2 h 25 min on a quiet 2-core machine)::
 
     python benchmarks/lpp_sim_run.py --states all --layers all --work /work/lpp
+
+``--rescore`` then times ``mtbench rescore`` on the finished run: with the ``r2`` metric (one
+refit per outer fold with the run's alphas) and on two parcels (the mask's left and right
+halves: no fit), and prints the size of ``folds.parquet``.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ def main() -> int:
     parser.add_argument("--layers", default="4,12,20")
     parser.add_argument("--work", type=Path, default=None,
                         help="keep the simulation (WORK/sim) and results (WORK/results) here: a rerun resumes")
+    parser.add_argument("--rescore", action="store_true", help="also time `mtbench rescore` (metric r2, parcels)")
     args = parser.parse_args()
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", COLUMNS="200")
     with tempfile.TemporaryDirectory() as scratch:
@@ -65,6 +70,37 @@ def main() -> int:
             print(f"fit: {fit / n_fits:.1f} s per (layer, state) over 2,816 scans x 25,870 voxels; "
                   f"projected fit time for 390 fits: {fit / n_fits * 390 / 60:.0f} min")
         print("truth:", stdout.split("recovered?", 1)[-1][:800] if "recovered?" in stdout else "n/a")
+        if args.rescore:
+            return time_rescore(run_dir, fit, n_fits, env)
+    return 0
+
+
+def time_rescore(run_dir: Path, fit_seconds: float, n_fits: int, env: dict) -> int:
+    """Time ``mtbench rescore`` with another metric (refit) and on other parcels (no fit)."""
+    import nibabel as nib
+    import numpy as np
+
+    mask_img = nib.load(run_dir / "maps" / "mask.nii.gz")
+    mask = np.asarray(mask_img.dataobj) > 0
+    halves = np.zeros(mask.shape, np.int16)
+    halves[: mask.shape[0] // 2][mask[: mask.shape[0] // 2]] = 1
+    halves[mask.shape[0] // 2:][mask[mask.shape[0] // 2:]] = 2
+    labels = run_dir.parent.parent / "halves.nii.gz"
+    nib.save(nib.Nifti1Image(halves, mask_img.affine), labels)
+    size = (run_dir / "folds.parquet").stat().st_size / 2**20
+    print(f"folds.parquet: {size:.0f} MB ({size / n_fits:.1f} MB per fit); voxels.parquet: "
+          f"{(run_dir / 'voxels.parquet').stat().st_size / 2**20:.0f} MB")
+    for what, extra in (("metric r2 (refit with the run's alphas)", ["--metric", "r2"]),
+                        ("parcels (no fit)", ["--parcels", str(labels)])):
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "mtbench.cli", "rescore", str(run_dir), *extra], env=env,
+                              capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            print(done.stderr[-2000:])
+            return 1
+        print(f"rescore, {what}: {wall:.0f} s wall for {n_fits} fits ({wall / n_fits:.1f} s per fit; the run's "
+              f"fit: {fit_seconds / n_fits:.1f} s per fit)")
     return 0
 
 

@@ -138,7 +138,7 @@ def _warn_broken(registry) -> None:
 @click.option("--trim", "trim_scans", default=0, show_default=True, help="Scans dropped at both ends of each run.")
 @click.option("--alphas", default="1e0:1e8:9", show_default=True,
               help="Ridge penalties: 'start:stop:count' (log-spaced) or a comma list.")
-@click.option("--backend", default="torch", show_default=True, help="Ridge backend (torch, torch_cuda, himalaya).")
+@click.option("--backend", default="torch", show_default=True, help="Ridge backend (torch, torch_cuda, himalaya, himalaya_cuda).")
 @click.option("--precision", type=click.Choice(["mixed", "float32"]), default="mixed", show_default=True,
               help="mixed: alpha search in bfloat16 where the hardware has it (about 2x faster); float32: exact.")
 @click.option("--protocol", type=click.Choice(["mtbench", "mindtransformer"]), default="mtbench", show_default=True,
@@ -223,6 +223,30 @@ def run(model, states, layers, dataset, subject, metric, hrf, delays, permutatio
             print_mode2_summary(output, console)
         else:
             print_summary(output)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--metric", default=None, help="Another registered metric: each outer fold is refitted once with the "
+              "run's own alphas (no alpha search) and its test run scored with it.")
+@click.option("--parcels", type=click.Path(path_type=Path), default=None,
+              help="A NIfTI of integer labels (any grid, resampled nearest): every parcel statistic is recomputed "
+                   "from the run's per-fold scores, nothing is fitted.")
+@click.option("--parcel-names", type=click.Path(path_type=Path), default=None,
+              help="Text file of '<label><tab><name>' lines for --parcels.")
+@click.option("--run-id", default=None, help="Name of the new run folder (default: the run's id, metric, parcels).")
+def rescore(run_dir, metric, parcels, parcel_names, run_id):
+    """Score a finished Mode 1 run with another metric or on other parcels, into a new run folder."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .rescore import rescore as rescore_run
+
+    if parcel_names is not None and parcels is None:
+        raise MtbenchError("--parcel-names names the labels of --parcels; give --parcels LABELS.nii.gz too")
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=console)
+    print_summary(rescore_run(run_dir, metric=metric, parcels=parcels, parcel_names=parcel_names, run_id=run_id,
+                              progress=progress))
 
 
 def _parse_delays(spec: str | None) -> list[int] | None:

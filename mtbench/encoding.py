@@ -99,11 +99,17 @@ import numpy as np
 
 from .errors import MtbenchError
 
-__all__ = ["EncodingResult", "effective_precision", "fit_nested_loro", "pearson_r"]
+__all__ = ["EncodingResult", "effective_precision", "fit_nested_loro", "on_gpu", "pearson_r"]
 
-BACKENDS = ("torch", "torch_cuda", "himalaya")
+BACKENDS = ("torch", "torch_cuda", "himalaya", "himalaya_cuda")
 PRECISIONS = ("float32", "mixed")
 INNERS = ("loro", "first")
+
+
+def on_gpu(backend: str) -> bool:
+    """Whether a ridge backend (one of ``BACKENDS``) fits on the CUDA GPU."""
+    return backend.endswith("_cuda")
+
 
 # Eigendecompositions up to this size run in float64 (cheap there, and exact enough that
 # float32 only enters the large products); larger ones in float32 (float64 eigh of a
@@ -209,10 +215,11 @@ def fit_nested_loro(
         fMRI responses per run, z-scored per run. At least 3 runs.
     alphas : sequence of float, shape (n_alphas,)
         Candidate ridge penalties (positive). Ties go to the first one listed.
-    backend : {"torch", "torch_cuda", "himalaya"}
+    backend : {"torch", "torch_cuda", "himalaya", "himalaya_cuda"}
         ``torch``: the shared-eigenbasis implementation on ``device``; ``torch_cuda``:
         the same on ``cuda``; ``himalaya``: ``KernelRidgeCV`` per outer fold (slower,
-        for cross-checks).
+        for cross-checks) with himalaya's ``torch`` backend; ``himalaya_cuda``: the same
+        with its ``torch_cuda`` backend.
     score : callable, optional
         ``score(y_true, y_pred) -> (n_voxels,)`` on numpy arrays of shape
         (n_scans_test, n_voxels), used for the test score only. Default: Pearson r.
@@ -287,7 +294,10 @@ def fit_nested_loro(
     score = pearson_r if score is None else score
     import torch
 
-    device = "cuda" if backend == "torch_cuda" else device
+    device = "cuda" if on_gpu(backend) else device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        fix = f"backend {backend.removesuffix('_cuda')}" if on_gpu(backend) else "device cpu"
+        raise MtbenchError(f"backend {backend} / device {device} asked for, but torch sees no CUDA GPU; use {fix}")
     threads = torch.get_num_threads()
     # Small fits run on one thread: splitting tiny products gains nothing, and when the
     # cores are busy with other processes every parallel region waits for a descheduled
@@ -297,7 +307,7 @@ def fit_nested_loro(
     try:
         if small and threads > 1:
             torch.set_num_threads(1)
-        if backend == "himalaya":
+        if backend.startswith("himalaya"):
             result = _fit_himalaya(xs, ys, alpha_grid, score, shared_alpha, device, inner, outer, on_refit,
                                    alpha_index)
             if on_predictions is not None:
@@ -493,9 +503,7 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
                on_refit=None, keep_predictions=True, on_predictions=None, alpha_index=None) -> EncodingResult:
     import torch
 
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MtbenchError("backend torch_cuda / device cuda asked for, but torch sees no CUDA GPU; use backend torch")
+    dev = torch.device(device)  # fit_nested_loro checked that CUDA is there
     f32, f64 = torch.float32, torch.float64
     n_runs = len(xs)
     n_features = xs[0].shape[1]

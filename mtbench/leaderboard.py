@@ -249,6 +249,10 @@ def build(
             continue
         if subject not in ("each",) and m["settings"]["subject"] != subject:
             continue
+        if (m.get("rescored_from") or {}).get("parcels"):  # models are compared on the dataset's own atlas
+            notes.append(f"{m['run_id']}: rescored on other parcels ({m['rescored_from']['parcels']}), left out "
+                         "(the leaderboard compares runs on their dataset's atlas)")
+            continue
         key = (m["model"]["name"], m["dataset"]["name"], m["settings"]["subject"], run_mode(m), m["settings"]["metric"])
         if key in latest:
             notes.append(f"{latest[key].manifest['run_id']}: superseded by the newer run {m['run_id']} of the "

@@ -625,7 +625,7 @@ def banded_ridge(
     from himalaya.kernel_ridge import MultipleKernelRidgeCV
     from himalaya.scoring import correlation_score, correlation_score_split
 
-    from .encoding import _FLOAT64_EIGH_MAX, _checked_score, _first_validation_run, _validate, pearson_r
+    from .encoding import _FLOAT64_EIGH_MAX, _checked_score, _first_validation_run, _validate, on_gpu, pearson_r
 
     xs, ys, alpha_grid = _validate(x_runs, y_runs, alphas)
     n_runs, n_voxels = len(xs), ys[0].shape[1]
@@ -643,7 +643,7 @@ def banded_ridge(
     validation = np.zeros((n_runs, n_voxels), np.float32)
     contribution = np.zeros((n_runs, len(dims), n_voxels), np.float32)
     previous = get_backend()
-    device = "torch_cuda" if options.get("backend") == "torch_cuda" else "torch"
+    device = "torch_cuda" if on_gpu(options.get("backend") or "torch") else "torch"
     backend = set_backend(device, on_error="raise")
     threads = torch.get_num_threads()
     # Small kernels on one thread, as fit_nested_loro does for small fits: the search runs

@@ -7,6 +7,7 @@ Layout of a results directory (several runs share it)::
     RESULTS/runs/<run_id>/summary.parquet    best (layer, state) per parcel, chosen on validation
     RESULTS/runs/<run_id>/winners.parquet    share of each parcel's voxels each (layer, state) wins
     RESULTS/runs/<run_id>/voxels.parquet     one row per (layer, state, voxel); p/q-values, normalized r
+    RESULTS/runs/<run_id>/folds.parquet      one row per (layer, state, outer fold, voxel): test, validation, alpha
     RESULTS/runs/<run_id>/maps/*.nii.gz      mask, best-state maps, r per state (4-D over layers)
     RESULTS/runs/<run_id>/truth.json         planted truth, for simulated datasets
 
@@ -41,6 +42,7 @@ import pyarrow.parquet as pq
 from . import __version__
 
 SCHEMA_VERSION = "1"
+FOLDS_FILE = "folds.parquet"  # per-fold scores and alphas of a Mode 1 run (optional: older runs lack it)
 WHOLE_BRAIN = "whole brain"
 
 
@@ -61,6 +63,9 @@ class ScoreTable:
     null_inflation : ndarray, shape (n_fits,), optional
         Variance inflation of each fit's null from cross-fitting
         (:func:`mtbench.significance.fold_dependence`), applied to its p-values.
+    alpha_per_run : ndarray, shape (n_fits, n_runs, n_voxels), optional
+        Alpha chosen in each outer fold: with it a finished fit can be rescored with
+        another metric by refitting only (``mtbench rescore``), no alpha search.
     """
 
     keys: list[tuple[int, str]]
@@ -71,6 +76,7 @@ class ScoreTable:
     validation_per_run: np.ndarray
     p_value: np.ndarray | None = None
     null_inflation: np.ndarray | None = None
+    alpha_per_run: np.ndarray | None = None
 
     def q_value(self) -> np.ndarray | None:
         """Benjamini-Hochberg adjusted p-values across the voxels of each fit, shape (n_fits, n_voxels)."""
@@ -244,6 +250,85 @@ def _write_parquet(path: Path, columns: dict, meta: dict) -> None:
     pq.write_table(table, path, compression="zstd")
 
 
+def _write_folds(path: Path, table: ScoreTable, meta: dict) -> None:
+    """``folds.parquet``: per (layer, state, fold, voxel) the held-out score, the validation
+    score and the alpha of that outer fold, one row group per fit (never all in memory).
+
+    ``fold`` is the held-out run (0-based). It is what :func:`read_score_table` rebuilds the
+    table from, so a run can be re-summarized on other parcels, or refitted with its own
+    alphas for another metric (``mtbench rescore``), without an alpha search.
+    """
+    n_fits, n_runs, n_vox = table.test_per_run.shape
+    states = sorted({k[1] for k in table.keys}, key=[k[1] for k in table.keys].index)
+    state_type = pa.dictionary(pa.int16(), pa.string())
+    schema = pa.schema([("layer", pa.int16()), ("state", state_type), ("fold", pa.int16()), ("voxel", pa.int32()),
+                        ("test", pa.float32()), ("validation", pa.float32()), ("alpha", pa.float32())],
+                       metadata={b"mtbench": json.dumps(meta, sort_keys=True).encode()})
+    fold = np.repeat(np.arange(n_runs, dtype=np.int16), n_vox)
+    voxel = np.tile(np.arange(n_vox, dtype=np.int32), n_runs)
+    state_names = pa.array(states, pa.string())
+    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+        for f, (layer, state) in enumerate(table.keys):
+            code = pa.array(np.full(n_runs * n_vox, states.index(state), dtype=np.int16))
+            writer.write_table(pa.table({
+                "layer": np.full(n_runs * n_vox, layer, dtype=np.int16),
+                "state": pa.DictionaryArray.from_arrays(code, state_names),
+                "fold": fold, "voxel": voxel,
+                "test": table.test_per_run[f].ravel(), "validation": table.validation_per_run[f].ravel(),
+                "alpha": table.alpha_per_run[f].astype(np.float32).ravel(),
+            }, schema=schema))
+
+
+def read_score_table(run_dir: Path) -> ScoreTable:
+    """The :class:`ScoreTable` of a finished Mode 1 run, from its ``voxels.parquet`` and ``folds.parquet``.
+
+    Raises
+    ------
+    MtbenchError
+        The run has no ``folds.parquet`` (written before mtbench kept per-fold scores, or
+        a Mode 2 run), or its files disagree.
+    """
+    import pyarrow.compute as pc
+
+    from .errors import MtbenchError
+
+    run_dir = Path(run_dir)
+    folds_path = run_dir / FOLDS_FILE
+    if not folds_path.is_file():
+        raise MtbenchError(f"{run_dir}: no {FOLDS_FILE} (a Mode 2 run, or written by an mtbench that did not keep "
+                           "per-fold scores); re-run it with `mtbench run` to rescore it")
+    voxels = pq.read_table(run_dir / "voxels.parquet",
+                           columns=["layer", "state", "voxel", "test", "validation", "alpha", "p_value"])
+    voxel = voxels["voxel"].to_numpy()
+    n_fits = int(np.count_nonzero(voxel == 0))
+    n_vox = len(voxel) // max(n_fits, 1)
+    if n_fits == 0 or n_fits * n_vox != len(voxel) or not np.array_equal(voxel.reshape(n_fits, n_vox)[0],
+                                                                          np.arange(n_vox)):
+        raise MtbenchError(f"{run_dir / 'voxels.parquet'}: not one row per (fit, voxel) in order; the run is "
+                           "corrupt, re-run it with `mtbench run`")
+    first = np.arange(n_fits) * n_vox  # the first row of each fit
+    keys = list(zip(voxels["layer"].take(first).to_pylist(),
+                    voxels["state"].take(first).cast(pa.string()).to_pylist()))
+
+    def per_fit(column: str) -> np.ndarray:
+        return np.array(voxels[column].to_numpy(), dtype=np.float32).reshape(n_fits, n_vox)  # writable
+
+    p_value = per_fit("p_value")
+    fold = pq.read_table(folds_path, columns=["fold"])["fold"]
+    n_runs = int(pc.max(fold).as_py()) + 1
+    if len(fold) != n_fits * n_runs * n_vox:
+        raise MtbenchError(f"{folds_path}: {len(fold)} rows, expected {n_fits} fits x {n_runs} folds x {n_vox} "
+                           "voxels; the run is corrupt (or was cut while writing), re-run it with `mtbench run`")
+
+    def per_fold(column: str) -> np.ndarray:  # one column at a time: 364 MB each for a full LPP run
+        values = pq.read_table(folds_path, columns=[column])[column].to_numpy()
+        return np.array(values, dtype=np.float32).reshape(n_fits, n_runs, n_vox)  # writable (rescore refills)
+
+    return ScoreTable(keys=keys, test=per_fit("test"), validation=per_fit("validation"), alpha=per_fit("alpha"),
+                      test_per_run=per_fold("test"), validation_per_run=per_fold("validation"),
+                      p_value=None if np.isnan(p_value).all() else p_value, alpha_per_run=per_fold("alpha"))
+
+
 def _volume(values: np.ndarray, mask: np.ndarray, affine: np.ndarray, fill=0) -> nib.Nifti1Image:
     """Scatter (n_voxels,) or (n_voxels, k) values into the mask volume."""
     values = np.asarray(values)
@@ -355,6 +440,8 @@ def _write_files(partial: Path, meta: dict, table: ScoreTable, mask_img, labels,
         "q_value": np.full(n_fits * n_vox, np.nan, np.float32) if q_value is None else q_value.ravel(),
     }
     _write_parquet(partial / "voxels.parquet", voxel_cols, meta)
+    if table.alpha_per_run is not None:
+        _write_folds(partial / FOLDS_FILE, table, meta)
 
     # NIfTI maps on the dataset's grid.
     mask = np.asarray(mask_img.get_fdata()) > 0

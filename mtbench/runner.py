@@ -26,7 +26,8 @@ from .registry import get_registry, load_dataset, load_model, split_spec
 # (mtbench.significance.fold_dependence): relative standard error of the estimate ~4.5%.
 CALIBRATION_VOXELS = 1000
 SIGNIFICANCE_METHOD = ("circular shifts, null widened by the fit's fold dependence "
-                       "(shared alpha: null columns refitted with the fit's alphas)")
+                       "(shared alpha: null columns refitted with the fit's alphas), "
+                       "Gaussian tail under 10 exceedances")
 
 @dataclass
 class RunOutput:
@@ -165,40 +166,16 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
     clock = _Clock()
     settings = resolve_protocol(settings)
     metric = _check_names(settings)
-    from .alignment import alignment_fingerprint, stimulus_operators, zscore
-    from .features import ScanFeatures, word_features
     from .results import ScoreTable, provenance, summarize, write_run
 
-    adapter = adapter if adapter is not None else load_model(settings.model, **settings.model_options)
-    if settings.mode == 2:  # Mode 2 extracts its inputs and pivot (mtbench.mode2)
-        from .mode2 import mode2_states
-
-        states = [parse_states([s], adapter.available_states())[0] for s in mode2_states(settings)]
-    else:
-        states = parse_states(settings.states, adapter.available_states())
-    layers = parse_layers(settings.layers, adapter.n_layers)
-    clock.lap("load_model")
-    dataset = load_dataset(settings.dataset, **settings.dataset_options)
-    n_voxels = _check_dataset(dataset, settings.subject)
-    clock.lap("load_dataset")
-
     with progress if progress is not None else nullcontext():
-        on_window, finish = _extract_bar(progress, adapter.name)
-        feats = word_features(adapter, dataset.stimulus, states, layers, progress=on_window,
-                              dtype=settings.feature_dtype)
-        finish()
-        clock.lap("extract")
-        operators = stimulus_operators(dataset.stimulus, settings.hrf, settings.delays)
-        # TR-level features, aligned once per (layer, state) and alignment, cached next to the words
-        scans = ScanFeatures(feats, lambda words: _scan_features(words, operators, settings),
-                             alignment_fingerprint(operators, settings.trim_scans),
-                             [op.shape[-2] - 2 * max(settings.trim_scans, 0) for op in operators])
-        bold = _check_bold(dataset.load_bold(settings.subject), dataset.stimulus, n_voxels, dataset.name)
-        y_runs = [zscore(_trim(y, settings.trim_scans)) for y in bold]
-        targets, n_calibration = _fit_targets(y_runs, settings)
+        inputs = prepare_inputs(settings, adapter, progress, clock)
+        adapter, dataset, states, layers, scans = (inputs.adapter, inputs.dataset, inputs.states, inputs.layers,
+                                                   inputs.scans)
+        n_voxels = inputs.y_runs[0].shape[1]
+        targets, n_calibration = _fit_targets(inputs.y_runs, settings)
         y_runs = [t[:, n_calibration:] for t in targets]
-        del bold
-        clock.lap("align_and_bold")
+        del inputs
         keys = [(layer, state) for layer in layers for state in states]
         checkpoint = None
         if settings.mode == 2:
@@ -226,10 +203,11 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
                  "n_runs": len(dataset.stimulus.runs), "stimulus": dataset.stimulus.fingerprint(),
                  "atlas": dataset.parcels.atlas},
     )
-    from .encoding import effective_precision
+    from .encoding import effective_precision, on_gpu
 
-    meta["settings"]["precision_used"] = "float32" if settings.backend == "himalaya" else effective_precision(
-        settings.precision, "cuda" if settings.backend == "torch_cuda" else "cpu")
+    meta["settings"]["precision_used"] = ("float32" if settings.backend.startswith("himalaya") else
+                                          effective_precision(settings.precision, "cuda" if on_gpu(settings.backend)
+                                                              else "cpu"))
     inflation = getattr(table, "null_inflation", None)
     if inflation is not None:  # per fit: how much cross-fitting widened its null (mtbench.significance)
         meta["significance"] = {"null_inflation": {f"L{layer}-{state}": round(float(value), 4)
@@ -257,6 +235,70 @@ def _check_names(settings: RunSettings):
         for name in settings.states:
             registry.state(name)
     return registry.metric(settings.metric)
+
+
+@dataclass
+class RunInputs:
+    """What the fits of a run read: the loaded model and dataset, TR-level features, BOLD.
+
+    Attributes
+    ----------
+    adapter : ModelAdapter
+    dataset : Dataset
+    states : list of str
+        Canonical order.
+    layers : list of int
+        1-based blocks.
+    scans : mtbench.features.ScanFeatures
+        ``scans[(layer, state)]``: list of arrays, each shape (n_scans_r, n_features),
+        HRF-aligned, trimmed and z-scored per run (aligned on first use, cached on disk).
+    y_runs : list of ndarray, each shape (n_scans_r, n_voxels)
+        BOLD of ``settings.subject``, trimmed and z-scored per run.
+    """
+
+    adapter: object
+    dataset: object
+    states: list[str]
+    layers: list[int]
+    scans: object
+    y_runs: list[np.ndarray]
+
+
+def prepare_inputs(settings: RunSettings, adapter=None, progress=None, clock: _Clock | None = None) -> RunInputs:
+    """Load the model and dataset, extract (or read cached) word features, align them, read the BOLD.
+
+    ``settings`` are effective (:func:`mtbench.protocols.resolve_protocol` applied). Used by
+    :func:`run` and by :func:`mtbench.rescore.rescore` (which only refits).
+    """
+    from .alignment import alignment_fingerprint, stimulus_operators, zscore
+    from .features import ScanFeatures, word_features
+
+    clock = clock if clock is not None else _Clock()
+    adapter = adapter if adapter is not None else load_model(settings.model, **settings.model_options)
+    if settings.mode == 2:  # Mode 2 extracts its inputs and pivot (mtbench.mode2)
+        from .mode2 import mode2_states
+
+        states = [parse_states([s], adapter.available_states())[0] for s in mode2_states(settings)]
+    else:
+        states = parse_states(settings.states, adapter.available_states())
+    layers = parse_layers(settings.layers, adapter.n_layers)
+    clock.lap("load_model")
+    dataset = load_dataset(settings.dataset, **settings.dataset_options)
+    n_voxels = _check_dataset(dataset, settings.subject)
+    clock.lap("load_dataset")
+    on_window, finish = _extract_bar(progress, adapter.name)
+    feats = word_features(adapter, dataset.stimulus, states, layers, progress=on_window, dtype=settings.feature_dtype)
+    finish()
+    clock.lap("extract")
+    operators = stimulus_operators(dataset.stimulus, settings.hrf, settings.delays)
+    # TR-level features, aligned once per (layer, state) and alignment, cached next to the words
+    scans = ScanFeatures(feats, lambda words: _scan_features(words, operators, settings),
+                         alignment_fingerprint(operators, settings.trim_scans),
+                         [op.shape[-2] - 2 * max(settings.trim_scans, 0) for op in operators])
+    bold = _check_bold(dataset.load_bold(settings.subject), dataset.stimulus, n_voxels, dataset.name)
+    y_runs = [zscore(_trim(y, settings.trim_scans)) for y in bold]
+    clock.lap("align_and_bold")
+    return RunInputs(adapter=adapter, dataset=dataset, states=states, layers=layers, scans=scans, y_runs=y_runs)
 
 
 def _check_dataset(dataset, subject: str) -> int:
@@ -344,7 +386,7 @@ def _fit_all(keys, scans, targets, n_calibration: int, settings: RunSettings, me
 
     n_voxels, n_runs = targets[0].shape[1] - n_calibration, len(targets)
     out = {name: np.zeros((len(keys), n_voxels), dtype=np.float32) for name in ("test", "validation", "alpha")}
-    for name in ("test_per_run", "validation_per_run"):
+    for name in ("test_per_run", "validation_per_run", "alpha_per_run"):  # per run: kept in folds.parquet
         out[name] = np.zeros((len(keys), n_runs, n_voxels), dtype=np.float32)
     if settings.permutations > 0:
         out["p_value"] = np.ones((len(keys), n_voxels), dtype=np.float32)
@@ -376,7 +418,7 @@ def _fit_all(keys, scans, targets, n_calibration: int, settings: RunSettings, me
         result = fit(targets, on_predictions=test, return_predictions=shared_test)
         if shared_test:
             test = _shared_alpha_test(fit, result, targets, settings)
-        for column in ("test", "validation", "alpha", "test_per_run", "validation_per_run"):
+        for column in ("test", "validation", "alpha", "test_per_run", "validation_per_run", "alpha_per_run"):
             out[column][f] = getattr(result, column)[..., n_calibration:]
         if test is not None:
             out["p_value"][f], out["null_inflation"][f] = test.p_values, test.inflation

@@ -61,6 +61,13 @@ RESULT_SCHEMA: dict = {
                     "test": "floating", "validation": "floating", "alpha": "floating",
                 },
             },
+            # checked when present: runs written before mtbench kept per-fold scores lack it
+            "optional_parquet": {
+                "folds.parquet": {
+                    "layer": "integer", "state": "string", "fold": "integer", "voxel": "integer",
+                    "test": "floating", "validation": "floating", "alpha": "floating",
+                },
+            },
         },
         "2": {
             "manifest_keys": ["settings.inputs", "settings.pivot", "settings.selection"],
@@ -207,7 +214,9 @@ def validate_run(path: Path) -> RunFolder:
     for name in expected["files"]:
         if not (path / name).is_file():
             raise MtbenchError(f"{path}: {name} is missing ({what}){newer}; {rerun}")
-    for name, columns in expected["parquet"].items():
+    optional = {name: columns for name, columns in expected.get("optional_parquet", {}).items()
+                if (path / name).exists()}
+    for name, columns in {**expected["parquet"], **optional}.items():
         file = path / name
         if not file.is_file():
             raise MtbenchError(f"{path}: {name} is missing ({what}){newer}; {rerun}")

@@ -32,7 +32,10 @@ rejected 10.5-13% of null voxels at p < 0.05. Each fit therefore measures that i
 (:func:`fold_dependence`: 1,000 circularly shifted null voxels fitted alongside) and every null draw
 is spread around its voxel's null mean by its square root; the calibrated test rejects 3.4-5.7%
 (``benchmarks/significance_null.py``). p-values are ``(1 + #{null >= observed}) / (1 +
-n_permutations)`` (one-sided: better than chance), then Benjamini-Hochberg across the voxels of
+n_permutations)`` (one-sided: better than chance); where fewer than ``TAIL_EXCEEDANCES`` draws
+reach the observed r, the Gaussian tail of the null's exact moments instead (with 1,000 draws the
+empirical floor of 0.001 kept BH across 25,870 voxels from passing even r = 0.89 voxels when the
+signal is confined to one parcel: q 0.089 in the full LPP simulation), then Benjamini-Hochberg across the voxels of
 one fit (:func:`scipy.stats.false_discovery_control`; valid under the positive dependence of
 neighbouring voxels).
 
@@ -64,6 +67,11 @@ DEFAULT_MIN_SHIFT = 0
 _BLOCK = 2048
 _FFT_WORKERS = max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
 _GATHER = 256  # columns per gather of the null draws (cache-sized working set)
+# Fewer null draws than this at or above the observed r: the empirical p is too coarse (its
+# floor, 1 / (1 + n_permutations), keeps BH across ~26,000 voxels from passing a fit whose
+# signal is confined to a few hundred of them), so it is replaced by the Gaussian tail of the
+# null's exact moments (Knijnenburg et al. 2009 use the same threshold for their tail fit).
+TAIL_EXCEEDANCES = 10
 
 
 def shifted_correlations(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -131,7 +139,10 @@ def circular_shift_pvalues(
     observed : ndarray, shape (n_voxels,), float32
         Mean over runs of the per-run Pearson r.
     p_values : ndarray, shape (n_voxels,), float64
-        One-sided, in ``[1 / (1 + n_permutations), 1]``.
+        One-sided. ``(1 + #{null >= observed}) / (1 + n_permutations)``, except where fewer
+        than ``TAIL_EXCEEDANCES`` draws reach the observed r: there the Gaussian tail of the
+        null (its exact mean and standard deviation over every shift, the latter widened by
+        ``sqrt(inflation)``), which goes below ``1 / (1 + n_permutations)``.
 
     Raises
     ------
@@ -153,12 +164,15 @@ def circular_shift_pvalues(
         if y.shape[0] <= 2 * min_shift:
             raise MtbenchError(f"significance: run {r} has {y.shape[0]} scans, too few for circular shifts of "
                                f"at least {min_shift} scans; lower min_shift")
+    from scipy.special import ndtr
+
     rng = np.random.default_rng(seed)
     # one shift per (permutation, run), uniform over the allowed shifts min_shift..n-min_shift
     shifts = np.stack([(rng.integers(0, y.shape[0] - 2 * min_shift + 1, n_permutations) + min_shift) % y.shape[0]
                        if min_shift else rng.integers(0, y.shape[0], n_permutations) for y in y_runs], axis=1)
     observed = np.zeros(n_voxels, dtype=np.float64)
     exceed = np.zeros(n_voxels, dtype=np.int64)
+    tail_p = np.full(n_voxels, np.nan)
     n_runs = len(y_runs)
     spread = np.float32(np.sqrt(inflation))
     null = np.empty((n_permutations, _GATHER), dtype=np.float32)
@@ -168,8 +182,10 @@ def circular_shift_pvalues(
         corrs = [shifted_correlations(y[:, c0:c1], p[:, c0:c1]) for y, p in zip(y_runs, pred_runs)]
         obs = sum(corr[0].astype(np.float64) for corr in corrs) / n_runs
         observed[c0:c1] = obs
-        if inflation != 1.0:  # exact mean of the null (every shift of every run equally likely)
-            null_mean = (sum(corr.mean(0, dtype=np.float64) for corr in corrs) / n_runs).astype(np.float32)
+        # exact moments of the null (every shift of every run equally likely, runs independent)
+        exact_mean = sum(corr.mean(0, dtype=np.float64) for corr in corrs) / n_runs
+        exact_sd = np.sqrt(sum(corr.var(0, dtype=np.float64) for corr in corrs) * inflation) / n_runs
+        null_mean = exact_mean.astype(np.float32)
         # gather the drawn shifts in narrow column blocks into preallocated buffers: the
         # (n_permutations, width) working set stays in cache (10x faster than one fancy index)
         for g0 in range(0, c1 - c0, _GATHER):
@@ -188,7 +204,12 @@ def circular_shift_pvalues(
             # a tolerance so that float32 rounding never counts a draw equal to the observed as smaller
             threshold = obs[g0:g1].astype(np.float32)[None, :] - 1e-6
             exceed[c0 + g0:c0 + g1] = (block_null >= threshold).sum(0)
-    return observed.astype(np.float32), (1.0 + exceed) / (1.0 + n_permutations)
+        tail = (exceed[c0:c1] < TAIL_EXCEEDANCES) & (exact_sd > 0)
+        if tail.any():
+            z = (obs[tail] - exact_mean[tail]) / exact_sd[tail]
+            tail_p[c0:c1][tail] = ndtr(-z)
+    p_values = (1.0 + exceed) / (1.0 + n_permutations)
+    return observed.astype(np.float32), np.where(np.isnan(tail_p), p_values, tail_p)
 
 
 def bh_fdr(p_values: np.ndarray) -> np.ndarray:

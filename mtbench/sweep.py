@@ -338,7 +338,7 @@ def fit_resources(group: Group, plan: Plan) -> TaskResources:
     dim = 4 * info.hidden  # the widest state (FFN activation) bounds the feature width
     bold_gb = data.n_scans * data.n_voxels * 4 * 2 * data.n_runs / 1e9
     feats_gb = (data.n_words + data.n_scans * data.n_runs) * dim * 4 / 1e9
-    gpus = int(plan.resources.get("fit_gpus", 1 if plan.settings.get("backend") == "torch_cuda" else 0))
+    gpus = int(plan.resources.get("fit_gpus", 1 if str(plan.settings.get("backend", "")).endswith("_cuda") else 0))
     return TaskResources(cpus=int(plan.resources.get("fit_cpus", 1)), mem_gb=_round_gb(1.5 + bold_gb + feats_gb),
                          gpus=gpus, minutes=_minutes(fit_seconds(data, dim, n_alphas), plan))
 

@@ -26,7 +26,7 @@ def _per_name(names: tuple[str, ...], options: dict) -> dict:
 @click.option("--metric", default=None)
 @click.option("--alphas", default=None, help="Ridge penalties: 'start:stop:count' or a comma list.")
 @click.option("--trim", "trim_scans", type=int, default=None, help="Scans dropped at both ends of each run.")
-@click.option("--backend", default=None, help="Ridge backend (torch, torch_cuda, himalaya).")
+@click.option("--backend", default=None, help="Ridge backend (torch, torch_cuda, himalaya, himalaya_cuda).")
 @click.option("--precision", type=click.Choice(["mixed", "float32"]), default=None)
 @click.option("--dataset-option", "dataset_options", multiple=True, metavar="KEY=VALUE",
               help="Applies to every dataset of the sweep.")

@@ -150,6 +150,20 @@ def test_himalaya_backend_agrees():
     np.testing.assert_allclose(ours.alpha, theirs.alpha, rtol=1e-4)
 
 
+@pytest.mark.parametrize("backend", ["torch_cuda", "himalaya_cuda"])
+def test_cuda_backends_without_a_gpu_fail_in_one_line(monkeypatch, backend):
+    """Both ``_cuda`` backends fit on the GPU (tests/test_gpu.py checks them there); without one
+    they stop before any work and name the CPU backend to use instead."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    xs, ys = _random_data(np.random.default_rng(5), n_features=10)
+    cpu = backend.removesuffix("_cuda")
+    with pytest.raises(MtbenchError, match=f"backend {backend} / device cuda asked for, but torch sees no CUDA GPU; "
+                                           f"use backend {cpu}$"):
+        fit_nested_loro(xs, ys, ALPHAS, backend=backend)
+
+
 @pytest.mark.parametrize("backend", ["torch", "himalaya"])
 @pytest.mark.parametrize("n_features", [20, 100], ids=["feature-form", "kernel-form"])
 def test_refit_with_given_alphas_reproduces_the_fit(monkeypatch, backend, n_features):

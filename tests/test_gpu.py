@@ -188,7 +188,7 @@ def test_torch_cuda_refit_with_given_alphas(form):
 # --------------------------------------------------------------------------- himalaya on CUDA
 @pytest.mark.parametrize("shared_alpha", [False, True], ids=["voxel-alpha", "shared-alpha"])
 def test_himalaya_on_cuda_matches_cpu(monkeypatch, shared_alpha):
-    """``backend="himalaya", device="cuda"`` runs himalaya's ``torch_cuda`` backend and agrees with
+    """``backend="himalaya_cuda"`` (``--backend himalaya_cuda``) runs himalaya's ``torch_cuda`` backend and agrees with
     mtbench's own fit on the CPU (as the CPU cross-check in tests/test_encoding.py does)."""
     require_cuda()
     import himalaya.backend
@@ -203,7 +203,7 @@ def test_himalaya_on_cuda_matches_cpu(monkeypatch, shared_alpha):
     monkeypatch.setattr(himalaya.backend, "set_backend", spy)
     xs, ys = _data(FORMS["feature-form"])
     ref = _cpu_fit("feature-form", shared_alpha)
-    got = fit_nested_loro(xs, ys, ALPHAS, backend="himalaya", device="cuda", shared_alpha=shared_alpha)
+    got = fit_nested_loro(xs, ys, ALPHAS, backend="himalaya_cuda", shared_alpha=shared_alpha)
     assert chosen and chosen[0] == "torch_cuda", f"himalaya backends set: {chosen}"
     same = got.alpha_per_run == ref.alpha_per_run
     assert 1 - same.mean() <= FLOAT32_FLIPS, f"{1 - same.mean():.2%} of the voxel-folds chose another alpha"

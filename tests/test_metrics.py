@@ -1,4 +1,4 @@
-"""The pearson metric plugin against scipy, column by column."""
+"""The built-in metric plugins against scipy and scikit-learn, column by column."""
 
 import numpy as np
 import pytest
@@ -22,3 +22,18 @@ def test_pearson_constant_and_shape():
     assert np.all(score(y, np.ones((10, 2))) == 0)
     with pytest.raises(ValueError, match="shapes differ"):
         score(y, np.ones((9, 2)))
+
+
+def test_r2_matches_scikit_learn():
+    from sklearn.metrics import r2_score
+
+    score = get_registry().metric("r2").score
+    rng = np.random.default_rng(2)
+    y = rng.normal(size=(40, 5))
+    p = 0.5 * y + rng.normal(size=(40, 5))
+    np.testing.assert_allclose(score(y, p), r2_score(y, p, multioutput="raw_values"), atol=1e-6)
+    assert np.all(score(y, y) == 1) and np.all(score(y, -3 * y) < 0)  # a prediction worse than the mean
+    constant = np.ones((40, 1))
+    assert score(constant, p[:, :1])[0] == 0
+    with pytest.raises(ValueError, match="shapes differ"):
+        score(y, p[:-1])

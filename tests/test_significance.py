@@ -69,6 +69,39 @@ def test_planted_signal_is_detected():
     assert observed[:100].mean() == pytest.approx(0.3, abs=0.03)
 
 
+def test_strong_voxels_get_gaussian_tail_pvalues_below_the_permutation_floor(monkeypatch):
+    """With signal in few voxels among many, the empirical floor 1/(1+N) keeps BH from passing
+    any (q = floor x n_voxels / n_signal); where fewer than TAIL_EXCEEDANCES draws reach the
+    observed r the p-value is the Gaussian tail of the exact null moments instead."""
+    from scipy.stats import norm
+
+    from mtbench.significance import TAIL_EXCEEDANCES, shift_null_moments
+
+    rng = np.random.default_rng(3)
+    ys, preds = simulate(rng, n_runs=9, n_scans=200, n_voxels=3000, n_signal=30, r=0.5, phi=0.7)
+    n_perm = 200
+    observed, p = circular_shift_pvalues(ys, preds, n_perm, seed=2)
+    import mtbench.significance as significance
+
+    monkeypatch.setattr(significance, "TAIL_EXCEEDANCES", 0)  # the permutation p-values alone, same draws
+    _, empirical = circular_shift_pvalues(ys, preds, n_perm, seed=2)
+    monkeypatch.undo()
+    _, mean, sd = shift_null_moments(ys, preds)
+    z = (observed - mean) / sd
+    tail = np.round(empirical * (1 + n_perm)) - 1 < TAIL_EXCEEDANCES  # fewer than 10 draws reached it
+    assert tail[:30].all() and tail[30:].mean() < 0.06
+    np.testing.assert_allclose(p[tail], norm.sf(z[tail]), rtol=1e-4)
+    np.testing.assert_array_equal(p[~tail], empirical[~tail])  # the rest: the permutation p-value
+    assert p[:30].max() < 1e-6 < 1 / (1 + n_perm)
+    assert (bh_fdr(p) <= 0.05)[:30].all()  # found; with the floor q would be 0.5 for all of them
+    assert (bh_fdr(np.maximum(p, 1 / (1 + n_perm))) > 0.05).all()
+    assert (bh_fdr(p) <= 0.05)[30:].mean() < 0.01
+    # under the null the tail p-values stay calibrated: the share below 0.01 is ~0.01
+    ys0, preds0 = simulate(np.random.default_rng(4), n_runs=9, n_scans=200, n_voxels=4000, phi=0.7)
+    _, p0 = circular_shift_pvalues(ys0, preds0, n_perm, seed=5)
+    assert 0.004 < np.mean(p0 < 0.01) < 0.02 and 0.002 < np.mean(p0 < 0.005) < 0.011
+
+
 def test_pvalues_from_fit_predictions_and_errors():
     rng = np.random.default_rng(3)
     xs = [rng.standard_normal((60, 8)).astype(np.float32) for _ in range(4)]
