@@ -166,15 +166,18 @@ def test_cuda_backends_without_a_gpu_fail_in_one_line(monkeypatch, backend):
 
 @pytest.mark.parametrize("backend", ["torch", "himalaya"])
 @pytest.mark.parametrize("n_features", [20, 100], ids=["feature-form", "kernel-form"])
-def test_refit_with_given_alphas_reproduces_the_fit(monkeypatch, backend, n_features):
+@pytest.mark.parametrize("shared_alpha", [False, True], ids=["voxel-alpha", "shared-alpha"])
+def test_refit_with_given_alphas_reproduces_the_fit(monkeypatch, backend, n_features, shared_alpha):
     """``alpha_per_run`` skips the alpha search (no inner fold is decomposed) and gives the same
-    held-out predictions, so another metric can score a finished fit at a fraction of its cost."""
-    import mtbench.encoding as enc
-
+    held-out predictions, so another metric can score a finished fit at a fraction of its cost.
+    Alphas equal across a fold's voxels (shared alpha) take the one-map-per-fold path: a Cholesky
+    solve per outer fold, no eigendecomposition at all."""
     rng = np.random.default_rng(21 + n_features)
     xs, ys = _random_data(rng, n_features=n_features, n_voxels=40)
-    full = fit_nested_loro(xs, ys, ALPHAS, backend=backend, precision="float32", return_predictions=True)
-    assert len(np.unique(full.alpha_per_run)) > 1  # the voxels did choose different alphas
+    full = fit_nested_loro(xs, ys, ALPHAS, backend=backend, precision="float32", return_predictions=True,
+                           shared_alpha=shared_alpha)
+    # the voxels (shared: the folds) did choose different alphas
+    assert len(np.unique(full.alpha_per_run)) > 1
     decompositions = []
     import torch
 
@@ -184,7 +187,8 @@ def test_refit_with_given_alphas_reproduces_the_fit(monkeypatch, backend, n_feat
     again = fit_nested_loro(xs, ys, ALPHAS, backend=backend, precision="float32", return_predictions=True,
                             alpha_per_run=full.alpha_per_run, score=neg_mse)
     if backend == "torch":
-        assert len(decompositions) == len(xs)  # the outer folds only: no inner pair fold
+        # the outer folds only: no inner pair fold (shared alpha: Cholesky solves, no eigh)
+        assert len(decompositions) == (0 if shared_alpha else len(xs))
     # himalaya's KernelRidge solves the refit another way than KernelRidgeCV: float32 rounding,
     # measured against each voxel's largest prediction (large alphas give tiny predictions)
     tolerance = 1e-6 if backend == "torch" else 2e-3
@@ -233,6 +237,51 @@ def test_voxel_blocks_agree(monkeypatch, max_block, shared_alpha, n_features, gr
     np.testing.assert_array_equal(blocked.alpha, whole.alpha)
     for a, b in zip(blocked.predictions, whole.predictions):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- shared alpha: nomination
+@pytest.mark.parametrize("n_features", [40, 400], ids=["feature-form", "kernel-form"])
+@pytest.mark.parametrize("inner", ["loro", "first"])
+def test_shared_alpha_nomination_gives_the_full_sweeps_choice(monkeypatch, n_features, inner):
+    """Sweeping every alpha on a voxel subset first, then only the nominated ones on every voxel,
+    chooses what the exact sweep of every alpha on every voxel chooses, with the same scores."""
+    import mtbench.encoding as enc
+
+    rng = np.random.default_rng(13 + n_features)
+    xs, ys = _random_data(rng, n_runs=5, n_scans=60, n_features=n_features, n_voxels=1600, snr=1.0)
+    alphas = np.logspace(-1, 5, 13)
+    monkeypatch.setattr(enc, "_NOMINATION_VOXELS", 10**9)  # no subset: every alpha on every voxel
+    full = fit_nested_loro(xs, ys, alphas, shared_alpha=True, inner=inner, return_predictions=True)
+    nominated = []
+    real = enc._nominated
+    monkeypatch.setattr(enc, "_nominated", lambda r, n: nominated.append(real(r, n)) or nominated[-1])
+    monkeypatch.setattr(enc, "_NOMINATION_VOXELS", 400)
+    fast = fit_nested_loro(xs, ys, alphas, shared_alpha=True, inner=inner, return_predictions=True)
+    (kept,) = nominated
+    assert kept.sum(1).max() < len(alphas)  # alphas were left out of the full sweep...
+    chosen = np.searchsorted(alphas, fast.alpha_per_run[:, 0])
+    assert kept[np.arange(len(xs)), chosen].all()  # ...but never the chosen one
+    np.testing.assert_array_equal(fast.alpha_per_run, full.alpha_per_run)
+    np.testing.assert_array_equal(fast.validation_per_run, full.validation_per_run)
+    np.testing.assert_allclose(fast.test_per_run, full.test_per_run, atol=1e-6)
+    for a, b in zip(fast.predictions, full.predictions):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_nominated_keeps_what_the_subset_cannot_rule_out():
+    """Leader kept; a challenger within noise kept; a clearly worse alpha dropped; with every voxel in
+    the subset (no sampling error) only the leader and exact copies of it stay."""
+    from mtbench.encoding import _nominated
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(0.2, 0.1, 500)
+    noise = lambda: rng.normal(0, 0.05, 500)  # noqa: E731
+    r = np.stack([base - 0.05 + noise(), base + noise() * 0.1, base - 0.001 + noise(), base.copy()])
+    r[3] = r[1]  # alpha 3 repeats alpha 1
+    kept = _nominated(r[None], 25_000)[0]
+    assert kept.tolist() == [False, True, True, True]
+    kept_all = _nominated(r[None], 500)[0]
+    assert kept_all.tolist() == [False, True, False, True]
 
 
 # --------------------------------------------------------------------------- mixed precision
