@@ -161,9 +161,12 @@ def _warn_broken(registry) -> None:
               help="Mode 2 pivot: stage 2 keeps as many features as this state has dimensions.")
 @click.option("--selection", type=click.Choice(["pivot", "banded"]), default="pivot", show_default=True,
               help="Mode 2: pivot (MindTransformer's two-stage selection) or banded (himalaya banded ridge).")
+@click.option("--folds/--no-folds", default=True, show_default=True,
+              help="Write folds.parquet (per outer fold and voxel; ~3 MB per fit at LPP scale). "
+                   "`mtbench rescore` needs it; --no-folds changes no score.")
 def run(model, states, layers, dataset, subject, metric, hrf, delays, permutations, fdr, trim_scans, alphas, backend,
         precision, protocol, results_dir, dataset_options, model_options, device, feature_dtype, seed, mode, inputs,
-        pivot, selection):
+        pivot, selection, folds):
     """Extract states, align them to the scans, fit voxelwise ridge models, score and write results."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -212,7 +215,7 @@ def run(model, states, layers, dataset, subject, metric, hrf, delays, permutatio
 
     for subject in expand_subjects(settings):  # --subject all / a comma list: one run per subject
         try:
-            output = run_pipeline(replace(settings, subject=subject), results_dir, progress=progress)
+            output = run_pipeline(replace(settings, subject=subject), results_dir, progress=progress, folds=folds)
         except KeyboardInterrupt:
             click.echo("Error: interrupted; nothing of this run was written (earlier results are untouched); "
                        "rerun it to resume the feature extraction where it stopped", err=True)

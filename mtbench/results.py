@@ -295,8 +295,8 @@ def read_score_table(run_dir: Path) -> ScoreTable:
     run_dir = Path(run_dir)
     folds_path = run_dir / FOLDS_FILE
     if not folds_path.is_file():
-        raise MtbenchError(f"{run_dir}: no {FOLDS_FILE} (a Mode 2 run, or written by an mtbench that did not keep "
-                           "per-fold scores); re-run it with `mtbench run` to rescore it")
+        raise MtbenchError(f"{run_dir}: no {FOLDS_FILE} (a Mode 2 run, a run made with --no-folds, or one written by "
+                           "an mtbench that did not keep per-fold scores); re-run it with `mtbench run` to rescore it")
     voxels = pq.read_table(run_dir / "voxels.parquet",
                            columns=["layer", "state", "voxel", "test", "validation", "alpha", "p_value"])
     voxel = voxels["voxel"].to_numpy()
@@ -348,8 +348,12 @@ def write_run(
     names: dict[int, str],
     ceiling: np.ndarray | None,
     truth: dict | None,
+    folds: bool = True,
 ) -> Path:
     """Write every file of one run atomically; returns the run's folder.
+
+    ``folds=False`` leaves out ``folds.parquet`` (per fold and voxel: ~3 MB per fit at LPP
+    scale); ``meta["folds_file"]`` records the choice, and ``mtbench rescore`` then refuses the run.
 
     Files go to ``<run_id>.partial`` first; it is renamed when complete and removed if
     anything (including Ctrl-C) interrupts the writing.
@@ -365,7 +369,7 @@ def write_run(
         if hasattr(table, "write_files"):  # Mode 2 results (mtbench.mode2.Mode2Result) write their own files
             table.write_files(partial, meta, mask_img, labels, names, ceiling, truth)
         else:
-            _write_files(partial, meta, table, mask_img, labels, names, ceiling, truth)
+            _write_files(partial, meta, table, mask_img, labels, names, ceiling, truth, folds)
         os.replace(partial, final)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
@@ -373,7 +377,8 @@ def write_run(
     return final
 
 
-def _write_files(partial: Path, meta: dict, table: ScoreTable, mask_img, labels, names, ceiling, truth) -> None:
+def _write_files(partial: Path, meta: dict, table: ScoreTable, mask_img, labels, names, ceiling, truth,
+                 folds: bool = True) -> None:
     run_id = meta["run_id"]
     ident = {
         "run_id": run_id,
@@ -440,7 +445,7 @@ def _write_files(partial: Path, meta: dict, table: ScoreTable, mask_img, labels,
         "q_value": np.full(n_fits * n_vox, np.nan, np.float32) if q_value is None else q_value.ravel(),
     }
     _write_parquet(partial / "voxels.parquet", voxel_cols, meta)
-    if table.alpha_per_run is not None:
+    if table.alpha_per_run is not None and folds:
         _write_folds(partial / FOLDS_FILE, table, meta)
 
     # NIfTI maps on the dataset's grid.

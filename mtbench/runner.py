@@ -145,7 +145,7 @@ class _Clock:
 
 
 def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | None = None,
-        adapter=None) -> RunOutput:
+        adapter=None, folds: bool = True) -> RunOutput:
     """Run the whole pipeline and write the results.
 
     Parameters
@@ -157,6 +157,10 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
         Receives an extraction task and a fitting task.
     run_id : str, optional
         Folder name under ``runs/`` (``mtbench sweep`` names each cell); default :func:`run_id_for`.
+    folds : bool
+        Write ``folds.parquet`` (Mode 1: per outer fold and voxel the scores and alpha, what
+        ``mtbench rescore`` reads; ~3 MB per fit at LPP scale). An output choice, not a setting:
+        it changes no number, so it is not part of the run id or the checkpoint.
     adapter : ModelAdapter, optional
         Already loaded ``settings.model`` (a sweep worker reuses it across cells).
 
@@ -215,8 +219,10 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
     meta["run_id"] = run_id or run_id_for(settings)
     meta["seconds"] = round(clock.total, 1)
     meta["timings"] = clock.stages  # seconds per stage, writing excluded
+    if settings.mode == 1:
+        meta["folds_file"] = bool(folds)
     run_dir = write_run(Path(results_dir), meta["run_id"], meta, table, dataset.mask_img, labels, names,
-                        ceiling, dataset.truth)
+                        ceiling, dataset.truth, folds=folds)
     if checkpoint is not None:
         checkpoint.remove()  # the results are written: the finished fits are no longer needed
     truth_check = table.check_truth(dataset.truth) if settings.mode == 2 else check_truth(dataset.truth, summary)

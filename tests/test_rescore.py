@@ -185,3 +185,36 @@ def test_leaderboard_keeps_metrics_apart_and_leaves_out_other_parcels(first_run,
                                                                    ("r2", by_metric.run_dir.name)]
     assert all(m["rank"] == 1 for m in models)  # each metric ranks on its own
     assert any(note.startswith(f"{by_parcels.run_dir.name}: rescored on other parcels") for note in board.notes)
+
+
+def test_no_folds_writes_the_same_scores_without_folds_parquet(settings, first_run, tmp_path):
+    """`--no-folds` is an output choice: every score is the run's own, only folds.parquet is missing,
+    the manifest says so, and rescore refuses that run in one line naming the cause."""
+    lean = run(settings, tmp_path / "lean", folds=False).run_dir
+    assert not (lean / "folds.parquet").exists() and (first_run / "folds.parquet").is_file()
+    assert json.loads((lean / "manifest.json").read_text())["folds_file"] is False
+    assert json.loads((first_run / "manifest.json").read_text())["folds_file"] is True
+    full, thin = voxel_table(first_run), voxel_table(lean)
+    for column in ("test", "validation", "alpha", "p_value"):
+        np.testing.assert_array_equal(thin[column], full[column])
+    with pytest.raises(MtbenchError, match="no folds.parquet .*--no-folds"):
+        rescore(lean, metric="neg-mse")
+
+
+def test_no_folds_flag_reaches_the_runner(monkeypatch):
+    from click.testing import CliRunner
+
+    from mtbench import runner
+    from mtbench.cli import main
+
+    seen = []
+
+    def fake_run(settings, results_dir, progress=None, folds=True):
+        seen.append(folds)
+        raise MtbenchError("stop here")
+
+    monkeypatch.setattr(runner, "run", fake_run)
+    for flags, expected in (([], True), (["--no-folds"], False), (["--folds"], True)):
+        result = CliRunner().invoke(main, ["run", "--model", "random", *flags])
+        assert "stop here" in result.output
+        assert seen[-1] is expected
