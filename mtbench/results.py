@@ -348,12 +348,11 @@ def write_run(
     names: dict[int, str],
     ceiling: np.ndarray | None,
     truth: dict | None,
-    folds: bool = True,
 ) -> Path:
     """Write every file of one run atomically; returns the run's folder.
 
-    ``folds=False`` leaves out ``folds.parquet`` (per fold and voxel: ~3 MB per fit at LPP
-    scale); ``meta["folds_file"]`` records the choice, and ``mtbench rescore`` then refuses the run.
+    ``meta["folds_file"] = False`` (``mtbench run --no-folds``) leaves out ``folds.parquet`` (per
+    fold and voxel: ~3 MB per fit at LPP scale); ``mtbench rescore`` then refuses the run.
 
     Files go to ``<run_id>.partial`` first; it is renamed when complete and removed if
     anything (including Ctrl-C) interrupts the writing.
@@ -369,7 +368,7 @@ def write_run(
         if hasattr(table, "write_files"):  # Mode 2 results (mtbench.mode2.Mode2Result) write their own files
             table.write_files(partial, meta, mask_img, labels, names, ceiling, truth)
         else:
-            _write_files(partial, meta, table, mask_img, labels, names, ceiling, truth, folds)
+            _write_files(partial, meta, table, mask_img, labels, names, ceiling, truth)
         os.replace(partial, final)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
@@ -377,8 +376,7 @@ def write_run(
     return final
 
 
-def _write_files(partial: Path, meta: dict, table: ScoreTable, mask_img, labels, names, ceiling, truth,
-                 folds: bool = True) -> None:
+def _write_files(partial: Path, meta: dict, table: ScoreTable, mask_img, labels, names, ceiling, truth) -> None:
     run_id = meta["run_id"]
     ident = {
         "run_id": run_id,
@@ -445,7 +443,7 @@ def _write_files(partial: Path, meta: dict, table: ScoreTable, mask_img, labels,
         "q_value": np.full(n_fits * n_vox, np.nan, np.float32) if q_value is None else q_value.ravel(),
     }
     _write_parquet(partial / "voxels.parquet", voxel_cols, meta)
-    if table.alpha_per_run is not None and folds:
+    if table.alpha_per_run is not None and meta.get("folds_file", True):
         _write_folds(partial / FOLDS_FILE, table, meta)
 
     # NIfTI maps on the dataset's grid.

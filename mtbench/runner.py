@@ -220,9 +220,9 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
     meta["seconds"] = round(clock.total, 1)
     meta["timings"] = clock.stages  # seconds per stage, writing excluded
     if settings.mode == 1:
-        meta["folds_file"] = bool(folds)
+        meta["folds_file"] = bool(folds)  # write_run reads it
     run_dir = write_run(Path(results_dir), meta["run_id"], meta, table, dataset.mask_img, labels, names,
-                        ceiling, dataset.truth, folds=folds)
+                        ceiling, dataset.truth)
     if checkpoint is not None:
         checkpoint.remove()  # the results are written: the finished fits are no longer needed
     truth_check = table.check_truth(dataset.truth) if settings.mode == 2 else check_truth(dataset.truth, summary)

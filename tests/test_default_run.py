@@ -18,8 +18,8 @@ import pytest
 def test_main_job_recovers_the_planted_truth(tmp_path):
     env = dict(os.environ, COLUMNS="200")  # the real cache: the GGUF conversion is shared
     # A hang guard, not a speed check (benchmarks/default_run.py times the job): the 390 fits take
-    # ~0.6 s each on AVX-512-BF16 CPUs (4.5 min in all) but ~4 s on AVX2-only ones, where
-    # float32 GEMM is 3-4x slower and there is no bfloat16 (about 27 min in all, measured).
+    # ~0.6 s each on AVX-512-BF16 CPUs (4.5 min in all) but ~5.6 s on an AVX2-only one, where
+    # float32 GEMM is 3-5x slower and there is no bfloat16 (37 min in all, measured 2026-12-05).
     result = subprocess.run([sys.executable, "-m", "mtbench.cli", "run", "--model", "smollm2-135m", "--states", "all",
                              "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=3600)
     assert result.returncode == 0, result.stderr[-3000:]
