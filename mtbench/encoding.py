@@ -35,11 +35,17 @@ How the work is shared (this is what makes the fit fast on a CPU):
   made once per fold and alpha) and ``rhs`` the training set's X'Y or targets: no projected
   targets ``Z`` at all, and the refit is one Cholesky solve per outer fold. The alphas are
   first swept on an evenly spaced subset of ``_NOMINATION_VOXELS`` voxels; only those whose
-  subset mean r is within ``_NOMINATION_Z`` standard errors of the leader's (3-4 of 16 at
-  LPP scale) are then validated on every voxel, exactly, in float32, and the best of those
-  is refit. The choice and the scores are those of the full sweep (tested); measured at LPP
-  scale (d = 1,536, 25,870 voxels, MindTransformer protocol) 41 s instead of 81 s for the
-  full sweep on a 2-core AVX2 machine.
+  subset mean r is within ``_NOMINATION_Z`` standard errors of the leader's (9-12 of 16 at
+  LPP scale, where the voxel-mean r is flat around its maximum) are then validated on every
+  voxel, exactly, in float32, and the best of those is refit. With one validation per outer
+  fold (``inner="first"``) in feature form, the nominated alphas' maps are kept from the
+  subset sweep (never made twice), all of them are swept over the other voxels in one pass
+  (one X'Y per voxel chunk), and that pass goes in rounds, each an evenly spaced stride of the
+  voxels: after each round the same rule, on every voxel swept so far, drops the candidates
+  that can no longer win (9-12 -> 2-5 by the last round). The choice and the scores are those
+  of the full sweep (tested). Measured at LPP scale (d = 1,536, 25,870 voxels,
+  MindTransformer protocol): 41 s instead of 81 s for the full sweep on a 2-core AVX2
+  machine; kept maps and rounds then took it from 19.0 to 15.0 s on a 2-core AVX-512 one.
 - One pass over chunks of voxels (alpha per voxel): validate, choose the alpha and refit
   every outer fold for the chunk, then the next chunk. Nothing of size
   n_alphas x n_scans x n_voxels exists, and the held-out predictions go chunk by chunk
@@ -49,12 +55,13 @@ How the work is shared (this is what makes the fit fast on a CPU):
 
 Cost: the per-alpha products dominate: n_alphas x n_runs x (n_runs - 1) x n_val_scans x
 min(n_train_scans, n_features) multiply-adds per voxel. That is the floor for exact
-per-alpha validation scores. Measured on a quiet 2-core AVX512-BF16 machine, 9 runs
-x 2,816 scans, 25,870 voxels, 9 alphas (``benchmarks/encoding.py``, table in
-``docs/encoding.md``): d = 576: 50 s in ``float32``, 26 s with ``precision="mixed"``,
-12.6 s for the MindTransformer protocol (one inner fold, shared alpha, 16 alphas), at
-1.04x the dense floor; peak resident memory 1.8-2.7x the data (X and Y) up to d = 1,536,
-2.3-3.0x in kernel form (d = 4,096 and 14,336).
+per-alpha validation scores. Measured on a quiet 2-core AVX-512 (AMX) machine, 9 runs
+x 2,816 scans, 25,870 voxels, 9 alphas, float32, with the 1,000 null columns of
+``mtbench run`` (``benchmarks/encoding.py``, table in ``docs/encoding.md``): 36.5 s at
+d = 576, 119 s at 1,536, 176-177 s in kernel form (4,096 and 14,336), 1.16-1.28x the dense
+floor; the MindTransformer protocol (one inner fold, shared alpha, 16 alphas) 5.5, 15.2,
+27.2 and 27.8 s. Peak resident memory 2.0-2.8x the data (X and Y), 3.01x at d = 4,096 with
+alpha per voxel.
 At the shape of the default run (4 runs of 86-90 scans, 16,471 voxels): ~0.4 s per
 call with 9 alphas in ``mixed``.
 
@@ -548,9 +555,22 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
     if any(use_kernel(t) for t in all_sets):
         big = n_total > _FLOAT64_EIGH_MAX
         K = (X @ X.T) if big else (X.to(f64) @ X.to(f64).T)
+    gram_dtype = f32 if n_features > _FLOAT64_EIGH_MAX else f64
     if not all(use_kernel(t) for t in all_sets):
-        big = n_features > _FLOAT64_EIGH_MAX
-        G = [(X[rw].T @ X[rw]) if big else (X[rw].to(f64).T @ X[rw].to(f64)) for rw in rows]
+        G = X.T @ X if gram_dtype == f32 else X.to(f64).T @ X.to(f64)  # X^T X of all runs
+
+    def feature_gram(runs):
+        """X_T^T X_T of the training runs ``runs``: all runs' Gram minus the left-out runs' (made here).
+
+        Only the total is kept: per-run Grams would hold n_runs x n_features^2 (85 MB at d = 1,536),
+        and the left-out runs' cost 2 x n_scans x n_features^2 each, small beside the fold's work.
+        """
+        gram = G.clone()
+        for r in range(n_runs):
+            if r not in runs:
+                x = X[rows[r]].to(gram_dtype)
+                gram.addmm_(x.T, x, alpha=-1)
+        return gram
 
     def train_index(runs):
         return torch.cat([torch.arange(rows[r].start, rows[r].stop, device=dev) for r in runs])
@@ -561,7 +581,7 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
             idx = train_index(runs)
             gram = K[idx][:, idx]
         else:
-            gram = sum(G[r] for r in runs)
+            gram = feature_gram(runs)
         dtype = gram.dtype if gram.shape[0] > _FLOAT64_EIGH_MAX else f64
         s, vecs = torch.linalg.eigh(gram.to(dtype))
         s = s.clamp_min(0)
@@ -805,7 +825,7 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
             idx = train_index(runs)
             gram, left = K[idx][:, idx].to(f64), K[rows[o]][:, idx].to(f64)
         else:
-            gram, left = sum(G[r] for r in runs).to(f64), X[rows[o]].to(f64)
+            gram, left = feature_gram(runs).to(f64), X[rows[o]].to(f64)
         gram.diagonal().add_(alpha)
         chol, info = torch.linalg.cholesky_ex(gram)
         if int(info) == 0:
@@ -847,44 +867,133 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
                         r = torch.where(denom > 0, num / torch.where(denom > 0, denom, 1.0), 0.0)
                         out[other, torch.from_numpy(idx).to(dev), b0:b1] += r
 
-    def sweep_groups(alpha_sets, source, ynorm, out, kept):
-        """``sweep`` over every validated pair fold, the maps made in groups of at most _GROUP_BYTES.
+    def sweep_groups(alpha_sets, source, ynorm, out, kept=None, ready=None, on_swept=None, group_bytes=None):
+        """``sweep`` over every validated pair fold; maps not ``ready`` are made in groups of at most _GROUP_BYTES.
 
-        ``alpha_sets[o]``: alpha indices to validate for outer fold ``o``. The pair folds'
-        eigenbases stay in ``kept`` (pair -> _Fold) while they fit in 2 x _GROUP_BYTES.
+        ``alpha_sets[o]``: alpha indices to validate for outer fold ``o``. ``ready``: (v, o) ->
+        (alpha indices, maps) made earlier (the nomination's, kept): swept as they are, in the
+        group of their pair fold. ``kept`` (pair -> _Fold): eigenbases kept for a later sweep
+        while they fit in 2 x _GROUP_BYTES, and reused from an earlier one. ``on_swept(jobs)``
+        runs after each group is swept.
         """
+        ready = {} if ready is None else ready
         jobs, job_bytes = [], 0
+
+        def flush():
+            sweep(jobs, source, ynorm, out)
+            if on_swept is not None:
+                on_swept(jobs)
+            jobs.clear()
+
         for pair, train, checks in pair_checks:
-            fold = kept.get(pair) or make_fold(train, [v for v, _ in checks])
-            if pair not in kept and sum(_tensor_bytes(t) for t in [fold.proj, *fold.B.values()]) \
-                    + sum(_tensor_bytes(t) for f in kept.values() for t in [f.proj, *f.B.values()]) <= 2 * _GROUP_BYTES:
-                kept[pair] = fold
-            maps = [(v, o, alpha_sets[o], val_maps(fold, v, alpha_sets[o])) for v, o in checks if alpha_sets[o].size]
-            size = sum(_tensor_bytes(m[3]) for m in maps)
-            if jobs and job_bytes + size > _GROUP_BYTES:
-                sweep(jobs, source, ynorm, out)
-                jobs, job_bytes = [], 0
+            maps = [(v, o, *ready[v, o]) for v, o in checks if (v, o) in ready]
+            todo = [(v, o) for v, o in checks if (v, o) not in ready and alpha_sets[o].size]
+            size = 0
+            if todo:
+                fold = (kept or {}).get(pair) or make_fold(train, [v for v, _ in checks])
+                if kept is not None and pair not in kept and _fold_bytes(fold) \
+                        + sum(_fold_bytes(f) for f in kept.values()) <= 2 * _GROUP_BYTES:
+                    kept[pair] = fold
+                made = [(v, o, alpha_sets[o], val_maps(fold, v, alpha_sets[o])) for v, o in todo]
+                size = sum(_tensor_bytes(m[3]) for m in made)
+                if jobs and job_bytes + size > (group_bytes or _GROUP_BYTES):
+                    flush()
+                    job_bytes = 0
+                maps += made
             if maps:
                 jobs.append((train, list(pair), maps))
                 job_bytes += size
         if jobs:
-            sweep(jobs, source, ynorm, out)
+            flush()
+
+    def narrowing_sweep(subset, alpha_sets, ready, val):
+        """Sweep the voxels outside ``subset`` round by round; after each, drop the candidates that
+        every voxel swept so far rules out (the nomination rule on a growing sample).
+
+        Each round is an evenly spaced stride of the remaining voxels, so every prefix of the
+        rounds samples the whole volume. A candidate dropped is never swept again; the ones
+        standing at the end have exact r on every voxel. Modifies ``alpha_sets``, ``ready``
+        (the maps keep the rows of the standing candidates) and ``val`` (n_runs, n_alphas, n_voxels).
+        """
+        rest = np.setdiff1d(np.arange(n_voxels), subset)
+        n_rounds = max(1, -(-rest.size // max(1, _NOMINATION_VOXELS // 2)))
+        swept = [subset]
+        for k in range(n_rounds):
+            cols_k = rest[k::n_rounds]
+            idx_t = torch.from_numpy(cols_k).to(dev)
+            out = torch.zeros((n_runs, n_alphas, cols_k.size), dtype=f32, device=dev)
+            sweep_groups(alpha_sets, Y.index_select(1, idx_t), ynorm_all.index_select(1, idx_t), out, None, ready)
+            val.index_copy_(2, idx_t, out)
+            swept.append(cols_k)
+            if k == n_rounds - 1:
+                break
+            done = torch.from_numpy(np.concatenate(swept)).to(dev)
+            for (v, o), (idx, T) in list(ready.items()):
+                if idx.size < 2:
+                    continue
+                r_done = val[o].index_select(1, done)[torch.from_numpy(idx).to(dev)]  # (len(idx), n_done)
+                keep = np.flatnonzero(_nominated(r_done.cpu().numpy().astype(np.float64)[None] / n_inner,
+                                                 n_voxels)[0])
+                if keep.size < idx.size:
+                    alpha_sets[o] = idx[keep]
+                    ready[v, o] = (idx[keep], T.view(idx.size, -1, T.shape[1])[torch.from_numpy(keep).to(dev)]
+                                   .reshape(-1, T.shape[1]))
 
     def choose_shared():
-        """Per outer fold, the alpha of the best voxel-mean validation r: indices (n_runs,), validation (n_runs, n_voxels)."""
-        kept: dict = {}
+        """Per outer fold, the alpha of the best voxel-mean validation r: indices (n_runs,), validation (n_runs, n_voxels).
+
+        With a voxel subset, every alpha is swept on it first. Where an outer fold is validated
+        by one pair fold only (``inner="first"``), its nomination follows that pair's sweep, and
+        the maps of the nominated alphas are kept (while they fit in 2 x _GROUP_BYTES) for the
+        sweep over every voxel: no map is made twice, and that sweep is one pass over the voxels
+        (one X'Y per voxel chunk). Otherwise (``inner="loro"``) the pair folds' eigenbases are
+        kept instead and the maps are made again.
+        """
         everything = np.arange(n_alphas)
         alpha_sets = {o: everything for o in range(n_runs)}
         subset = _nomination_voxels(n_voxels)
+        checks_of = {}
+        for _, _, checks in pair_checks:
+            for v, o in checks:
+                checks_of[o] = checks_of.get(o, 0) + 1
+        ready: dict = {}
+        # maps kept where they save an X'Y pass over the voxels (feature form) and are made once
+        # (one check per outer fold); kernel-form maps outweigh the eigenbases kept instead
+        keep_maps = all(c == 1 for c in checks_of.values()) and not any(use_kernel(t) for _, t, _ in pair_checks)
+        kept: dict | None = None if keep_maps else {}
         if subset is not None:
             cols = torch.from_numpy(subset).to(dev)
             r_subset = torch.zeros((n_runs, n_alphas, subset.size), dtype=f32, device=dev)
-            sweep_groups(alpha_sets, Y.index_select(1, cols), ynorm_all.index_select(1, cols), r_subset, kept)
+
+            def keep_nominated(jobs):
+                """Keep the nominated alphas' rows of the maps just swept (outer folds with one check)."""
+                for _, _, maps in jobs:
+                    for v, o, idx, T in maps:
+                        if checks_of[o] != 1:
+                            continue
+                        chosen = np.flatnonzero(_nominated(r_subset[o:o + 1].cpu().numpy().astype(np.float64)
+                                                           / n_inner, n_voxels)[0])
+                        rows_t = T.view(len(idx), -1, T.shape[1])[torch.from_numpy(chosen).to(dev)]
+                        held = sum(_tensor_bytes(m) for _, m in ready.values())
+                        if held + _tensor_bytes(rows_t) <= 2 * _GROUP_BYTES:
+                            ready[v, o] = (chosen, rows_t.reshape(-1, T.shape[1]))
+
+            sweep_groups(alpha_sets, Y.index_select(1, cols), ynorm_all.index_select(1, cols), r_subset, kept,
+                         on_swept=keep_nominated if kept is None else None,
+                         group_bytes=_GROUP_BYTES // 2 if kept is None else None)  # room for the kept maps
             nominated = _nominated(r_subset.cpu().numpy().astype(np.float64) / n_inner, n_voxels)
             alpha_sets = {o: np.flatnonzero(nominated[o]) for o in range(n_runs)}
+            ready = {key: value for key, value in ready.items() if np.array_equal(value[0], alpha_sets[key[1]])}
         val = torch.zeros((n_runs, n_alphas, n_voxels), dtype=f32, device=dev)
-        sweep_groups(alpha_sets, Y, ynorm_all, val, kept)
-        kept.clear()
+        if subset is None or any((v, o) not in ready for _, _, checks in pair_checks for v, o in checks
+                                 if alpha_sets[o].size):
+            sweep_groups(alpha_sets, Y, ynorm_all, val, kept, ready)
+        else:  # every map is kept: the candidates can shrink as the voxels are swept
+            val.index_copy_(2, cols, r_subset)
+            narrowing_sweep(subset, alpha_sets, ready, val)
+        ready.clear()
+        if kept is not None:
+            kept.clear()
         val /= n_inner
         mean_r = val.sum(2, dtype=torch.float64).cpu().numpy()
         for o in range(n_runs):
@@ -922,6 +1031,7 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
             ready = None
         val_all /= n_inner
 
+    _release_freed_memory()  # the pair folds' heap goes back before the outer eigenbases are made
     # Outer folds (all runs but the test run o): eigenbasis kept for the refit of every block.
     outer_folds = [make_fold(t, [o]) for t, o in zip(outer_sets, outer)]
     outer_idx = [train_index(f.train) if f.kernel else None for f in outer_folds]
@@ -984,8 +1094,29 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
     return result_of(best_all.cpu().numpy(), validation.cpu().numpy())
 
 
+def _release_freed_memory() -> None:
+    """Return the C heap's free pages to the system (glibc ``malloc_trim``; elsewhere nothing).
+
+    Tensors below glibc's mmap threshold (which rises to 32 MB as large blocks are freed) live
+    on the heap, and what a phase frees stays resident, fragmented, while the next phase
+    allocates anew: the peak is then the sum of the phases instead of the largest one.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _tensor_bytes(t) -> int:
     return t.numel() * t.element_size()
+
+
+def _fold_bytes(f: _Fold) -> int:
+    """Bytes of a fold's eigenbasis and inputs."""
+    return _tensor_bytes(f.proj) + sum(_tensor_bytes(b) for b in f.B.values())
 
 
 def _nomination_voxels(n_voxels: int) -> np.ndarray | None:
