@@ -942,12 +942,15 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
     def choose_shared():
         """Per outer fold, the alpha of the best voxel-mean validation r: indices (n_runs,), validation (n_runs, n_voxels).
 
-        With a voxel subset, every alpha is swept on it first. Where an outer fold is validated
-        by one pair fold only (``inner="first"``), its nomination follows that pair's sweep, and
-        the maps of the nominated alphas are kept (while they fit in 2 x _GROUP_BYTES) for the
-        sweep over every voxel: no map is made twice, and that sweep is one pass over the voxels
-        (one X'Y per voxel chunk). Otherwise (``inner="loro"``) the pair folds' eigenbases are
-        kept instead and the maps are made again.
+        With a voxel subset, every alpha is swept on it first. Where every outer fold is
+        validated by one pair fold only (``inner="first"``) in feature form, a fold's nomination
+        follows its pair's sweep, and the maps of the nominated alphas are kept (while they fit
+        in 2 x _GROUP_BYTES) for the sweep over the other voxels: no map is made twice, that
+        sweep is one pass over the voxels (one X'Y per voxel chunk), and it narrows the
+        candidates round by round (``narrowing_sweep``); maps that did not fit are made again,
+        from a new decomposition, for one sweep of every voxel. Otherwise (``inner="loro"``, or
+        kernel form) the pair folds' eigenbases are kept where they fit, and the maps are made
+        again for one sweep of every voxel.
         """
         everything = np.arange(n_alphas)
         alpha_sets = {o: everything for o in range(n_runs)}
@@ -969,8 +972,6 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
                 """Keep the nominated alphas' rows of the maps just swept (outer folds with one check)."""
                 for _, _, maps in jobs:
                     for v, o, idx, T in maps:
-                        if checks_of[o] != 1:
-                            continue
                         chosen = np.flatnonzero(_nominated(r_subset[o:o + 1].cpu().numpy().astype(np.float64)
                                                            / n_inner, n_voxels)[0])
                         rows_t = T.view(len(idx), -1, T.shape[1])[torch.from_numpy(chosen).to(dev)]

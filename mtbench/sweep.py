@@ -44,7 +44,7 @@ from .paths import atomic_write_bytes
 from .registry import get_registry, split_spec
 
 PLAN_KEYS = ("models", "states", "layers", "datasets", "subjects", "modes", "settings", "dataset_options",
-             "model_options", "executor", "executor_options", "resources", "cache")
+             "model_options", "executor", "executor_options", "resources", "cache", "folds")
 # RunSettings fields a plan may set for all cells ([settings] table)
 SHARED_SETTINGS = ("metric", "alphas", "hrf", "trim_scans", "seed", "backend", "precision", "shared_alpha", "inner")
 RESOURCE_KEYS = ("extract_cpus", "extract_gpus", "fit_cpus", "fit_gpus", "minutes_factor", "extract_feature_gb")
@@ -74,6 +74,9 @@ class Plan:
         Overrides of the derived task resources (``extract_gpus``, ``fit_cpus``...).
     cache : str or None
         Feature cache every task uses (``MTBENCH_CACHE``); must be shared by cluster nodes.
+    folds : bool
+        Write each Mode 1 cell's ``folds.parquet`` (``mtbench run --folds/--no-folds``; no score
+        depends on it, ``mtbench rescore`` needs it).
     """
 
     models: list[str]
@@ -89,6 +92,7 @@ class Plan:
     executor_options: dict = field(default_factory=dict)
     resources: dict = field(default_factory=dict)
     cache: str | None = None
+    folds: bool = True
 
 
 def _as_list(value, key: str) -> list:
@@ -135,6 +139,8 @@ def load_plan(path: Path | None, **overrides) -> Plan:
     if bad:
         raise MtbenchError(f"plan [settings]: {bad[0]!r} cannot be shared by all cells; use one of "
                            f"{', '.join(SHARED_SETTINGS)}")
+    if not isinstance(raw.get("folds", True), bool):
+        raise MtbenchError(f"plan key 'folds' must be true or false, got {raw['folds']!r}")
     bad = sorted(set(raw.get("resources", {})) - set(RESOURCE_KEYS))
     if bad:
         raise MtbenchError(f"plan [resources]: unknown key {bad[0]!r}; known: {', '.join(RESOURCE_KEYS)}")
@@ -385,6 +391,7 @@ class SweepTask:
     wait_for_lock: bool = False
     group: str = ""  # the extraction task a fit reads its features from
     layers_per_pass: int = 0  # extract: layers whose features are held in memory at once (0: all)
+    folds: bool = True  # fit: write folds.parquet
 
     def __call__(self) -> str:
         return execute(self)
@@ -554,7 +561,8 @@ def _extract(task: SweepTask) -> dict:
 def _fit(task: SweepTask) -> dict:
     from .runner import run
 
-    output = run(task.settings, Path(task.results_dir), run_id=task.name, adapter=_adapter(task.settings))
+    output = run(task.settings, Path(task.results_dir), run_id=task.name, adapter=_adapter(task.settings),
+                 folds=task.folds)
     return {"run_dir": output.run_dir.name}
 
 
@@ -670,8 +678,8 @@ def plan_tasks(plan: Plan, results_dir: Path, retry_failed: bool = False):
                                  tuple(group.states), tuple(group.layers), cache, group=group.name,
                                  layers_per_pass=layers_per_pass(group, plan)))
         resources = fit_resources(group, plan)
-        fit += [SweepTask("fit", c.name, str(results_dir), c.settings, resources, cache=cache, group=group.name)
-                for c in todo]
+        fit += [SweepTask("fit", c.name, str(results_dir), c.settings, resources, cache=cache, group=group.name,
+                          folds=plan.folds) for c in todo]
     return groups, status, extract, fit
 
 

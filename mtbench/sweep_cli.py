@@ -38,15 +38,18 @@ def _per_name(names: tuple[str, ...], options: dict) -> dict:
 @click.option("--cache", default=None, help="Feature cache shared by all tasks (default $MTBENCH_CACHE).")
 @click.option("--out", "results_dir", default="mtbench-results", show_default=True, type=click.Path(path_type=Path),
               help="Results directory (shared with `mtbench run` and `mtbench leaderboard`).")
+@click.option("--folds/--no-folds", default=None,
+              help="Write each cell's folds.parquet (default: the plan's `folds`, else yes); "
+                   "`mtbench rescore` needs it, no score depends on it.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (cells, what is done, resources, cost); run nothing.")
 @click.option("--retry-failed", is_flag=True, help="Also rerun the cells whose last attempt failed.")
 def sweep(plan_file, models, states, layers, datasets, subjects, modes, metric, alphas, trim_scans, backend,
-          precision, dataset_options, model_options, executor, executor_options, cache, results_dir, dry_run,
+          precision, dataset_options, model_options, executor, executor_options, cache, results_dir, folds, dry_run,
           retry_failed):
     """Run models x states x layers x datasets x subjects x modes as resumable cells.
 
     PLAN_FILE is a TOML file (keys: models, states, layers, datasets, subjects, modes, [settings],
-    [dataset_options.NAME], [model_options."SPEC"], executor, [executor_options], [resources], cache);
+    [dataset_options.NAME], [model_options."SPEC"], executor, [executor_options], [resources], cache, folds);
     flags override it. Cells with valid results are skipped, so running the same sweep again resumes it.
     """
     from .cli import _options, _parse_alphas, console
@@ -60,7 +63,7 @@ def sweep(plan_file, models, states, layers, datasets, subjects, modes, metric, 
     plan = load_plan(
         plan_file, models=list(models), states=states, layers=layers, datasets=list(datasets),
         subjects=list(subjects), modes=list(modes), settings=settings, executor=executor,
-        executor_options=_options(executor_options, "--executor-option"), cache=cache,
+        executor_options=_options(executor_options, "--executor-option"), cache=cache, folds=folds,
     )
     # options given as flags apply to every dataset / model of the (possibly file-given) plan
     for name in plan.datasets:

@@ -83,6 +83,32 @@ def test_bad_plans_fail_in_one_line(tiny, tmp_path):
         load_plan(tmp_path / "missing.toml")
 
 
+def test_sweep_without_folds_files(tiny, tmp_path, monkeypatch):
+    """`folds = false` in a plan (or `mtbench sweep --no-folds`) reaches every cell's run: no
+    folds.parquet, the manifest says so; the flag overrides the plan; a value that is not a
+    boolean fails in one line."""
+    import json
+
+    root, model = tiny
+    monkeypatch.setenv("MTBENCH_CACHE", str(root / "cache"))
+    plan_file = write_plan(tmp_path / "plan.toml", model, root / "cache", states=("per_head_q_rope",), layers="1",
+                           executor_options={"workers": 0})
+    text = plan_file.read_text()
+    plan_file.write_text("folds = false\n" + text)
+    plan = load_plan(plan_file)
+    assert plan.folds is False and load_plan(plan_file, folds=True).folds is True
+    assert load_plan(plan_file, folds=None).folds is False  # no flag: the plan's value
+    results = tmp_path / "results"
+    assert run_sweep(plan, results).complete
+    (run_dir,) = (results / "runs").iterdir()
+    assert (run_dir / "scores.parquet").exists() and not (run_dir / "folds.parquet").exists()
+    assert json.loads((run_dir / "manifest.json").read_text())["folds_file"] is False
+    bad = tmp_path / "bad.toml"
+    bad.write_text('folds = "no"\n' + text)
+    with pytest.raises(MtbenchError, match="'folds' must be true or false, got 'no'"):
+        load_plan(bad)
+
+
 def test_executors_are_registered_through_the_hook():
     registry = get_registry(reload=True)
     assert {"local", "slurm"} <= set(registry.names("executor"))
