@@ -906,6 +906,14 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
         if jobs:
             flush()
 
+    def standing(r_fold):
+        """Positions of the candidates the nomination rule keeps, from one outer fold's r (n_candidates, n_swept)."""
+        return np.flatnonzero(_nominated(r_fold.cpu().numpy().astype(np.float64)[None] / n_inner, n_voxels)[0])
+
+    def map_rows(T, n_candidates, positions):
+        """The rows of the maps ``T`` (n_candidates * n_v, p) of the candidates at ``positions``."""
+        return T.view(n_candidates, -1, T.shape[1])[torch.from_numpy(positions).to(dev)].reshape(-1, T.shape[1])
+
     def narrowing_sweep(subset, alpha_sets, ready, val):
         """Sweep the voxels outside ``subset`` round by round; after each, drop the candidates that
         every voxel swept so far rules out (the nomination rule on a growing sample).
@@ -931,13 +939,10 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
             for (v, o), (idx, T) in list(ready.items()):
                 if idx.size < 2:
                     continue
-                r_done = val[o].index_select(1, done)[torch.from_numpy(idx).to(dev)]  # (len(idx), n_done)
-                keep = np.flatnonzero(_nominated(r_done.cpu().numpy().astype(np.float64)[None] / n_inner,
-                                                 n_voxels)[0])
+                keep = standing(val[o].index_select(1, done)[torch.from_numpy(idx).to(dev)])
                 if keep.size < idx.size:
                     alpha_sets[o] = idx[keep]
-                    ready[v, o] = (idx[keep], T.view(idx.size, -1, T.shape[1])[torch.from_numpy(keep).to(dev)]
-                                   .reshape(-1, T.shape[1]))
+                    ready[v, o] = (idx[keep], map_rows(T, idx.size, keep))
 
     def choose_shared():
         """Per outer fold, the alpha of the best voxel-mean validation r: indices (n_runs,), validation (n_runs, n_voxels).
@@ -971,13 +976,11 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
             def keep_nominated(jobs):
                 """Keep the nominated alphas' rows of the maps just swept (outer folds with one check)."""
                 for _, _, maps in jobs:
-                    for v, o, idx, T in maps:
-                        chosen = np.flatnonzero(_nominated(r_subset[o:o + 1].cpu().numpy().astype(np.float64)
-                                                           / n_inner, n_voxels)[0])
-                        rows_t = T.view(len(idx), -1, T.shape[1])[torch.from_numpy(chosen).to(dev)]
-                        held = sum(_tensor_bytes(m) for _, m in ready.values())
-                        if held + _tensor_bytes(rows_t) <= 2 * _GROUP_BYTES:
-                            ready[v, o] = (chosen, rows_t.reshape(-1, T.shape[1]))
+                    for v, o, idx, T in maps:  # idx: every alpha
+                        chosen = standing(r_subset[o])
+                        rows_t = map_rows(T, idx.size, chosen)
+                        if sum(_tensor_bytes(m) for _, m in ready.values()) + _tensor_bytes(rows_t) <= 2 * _GROUP_BYTES:
+                            ready[v, o] = (chosen, rows_t)
 
             sweep_groups(alpha_sets, Y.index_select(1, cols), ynorm_all.index_select(1, cols), r_subset, kept,
                          on_swept=keep_nominated if kept is None else None,
