@@ -60,8 +60,9 @@ x 2,816 scans, 25,870 voxels, 9 alphas, float32, with the 1,000 null columns of
 ``mtbench run`` (``benchmarks/encoding.py``, table in ``docs/encoding.md``): 36.5 s at
 d = 576, 119 s at 1,536, 176-177 s in kernel form (4,096 and 14,336), 1.16-1.28x the dense
 floor; the MindTransformer protocol (one inner fold, shared alpha, 16 alphas) 5.5, 15.2,
-27.2 and 27.8 s. Peak resident memory 2.0-2.8x the data (X and Y), 3.01x at d = 4,096 with
-alpha per voxel.
+27.2 and 27.8 s. Peak resident memory 2.0-2.8x the data (X and Y); at d = 4,096 with alpha per
+voxel 3.01x there, 2.90x since the heap is handed back before every refit block (measured on an
+EPYC Zen 4 host, where the same fits take about twice as long: half the GEMM rate).
 At the shape of the default run (4 runs of 86-90 scans, 16,471 voxels): ~0.4 s per
 call with 9 alphas in ``mixed``.
 
