@@ -33,16 +33,18 @@ How the work is shared (this is what makes the fit fast on a CPU):
   equal across voxels): the ridge solution of a training set for one alpha is one linear map,
   so the predictions of a run are ``T @ rhs`` with ``T = B_v (S + a I)^-1 E^T`` (n_v x p,
   made once per fold and alpha) and ``rhs`` the training set's X'Y or targets: no projected
-  targets ``Z`` at all, and the refit is one Cholesky solve per outer fold. The alphas are
+  targets ``Z`` at all, and the refit is one Cholesky solve per outer fold (its test map taken
+  to kernel form, ``T X_T^T`` on the training runs' BOLD, where that costs fewer multiply-adds
+  than the X'Y pass it replaces: from d ~ 1,250 at LPP scale). The alphas are
   first swept on an evenly spaced subset of ``_NOMINATION_VOXELS`` voxels; only those whose
   subset mean r is within ``_NOMINATION_Z`` standard errors of the leader's (9-12 of 16 at
   LPP scale, where the voxel-mean r is flat around its maximum) are then validated on every
   voxel, exactly, in float32, and the best of those is refit. With one validation per outer
   fold (``inner="first"``) in feature form, the nominated alphas' maps are kept from the
   subset sweep (never made twice), all of them are swept over the other voxels in one pass
-  (one X'Y per voxel chunk), and that pass goes in rounds, each an evenly spaced stride of the
-  voxels: after each round the same rule, on every voxel swept so far, drops the candidates
-  that can no longer win (9-12 -> 2-5 by the last round). The choice and the scores are those
+  (one X'Y per voxel chunk), and that pass goes in rounds of 1,024 voxels cut from evenly
+  spaced strides of the voxels: after each round the same rule, on every voxel swept so far,
+  drops the candidates that can no longer win (9-12 -> 2-5 by the last round). The choice and the scores are those
   of the full sweep (tested). Measured at LPP scale (d = 1,536, 25,870 voxels,
   MindTransformer protocol): 41 s instead of 81 s for the full sweep on a 2-core AVX2
   machine; kept maps and rounds then took it from 19.0 to 15.0 s on a 2-core AVX-512 one.
@@ -136,7 +138,10 @@ def on_gpu(backend: str) -> bool:
 # 2,000 x 2,000 matrix costs seconds per fold on 2 cores).
 _FLOAT64_EIGH_MAX = 1024
 # Voxels per block: the validation product of one pair fold, (rows x n_alphas*block) float32,
-# stays under _BLOCK_BYTES (cache-sized, and small beside the data), at most _MAX_BLOCK voxels.
+# stays under _BLOCK_BYTES (cache-sized, and small beside the data), at most _MAX_BLOCK voxels,
+# and is a multiple of _MIN_BLOCK: the products' output width is the block, and widths that are
+# not a multiple of 8 ran 15-35% slower (e.g. 10,016 x 1,536 x 209: 116 GFLOP/s, x 208: 174, on
+# an EPYC Zen 4; the block had been 209 at LPP scale).
 _BLOCK_BYTES = 8 * 2**20
 _MAX_BLOCK = 512
 _MIN_BLOCK = 64
@@ -688,7 +693,6 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
     # chunk of blocks, each pair fold's per-alpha scaled inputs are made once, and the outer folds
     # are refit; the chunk's X'Y products and refit temporaries stay under _CHUNK_BYTES.
     widest = max([sum(min(sizes[v], n_train(t)) for v, _ in checks) for _, t, checks in pair_checks] + [1])
-    # a multiple of _MIN_BLOCK: odd widths slow the products by 10-30% (EPYC Zen 4, see _MIN_BLOCK)
     block = int(min(n_voxels, max(_MIN_BLOCK, min(_MAX_BLOCK, _BLOCK_BYTES // (4 * widest * n_alphas))
                                   // _MIN_BLOCK * _MIN_BLOCK)))
     # per voxel of a chunk: the runs' X'Y (feature form) and the refit's targets, z, 1 / (s + alpha), z w
@@ -928,23 +932,27 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
         """Sweep the voxels outside ``subset`` round by round; after each, drop the candidates that
         every voxel swept so far rules out (the nomination rule on a growing sample).
 
-        Each round is an evenly spaced stride of the remaining voxels, so every prefix of the
-        rounds samples the whole volume. A candidate dropped is never swept again; the ones
-        standing at the end have exact r on every voxel. Modifies ``alpha_sets``, ``ready``
-        (the maps keep the rows of the standing candidates) and ``val`` (n_runs, n_alphas, n_voxels).
+        The remaining voxels are laid out stride after stride (each an evenly spaced sample of
+        the volume) and cut in rounds of _NOMINATION_VOXELS / 2 (a multiple of the block: odd
+        product widths are slow), so every prefix of the rounds samples the whole volume. A
+        candidate dropped is never swept again; the ones standing at the end have exact r on
+        every voxel. Only the (v, o) in ``ready`` are swept. Modifies ``alpha_sets``, ``ready``
+        (the maps keep the rows of the standing candidates) and ``val`` (n_runs, n_alphas,
+        n_voxels; zero outside ``subset`` for those outer folds).
         """
+        sets = {o: np.empty(0, dtype=np.int64) for o in range(n_runs)}
+        sets.update({o: idx for (_, o), (idx, _) in ready.items()})
         rest = np.setdiff1d(np.arange(n_voxels), subset)
         width = max(1, _NOMINATION_VOXELS // 2)
         n_rounds = max(1, -(-rest.size // width))
-        # the strides one after another, cut in rounds of `width` voxels (a multiple of _MIN_BLOCK)
         order = np.concatenate([rest[k::n_rounds] for k in range(n_rounds)])
         swept = [subset]
         for k in range(n_rounds):
             cols_k = order[k * width:(k + 1) * width]
             idx_t = torch.from_numpy(cols_k).to(dev)
             out = torch.zeros((n_runs, n_alphas, cols_k.size), dtype=f32, device=dev)
-            sweep_groups(alpha_sets, Y.index_select(1, idx_t), ynorm_all.index_select(1, idx_t), out, None, ready)
-            val.index_copy_(2, idx_t, out)
+            sweep_groups(sets, Y.index_select(1, idx_t), ynorm_all.index_select(1, idx_t), out, None, ready)
+            val.index_add_(2, idx_t, out)  # zeros for the outer folds not in `ready`
             swept.append(cols_k)
             if k == n_rounds - 1:
                 break
@@ -954,21 +962,38 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
                     continue
                 keep = standing(val[o].index_select(1, done)[torch.from_numpy(idx).to(dev)])
                 if keep.size < idx.size:
-                    alpha_sets[o] = idx[keep]
+                    alpha_sets[o] = sets[o] = idx[keep]
                     ready[v, o] = (idx[keep], map_rows(T, idx.size, keep))
+
+    def map_groups(pending, alpha_sets):
+        """The maps of the (v, o) of ``pending`` [(pair training runs, [(v, o)])], made from a new
+        decomposition, in groups of at most 2 x _GROUP_BYTES: dicts (v, o) -> (alpha indices, maps)."""
+        group, size = {}, 0
+        for train, todo in pending:
+            p = n_train(train) if use_kernel(train) else n_features
+            need = sum(4 * alpha_sets[o].size * sizes[v] * p for v, o in todo)
+            if group and size + need > 2 * _GROUP_BYTES:
+                yield group
+                group, size = {}, 0
+            fold = make_fold(train, [v for v, _ in todo])
+            group.update({(v, o): (alpha_sets[o], val_maps(fold, v, alpha_sets[o])) for v, o in todo})
+            size += need
+        if group:
+            yield group
 
     def choose_shared():
         """Per outer fold, the alpha of the best voxel-mean validation r: indices (n_runs,), validation (n_runs, n_voxels).
 
         With a voxel subset, every alpha is swept on it first. Where every outer fold is
-        validated by one pair fold only (``inner="first"``) in feature form, a fold's nomination
-        follows its pair's sweep, and the maps of the nominated alphas are kept (while they fit
-        in 2 x _GROUP_BYTES) for the sweep over the other voxels: no map is made twice, that
-        sweep is one pass over the voxels (one X'Y per voxel chunk), and it narrows the
-        candidates round by round (``narrowing_sweep``); maps that did not fit are made again,
-        from a new decomposition, for one sweep of every voxel. Otherwise (``inner="loro"``, or
-        kernel form) the pair folds' eigenbases are kept where they fit, and the maps are made
-        again for one sweep of every voxel.
+        validated by one pair fold only (``inner="first"``), a fold's nomination follows its
+        pair's sweep, and the maps of the nominated alphas are kept (while they fit in
+        2 x _GROUP_BYTES) for the sweep over the other voxels, which narrows the candidates
+        round by round (``narrowing_sweep``): in feature form all of them fit at LPP scale, and
+        that sweep is one pass over the voxels (one X'Y per voxel chunk). The maps that did not
+        fit (kernel form: n_v x n_train per alpha) are made again, from a new decomposition, in
+        groups of at most 2 x _GROUP_BYTES, each group narrowed over the voxels in turn.
+        Otherwise (``inner="loro"``) the pair folds' eigenbases are kept where they fit, and the
+        maps are made again for one sweep of every voxel.
         """
         everything = np.arange(n_alphas)
         alpha_sets = {o: everything for o in range(n_runs)}
@@ -978,9 +1003,8 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
             for v, o in checks:
                 checks_of[o] = checks_of.get(o, 0) + 1
         ready: dict = {}
-        # maps kept where they save an X'Y pass over the voxels (feature form) and are made once
-        # (one check per outer fold); kernel-form maps outweigh the eigenbases kept instead
-        keep_maps = all(c == 1 for c in checks_of.values()) and not any(use_kernel(t) for _, t, _ in pair_checks)
+        # maps kept (one check per outer fold: each map is swept for one fold's narrowing)
+        keep_maps = all(c == 1 for c in checks_of.values())
         kept: dict | None = None if keep_maps else {}
         if subset is not None:
             cols = torch.from_numpy(subset).to(dev)
@@ -1002,12 +1026,17 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
             alpha_sets = {o: np.flatnonzero(nominated[o]) for o in range(n_runs)}
             ready = {key: value for key, value in ready.items() if np.array_equal(value[0], alpha_sets[key[1]])}
         val = torch.zeros((n_runs, n_alphas, n_voxels), dtype=f32, device=dev)
-        if subset is None or any((v, o) not in ready for _, _, checks in pair_checks for v, o in checks
-                                 if alpha_sets[o].size):
+        if subset is None or not keep_maps:
             sweep_groups(alpha_sets, Y, ynorm_all, val, kept, ready)
-        else:  # every map is kept: the candidates can shrink as the voxels are swept
+        else:  # the candidates shrink as the voxels are swept: the kept maps first, then the others
             val.index_copy_(2, cols, r_subset)
+            pending = [(train, [(v, o) for v, o in checks if (v, o) not in ready and alpha_sets[o].size])
+                       for _, train, checks in pair_checks]
             narrowing_sweep(subset, alpha_sets, ready, val)
+            ready.clear()
+            for group in map_groups([p for p in pending if p[1]], alpha_sets):
+                narrowing_sweep(subset, alpha_sets, group, val)
+                group.clear()
         ready.clear()
         if kept is not None:
             kept.clear()
