@@ -1034,9 +1034,11 @@ def _fit_torch(xs, ys, alpha_grid, score, shared_alpha, device, precision="float
                        for _, train, checks in pair_checks]
             narrowing_sweep(subset, alpha_sets, ready, val)
             ready.clear()
+            _release_freed_memory()  # the kept maps' heap goes back before the next group is made
             for group in map_groups([p for p in pending if p[1]], alpha_sets):
                 narrowing_sweep(subset, alpha_sets, group, val)
                 group.clear()
+                _release_freed_memory()
         ready.clear()
         if kept is not None:
             kept.clear()
