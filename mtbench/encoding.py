@@ -64,7 +64,9 @@ d = 576, 119 s at 1,536, 176-177 s in kernel form (4,096 and 14,336), 1.16-1.28x
 floor; the MindTransformer protocol (one inner fold, shared alpha, 16 alphas) 5.5, 15.2,
 27.2 and 27.8 s. Peak resident memory 2.0-2.8x the data (X and Y); at d = 4,096 with alpha per
 voxel 3.01x there, 2.90x since the heap is handed back before every refit block (measured on an
-EPYC Zen 4 host, where the same fits take about twice as long: half the GEMM rate).
+EPYC Zen 4 host, where the GEMM runs at half the rate). On that host, with the product widths a
+multiple of 64 and the shared-alpha refit and narrowing in kernel form (2026-12-06): 56.3, 170.6,
+271.1 and 282.1 s; the MindTransformer protocol 7.3, 20.9, 32.1 and 35.8 s; 1.87-2.72x the data.
 At the shape of the default run (4 runs of 86-90 scans, 16,471 voxels): ~0.4 s per
 call with 9 alphas in ``mixed``.
 
