@@ -44,10 +44,13 @@ How the work is shared (this is what makes the fit fast on a CPU):
   subset sweep (never made twice), all of them are swept over the other voxels in one pass
   (one X'Y per voxel chunk), and that pass goes in rounds of 1,024 voxels cut from evenly
   spaced strides of the voxels: after each round the same rule, on every voxel swept so far,
-  drops the candidates that can no longer win (9-12 -> 2-5 by the last round). The choice and the scores are those
-  of the full sweep (tested). Measured at LPP scale (d = 1,536, 25,870 voxels,
-  MindTransformer protocol): 41 s instead of 81 s for the full sweep on a 2-core AVX2
-  machine; kept maps and rounds then took it from 19.0 to 15.0 s on a 2-core AVX-512 one.
+  drops the candidates that can no longer win (9-12 -> 2-5 by the last round). In kernel form
+  (n_v x n_train per map), the maps that do not fit beside the kept ones are made again in
+  groups, each narrowed in turn. The choice and the scores are those of the full sweep
+  (tested). Measured at LPP scale (d = 1,536, 25,870 voxels, MindTransformer protocol): 41 s
+  instead of 81 s for the full sweep on a 2-core AVX2 machine; kept maps and rounds then took
+  it from 19.0 to 15.0 s on a 2-core AVX-512 one; in kernel form, d = 4,096 went from 40 to
+  29-32 s on an EPYC Zen 4.
 - One pass over chunks of voxels (alpha per voxel): validate, choose the alpha and refit
   every outer fold for the chunk, then the next chunk. Nothing of size
   n_alphas x n_scans x n_voxels exists, and the held-out predictions go chunk by chunk
