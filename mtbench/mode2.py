@@ -625,7 +625,8 @@ def banded_ridge(
     from himalaya.kernel_ridge import MultipleKernelRidgeCV
     from himalaya.scoring import correlation_score, correlation_score_split
 
-    from .encoding import _FLOAT64_EIGH_MAX, _checked_score, _first_validation_run, _validate, on_gpu, pearson_r
+    from .eigen_ridge import _FLOAT64_EIGH_MAX
+    from .encoding import _checked_score, _first_validation_run, _validate, on_gpu, pearson_r
 
     xs, ys, alpha_grid = _validate(x_runs, y_runs, alphas)
     n_runs, n_voxels = len(xs), ys[0].shape[1]

@@ -84,9 +84,9 @@ def test_matches_reference(n_features, shared_alpha):
 
 def test_float32_decompositions_match_reference(monkeypatch):
     """Large eigenproblems (> 1,024) are solved in float32: exercise that path on small data."""
-    import mtbench.encoding as enc
+    import mtbench.eigen_ridge as engine
 
-    monkeypatch.setattr(enc, "_FLOAT64_EIGH_MAX", 0)
+    monkeypatch.setattr(engine, "_FLOAT64_EIGH_MAX", 0)
     rng = np.random.default_rng(12)
     for n_features in (20, 100):
         xs, ys = _random_data(rng, n_features=n_features)
@@ -218,18 +218,18 @@ def test_refit_alphas_must_come_from_the_grid():
 def test_voxel_blocks_agree(monkeypatch, max_block, shared_alpha, n_features, group_bytes):
     """Small voxel blocks (the last one partial), and pair folds made one group at a time over all
     voxels, give the same numbers as one block of all voxels with every fold at once."""
-    import mtbench.encoding as enc
+    import mtbench.eigen_ridge as engine
 
     rng = np.random.default_rng(5)
     xs, ys = _random_data(rng, n_features=n_features, n_voxels=700)
-    monkeypatch.setattr(enc, "_MAX_BLOCK", 10_000)
-    monkeypatch.setattr(enc, "_BLOCK_BYTES", 2**40)
+    monkeypatch.setattr(engine, "_MAX_BLOCK", 10_000)
+    monkeypatch.setattr(engine, "_BLOCK_BYTES", 2**40)
     whole = fit_nested_loro(xs, ys, ALPHAS, precision="float32", shared_alpha=shared_alpha, return_predictions=True)
-    monkeypatch.setattr(enc, "_MAX_BLOCK", max_block)
-    monkeypatch.setattr(enc, "_BLOCK_BYTES", 1)  # -> the smallest block allowed
-    monkeypatch.setattr(enc, "_MIN_BLOCK", max_block)
-    monkeypatch.setattr(enc, "_CHUNK_BYTES", 1)  # feature form: chunks of one block (X'Y made per block)
-    monkeypatch.setattr(enc, "_GROUP_BYTES", group_bytes)
+    monkeypatch.setattr(engine, "_MAX_BLOCK", max_block)
+    monkeypatch.setattr(engine, "_BLOCK_BYTES", 1)  # -> the smallest block allowed
+    monkeypatch.setattr(engine, "_MIN_BLOCK", max_block)
+    monkeypatch.setattr(engine, "_CHUNK_BYTES", 1)  # feature form: chunks of one block (X'Y made per block)
+    monkeypatch.setattr(engine, "_GROUP_BYTES", group_bytes)
     blocked = fit_nested_loro(xs, ys, ALPHAS, precision="float32", shared_alpha=shared_alpha,
                               return_predictions=True)
     np.testing.assert_allclose(blocked.test_per_run, whole.test_per_run, atol=1e-6)
@@ -248,9 +248,9 @@ def test_shared_alpha_nomination_gives_the_full_sweeps_choice(monkeypatch, n_fea
     chooses what the exact sweep of every alpha on every voxel chooses, with the same scores:
     whether the nomination's maps are kept for that sweep (inner="first", room for them) or made
     again (fold by fold, nothing kept), in feature and in kernel form."""
-    import mtbench.encoding as enc
+    import mtbench.eigen_ridge as engine
 
-    monkeypatch.setattr(enc, "_GROUP_BYTES", group_bytes)
+    monkeypatch.setattr(engine, "_GROUP_BYTES", group_bytes)
 
     rng = np.random.default_rng(13 + n_features)
     xs, ys = _random_data(rng, n_runs=5, n_scans=60, n_features=n_features, n_voxels=1600, snr=1.0)
@@ -260,13 +260,13 @@ def test_shared_alpha_nomination_gives_the_full_sweeps_choice(monkeypatch, n_fea
     eighs = []
     real_eigh = torch.linalg.eigh
     monkeypatch.setattr(torch.linalg, "eigh", lambda a: eighs.append(a.shape) or real_eigh(a))
-    monkeypatch.setattr(enc, "_NOMINATION_VOXELS", 10**9)  # no subset: every alpha on every voxel
+    monkeypatch.setattr(engine, "_NOMINATION_VOXELS", 10**9)  # no subset: every alpha on every voxel
     full = fit_nested_loro(xs, ys, alphas, shared_alpha=True, inner=inner, return_predictions=True)
     n_full = len(eighs)
     nominated = []
-    real = enc._nominated
-    monkeypatch.setattr(enc, "_nominated", lambda r, n: nominated.append(real(r, n)) or nominated[-1])
-    monkeypatch.setattr(enc, "_NOMINATION_VOXELS", 400)
+    real = engine._nominated
+    monkeypatch.setattr(engine, "_nominated", lambda r, n: nominated.append(real(r, n)) or nominated[-1])
+    monkeypatch.setattr(engine, "_NOMINATION_VOXELS", 400)
     fast = fit_nested_loro(xs, ys, alphas, shared_alpha=True, inner=inner, return_predictions=True)
     # with room, nothing is decomposed twice (kept maps, or kept eigenbases); without, pair folds are
     if group_bytes > 1:
@@ -296,7 +296,7 @@ def test_shared_alpha_nomination_gives_the_full_sweeps_choice(monkeypatch, n_fea
 def test_nominated_keeps_what_the_subset_cannot_rule_out():
     """Leader kept; a challenger within noise kept; a clearly worse alpha dropped; with every voxel in
     the subset (no sampling error) only the leader and exact copies of it stay."""
-    from mtbench.encoding import _nominated
+    from mtbench.eigen_ridge import _nominated
 
     rng = np.random.default_rng(0)
     base = rng.normal(0.2, 0.1, 500)
