@@ -9,7 +9,8 @@ default planted truth, SmolLM2-135M) unless ``--sim`` already holds one, runs th
 
 With ``--work DIR`` the simulation and the results live in DIR instead of a temporary folder,
 so the same command resumes an interrupted run from its checkpoints (the full run,
-``--states all --layers all``, takes ~2 h 25 min on a quiet 2-core machine)::
+``--states all --layers all``, takes ~2 h 25 min on a quiet 2-core AMX machine, ~4.8 h on a 2-core
+EPYC Zen 4)::
 
     python benchmarks/lpp_sim_run.py --states all --layers all --work /work/lpp
 
