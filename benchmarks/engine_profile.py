@@ -29,7 +29,7 @@ from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# benchmarks/ is on sys.path when this runs as a script
 from encoding import LPP_VOXELS, MT_ALPHAS, MTBENCH_ALPHAS, load_runs, make_data  # noqa: E402
 
 # Bookkeeping too small to time (called thousands of times, microseconds each).

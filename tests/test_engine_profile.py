@@ -9,25 +9,19 @@ import numpy as np
 import pytest
 
 from mtbench.encoding import fit_nested_loro
+from test_encoding import _random_data
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.fixture(scope="module")
-def profile():
+@pytest.fixture
+def profile(monkeypatch):
+    """The script as a module, with benchmarks/ on sys.path as when it runs (for the test only)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location("engine_profile", BENCHMARKS / "engine_profile.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _runs(rng, n_runs=5, n_scans=60, n_features=40, n_voxels=1600):
-    latent = rng.standard_normal((n_runs * n_scans, 4))
-    x = latent @ rng.standard_normal((4, n_features)) + rng.standard_normal((n_runs * n_scans, n_features))
-    y = latent @ rng.standard_normal((4, n_voxels)) + 2 * rng.standard_normal((n_runs * n_scans, n_voxels))
-    edges = range(0, n_runs * n_scans + 1, n_scans)
-    zs = lambda a: ((a - a.mean(0)) / a.std(0)).astype(np.float32)  # noqa: E731
-    return [zs(x[a:b]) for a, b in zip(edges, edges[1:])], [zs(y[a:b]) for a, b in zip(edges, edges[1:])]
 
 
 def test_step_clock_accounts_for_the_fit_and_changes_nothing(monkeypatch, profile):
@@ -40,7 +34,7 @@ def test_step_clock_accounts_for_the_fit_and_changes_nothing(monkeypatch, profil
 
     monkeypatch.setattr(engine, "_NOMINATION_VOXELS", 400)
     monkeypatch.setattr(engine, "_GROUP_BYTES", 1)  # nothing kept: map_groups makes the maps again
-    xs, ys = _runs(np.random.default_rng(3))
+    xs, ys = _random_data(np.random.default_rng(3), n_runs=5, n_scans=60, n_features=40, n_voxels=1600, snr=1.0)
     alphas = np.logspace(-1, 5, 13)
     plain = fit_nested_loro(xs, ys, alphas, shared_alpha=True, inner="first")
     originals = dict(vars(engine.EigenRidge)), torch.linalg.eigh, torch.linalg.cholesky_ex
