@@ -68,7 +68,13 @@ class FitCheckpoint:
 
     def save(self, name: str, arrays: dict[str, np.ndarray]) -> None:
         """Write fit ``name``'s arrays atomically (readers see all of them or none)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        for attempt in range(3):
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                break
+            except FileNotFoundError:  # another run removed the empty checkpoints/ between our two mkdirs
+                if attempt == 2:
+                    raise
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         atomic_write_bytes(self._path(name), buffer.getvalue())
@@ -76,6 +82,7 @@ class FitCheckpoint:
     def remove(self) -> None:
         """Delete the checkpoint (the run's results are written)."""
         shutil.rmtree(self.folder, ignore_errors=True)
-        parent = self.folder.parent
-        if parent.exists() and not any(parent.iterdir()):
-            parent.rmdir()
+        try:  # checkpoints/ goes too when no other run keeps one there; rmdir checks that atomically
+            self.folder.parent.rmdir()
+        except OSError:  # not empty (a concurrent run's checkpoint), or already gone
+            pass

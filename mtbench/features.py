@@ -13,6 +13,9 @@ preallocated files under ``partial-<dtype>-<hash of the requested keys>/`` (one 
 rows it counts) says how many words of each run are done. The files are renamed to their
 final names when every run is done. An interrupted extraction (crash, Ctrl-C) rerun with
 the same request resumes after the last recorded word; nothing before it is recomputed.
+Extraction into one folder holds ``extract.lock`` (an ``fcntl`` lock, released by the kernel
+if the process dies): a second process asking for the same features (two runs, or sweep
+cells on a cold cache) waits, then reads what the first wrote instead of extracting again.
 Adapters that have an ``extract_stream`` method (the Hugging Face adapter) stream window
 by window, so memory stays at one window's words; others are extracted in one call.
 """
@@ -30,11 +33,12 @@ import numpy as np
 
 from .api import ModelAdapter, Stimulus
 from .errors import MtbenchError
-from .paths import atomic_write_bytes, cache_dir
+from .paths import atomic_write_bytes, cache_dir, exclusive_lock
 
 FeatureSet = dict[tuple[int, str], list[np.ndarray]]
 CACHE_DTYPES = ("float16", "float32")
 _PROGRESS = "progress.json"
+_LOCK = "extract.lock"
 
 
 def _cache_folder(adapter: ModelAdapter, stimulus: Stimulus) -> Path:
@@ -212,10 +216,15 @@ def word_features(
     files = {key: _file(folder, *key, dtype) for key in wanted}
     missing = [key for key in wanted if not _complete(files[key], bounds[-1])]
     if missing:
-        _extract_to_disk(adapter, stimulus, missing, folder, files, run_lengths, dtype, progress)
-        index = {"model": adapter.name, "revision": adapter.revision, "settings": adapter.settings(),
-                 "stimulus": stimulus.fingerprint(), "run_lengths": run_lengths}
-        atomic_write_bytes(folder / "index.json", json.dumps(index, indent=1, default=str).encode())
+        # one extraction per cache folder at a time: two processes would write (and restart,
+        # wiping) the same partial folder; the one that waited then finds its keys done
+        with exclusive_lock(folder / _LOCK):
+            missing = [key for key in missing if not _complete(files[key], bounds[-1])]
+            if missing:
+                _extract_to_disk(adapter, stimulus, missing, folder, files, run_lengths, dtype, progress)
+                index = {"model": adapter.name, "revision": adapter.revision, "settings": adapter.settings(),
+                         "stimulus": stimulus.fingerprint(), "run_lengths": run_lengths}
+                atomic_write_bytes(folder / "index.json", json.dumps(index, indent=1, default=str).encode())
     return CachedFeatures(files, bounds)
 
 

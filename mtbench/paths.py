@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -26,3 +30,38 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+@contextmanager
+def exclusive_lock(path: Path, wait: bool = True, owner: str = "") -> Iterator[bool]:
+    """Hold an exclusive ``fcntl`` lock on the file ``path`` (created if missing).
+
+    The kernel releases the lock when its process dies (Ctrl-C, a killed job), so a crash
+    never leaves it held. While held, the file names its holder (host, pid, ``owner``).
+
+    Parameters
+    ----------
+    path : Path
+    wait : bool
+        Block until the lock is free; when False, yield False at once if another holds it.
+    owner : str
+        Appended to the holder line (e.g. a cluster job id).
+
+    Yields
+    ------
+    bool
+        True when this process holds the lock.
+    """
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            acquired = False
+        else:
+            acquired = True
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{socket.gethostname()} {os.getpid()} {owner}\n".encode())
+        yield acquired
+    finally:
+        os.close(fd)  # releases the lock

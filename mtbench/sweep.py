@@ -25,7 +25,6 @@ sweeps on one results directory never compute a cell twice nor corrupt one.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
@@ -40,7 +39,7 @@ from pathlib import Path
 
 from .api import RunSettings, TaskResources
 from .errors import MtbenchError
-from .paths import atomic_write_bytes
+from .paths import atomic_write_bytes, exclusive_lock
 from .registry import get_registry, split_spec
 
 PLAN_KEYS = ("models", "states", "layers", "datasets", "subjects", "modes", "settings", "dataset_options",
@@ -433,24 +432,6 @@ def read_events(path: Path) -> list[dict]:
     return events
 
 
-@contextmanager
-def task_lock(path: Path, wait: bool):
-    """Hold an exclusive fcntl lock on ``path``; yields False when busy and ``wait`` is False."""
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            acquired = False
-        else:
-            acquired = True
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{socket.gethostname()} {os.getpid()} {_job_id() or ''}\n".encode())
-        yield acquired
-    finally:
-        os.close(fd)  # releases the lock
-
-
 def result_is_valid(results_dir: Path, cell_name: str, settings: RunSettings) -> bool:
     """True when ``runs/<cell>/`` is a complete run of these settings (manifest + readable scores)."""
     import pyarrow.parquet as pq
@@ -521,7 +502,7 @@ def _cache_env(cache: str | None):
 
 def _execute(task: SweepTask) -> str:
     files = task_files(Path(task.results_dir), task.kind, task.name)
-    with task_lock(files["lock"], task.wait_for_lock) as acquired:
+    with exclusive_lock(files["lock"], task.wait_for_lock, owner=_job_id() or "") as acquired:
         if not acquired:
             return "busy"
         if task.kind == "fit" and result_is_valid(Path(task.results_dir), task.name, task.settings):

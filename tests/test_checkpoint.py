@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,4 +76,35 @@ def test_fingerprint_covers_the_data_and_a_truncated_fit_is_refitted(tmp_path):
     path.write_bytes(path.read_bytes()[:20])  # e.g. a disk that filled up mid-write elsewhere
     assert checkpoint.load("L1-x") is None and not path.exists()
     checkpoint.remove()
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def _save_and_remove(root: str, key: str, start, report) -> None:
+    """One run's checkpoint life, many times over: save a fit, then remove (results written)."""
+    errors = []
+    start.wait()
+    for _ in range(300):
+        checkpoint = FitCheckpoint(Path(root), key)
+        try:
+            checkpoint.save("L1-x", {"test": np.zeros(3)})
+            checkpoint.remove()
+        except OSError as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+    report.put((key, errors))
+
+
+def test_concurrent_runs_save_and_remove_their_checkpoints_without_errors(tmp_path):
+    """Two runs sharing a results folder (a sweep's cells) each end by removing ``checkpoints/``
+    when it looks empty; the other may be creating its own folder in it at that moment. Neither
+    may fail for it (a finished cell was reported failed, or a fit crashed, before this was fixed)."""
+    context = multiprocessing.get_context("spawn")
+    start, report = context.Barrier(2), context.Queue()
+    workers = [context.Process(target=_save_and_remove, args=(str(tmp_path), key, start, report))
+               for key in ("a", "b")]
+    for worker in workers:
+        worker.start()
+    outcome = dict(report.get(timeout=120) for _ in workers)
+    for worker in workers:
+        worker.join(timeout=30)
+    assert outcome == {"a": [], "b": []}, {k: (len(v), v[:2]) for k, v in outcome.items()}
     assert not (tmp_path / "checkpoints").exists()

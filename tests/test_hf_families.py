@@ -289,6 +289,39 @@ def test_chunked_gguf_conversion_is_reused_while_the_chunks_are_unchanged(monkey
     assert not list((tmp_path / "cache" / "models").glob(".chunked-v2*"))  # nothing half-written left
 
 
+
+def test_a_conversion_asked_for_twice_at_once_runs_once(monkeypatch, tmp_path):
+    """Two loads of an unconverted GGUF at once (two runs): the second waits, then reuses the folder."""
+    import threading
+    import time
+
+    from mtbench_plugins.models import hf
+
+    monkeypatch.setenv("MTBENCH_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"not really a gguf")
+    calls = []
+
+    def slow_convert(parts, stats, target, expected_sha256):
+        calls.append(threading.get_ident())
+        time.sleep(0.5)  # the other thread asks meanwhile
+        tmp = target.with_name(f".{target.name}.{threading.get_ident()}.tmp")
+        tmp.mkdir()
+        hf._write_stamp(tmp, parts, stats, "converted")
+        tmp.rename(target)
+        return target, "converted"
+
+    monkeypatch.setattr(hf, "_convert", slow_convert)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(hf.convert_gguf([gguf], "twice-v1")))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    target = tmp_path / "cache" / "models" / "twice-v1"
+    assert len(calls) == 1 and results == [(target, "converted")] * 2
+
 # --------------------------------------------------------------------------- real model
 @pytest.mark.slow
 def test_gemma3_270m_states_satisfy_the_block_equations():

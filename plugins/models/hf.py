@@ -63,7 +63,7 @@ from transformers.masking_utils import eager_mask, sdpa_mask
 
 from mtbench.api import Stimulus
 from mtbench.errors import MtbenchError, unknown_name_error
-from mtbench.paths import cache_dir
+from mtbench.paths import cache_dir, exclusive_lock
 
 # --------------------------------------------------------------------------- hook maps
 # Where a state is read, relative to one decoder block:
@@ -1104,7 +1104,8 @@ def convert_gguf(parts: Sequence[Path], conversion: str, expected_sha256: str | 
     a temporary name and renamed, so a crash never leaves a half-written model. A stamp
     records the size and mtime of the source file(s): while they are unchanged, the folder
     is reused without reading the GGUF; if they changed (reinstall), it is reused when the
-    content hash is still the same.
+    content hash is still the same. Conversions hold ``models/<conversion>.lock``: a second
+    process asking meanwhile waits for the first, then reuses its folder.
 
     Parameters
     ----------
@@ -1125,20 +1126,34 @@ def convert_gguf(parts: Sequence[Path], conversion: str, expected_sha256: str | 
     parts = [Path(p) for p in parts]
     stats = [[p.stat().st_size, p.stat().st_mtime_ns] for p in parts]
     target = cache_dir("models") / conversion
-    stamp = target / _STAMP
-    if stamp.is_file():
-        try:
-            info = json.loads(stamp.read_text())
-        except (OSError, ValueError):
-            info = {}
-        recorded = info.get("parts") or [[info.get("size"), info.get("mtime_ns")]]  # v1 stamps: one file
-        if recorded == stats and info.get("sha256"):
-            return target, info["sha256"]
-        # the GGUF changed on disk (reinstall): reuse only if the content is the same
-        if info.get("sha256") == _sha256(*parts):
-            _write_stamp(target, parts, stats, info["sha256"])
-            return target, info["sha256"]
+    digest = _converted_digest(target, parts, stats)
+    if digest:
+        return target, digest
+    # one conversion at a time: a second process would take as long and as much memory, and
+    # could move a folder aside while the first loads it; it waits, then reuses the result
+    with exclusive_lock(target.with_name(f"{target.name}.lock")):
+        digest = _converted_digest(target, parts, stats)
+        return (target, digest) if digest else _convert(parts, stats, target, expected_sha256)
 
+
+def _converted_digest(target: Path, parts: Sequence[Path], stats: list) -> str | None:
+    """sha256 of the GGUF that ``target`` was converted from, when it is still that GGUF; else None."""
+    try:
+        info = json.loads((target / _STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+    recorded = info.get("parts") or [[info.get("size"), info.get("mtime_ns")]]  # v1 stamps: one file
+    if recorded == stats and info.get("sha256"):
+        return info["sha256"]
+    # the GGUF changed on disk (reinstall): reuse only if the content is the same
+    if info.get("sha256") and info["sha256"] == _sha256(*parts):
+        _write_stamp(target, parts, stats, info["sha256"])
+        return info["sha256"]
+    return None
+
+
+def _convert(parts: Sequence[Path], stats: list, target: Path, expected_sha256: str | None) -> tuple[Path, str]:
+    """Dequantise the GGUF ``parts`` into the HF folder ``target`` (see :func:`convert_gguf`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
@@ -1180,7 +1195,7 @@ def convert_gguf(parts: Sequence[Path], conversion: str, expected_sha256: str | 
         shutil.rmtree(old, ignore_errors=True)
     try:
         os.rename(tmp, target)
-    except OSError:  # another process finished first; its folder is as good as ours
+    except OSError:  # a process without the lock (an older mtbench) finished first; its folder is as good
         shutil.rmtree(tmp, ignore_errors=True)
     return target, digest
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,7 @@ def write_prepared(prepared: Path, mask: np.ndarray, affine: np.ndarray, parcels
 
     prepared.mkdir(parents=True, exist_ok=True)
     img = nib.Nifti1Image(mask.astype(np.uint8), affine)
-    tmp = prepared / ".mask.nii.gz.tmp.nii.gz"
+    tmp = prepared / f".mask.{os.getpid()}.tmp.nii.gz"  # per process: two may prepare at once
     nib.save(img, tmp)
     tmp.replace(prepared / "mask.nii.gz")
     atomic_write_bytes(prepared / "parcels.npy", _npy_bytes(np.asarray(parcels, dtype=np.int32)))
