@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import socket
 from collections.abc import Iterator
@@ -52,6 +51,8 @@ def exclusive_lock(path: Path, wait: bool = True, owner: str = "") -> Iterator[b
     bool
         True when this process holds the lock.
     """
+    import fcntl  # POSIX only: imported here so that every other helper still imports anywhere
+
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
     try:
         try:
