@@ -68,13 +68,10 @@ class FitCheckpoint:
 
     def save(self, name: str, arrays: dict[str, np.ndarray]) -> None:
         """Write fit ``name``'s arrays atomically (readers see all of them or none)."""
-        for attempt in range(3):
-            try:
-                self.folder.mkdir(parents=True, exist_ok=True)
-                break
-            except FileNotFoundError:  # another run removed the empty checkpoints/ between our two mkdirs
-                if attempt == 2:
-                    raise
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except FileNotFoundError:  # another run removed the empty checkpoints/ between our two mkdirs
+            self.folder.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         atomic_write_bytes(self._path(name), buffer.getvalue())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ from mtbench import encoding
 from mtbench.api import RunSettings
 from mtbench.checkpoint import FitCheckpoint, fingerprint
 from mtbench.runner import run
+from concurrency import at_once
 from run_helpers import Interrupted, count_calls, tiny_run_settings, voxel_table
 
 STATES = ["input_hidden_state", "per_head_v", "ffn_output"]
@@ -79,10 +79,9 @@ def test_fingerprint_covers_the_data_and_a_truncated_fit_is_refitted(tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
-def _save_and_remove(root: str, key: str, start, report) -> None:
+def _save_and_remove(root: str, key: str) -> list[str]:
     """One run's checkpoint life, many times over: save a fit, then remove (results written)."""
     errors = []
-    start.wait()
     for _ in range(300):
         checkpoint = FitCheckpoint(Path(root), key)
         try:
@@ -90,21 +89,13 @@ def _save_and_remove(root: str, key: str, start, report) -> None:
             checkpoint.remove()
         except OSError as exc:
             errors.append(f"{type(exc).__name__}: {exc}")
-    report.put((key, errors))
+    return errors
 
 
 def test_concurrent_runs_save_and_remove_their_checkpoints_without_errors(tmp_path):
     """Two runs sharing a results folder (a sweep's cells) each end by removing ``checkpoints/``
     when it looks empty; the other may be creating its own folder in it at that moment. Neither
     may fail for it (a finished cell was reported failed, or a fit crashed, before this was fixed)."""
-    context = multiprocessing.get_context("spawn")
-    start, report = context.Barrier(2), context.Queue()
-    workers = [context.Process(target=_save_and_remove, args=(str(tmp_path), key, start, report))
-               for key in ("a", "b")]
-    for worker in workers:
-        worker.start()
-    outcome = dict(report.get(timeout=120) for _ in workers)
-    for worker in workers:
-        worker.join(timeout=30)
-    assert outcome == {"a": [], "b": []}, {k: (len(v), v[:2]) for k, v in outcome.items()}
+    outcome = at_once(_save_and_remove, (str(tmp_path), "a"), (str(tmp_path), "b"))
+    assert outcome == [[], []], [(len(errors), errors[:2]) for errors in outcome]
     assert not (tmp_path / "checkpoints").exists()

@@ -6,12 +6,12 @@ to extract into one shared partial folder at once, each restarting (wiping) the 
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import time
 from pathlib import Path
 
 import numpy as np
+from concurrency import at_once
 
 from mtbench.api import Stimulus, StimulusRun
 from mtbench.features import word_features
@@ -53,27 +53,15 @@ class SlowLoggingModel:
                 for layer in layers for state in states}
 
 
-def _ask(cache: str, log: str, start, report) -> None:
+def _ask(cache: str, log: str) -> dict:
     os.environ["MTBENCH_CACHE"] = cache
-    start.wait()
-    try:
-        features = word_features(SlowLoggingModel(Path(log)), _stimulus(), STATES, LAYERS)
-        report.put({key: [np.asarray(x) for x in features[key]] for key in features})
-    except Exception as exc:  # reported, not lost with the process
-        report.put(f"{type(exc).__name__}: {exc}")
+    features = word_features(SlowLoggingModel(Path(log)), _stimulus(), STATES, LAYERS)
+    return {key: [np.asarray(x) for x in features[key]] for key in features}
 
 
 def test_two_processes_extract_once_and_both_read_the_whole_cache(tmp_path):
-    context = multiprocessing.get_context("spawn")
-    start, report = context.Barrier(2), context.Queue()
     log = tmp_path / "extractions.log"
-    workers = [context.Process(target=_ask, args=(str(tmp_path / "cache"), str(log), start, report))
-               for _ in range(2)]
-    for worker in workers:
-        worker.start()
-    answers = [report.get(timeout=120) for _ in workers]
-    for worker in workers:
-        worker.join(timeout=30)
+    answers = at_once(_ask, *[(str(tmp_path / "cache"), str(log))] * 2)
     assert all(isinstance(a, dict) for a in answers), answers
     assert len(log.read_text().splitlines()) == 1, log.read_text()  # the second waited, then read
     stimulus = _stimulus()

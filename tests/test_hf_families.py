@@ -289,7 +289,6 @@ def test_chunked_gguf_conversion_is_reused_while_the_chunks_are_unchanged(monkey
     assert not list((tmp_path / "cache" / "models").glob(".chunked-v2*"))  # nothing half-written left
 
 
-
 def test_a_conversion_asked_for_twice_at_once_runs_once(monkeypatch, tmp_path):
     """Two loads of an unconverted GGUF at once (two runs): the second waits, then reuses the folder."""
     import threading
@@ -321,6 +320,7 @@ def test_a_conversion_asked_for_twice_at_once_runs_once(monkeypatch, tmp_path):
         thread.join(timeout=30)
     target = tmp_path / "cache" / "models" / "twice-v1"
     assert len(calls) == 1 and results == [(target, "converted")] * 2
+
 
 # --------------------------------------------------------------------------- real model
 @pytest.mark.slow

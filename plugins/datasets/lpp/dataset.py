@@ -7,9 +7,9 @@ the prepared folder ``root/derivatives/mtbench-4mm`` (written by ``mtbench data 
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -69,9 +69,7 @@ def write_prepared(prepared: Path, mask: np.ndarray, affine: np.ndarray, parcels
 
     prepared.mkdir(parents=True, exist_ok=True)
     img = nib.Nifti1Image(mask.astype(np.uint8), affine)
-    tmp = prepared / f".mask.{os.getpid()}.tmp.nii.gz"  # per process: two may prepare at once
-    nib.save(img, tmp)
-    tmp.replace(prepared / "mask.nii.gz")
+    atomic_write_bytes(prepared / "mask.nii.gz", gzip.compress(img.to_bytes()))
     atomic_write_bytes(prepared / "parcels.npy", _npy_bytes(np.asarray(parcels, dtype=np.int32)))
     if reliability is not None:
         atomic_write_bytes(prepared / "reliability.npy", _npy_bytes(np.asarray(reliability, dtype=np.float32)))

@@ -1,0 +1,33 @@
+"""Run functions in separate processes released at the same instant (races between runs)."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable
+
+
+def _after_barrier(function: Callable, index: int, arguments: tuple, start, report) -> None:
+    start.wait()
+    try:
+        report.put((index, function(*arguments)))
+    except Exception as exc:  # reported, not lost with the process
+        report.put((index, f"{type(exc).__name__}: {exc}"))
+
+
+def at_once(function: Callable, *argument_tuples: tuple, timeout: float = 120) -> list:
+    """``function(*arguments)`` for each tuple, each in its own (spawned) process, started together.
+
+    ``function`` must be importable (module level) and return something picklable. Returns the
+    results in the order of ``argument_tuples``; an exception in a process comes back as the
+    string ``"Type: message"``.
+    """
+    context = multiprocessing.get_context("spawn")
+    start, report = context.Barrier(len(argument_tuples)), context.Queue()
+    workers = [context.Process(target=_after_barrier, args=(function, index, arguments, start, report))
+               for index, arguments in enumerate(argument_tuples)]
+    for worker in workers:
+        worker.start()
+    results = dict(report.get(timeout=timeout) for _ in workers)
+    for worker in workers:
+        worker.join(timeout=30)
+    return [results[index] for index in range(len(argument_tuples))]
