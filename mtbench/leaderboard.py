@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .errors import MtbenchError
 from .paths import atomic_write_bytes
-from .results import WHOLE_BRAIN
+from .results import WHOLE_BRAIN, partial_writer
 from .schema import RunFolder, run_mode, validate_run
 
 #: --metric choice -> column of summary.parquet.
@@ -92,7 +92,9 @@ def find_run_folders(paths: list[Path]) -> tuple[list[Path], list[str]]:
             parent = path / "runs" if (path / "runs").is_dir() else path
             children = sorted(p for p in parent.iterdir() if p.is_dir())
             for child in children:
-                if child.name.endswith(".partial"):
+                if child.name.endswith(".partial") and (writer := partial_writer(child)):
+                    notes.append(f"{child}: still being written ({writer}), skipped; build the board again later")
+                elif child.name.endswith(".partial"):
                     notes.append(f"{child}: interrupted run (.partial), skipped; re-run it")
                 else:
                     folders.add(child.resolve())

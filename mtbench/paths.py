@@ -32,7 +32,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 @contextmanager
-def exclusive_lock(path: Path, wait: bool = True, owner: str = "") -> Iterator[bool]:
+def exclusive_lock(path: Path, wait: bool = True, owner: str = "", create: bool = True) -> Iterator[bool]:
     """Hold an exclusive ``fcntl`` lock on the file ``path`` (created if missing).
 
     The kernel releases the lock when its process dies (Ctrl-C, a killed job), so a crash
@@ -45,6 +45,8 @@ def exclusive_lock(path: Path, wait: bool = True, owner: str = "") -> Iterator[b
         Block until the lock is free; when False, yield False at once if another holds it.
     owner : str
         Appended to the holder line (e.g. a cluster job id).
+    create : bool
+        Create ``path`` if missing; when False, a missing file raises ``FileNotFoundError``.
 
     Yields
     ------
@@ -53,7 +55,7 @@ def exclusive_lock(path: Path, wait: bool = True, owner: str = "") -> Iterator[b
     """
     import fcntl  # POSIX only: imported here so that every other helper still imports anywhere
 
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    fd = os.open(path, (os.O_CREAT if create else 0) | os.O_RDWR, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))

@@ -17,7 +17,9 @@ A ``--mode 2`` run writes ``mode2.parquet``, ``mode2_folds.parquet`` (per outer 
 Parquet files and maps (:meth:`mtbench.mode2.Mode2Result.write_files`, columns in ``docs/mode2.md``).
 
 A run is written into ``<run_id>.partial`` and renamed when complete, so an interrupted
-run never leaves a half-written result where readers look. Its finished fits are kept
+run never leaves a half-written result where readers look. Two processes never write one
+folder: ids are claimed one at a time (``RESULTS/.runs.lock``) and the writer holds a lock
+inside its ``.partial`` until the rename. Its finished fits are kept
 meanwhile in ``RESULTS/checkpoints/<fingerprint>/`` (:mod:`mtbench.checkpoint`), so that the
 same command resumes it; that folder is removed once the run is written.
 """
@@ -29,6 +31,7 @@ import os
 import platform
 import shutil
 import subprocess
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -40,6 +43,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
+from .errors import MtbenchError
+from .paths import exclusive_lock
 
 SCHEMA_VERSION = "1"
 FOLDS_FILE = "folds.parquet"  # per-fold scores and alphas of a Mode 1 run (optional: older runs lack it)
@@ -290,8 +295,6 @@ def read_score_table(run_dir: Path) -> ScoreTable:
     """
     import pyarrow.compute as pc
 
-    from .errors import MtbenchError
-
     run_dir = Path(run_dir)
     folds_path = run_dir / FOLDS_FILE
     if not folds_path.is_file():
@@ -348,6 +351,7 @@ def write_run(
     names: dict[int, str],
     ceiling: np.ndarray | None,
     truth: dict | None,
+    unique: bool = False,
 ) -> Path:
     """Write every file of one run atomically; returns the run's folder.
 
@@ -355,25 +359,75 @@ def write_run(
     fold and voxel: ~3 MB per fit at LPP scale); ``mtbench rescore`` then refuses the run.
 
     Files go to ``<run_id>.partial`` first; it is renamed when complete and removed if
-    anything (including Ctrl-C) interrupts the writing.
+    anything (including Ctrl-C) interrupts the writing. The writer holds a lock inside it, so a
+    ``.partial`` left by a run that died is recognised as such and replaced, while one that
+    another process is still writing is never touched.
+
+    Parameters
+    ----------
+    unique : bool
+        For generated ids (:func:`mtbench.runner.run_id_for`): when ``run_id`` is taken (two
+        identical runs finishing in the same second), write ``<run_id>-2`` (``-3``, ...) instead
+        and set ``meta["run_id"]`` to it. Otherwise a taken id raises ``FileExistsError``.
     """
     runs = Path(results_dir) / "runs"
-    final = runs / run_id
-    partial = runs / f"{run_id}.partial"
-    if final.exists():
-        raise FileExistsError(f"{final} already exists")
-    shutil.rmtree(partial, ignore_errors=True)
-    (partial / "maps").mkdir(parents=True)
-    try:
-        if hasattr(table, "write_files"):  # Mode 2 results (mtbench.mode2.Mode2Result) write their own files
-            table.write_files(partial, meta, mask_img, labels, names, ceiling, truth)
-        else:
-            _write_files(partial, meta, table, mask_img, labels, names, ceiling, truth)
-        os.replace(partial, final)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+    runs.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as holding:
+        with exclusive_lock(runs.parent / _CLAIM_LOCK):  # claims are short and one at a time
+            run_id = _claim_run_id(runs, run_id, unique)
+            partial = runs / f"{run_id}.partial"
+            holding.enter_context(exclusive_lock(partial / _WRITING_LOCK, owner=run_id))
+        meta["run_id"] = run_id
+        final = runs / run_id
+        try:
+            if hasattr(table, "write_files"):  # Mode 2 results (mtbench.mode2.Mode2Result) write their own files
+                table.write_files(partial, meta, mask_img, labels, names, ceiling, truth)
+            else:
+                _write_files(partial, meta, table, mask_img, labels, names, ceiling, truth)
+            os.replace(partial, final)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        (final / _WRITING_LOCK).unlink()  # still held until the stack closes; nobody looks inside a final run
     return final
+
+
+_CLAIM_LOCK = ".runs.lock"  # in RESULTS/, beside runs/ (which holds nothing but runs)
+_WRITING_LOCK = ".writing"  # in RESULTS/runs/<run_id>.partial/, held by the process writing it
+
+
+def _claim_run_id(runs: Path, run_id: str, unique: bool) -> str:
+    """Create ``<id>.partial`` for the first free id; call it holding the claim lock.
+
+    A ``.partial`` is checked before the final folder: outside the claim lock a ``.partial``
+    only ever becomes the final folder or disappears, so this order never misses a run.
+    """
+    for n in range(1, 1000):
+        candidate = run_id if n == 1 else f"{run_id}-{n}"
+        partial = runs / f"{candidate}.partial"
+        writer = partial_writer(partial)
+        if writer is None and not (runs / candidate).exists():
+            shutil.rmtree(partial, ignore_errors=True)  # left by a run that died, if any
+            (partial / "maps").mkdir(parents=True)
+            return candidate
+        if not unique:
+            if writer is not None:
+                raise MtbenchError(f"{partial} is being written by another process ({writer}); wait for it "
+                                   "or give this run another id")
+            raise FileExistsError(f"{runs / candidate} already exists")
+    raise MtbenchError(f"{runs}: 999 runs named {run_id}[-n]; give this run another id")
+
+
+def partial_writer(partial: Path) -> str | None:
+    """Who is writing the run folder ``partial`` (``<run_id>.partial``): "host pid run_id", or None.
+
+    None means that nobody is: the ``.partial`` was left by a run that died.
+    """
+    try:
+        with exclusive_lock(partial / _WRITING_LOCK, wait=False, create=False) as acquired:
+            return None if acquired else ((partial / _WRITING_LOCK).read_text().strip() or "unknown")
+    except OSError:  # no .partial (or a writer that died before locking): nobody is writing it
+        return None
 
 
 def _write_files(partial: Path, meta: dict, table: ScoreTable, mask_img, labels, names, ceiling, truth) -> None:

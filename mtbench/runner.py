@@ -222,7 +222,7 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
     if settings.mode == 1:
         meta["folds_file"] = bool(folds)  # write_run reads it
     run_dir = write_run(Path(results_dir), meta["run_id"], meta, table, dataset.mask_img, labels, names,
-                        ceiling, dataset.truth)
+                        ceiling, dataset.truth, unique=run_id is None)  # a generated id taken: <id>-2
     if checkpoint is not None:
         checkpoint.remove()  # the results are written: the finished fits are no longer needed
     truth_check = table.check_truth(dataset.truth) if settings.mode == 2 else check_truth(dataset.truth, summary)

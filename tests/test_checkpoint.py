@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
-from mtbench import encoding
+from mtbench import encoding, runner
 from mtbench.api import RunSettings
 from mtbench.checkpoint import FitCheckpoint, fingerprint
 from mtbench.runner import run
@@ -61,6 +62,19 @@ def test_a_changed_input_never_reuses_a_checkpoint(settings, tmp_path, monkeypat
     assert len(calls) == 2 * len(STATES)
     # the first run's checkpoint is left for its own command to resume
     assert len(list((tmp_path / "results" / "checkpoints").glob("*/*.npz"))) == 2
+
+
+def test_the_same_command_finishing_in_the_same_second_gets_its_own_folder(settings, tmp_path, monkeypatch):
+    """Generated ids are timestamped to the second: a second run of that id is written as <id>-2."""
+    monkeypatch.setattr(runner, "run_id_for", lambda settings: "20261206T000000-same")
+    first = run(settings, tmp_path / "results").run_dir
+    second = run(settings, tmp_path / "results").run_dir
+    assert (first.name, second.name) == ("20261206T000000-same", "20261206T000000-same-2")
+    assert json.loads((second / "manifest.json").read_text())["run_id"] == second.name
+    assert set(pq.read_table(second / "scores.parquet").column("run_id").to_pylist()) == {second.name}
+    # an id given by the caller (a sweep cell, --run-id) is never renamed
+    with pytest.raises(FileExistsError, match="same-2 already exists"):
+        run(settings, tmp_path / "results", run_id=second.name)
 
 
 def test_fingerprint_covers_the_data_and_a_truncated_fit_is_refitted(tmp_path):

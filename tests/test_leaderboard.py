@@ -26,6 +26,7 @@ from click.testing import CliRunner
 from mtbench import leaderboard, report
 from mtbench.cli import main
 from mtbench.errors import MtbenchError
+from mtbench.paths import exclusive_lock
 from mtbench.schema import RESULT_SCHEMA, validate_run
 from mtbench.testing import make_tiny_llama
 
@@ -286,6 +287,10 @@ def test_schema_refuses_foreign_and_older_results_in_one_line(runs, tmp_path):
     for name, message in expected.items():
         assert sum(message in note for note in board.notes) == 1, name
     assert any("interrupted run (.partial)" in note for note in board.notes)
+    with exclusive_lock(tmp_path / "runs" / "interrupted.partial" / ".writing", owner="r7"):  # a run writing it now
+        notes = leaderboard.build([tmp_path]).notes
+    assert any("interrupted.partial: still being written" in note and "r7" in note for note in notes)
+    assert not any("interrupted run (.partial)" in note for note in notes)
     with pytest.raises(MtbenchError, match="foreign Parquet file"):
         leaderboard.build([tmp_path / "runs" / "foreign"], strict=True)
     # on the command line: notes and exit 0 when something is valid; one error line and exit 2 otherwise

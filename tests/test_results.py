@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from concurrency import at_once
+
+from mtbench import results
+from mtbench.errors import MtbenchError
+from mtbench.paths import exclusive_lock
 from mtbench.results import ScoreTable, nested_best, summarize, winning_ratios, write_run
 
 
@@ -92,6 +99,69 @@ def test_interrupted_write_leaves_nothing_and_keeps_earlier_runs(tmp_path):
     assert {p.name: p.read_bytes() for p in first.iterdir() if p.is_file()} == before
     with pytest.raises(FileExistsError):
         write_run(tmp_path, "r1", meta, table, mask_img, labels, {1: "a"}, None, None)
+
+
+class _SlowTable:
+    """A Mode 1 table whose writing takes half a second, so that two writers overlap."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def write_files(self, partial, meta, mask_img, labels, names, ceiling, truth):
+        results._write_files(partial, meta, self.table, mask_img, labels, names, ceiling, truth)
+        time.sleep(0.5)
+
+
+def _write_slowly(results_dir: str, unique: bool, wait: float = 0.0) -> dict:
+    """One process's ``write_run`` of run "r1", ``wait`` seconds late: what it wrote, as the files say."""
+    time.sleep(wait)
+    meta, table, mask_img, labels = make_inputs(np.random.default_rng(5))
+    run_dir = write_run(Path(results_dir), "r1", meta, _SlowTable(table), mask_img, labels, {1: "a"}, None, None,
+                        unique=unique)
+    return {"folder": run_dir.name, "manifest": json.loads((run_dir / "manifest.json").read_text())["run_id"],
+            "scores": sorted(set(pq.read_table(run_dir / "scores.parquet").column("run_id").to_pylist())),
+            "rows": pq.read_table(run_dir / "voxels.parquet").num_rows, "files": sorted(p.name for p in run_dir.iterdir())}
+
+
+def test_two_identical_runs_written_at_once_get_one_complete_folder_each(tmp_path):
+    """Two runs of one command that finish in the same second share a generated id: the second gets <id>-2."""
+    written = at_once(_write_slowly, (str(tmp_path), True), (str(tmp_path), True))
+    assert sorted(w["folder"] for w in written) == ["r1", "r1-2"], written
+    for w in written:  # each folder says its own id everywhere, and is whole
+        assert w["manifest"] == w["folder"] and w["scores"] == [w["folder"]]
+        assert w["rows"] == 8 * 48 and w["files"] == written[0]["files"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["r1", "r1-2"]
+
+
+def test_a_given_id_being_written_is_refused_and_the_writer_finishes(tmp_path):
+    """A second writer of one explicit id, arriving mid-write, is refused and touches nothing."""
+    first, second = at_once(_write_slowly, (str(tmp_path), False), (str(tmp_path), False, 0.2))
+    assert isinstance(first, dict), first
+    assert first["folder"] == first["manifest"] == "r1" and first["rows"] == 8 * 48
+    assert isinstance(second, str) and second.startswith("MtbenchError: ") and "being written" in second, second
+    assert not any(p.name.endswith(".partial") for p in (tmp_path / "runs").iterdir())
+
+
+def test_a_partial_left_by_a_dead_run_is_replaced_and_a_live_one_kept(tmp_path):
+    meta, table, mask_img, labels = make_inputs(np.random.default_rng(6))
+    partial = tmp_path / "runs" / "r1.partial"
+    partial.mkdir(parents=True)
+    (partial / "junk").write_text("from a run that was killed")
+    (partial / ".writing").write_text("host 1 r1")  # nobody holds it: its writer died
+    run_dir = write_run(tmp_path, "r1", dict(meta), table, mask_img, labels, {1: "a"}, None, None)
+    assert not (run_dir / "junk").exists() and not (run_dir / ".writing").exists()
+    assert not partial.exists()
+
+    partial = tmp_path / "runs" / "r9.partial"
+    partial.mkdir()
+    (partial / "theirs").write_text("being written")
+    with exclusive_lock(partial / ".writing", owner="r9"):  # another writer, alive (a lock of its own)
+        with pytest.raises(MtbenchError, match="being written by another process.*r9"):
+            write_run(tmp_path, "r9", dict(meta, run_id="r9"), table, mask_img, labels, {1: "a"}, None, None)
+        again = dict(meta)
+        run_dir = write_run(tmp_path, "r9", again, table, mask_img, labels, {1: "a"}, None, None, unique=True)
+        assert run_dir.name == again["run_id"] == "r9-2"
+    assert (partial / "theirs").read_text() == "being written"
 
 
 def test_winning_ratios_count_validation_winners():
