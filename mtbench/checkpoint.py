@@ -8,6 +8,12 @@ the rest. The fingerprint covers everything a fit's numbers depend on: the effec
 settings, the model's revision and extraction settings, the dataset's version and stimulus,
 and a hash of the BOLD actually fitted, so a changed input never reuses a stale fit. The
 folder is removed once the run's results are written.
+
+Two runs of the same command at once (two shells, a repeated job) share the folder: each
+reuses the fits the other has saved. A run marks the checkpoint in use while it runs (a shared
+lock on ``checkpoints/<fingerprint>.users``, released by the kernel if the run dies), and only
+the last run using it removes it, so a finished run never deletes the folder under one that is
+still saving there.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 import zipfile
 from collections.abc import Sequence
@@ -40,6 +47,9 @@ def fingerprint(parts: dict, arrays: Sequence[np.ndarray] = ()) -> str:
 class FitCheckpoint:
     """One ``.npz`` of arrays per finished fit, under ``results_dir/checkpoints/<key>/``.
 
+    Use it as a context manager for the run's lifetime: ``with FitCheckpoint(...) as checkpoint``
+    marks it in use, so that another run of the same command never removes it meanwhile.
+
     Parameters
     ----------
     results_dir : Path
@@ -50,6 +60,29 @@ class FitCheckpoint:
 
     def __init__(self, results_dir: Path, key: str) -> None:
         self.folder = Path(results_dir) / "checkpoints" / key
+        self._users = self.folder.with_name(f"{key}.users")  # beside the folder: it outlives a removal
+        self._fd: int | None = None  # our shared lock on _users, while in use
+
+    def __enter__(self) -> FitCheckpoint:
+        import fcntl
+
+        while self._fd is None:
+            self.folder.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(self._users, os.O_CREAT | os.O_RDWR, 0o644)
+            except FileNotFoundError:  # another run removed the empty checkpoints/ just now
+                continue
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            if _is_file_at(fd, self._users):
+                self._fd = fd
+            else:  # the last user removed the checkpoint while we waited: start on a new file
+                os.close(fd)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the lock
+            self._fd = None
 
     def _path(self, name: str) -> Path:
         return self.folder / f"{name}.npz"
@@ -68,18 +101,36 @@ class FitCheckpoint:
 
     def save(self, name: str, arrays: dict[str, np.ndarray]) -> None:
         """Write fit ``name``'s arrays atomically (readers see all of them or none)."""
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        except FileNotFoundError:  # another run removed the empty checkpoints/ between our two mkdirs
-            self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         atomic_write_bytes(self._path(name), buffer.getvalue())
 
     def remove(self) -> None:
-        """Delete the checkpoint (the run's results are written)."""
-        shutil.rmtree(self.folder, ignore_errors=True)
+        """Delete the checkpoint (the run's results are written), unless another run is using it.
+
+        That run removes it when it finishes. Ends this run's use either way.
+        """
+        import fcntl
+
+        with self:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # another run of the same command: it removes the folder when done
+                return
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self._users.unlink(missing_ok=True)
         try:  # checkpoints/ goes too when no other run keeps one there; rmdir checks that atomically
             self.folder.parent.rmdir()
         except OSError:  # not empty (a concurrent run's checkpoint), or already gone
             pass
+
+
+def _is_file_at(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is still the file at ``path`` (not unlinked or replaced)."""
+    try:
+        here = os.stat(path)
+    except FileNotFoundError:
+        return False
+    there = os.fstat(fd)
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)

@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -167,6 +167,11 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
     ``settings.protocol`` is resolved first (:func:`mtbench.api.resolve_protocol`): the run,
     its id and its manifest use the effective settings.
     """
+    with ExitStack() as held:  # the checkpoint stays marked in use until the run ends, however it ends
+        return _run(settings, results_dir, progress, run_id, adapter, folds, held)
+
+
+def _run(settings, results_dir, progress, run_id, adapter, folds, held: ExitStack) -> RunOutput:
     clock = _Clock()
     settings = resolve_protocol(settings)
     metric = _check_names(settings)
@@ -187,7 +192,7 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
 
             table = fit_mode2(scans.__getitem__, y_runs, layers, settings, dataset.parcels, metric, progress)
         else:  # finished fits are checkpointed: the same command resumes an interrupted run
-            checkpoint = _checkpoint(results_dir, settings, adapter, dataset, y_runs)
+            checkpoint = held.enter_context(_checkpoint(results_dir, settings, adapter, dataset, y_runs))
             table = ScoreTable(keys=keys, **_fit_all(keys, scans, targets, n_calibration, settings, metric,
                                                      progress, checkpoint))
         clock.lap("fit")
@@ -224,7 +229,7 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
     run_dir = write_run(Path(results_dir), meta["run_id"], meta, table, dataset.mask_img, labels, names,
                         ceiling, dataset.truth, unique=run_id is None)  # a generated id taken: <id>-2
     if checkpoint is not None:
-        checkpoint.remove()  # the results are written: the finished fits are no longer needed
+        checkpoint.remove()  # the results are written: the fits are no longer needed (unless another run uses them)
     truth_check = table.check_truth(dataset.truth) if settings.mode == 2 else check_truth(dataset.truth, summary)
     return RunOutput(run_dir=run_dir, summary=summary, truth_check=truth_check, seconds=clock.total)
 

@@ -83,13 +83,13 @@ def test_fingerprint_covers_the_data_and_a_truncated_fit_is_refitted(tmp_path):
     assert key == fingerprint({"a": 1}, [y.copy()])
     assert key != fingerprint({"a": 1}, [y + 1e-6])
     assert key != fingerprint({"a": 2}, [y])
-    checkpoint = FitCheckpoint(tmp_path, key)
-    checkpoint.save("L1-x", {"test": y[0]})
-    np.testing.assert_array_equal(checkpoint.load("L1-x")["test"], y[0])
-    path = checkpoint.folder / "L1-x.npz"
-    path.write_bytes(path.read_bytes()[:20])  # e.g. a disk that filled up mid-write elsewhere
-    assert checkpoint.load("L1-x") is None and not path.exists()
-    checkpoint.remove()
+    with FitCheckpoint(tmp_path, key) as checkpoint:
+        checkpoint.save("L1-x", {"test": y[0]})
+        np.testing.assert_array_equal(checkpoint.load("L1-x")["test"], y[0])
+        path = checkpoint.folder / "L1-x.npz"
+        path.write_bytes(path.read_bytes()[:20])  # e.g. a disk that filled up mid-write elsewhere
+        assert checkpoint.load("L1-x") is None and not path.exists()
+        checkpoint.remove()
     assert not (tmp_path / "checkpoints").exists()
 
 
@@ -97,10 +97,10 @@ def _save_and_remove(root: str, key: str) -> list[str]:
     """One run's checkpoint life, many times over: save a fit, then remove (results written)."""
     errors = []
     for _ in range(300):
-        checkpoint = FitCheckpoint(Path(root), key)
         try:
-            checkpoint.save("L1-x", {"test": np.zeros(3)})
-            checkpoint.remove()
+            with FitCheckpoint(Path(root), key) as checkpoint:
+                checkpoint.save("L1-x", {"test": np.zeros(3)})
+                checkpoint.remove()
         except OSError as exc:
             errors.append(f"{type(exc).__name__}: {exc}")
     return errors
@@ -111,5 +111,21 @@ def test_concurrent_runs_save_and_remove_their_checkpoints_without_errors(tmp_pa
     when it looks empty; the other may be creating its own folder in it at that moment. Neither
     may fail for it (a finished cell was reported failed, or a fit crashed, before this was fixed)."""
     outcome = at_once(_save_and_remove, (str(tmp_path), "a"), (str(tmp_path), "b"))
+    assert outcome == [[], []], [(len(errors), errors[:2]) for errors in outcome]
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_two_runs_of_one_command_share_a_checkpoint_and_the_last_removes_it(tmp_path):
+    """The same fingerprint twice at once: a finished run leaves the folder the other still saves in."""
+    with FitCheckpoint(tmp_path, "same") as first, FitCheckpoint(tmp_path, "same") as second:
+        first.save("L1-x", {"test": np.ones(3)})
+        np.testing.assert_array_equal(second.load("L1-x")["test"], np.ones(3))  # the second reuses the fit
+        first.remove()  # results written; the second run is still going
+        second.save("L1-y", {"test": np.zeros(3)})
+        assert sorted(p.name for p in second.folder.iterdir()) == ["L1-x.npz", "L1-y.npz"]
+        second.remove()
+    assert not (tmp_path / "checkpoints").exists()
+    # many times over, in two processes: no save ever fails because the other removed the folder
+    outcome = at_once(_save_and_remove, (str(tmp_path), "same"), (str(tmp_path), "same"))
     assert outcome == [[], []], [(len(errors), errors[:2]) for errors in outcome]
     assert not (tmp_path / "checkpoints").exists()
