@@ -77,6 +77,25 @@ def test_the_same_command_finishing_in_the_same_second_gets_its_own_folder(setti
         run(settings, tmp_path / "results", run_id=second.name)
 
 
+def _run_with_pinned_id(settings: RunSettings, results: str) -> str:
+    """One `mtbench run` of ``settings``, its generated id pinned (as if both finished in one second)."""
+    runner.run_id_for = lambda settings: "20261206T000000-same"
+    return run(settings, Path(results)).run_dir.name
+
+
+def test_the_same_command_twice_at_once_writes_two_whole_runs(settings, tmp_path):
+    """Two processes, one command, one results folder: they share the feature cache and the
+    checkpoint, neither fails, each writes its own whole run, and nothing is left behind."""
+    results = tmp_path / "results"
+    names = at_once(_run_with_pinned_id, (settings, str(results)), (settings, str(results)), timeout=300)
+    assert sorted(names) == ["20261206T000000-same", "20261206T000000-same-2"], names
+    first, second = (voxel_table(results / "runs" / name) for name in sorted(names))
+    assert len(first) == 2 * len(STATES) * first["voxel"].nunique()
+    for column in ("test", "validation", "alpha"):
+        np.testing.assert_array_equal(first[column].to_numpy(), second[column].to_numpy(), err_msg=column)
+    assert sorted(p.name for p in results.iterdir()) == [".runs.lock", "runs"]  # no checkpoint left
+
+
 def test_fingerprint_covers_the_data_and_a_truncated_fit_is_refitted(tmp_path):
     y = np.arange(12, dtype=np.float32).reshape(4, 3)
     key = fingerprint({"a": 1}, [y])
