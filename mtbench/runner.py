@@ -172,6 +172,7 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
 
 
 def _run(settings, results_dir, progress, run_id, adapter, folds, held: ExitStack) -> RunOutput:
+    """:func:`run`'s pipeline; ``held`` keeps the checkpoint marked in use until the run ends."""
     clock = _Clock()
     settings = resolve_protocol(settings)
     metric = _check_names(settings)
