@@ -67,11 +67,11 @@ class FitCheckpoint:
         import fcntl
 
         while self._fd is None:
-            self.folder.parent.mkdir(parents=True, exist_ok=True)
             try:
+                self.folder.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(self._users, os.O_CREAT | os.O_RDWR, 0o644)
-            except FileNotFoundError:  # another run removed the empty checkpoints/ just now
-                continue
+            except (FileNotFoundError, FileExistsError):  # another run removed the empty checkpoints/ just
+                continue  # as we made it (mkdir(exist_ok=True) raises FileExistsError when it is gone again)
             fcntl.flock(fd, fcntl.LOCK_SH)
             if _is_file_at(fd, self._users):
                 self._fd = fd
