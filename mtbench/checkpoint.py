@@ -10,10 +10,10 @@ and a hash of the BOLD actually fitted, so a changed input never reuses a stale 
 folder is removed once the run's results are written.
 
 Two runs of the same command at once (two shells, a repeated job) share the folder: each
-reuses the fits the other has saved. A run marks the checkpoint in use while it runs (a shared
-lock on ``checkpoints/<fingerprint>.users``, released by the kernel if the run dies), and only
-the last run using it removes it, so a finished run never deletes the folder under one that is
-still saving there.
+reuses the fits the other has saved. A run marks the checkpoint in use while it fits (a shared
+lock on ``checkpoints/<fingerprint>.users``, released by the kernel if the run dies), and a
+finished run removes it only when no run is using it, so it never deletes the folder under one
+that is still saving there; the last one removes it.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ def fingerprint(parts: dict, arrays: Sequence[np.ndarray] = ()) -> str:
 class FitCheckpoint:
     """One ``.npz`` of arrays per finished fit, under ``results_dir/checkpoints/<key>/``.
 
-    Use it as a context manager for the run's lifetime: ``with FitCheckpoint(...) as checkpoint``
-    marks it in use, so that another run of the same command never removes it meanwhile.
+    Use it as a context manager while fitting: ``with FitCheckpoint(...) as checkpoint`` marks
+    it in use, so that another run of the same command never removes it under this one's saves.
 
     Parameters
     ----------
@@ -117,6 +117,8 @@ class FitCheckpoint:
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:  # another run of the same command: it removes the folder when done
+                return
+            if not _is_file_at(self._fd, self._users):  # another run removed it in the instant we let go
                 return
             shutil.rmtree(self.folder, ignore_errors=True)
             self._users.unlink(missing_ok=True)

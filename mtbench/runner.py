@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 import time
-from contextlib import ExitStack, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -167,12 +167,6 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
     ``settings.protocol`` is resolved first (:func:`mtbench.api.resolve_protocol`): the run,
     its id and its manifest use the effective settings.
     """
-    with ExitStack() as held:  # the checkpoint stays marked in use until the run ends, however it ends
-        return _run(settings, results_dir, progress, run_id, adapter, folds, held)
-
-
-def _run(settings, results_dir, progress, run_id, adapter, folds, held: ExitStack) -> RunOutput:
-    """:func:`run`'s pipeline; ``held`` keeps the checkpoint marked in use until the run ends."""
     clock = _Clock()
     settings = resolve_protocol(settings)
     metric = _check_names(settings)
@@ -193,9 +187,10 @@ def _run(settings, results_dir, progress, run_id, adapter, folds, held: ExitStac
 
             table = fit_mode2(scans.__getitem__, y_runs, layers, settings, dataset.parcels, metric, progress)
         else:  # finished fits are checkpointed: the same command resumes an interrupted run
-            checkpoint = held.enter_context(_checkpoint(results_dir, settings, adapter, dataset, y_runs))
-            table = ScoreTable(keys=keys, **_fit_all(keys, scans, targets, n_calibration, settings, metric,
-                                                     progress, checkpoint))
+            checkpoint = _checkpoint(results_dir, settings, adapter, dataset, y_runs)
+            with checkpoint:  # in use while fitting: no other run of this command removes it meanwhile
+                table = ScoreTable(keys=keys, **_fit_all(keys, scans, targets, n_calibration, settings, metric,
+                                                         progress, checkpoint))
         clock.lap("fit")
 
     ceiling = dataset.noise_ceiling(settings.subject)
