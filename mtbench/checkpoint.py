@@ -29,9 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import MtbenchError
 from .paths import atomic_write_bytes
 
 __all__ = ["FitCheckpoint", "fingerprint"]
+
+# Tries at marking a checkpoint in use. Each retry needs another run to remove checkpoints/ or the
+# .users file in a window of microseconds, so many in a row mean the path itself is the problem.
+_ATTEMPTS = 100
 
 
 def fingerprint(parts: dict, arrays: Sequence[np.ndarray] = ()) -> str:
@@ -66,18 +71,25 @@ class FitCheckpoint:
     def __enter__(self) -> FitCheckpoint:
         import fcntl
 
-        while self._fd is None:
+        if self._fd is not None:  # already in use (remove() inside the with block)
+            return self
+        for attempt in range(_ATTEMPTS):
             try:
                 self.folder.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(self._users, os.O_CREAT | os.O_RDWR, 0o644)
-            except (FileNotFoundError, FileExistsError):  # another run removed the empty checkpoints/ just
-                continue  # as we made it (mkdir(exist_ok=True) raises FileExistsError when it is gone again)
+            except (FileNotFoundError, FileExistsError) as exc:  # another run removed the empty checkpoints/
+                # just as we made it (mkdir(exist_ok=True) raises FileExistsError when it is gone again);
+                # the same error every time is no race but a path that cannot be made (a file in the way)
+                if attempt == _ATTEMPTS - 1:
+                    raise MtbenchError(f"cannot keep fit checkpoints in {self.folder.parent} ({exc.strerror}); "
+                                       "move what is in the way or give --out another folder") from None
+                continue
             fcntl.flock(fd, fcntl.LOCK_SH)
             if _is_file_at(fd, self._users):
                 self._fd = fd
-            else:  # the last user removed the checkpoint while we waited: start on a new file
-                os.close(fd)
-        return self
+                return self
+            os.close(fd)  # the last user removed the checkpoint while we waited: start on a new file
+        raise MtbenchError(f"could not mark {self._users} in use: other runs kept removing it; run again")
 
     def __exit__(self, *exc_info) -> None:
         if self._fd is not None:

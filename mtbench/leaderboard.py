@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import MtbenchError
-from .paths import atomic_write_bytes
+from .paths import atomic_write_bytes, writable_folder
 from .results import WHOLE_BRAIN, partial_writer
 from .schema import RunFolder, run_mode, validate_run
 
@@ -582,8 +582,7 @@ def terminal_table(board: Board):
 
 def write(board: Board, out: Path) -> dict[str, Path]:
     """Write ``leaderboard.parquet``, ``leaderboard.md`` and ``index.html`` into ``out`` (atomically each)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_folder(out)
     files = {"parquet": out / "leaderboard.parquet", "markdown": out / "leaderboard.md", "html": out / "index.html"}
     atomic_write_bytes(files["parquet"], parquet_bytes(board))
     atomic_write_bytes(files["markdown"], markdown(board).encode("utf-8"))

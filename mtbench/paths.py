@@ -23,6 +23,41 @@ def cache_dir(*parts: str) -> Path:
     return path
 
 
+def writable_folder(path: Path, fix: str = "give --out a folder you can write to") -> Path:
+    """Create the folder ``path`` (with its parents) and check that files can be written in it.
+
+    Called before any long work, so that an output folder that cannot be written fails at once
+    with one line instead of after hours of fitting.
+
+    Parameters
+    ----------
+    path : Path
+    fix : str
+        What the user can do about it, the end of the error's line.
+
+    Raises
+    ------
+    MtbenchError
+        When ``path`` cannot be created or written (a file in the way, no permission, a
+        read-only or full file system).
+    """
+    import tempfile
+
+    from .errors import MtbenchError
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".mtbench-write-test-"):
+            pass
+    except OSError as exc:
+        existing = next((p for p in (path, *path.parents) if p.exists()), None)
+        in_the_way = existing is not None and not existing.is_dir()
+        reason = f"{existing} is a file" if in_the_way else exc.strerror or type(exc).__name__
+        raise MtbenchError(f"cannot write to {path} ({reason}); {fix}") from None
+    return path
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file so that readers see either the old or the complete new content."""
     path = Path(path)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .paths import atomic_write_bytes
+from .paths import atomic_write_bytes, writable_folder
 from .results import WHOLE_BRAIN
 from .schema import RunFolder, validate_run
 
@@ -333,9 +333,8 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
         The HTML page.
     """
     run_dir = Path(run_dir)
-    out = Path(out) if out is not None else run_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    run = validate_run(run_dir)
+    run = validate_run(run_dir)  # before making anything: a wrong path leaves no empty report/ behind
+    out = writable_folder(Path(out) if out is not None else run_dir / "report")
     sections = []
     for name, caption, fig in figures(run_dir):
         data = png_bytes(fig)

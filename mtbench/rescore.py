@@ -28,6 +28,7 @@ import numpy as np
 
 from .api import RunSettings
 from .errors import MtbenchError
+from .paths import writable_folder
 
 
 def settings_of(manifest: dict) -> RunSettings:
@@ -136,6 +137,7 @@ def rescore(run_dir: Path, metric: str | None = None, parcels: Path | None = Non
     entry = get_registry().metric(metric)  # unknown name: one line before any work
     table = read_score_table(run_dir)
     results_dir = run_dir.parent.parent
+    writable_folder(results_dir / "runs", "rescore a copy of the run in a results folder you can write to")
     suffix = "-".join(filter(None, [metric if metric != old_metric else None,
                                     Path(parcels).name.split(".")[0] if parcels is not None else None]))
     run_id = run_id or f"{run.manifest['run_id']}-{suffix}"

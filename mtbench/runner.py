@@ -20,6 +20,7 @@ import numpy as np
 from .api import RunSettings
 from .protocols import resolve_protocol
 from .errors import MtbenchError
+from .paths import writable_folder
 from .registry import get_registry, load_dataset, load_model, split_spec
 
 # Null voxels fitted with every (layer, state) to measure its cross-fitting dependence
@@ -169,7 +170,8 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
     """
     clock = _Clock()
     settings = resolve_protocol(settings)
-    metric = _check_names(settings)
+    metric = _check_settings(settings)
+    writable_folder(Path(results_dir))  # before hours of fitting, not after
     from .results import ScoreTable, provenance, summarize, write_run
 
     with progress if progress is not None else nullcontext():
@@ -230,10 +232,15 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
     return RunOutput(run_dir=run_dir, summary=summary, truth_check=truth_check, seconds=clock.total)
 
 
-def _check_names(settings: RunSettings):
-    """Resolve every name before any heavy work, so a typo fails in a second; returns the metric."""
+def _check_settings(settings: RunSettings):
+    """Resolve every name and check every count before any heavy work, so a typo fails in a second.
+
+    Returns the metric.
+    """
     from .mode2 import check_mode2_settings
 
+    if settings.trim_scans < 0:
+        raise MtbenchError(f"--trim must be >= 0 (scans dropped at both ends of each run), got {settings.trim_scans}")
     check_mode2_settings(settings)
     registry = get_registry()
     registry.model(split_spec(settings.model)[0])

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from .api import RunSettings, TaskResources
 from .errors import MtbenchError
-from .paths import atomic_write_bytes, exclusive_lock
+from .paths import atomic_write_bytes, exclusive_lock, writable_folder
 from .registry import get_registry, split_spec
 
 PLAN_KEYS = ("models", "states", "layers", "datasets", "subjects", "modes", "settings", "dataset_options",
@@ -677,7 +677,7 @@ def run_sweep(plan: Plan, results_dir: Path, retry_failed: bool = False, console
         Shows the live progress summary.
     """
     start = time.perf_counter()
-    results_dir = Path(results_dir)
+    results_dir = writable_folder(results_dir)  # before any job starts, not in each of them
     executor = load_executor(plan.executor, plan.executor_options)
     groups, status, extract, fit = plan_tasks(plan, results_dir, retry_failed)
     cells = [c for g in groups for c in g.cells]

@@ -27,7 +27,11 @@ def at_once(function: Callable, *argument_tuples: tuple, timeout: float = 120) -
                for index, arguments in enumerate(argument_tuples)]
     for worker in workers:
         worker.start()
-    results = dict(report.get(timeout=timeout) for _ in workers)
-    for worker in workers:
-        worker.join(timeout=30)
+    try:
+        results = dict(report.get(timeout=timeout) for _ in workers)  # queue.Empty: one hung or died
+    finally:
+        for worker in workers:
+            worker.join(timeout=30)
+            if worker.is_alive():  # hung: never leave it spinning beside the rest of the tests
+                worker.kill()
     return [results[index] for index in range(len(argument_tuples))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from mtbench import encoding, runner
 from mtbench.api import RunSettings
 from mtbench.checkpoint import FitCheckpoint, fingerprint
+from mtbench.errors import MtbenchError
 from mtbench.runner import run
 from concurrency import at_once
 from run_helpers import Interrupted, count_calls, tiny_run_settings, voxel_table
@@ -75,6 +77,40 @@ def test_the_same_command_finishing_in_the_same_second_gets_its_own_folder(setti
     # an id given by the caller (a sweep cell, --run-id) is never renamed
     with pytest.raises(FileExistsError, match="same-2 already exists"):
         run(settings, tmp_path / "results", run_id=second.name)
+
+
+def test_bad_settings_and_an_out_that_cannot_be_written_fail_before_any_work(settings, tmp_path, monkeypatch):
+    """One line before the model loads, not a traceback after hours of fitting (Mode 2 lost them all)."""
+    def no_work(*args, **kwargs):
+        raise AssertionError("the run started working")
+
+    monkeypatch.setattr(runner, "prepare_inputs", no_work)
+    (tmp_path / "afile").write_text("keep me")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "results"):
+        with pytest.raises(MtbenchError) as err:
+            run(settings, out)
+        assert str(err.value) == f"cannot write to {out} ({tmp_path / 'afile'} is a file); give --out a folder " \
+                                 "you can write to"
+    assert (tmp_path / "afile").read_text() == "keep me"
+    with pytest.raises(MtbenchError, match="--trim must be >= 0 .*got -1"):  # was silently taken as 0
+        run(replace(settings, trim_scans=-1), tmp_path / "results")
+
+
+def _enter_checkpoint(root: str) -> str:
+    try:
+        with FitCheckpoint(Path(root), "key"):
+            return "in use"
+    except MtbenchError as exc:
+        return f"MtbenchError: {exc}"
+
+
+def test_a_checkpoint_folder_that_cannot_be_made_is_an_error_not_a_hang(tmp_path):
+    """The retry for another run removing checkpoints/ must not spin forever when the path itself is
+    the problem (here a file named checkpoints; an --out under /proc did the same)."""
+    (tmp_path / "checkpoints").write_text("")
+    [outcome] = at_once(_enter_checkpoint, (str(tmp_path),), timeout=60)  # the old loop never returned
+    assert outcome == (f"MtbenchError: cannot keep fit checkpoints in {tmp_path / 'checkpoints'} (File exists); "
+                       "move what is in the way or give --out another folder")
 
 
 def _run_with_pinned_id(settings: RunSettings, results: str) -> str:

@@ -382,8 +382,25 @@ def test_report_page_is_offline_and_embeds_every_png(runs, tmp_path):
     report.write_report(made["random"], tmp_path / "again")  # same run, same bytes (no timestamps in PNG/HTML)
     assert {p.name: p.read_bytes() for p in (tmp_path / "rep").iterdir()} == {
         p.name: p.read_bytes() for p in (tmp_path / "again").iterdir()}
-    bad = CliRunner().invoke(main, ["report", str(tmp_path)])
+    bad = CliRunner().invoke(main, ["report", str(tmp_path / "nowhere")])
     assert bad.exit_code == 2 and "not an mtbench run" in bad.output
+    assert not (tmp_path / "nowhere").exists()  # a wrong path leaves no empty report folder behind
+
+
+def test_an_out_folder_that_cannot_be_written_is_one_line(runs, tmp_path):
+    """A file where --out should be a folder: one error line naming it, exit 2, and nothing written."""
+    _, _, made = runs
+    (tmp_path / "afile").write_text("keep me")
+    for command in (["report", str(made["random"])],
+                    ["leaderboard", str(made["random"]), "--no-reports"],
+                    ["leaderboard", str(made["random"])]):
+        result = CliRunner().invoke(main, [*command, "--out", str(tmp_path / "afile" / "board")])
+        assert result.exit_code == 2, (command, result.output)
+        line = result.output.strip().splitlines()[-1]  # after the board's notes, if any
+        assert line.startswith(f"Error: cannot write to {tmp_path / 'afile' / 'board'}"), (command, line)
+        assert line.endswith(f"({tmp_path / 'afile'} is a file); give --out a folder you can write to"), line
+        assert "Traceback" not in result.output
+    assert (tmp_path / "afile").read_text() == "keep me"
 
 
 # --------------------------------------------------------------------------- docs

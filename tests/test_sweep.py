@@ -81,6 +81,9 @@ def test_bad_plans_fail_in_one_line(tiny, tmp_path):
         run_sweep(load_plan(plan_file, executor="slurmm"), tmp_path)
     with pytest.raises(MtbenchError, match="does not exist"):
         load_plan(tmp_path / "missing.toml")
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(MtbenchError, match=r"cannot write to .*afile/results \(.*afile is a file\); give --out"):
+        run_sweep(load_plan(plan_file), tmp_path / "afile" / "results")  # before any job, not in each
 
 
 def test_sweep_without_folds_files(tiny, tmp_path, monkeypatch):

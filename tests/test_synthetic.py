@@ -234,6 +234,8 @@ def test_tiny_scale_and_feature_cache():
         ({"colour": "red"}, "unknown option 'colour'"),
         ({"scale": "huge"}, "scale"),
         ({"snr": "-1"}, "snr"),
+        ({"snr": "abc"}, r"^dataset option snr must be a number, got 'abc'; e.g. --dataset-option snr=0.45$"),
+        ({"seed": 1.5}, "seed must be an integer, got 1.5"),  # was silently seed 1
         ({"truth": "[not json"}, "JSON"),
         ({"truth": [{"parcel": "Heschls Gyrus", "layer": 1, "state": "per_head_q_rope"}]}, "did you mean"),
         ({"truth": [{"parcel": HESCHL, "layer": 9, "state": "per_head_q_rope"}]}, "has 4 layers"),

@@ -335,6 +335,20 @@ class SyntheticDataset:
         self._signal, self._bold = signal, bold
 
 
+def _number_option(options: dict, key: str, cast: type, default: float) -> float:
+    """``options[key]`` as ``cast`` (int or float), ``default`` when absent; one-line error otherwise."""
+    value = options.get(key, default)
+    try:
+        number = cast(value)
+        if cast is int and number != float(value):  # int(1.5) would silently be 1
+            raise ValueError(value)
+        return number
+    except (TypeError, ValueError):
+        kind = "an integer" if cast is int else "a number"
+        raise MtbenchError(f"dataset option {key} must be {kind}, got {value!r}; e.g. --dataset-option "
+                           f"{key}={default}") from None
+
+
 def load_synthetic(**options) -> SyntheticDataset:
     """Load the embedded dataset.
 
@@ -360,11 +374,8 @@ def load_synthetic(**options) -> SyntheticDataset:
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise MtbenchError(f"unknown option {unknown[0]!r} for dataset synthetic: options are {', '.join(OPTIONS)}")
-    try:
-        seed = int(options.get("seed", 0))
-        snr = float(options.get("snr", DEFAULT_SNR))
-    except (TypeError, ValueError):
-        raise MtbenchError(f"dataset options seed (int) and snr (float) got {options.get('seed')!r}, {options.get('snr')!r}") from None
+    seed = _number_option(options, "seed", int, 0)
+    snr = _number_option(options, "snr", float, DEFAULT_SNR)
     if not (np.isfinite(snr) and snr > 0):
         raise MtbenchError(f"dataset option snr must be a positive number, got {snr}")
     scale = str(options.get("scale", "full"))
