@@ -23,6 +23,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from .errors import MtbenchError
+
 
 # --------------------------------------------------------------------------- entries
 @dataclass(frozen=True)
@@ -386,4 +388,51 @@ class RunSettings:
     # Circular-shift permutations per fit for per-voxel p-values (0: no significance); BH-FDR level.
     permutations: int = 1000
     fdr: float = 0.05
+
+    def check(self) -> None:
+        """Raise a one-line :class:`MtbenchError` for a value that no run can use.
+
+        Names (model, dataset, states, metric) are resolved by the registry instead. Called by
+        ``mtbench run`` and for each plan of ``mtbench sweep`` before anything loads, so a bad
+        value fails at once instead of after extraction, or in every cell of a sweep.
+        """
+        from .alignment import HRF_CHOICES  # lazily: api stays light
+        from .encoding import BACKENDS, INNERS, PRECISIONS
+
+        def whole(value) -> bool:
+            return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+        def bad(name: str, expected: str) -> MtbenchError:
+            flag = _FLAGS.get(name, f"--{name.replace('_', '-')}")
+            label = f"{name} ({flag})" if flag else name
+            return MtbenchError(f"{label} must be {expected}, got {getattr(self, name)!r}")
+
+        try:  # a list, a tuple or an array of numbers; a string is the CLI's form, not a value
+            alphas = None if isinstance(self.alphas, (str, bytes)) else np.asarray(self.alphas, dtype=float)
+        except (TypeError, ValueError):
+            alphas = None
+        if alphas is None or alphas.ndim != 1 or not alphas.size or not np.all(np.isfinite(alphas) & (alphas > 0)):
+            raise bad("alphas", "a non-empty list of positive, finite penalties, e.g. [1, 100, 1e4]")
+        for name, choices in (("hrf", HRF_CHOICES), ("backend", BACKENDS), ("precision", PRECISIONS),
+                              ("inner", INNERS), ("feature_dtype", ("float16", "float32"))):
+            if getattr(self, name) not in choices:
+                raise bad(name, f"one of {', '.join(choices)}")
+        if not (whole(self.trim_scans) and self.trim_scans >= 0):
+            raise bad("trim_scans", "a whole number of scans >= 0 (dropped at both ends of each run)")
+        if not (whole(self.permutations) and self.permutations >= 0):
+            raise bad("permutations", "a whole number >= 0 (0: no significance)")
+        if not whole(self.seed):
+            raise bad("seed", "a whole number")
+        if not (isinstance(self.fdr, (int, float)) and 0 < self.fdr < 1):
+            raise bad("fdr", "a level in (0, 1)")
+        if not isinstance(self.shared_alpha, bool):
+            raise bad("shared_alpha", "true or false")
+        delays = self.delays
+        if delays is not None and (isinstance(delays, str) or np.ndim(delays) != 1 or not len(delays)
+                                   or not all(whole(d) and d >= 0 for d in delays)):
+            raise bad("delays", "a non-empty list of scans >= 0, e.g. [1, 2, 3, 4]")
+
+
+# RunSettings fields whose command-line flag is not --<field name> (None: set by a protocol or a plan only)
+_FLAGS = {"trim_scans": "--trim", "shared_alpha": None, "inner": None}
 

@@ -201,8 +201,7 @@ def run(model, states, layers, dataset, subject, metric, hrf, delays, permutatio
     )
     if device is not None:
         settings.model_options.setdefault("device", device)
-    if not 0 < fdr < 1 or permutations < 0:
-        raise MtbenchError(f"--fdr must be in (0, 1) and --permutations >= 0, got {fdr} and {permutations}")
+    settings.check()  # before the protocol and the subjects: a bad value is one line at once
     ctx = click.get_current_context()
     explicit = [name for name in ("hrf", "trim_scans", "alphas", "precision", "delays")
                 if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
@@ -270,13 +269,17 @@ def _parse_alphas(spec: str) -> list[float]:
     try:
         if ":" in spec:
             lo, hi, count = spec.split(":")
-            values = np.logspace(np.log10(float(lo)), np.log10(float(hi)), int(count)).tolist()
+            ends = [float(lo), float(hi)]
+            if int(count) < 1 or min(ends) <= 0:
+                raise MtbenchError(f"--alphas {spec!r}: start and stop must be positive and count at least 1, "
+                                   "e.g. 1e0:1e8:9")
+            values = np.logspace(np.log10(ends[0]), np.log10(ends[1]), int(count)).tolist()
         else:
             values = [float(a) for a in spec.split(",")]
     except ValueError:
         raise MtbenchError(f"cannot read --alphas {spec!r}: use 'start:stop:count' or a comma list") from None
-    if not values or min(values) <= 0:
-        raise MtbenchError(f"--alphas {spec!r}: need at least one positive penalty")
+    if not all(np.isfinite(v) and v > 0 for v in values):  # NaN compares False both ways: test each
+        raise MtbenchError(f"--alphas {spec!r}: every penalty must be positive and finite")
     return values
 
 

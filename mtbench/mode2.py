@@ -48,7 +48,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -394,8 +394,12 @@ def check_mode2_settings(settings) -> None:
         raise MtbenchError(f"unknown mode {settings.mode!r}: use --mode 1 (one state at a time) or --mode 2 "
                            "(several states of a block together)")
     if settings.mode == 1:
-        if settings.inputs:
-            raise MtbenchError("--inputs is for --mode 2; in mode 1 choose states with --states")
+        # a Mode 2 option in mode 1 is a forgotten --mode 2, not something to ignore
+        defaults = {f.name: f.default for f in fields(settings) if f.name in ("pivot", "selection")}
+        given = [f"--{name} {getattr(settings, name)}" for name in defaults if getattr(settings, name) != defaults[name]]
+        if settings.inputs or given:
+            flag = "--inputs" if settings.inputs else given[0]
+            raise MtbenchError(f"{flag} is for --mode 2; add --mode 2, or in mode 1 choose states with --states")
         return
     if settings.selection not in SELECTIONS:
         raise MtbenchError(f"unknown Mode 2 selection {settings.selection!r}: choose one of {', '.join(SELECTIONS)}")

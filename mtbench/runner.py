@@ -75,6 +75,8 @@ def parse_layers(spec: str | list[int], n_layers: int) -> list[int]:
         if not match:
             raise MtbenchError(f"cannot read layers {spec!r}: use 'all', '4' or '1-5,8' (1-based block numbers)")
         lo, hi = int(match[1]), int(match[2] or match[1])
+        if hi < lo:
+            raise MtbenchError(f"layer range {part.strip()!r} runs backwards: write {hi}-{lo}")
         layers.update(range(lo, hi + 1))
     bad = [layer for layer in layers if not 1 <= layer <= n_layers]
     if bad:
@@ -233,14 +235,13 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
 
 
 def _check_settings(settings: RunSettings):
-    """Resolve every name and check every count before any heavy work, so a typo fails in a second.
+    """Resolve every name and check every value before any heavy work, so a typo fails in a second.
 
     Returns the metric.
     """
     from .mode2 import check_mode2_settings
 
-    if settings.trim_scans < 0:
-        raise MtbenchError(f"--trim must be >= 0 (scans dropped at both ends of each run), got {settings.trim_scans}")
+    settings.check()
     check_mode2_settings(settings)
     registry = get_registry()
     registry.model(split_spec(settings.model)[0])

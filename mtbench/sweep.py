@@ -285,6 +285,7 @@ def expand(plan: Plan, results_dir: Path) -> list[Group]:
         for name in plan.states:
             registry.state(name)
     registry.metric(plan.settings.get("metric", "pearson"))
+    RunSettings(model="", dataset="", states=[], **plan.settings).check()  # once, not in every cell
     datasets = {name: dataset_info(name, plan.dataset_options.get(name, {})) for name in plan.datasets}
     groups = []
     for spec in plan.models:

@@ -92,7 +92,7 @@ def test_bad_settings_and_an_out_that_cannot_be_written_fail_before_any_work(set
         assert str(err.value) == f"cannot write to {out} ({tmp_path / 'afile'} is a file); give --out a folder " \
                                  "you can write to"
     assert (tmp_path / "afile").read_text() == "keep me"
-    with pytest.raises(MtbenchError, match="--trim must be >= 0 .*got -1"):  # was silently taken as 0
+    with pytest.raises(MtbenchError, match=r"trim_scans \(--trim\) must be a whole number .*got -1"):  # was taken as 0
         run(replace(settings, trim_scans=-1), tmp_path / "results")
 
 

@@ -110,7 +110,8 @@ def test_runner_fir_and_significance(tmp_path, monkeypatch):
 @pytest.mark.parametrize("args, message", [
     (["--delays", "1,x"], "cannot read --delays"),
     (["--delays", "-1,2"], "delays are scans after the word"),
-    (["--fdr", "1.5"], "--fdr must be in (0, 1)"),
+    (["--fdr", "1.5"], "fdr (--fdr) must be a level in (0, 1), got 1.5"),
+    (["--permutations", "-3"], "permutations (--permutations) must be a whole number >= 0"),
     (["--protocol", "mindtransformer", "--delays", "1,2"], "--protocol mindtransformer sets delays"),
 ])
 def test_cli_bad_alignment_and_significance_options_are_one_line_errors(args, message):

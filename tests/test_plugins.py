@@ -148,9 +148,16 @@ def test_block_and_select_plugins(tmp_path):
         (["run", "--model", "smollm2-135m", "--dataset", "synthtic"], "unknown dataset 'synthtic': did you mean 'synthetic'"),
         (["run", "--model", "smollm2-135m", "--metric", "pearsn"], "did you mean 'pearson'"),
         (["run", "--model", "smollm2-135m", "--alphas", "a:b"], "cannot read --alphas"),
+        # values that used to run anyway, a traceback or a silent default
+        (["run", "--model", "random", "--layers", "2-1"], "layer range '2-1' runs backwards: write 1-2"),
+        (["run", "--model", "random", "--alphas", "1:0:3"], "start and stop must be positive"),
+        (["run", "--model", "random", "--alphas", "1,nan"], "every penalty must be positive and finite"),
+        (["run", "--model", "random", "--trim", "-1"], "trim_scans (--trim) must be a whole number of scans >= 0"),
+        (["run", "--model", "random", "--pivot", "attn_output"], "--pivot attn_output is for --mode 2; add --mode 2"),
+        (["run", "--model", "random", "--selection", "banded"], "--selection banded is for --mode 2"),
     ],
 )
-def test_unknown_names_give_one_line_errors(args, expected):
+def test_unknown_names_and_bad_values_give_one_line_errors(args, expected):
     result = mtbench(*args)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

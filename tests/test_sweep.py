@@ -81,6 +81,11 @@ def test_bad_plans_fail_in_one_line(tiny, tmp_path):
         run_sweep(load_plan(plan_file, executor="slurmm"), tmp_path)
     with pytest.raises(MtbenchError, match="does not exist"):
         load_plan(tmp_path / "missing.toml")
+    # a bad shared value fails when the plan is expanded (also --dry-run), not in every cell
+    for settings, message in (({"trim_scans": -2}, r"trim_scans \(--trim\) must be a whole number"),
+                              ({"alphas": "1e0:1e8:9"}, r"alphas \(--alphas\) must be a non-empty list")):
+        with pytest.raises(MtbenchError, match=message):
+            expand(load_plan(plan_file, settings=settings), tmp_path)
     (tmp_path / "afile").write_text("")
     with pytest.raises(MtbenchError, match=r"cannot write to .*afile/results \(.*afile is a file\); give --out"):
         run_sweep(load_plan(plan_file), tmp_path / "afile" / "results")  # before any job, not in each

@@ -1,0 +1,54 @@
+"""Every value of a run's settings is checked before anything loads, in one line naming it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mtbench.api import RunSettings
+from mtbench.errors import MtbenchError
+from mtbench.protocols import resolve_protocol
+
+
+def settings(**values) -> RunSettings:
+    return RunSettings(model="random", dataset="synthetic", states=["all"], **values)
+
+
+@pytest.mark.parametrize("values", [
+    {},
+    {"alphas": (1, 10.0)},
+    {"alphas": np.logspace(0, 8, 9)},  # an array, as a script would pass it
+    {"delays": np.arange(1, 5)},
+    {"trim_scans": np.int64(10), "seed": 3, "permutations": 0, "fdr": 0.1, "hrf": "fir", "inner": "first"},
+])
+def test_usable_values_pass(values):
+    settings(**values).check()
+
+
+def test_the_reference_protocol_passes():
+    resolve_protocol(settings(protocol="mindtransformer")).check()
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"alphas": "1e0:1e8:9"}, "alphas (--alphas) must be a non-empty list of positive, finite penalties"),
+    ({"alphas": []}, "alphas (--alphas) must be a non-empty list"),
+    ({"alphas": [1.0, float("nan")]}, "got [1.0, nan]"),
+    ({"alphas": [0, 1]}, "positive, finite"),
+    ({"hrf": "box"}, "hrf (--hrf) must be one of glover, spm, fir, got 'box'"),
+    ({"trim_scans": -1}, "trim_scans (--trim) must be a whole number of scans >= 0"),
+    ({"trim_scans": 2.5}, "got 2.5"),
+    ({"seed": "1"}, "seed (--seed) must be a whole number, got '1'"),
+    ({"permutations": -3}, "permutations (--permutations) must be a whole number >= 0"),
+    ({"fdr": 1.0}, "fdr (--fdr) must be a level in (0, 1), got 1.0"),
+    ({"shared_alpha": "yes"}, "shared_alpha must be true or false"),
+    ({"inner": "kfold"}, "inner must be one of loro, first"),
+    ({"backend": "cuda"}, "backend (--backend) must be one of torch, torch_cuda, himalaya, himalaya_cuda"),
+    ({"precision": "bf16"}, "precision (--precision) must be one of"),
+    ({"feature_dtype": "int8"}, "feature_dtype (--feature-dtype) must be one of float16, float32"),
+    ({"delays": []}, "delays (--delays) must be a non-empty list of scans >= 0"),
+    ({"delays": [1, -1]}, "got [1, -1]"),
+])
+def test_bad_values_are_one_line_errors_naming_the_setting(values, message):
+    with pytest.raises(MtbenchError) as err:
+        settings(**values).check()
+    assert message in str(err.value) and "\n" not in str(err.value)
