@@ -182,6 +182,23 @@ def test_bad_requests_are_one_line_errors(adapter, tiny_folder, tmp_path):
             assert "\n" not in str(exc)
 
 
+def test_damaged_weights_are_one_line_errors(tiny_folder, tmp_path):
+    """Truncated or missing weights (a copy cut short, a full disk): one line naming the folder, no traceback."""
+    import shutil
+
+    damaged = shutil.copytree(tiny_folder, tmp_path / "damaged")
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(MtbenchError) as err:
+        load_hf(str(damaged))
+    message = str(err.value)
+    assert message.startswith(f"cannot load the weights in {damaged} (") and "\n" not in message
+    assert message.endswith("they are damaged or incomplete: copy or download the model again")
+    weights.unlink()
+    with pytest.raises(MtbenchError, match="damaged or incomplete"):
+        load_hf(str(damaged))
+
+
 # --------------------------------------------------------------------------- words and windows
 def test_words_are_the_mean_of_their_tokens(adapter):
     words = TEXT.split()

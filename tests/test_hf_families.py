@@ -19,6 +19,7 @@ Gemma 3 has no attention-logit softcapping: its config carries
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -287,6 +288,37 @@ def test_chunked_gguf_conversion_is_reused_while_the_chunks_are_unchanged(monkey
     with pytest.raises(MtbenchError, match="expected 000000000000"):  # a wrong assembly is refused
         hf.convert_gguf(parts, "chunked-v2", expected_sha256="0" * 64)
     assert not list((tmp_path / "cache" / "models").glob(".chunked-v2*"))  # nothing half-written left
+
+
+def test_a_damaged_conversion_is_converted_again(monkeypatch, tmp_path):
+    """The stamp records the converted files' sizes: a truncated or missing file (a full disk, a
+    cache cleaner) means a new conversion, found by a stat instead of a failed load."""
+    from mtbench_plugins.models import hf
+
+    monkeypatch.setenv("MTBENCH_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"not really a gguf")
+    calls = []
+
+    def convert(parts, stats, target, expected_sha256):
+        calls.append(target)
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        (target / "model.safetensors").write_bytes(b"w" * 100)
+        (target / "config.json").write_text("{}")
+        hf._write_stamp(target, parts, stats, "converted")
+        return target, "converted"
+
+    monkeypatch.setattr(hf, "_convert", convert)
+    target, _ = hf.convert_gguf([gguf], "damaged-v1")
+    assert hf.convert_gguf([gguf], "damaged-v1") == (target, "converted") and len(calls) == 1  # reused
+    (target / "model.safetensors").write_bytes(b"w" * 10)  # truncated
+    hf.convert_gguf([gguf], "damaged-v1")
+    assert len(calls) == 2 and (target / "model.safetensors").stat().st_size == 100
+    (target / "config.json").unlink()  # gone
+    hf.convert_gguf([gguf], "damaged-v1")
+    assert len(calls) == 3
+    assert hf.convert_gguf([gguf], "damaged-v1") == (target, "converted") and len(calls) == 3
 
 
 def test_a_conversion_asked_for_twice_at_once_runs_once(monkeypatch, tmp_path):

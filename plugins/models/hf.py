@@ -962,7 +962,16 @@ def _load_folder(folder: Path, name: str, revision: str, options: dict) -> HFAda
                 model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
             name, revision = untrained_identity(name, revision, seed)
         else:
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], **placement)
+            from safetensors import SafetensorError
+
+            try:
+                model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], **placement)
+            except (OSError, SafetensorError) as exc:  # truncated or missing weights: one line, not a traceback
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                fix = (f"delete {folder} and run again (it is converted again)" if (Path(folder) / _STAMP).exists()
+                       else "copy or download the model again")
+                raise MtbenchError(f"cannot load the weights in {folder} ({reason}); they are damaged or "
+                                   f"incomplete: {fix}") from None
         tokenizer = AutoTokenizer.from_pretrained(folder)
     return HFAdapter(model, tokenizer, name=name, revision=revision, **options)
 
@@ -1104,7 +1113,8 @@ def convert_gguf(parts: Sequence[Path], conversion: str, expected_sha256: str | 
     a temporary name and renamed, so a crash never leaves a half-written model. A stamp
     records the size and mtime of the source file(s): while they are unchanged, the folder
     is reused without reading the GGUF; if they changed (reinstall), it is reused when the
-    content hash is still the same. Conversions hold ``models/<conversion>.lock``: a second
+    content hash is still the same. The stamp also records the size of each converted file: a
+    folder damaged since (a file truncated or deleted) is converted again. Conversions hold ``models/<conversion>.lock``: a second
     process asking meanwhile waits for the first, then reuses its folder.
 
     Parameters
@@ -1142,6 +1152,8 @@ def _converted_digest(target: Path, parts: Sequence[Path], stats: list) -> str |
         info = json.loads((target / _STAMP).read_text())
     except (OSError, ValueError):
         return None
+    if "files" in info and info["files"] != _file_sizes(target):  # damaged since (a file truncated or gone)
+        return None  # converted again
     recorded = info.get("parts") or [[info.get("size"), info.get("mtime_ns")]]  # v1 stamps: one file
     if recorded == stats and info.get("sha256"):
         return info["sha256"]
@@ -1201,10 +1213,16 @@ def _convert(parts: Sequence[Path], stats: list, target: Path, expected_sha256: 
 
 
 def _write_stamp(folder: Path, parts: Sequence[Path], stats: list, digest: str) -> None:
-    info = {"source": [str(p) for p in parts], "parts": stats, "sha256": digest}
+    # "files": what the folder holds, so that a damaged copy is noticed by a stat, not a failed load
+    info = {"source": [str(p) for p in parts], "parts": stats, "sha256": digest, "files": _file_sizes(folder)}
     if len(stats) == 1:  # v1 stamp keys, still understood by older mtbench
         info.update(size=stats[0][0], mtime_ns=stats[0][1])
     (folder / _STAMP).write_text(json.dumps(info, indent=1))
+
+
+def _file_sizes(folder: Path) -> dict[str, int]:
+    """Size of each file of a converted folder (its stamp excepted), by name."""
+    return {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file() and p.name != _STAMP}
 
 
 def convert_smollm2(gguf: Path | None = None) -> tuple[Path, str]:
