@@ -208,6 +208,14 @@ def test_cli_fetch_annotations_only(tmp_path, bucket_server):
     assert (root / "annotation/EN/lppEN_word_information.csv").exists()
     result = CliRunner().invoke(main, ["data", "fetch", "synthetic"])
     assert result.exit_code == 2 and "dataset 'synthetic' has no `data fetch` command" in result.output
+    (tmp_path / "afile").write_text("")  # a root that cannot be made: one line before any request
+    n_requests = len(bucket.requests)
+    result = CliRunner().invoke(main, ["data", "fetch", "lpp-en", "--annotations-only", "--root",
+                                       str(tmp_path / "afile" / "root"), "--option", f"base_url={url}"])
+    assert result.exit_code == 2 and result.output.strip() == (
+        f"Error: cannot write to {tmp_path / 'afile' / 'root'} ({tmp_path / 'afile'} is a file); give --root a "
+        "folder you can write to"), result.output
+    assert len(bucket.requests) == n_requests
 
 
 def test_without_a_manifest_the_bucket_listing_is_used(tmp_path, bucket_server):

@@ -158,3 +158,10 @@ def test_prepare_errors(tmp_path, lpp_reference):
         path.rename(path.with_name(path.name.replace("EN057", "EN058")))
     with pytest.raises(MtbenchError, match="run-16.*297 scans but run 2 has 298"):
         prepare_lpp("en", root=tmp_path)
+    for subject in ("EN057", "EN058"):  # whole runs now; but the output folder cannot be made (a read-only
+        path = tmp_path / lang.bold(subject, 16)  # root would do the same): one line before any resampling
+        nib.save(nib.Nifti1Image(np.zeros((2, 2, 2, lang.n_scans[1]), np.float32), np.eye(4)), path)
+    (tmp_path / PREPARED_DIR).write_text("")
+    with pytest.raises(MtbenchError, match=r"cannot write to .*mtbench-4mm \(.*mtbench-4mm is a file\); make the "
+                                           r"dataset root writable"):
+        prepare_lpp("en", root=tmp_path)

@@ -122,6 +122,9 @@ def test_simulate_errors_are_one_line(tmp_path, lpp_reference):
         simulate_lpp(out=tmp_path / "x", truth=json.dumps([{**TRUTH[0], "layer": 9}]), source=lpp_reference,
                      truth_model=FakeAdapter(), scale="tiny")
     assert not (tmp_path / "x").exists()
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(MtbenchError, match=r"cannot write to .*afile \(.*afile is a file\); give --out"):
+        simulate_lpp(out=tmp_path / "afile" / "sim", source=lpp_reference, truth_model=FakeAdapter(), scale="tiny")
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mtbench.errors import MtbenchError
-from mtbench.paths import atomic_write_bytes
+from mtbench.paths import atomic_write_bytes, writable_folder
 
 from .layout import ManifestFile, default_root, language, read_manifest, runs_by_subject, subjects_in_manifest
 
@@ -238,13 +238,13 @@ def fetch_lpp(key: str, root: Path | None = None, subjects: list[str] | None = N
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise MtbenchError(f"unknown option {unknown[0]!r} for `data fetch`: options are {', '.join(OPTIONS)}")
+    root = writable_folder(Path(root) if root is not None else default_root(f"lpp-{key}"),
+                           "give --root a folder you can write to")  # before listing and downloading
     base_url = str(options.get("base_url") or os.environ.get(URL_ENV) or DEFAULT_URL)
     manifest = read_manifest(Path(options["manifest"])) if options.get("manifest") else list_bucket(base_url)
     items = select_files(key, manifest, subjects, annotations_only)
     if not items:
         raise MtbenchError(f"no file of lpp-{key} found at {base_url}: check --option base_url / manifest")
-    root = Path(root) if root is not None else default_root(f"lpp-{key}")
-    root.mkdir(parents=True, exist_ok=True)
     fetcher = _Fetcher(root, base_url, progress)
     if fetcher.total_task is not None:
         progress.update(fetcher.total_task, total=sum(i.size for i in items))

@@ -24,6 +24,7 @@ import numpy as np
 
 from mtbench.ceiling import split_half_reliability
 from mtbench.errors import MtbenchError
+from mtbench.paths import writable_folder
 
 from ..atlas import MNI_4MM_AFFINE, MNI_4MM_SHAPE, harvard_oxford_cortical
 from .dataset import write_bold, write_prepared
@@ -141,7 +142,8 @@ def prepare_lpp(key: str, root: Path | None = None, subjects: list[str] | None =
                 raise MtbenchError(f"{Path(path).name} has {shape[3] if len(shape) == 4 else 'no'} scans but run "
                                    f"{run} has {n_scans}: the file is damaged or not from ds003643; fetch it again")
     names = list(files)
-    prepared = root / PREPARED_DIR
+    prepared = writable_folder(root / PREPARED_DIR, "make the dataset root writable or copy it to a folder you "
+                               "can write to")  # before minutes of resampling, not after
     (prepared / "prepared.json").unlink(missing_ok=True)  # incomplete until rewritten at the end
 
     task = progress.add_task(f"lpp-{key} mask", total=len(names)) if progress is not None else None

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from mtbench.errors import MtbenchError
+from mtbench.paths import writable_folder
 
 from ..atlas import MNI_4MM_AFFINE, MNI_4MM_SHAPE, harvard_oxford_cortical
 from ..planting import AR1_PHI, N_COMPONENTS, N_DIRECTIONS, ar1_noise, parse_truth, planted_signal
@@ -169,6 +170,7 @@ def simulate_lpp(out: Path | None = None, truth: Any = None, source: Path | None
         raise MtbenchError(f"option snr_scale must be a positive number, got {options.get('snr_scale')!r}")
     seed = int(seed)
     out = Path(out) if out is not None else default_root("lpp-en-sim")
+    writable_folder(out.parent)  # written beside it, then renamed: fail before the model and the simulation
     lang = LANGUAGES["en"]
     src = find_source(source)
     annotation = read_annotation(src.annotation)
