@@ -152,6 +152,37 @@ def test_scan_counts_are_checked_against_the_bold_files(prepared_root, tmp_path)
         dataset.load_bold("EN058")
 
 
+@pytest.mark.parametrize("name, damage", [
+    ("prepared.json", "truncate"),
+    ("mask.nii.gz", "truncate"),  # the gzip stream ends early
+    ("mask.nii.gz", "garbage"),
+    ("parcels.npy", "truncate"),
+    ("reliability.npy", "garbage"),
+    ("bold/sub-EN058_run-4.npy", "truncate"),  # a copy cut short
+])
+def test_damaged_prepared_files_are_one_line_errors_naming_them(prepared_root, tmp_path, name, damage):
+    root, _, _ = prepared_root
+    copy = shutil.copytree(root, tmp_path / "copy")
+    path = copy / PREPARED_DIR / name
+    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2] if damage == "truncate" else b"not a file")
+    with pytest.raises(MtbenchError) as err:
+        dataset = load_lpp("en", root=str(copy))
+        dataset.load_bold("EN058")
+        dataset.noise_ceiling("average")
+    message = str(err.value)
+    assert message.startswith(f"dataset lpp-en: {path} is damaged (") and "\n" not in message, message
+    assert message.endswith("); re-run `mtbench data prepare lpp-en`")
+
+
+def test_a_simulated_dataset_names_the_command_that_rewrites_it(prepared_root, tmp_path):
+    root, _, _ = prepared_root
+    copy = shutil.copytree(root, tmp_path / "copy")
+    (copy / PREPARED_DIR / "bold" / "sub-average_run-1.npy").unlink()
+    dataset = load_lpp("en", name="lpp-en-sim", root=str(copy))
+    with pytest.raises(MtbenchError, match=r"run-1.npy is missing: re-run `mtbench data simulate lpp-en-sim`$"):
+        dataset.load_bold("average")  # there is no `data prepare lpp-en-sim`
+
+
 def test_split_half_reliability_matches_a_direct_computation():
     rng = np.random.default_rng(1)
     shared = [rng.standard_normal((n, 5)) for n in (30, 40)]

@@ -10,7 +10,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -117,11 +119,11 @@ class LppDataset:
     """
 
     def __init__(self, name: str, lang: Language, root: Path):
-        import nibabel as nib
-
         self.name, self.language, self.root = name, lang, Path(root)
-        fetch_hint = f"run `mtbench data fetch {name}`" if not name.endswith("-sim") else \
-            f"run `mtbench data simulate {name}`"
+        simulated = name.endswith("-sim")
+        fetch_hint = f"run `mtbench data simulate {name}`" if simulated else f"run `mtbench data fetch {name}`"
+        # what rewrites the prepared folder
+        self._redo = f"re-run `mtbench data simulate {name}`" if simulated else f"re-run `mtbench data prepare {name}`"
         if not self.root.is_dir():
             raise MtbenchError(f"dataset {name}: no data at {self.root}: {fetch_hint} (or pass --dataset-option "
                                f"root=DIR / set MTBENCH_LPP_ROOT)")
@@ -135,18 +137,19 @@ class LppDataset:
         self.prepared = self.root / PREPARED_DIR
         info_path = self.prepared / "prepared.json"
         if not info_path.exists():
-            raise MtbenchError(f"dataset {name}: {self.root} is not prepared ({info_path} missing): run "
-                               f"`mtbench data prepare {name}`")
-        self.info = json.loads(info_path.read_text())
-        if list(self.info.get("n_scans", [])) != list(lang.n_scans):
-            raise MtbenchError(f"dataset {name}: prepared data has scans {self.info.get('n_scans')} per run, the "
-                               f"real runs have {list(lang.n_scans)}: re-run `mtbench data prepare {name}`")
-        self.mask_img = nib.load(self.prepared / "mask.nii.gz")
-        n_voxels = int((np.asarray(self.mask_img.dataobj) > 0).sum())
-        labels = np.load(self.prepared / "parcels.npy")
+            raise MtbenchError(f"dataset {name}: {self.root} is not prepared ({info_path} missing): "
+                               f"{self._redo.removeprefix('re-')}")
+        self.info = self._read(info_path, lambda p: json.loads(p.read_text()))
+        if not isinstance(self.info, dict) or list(self.info.get("n_scans", [])) != list(lang.n_scans):
+            raise MtbenchError(f"dataset {name}: prepared data has scans "
+                               f"{self.info.get('n_scans') if isinstance(self.info, dict) else None} per run, the "
+                               f"real runs have {list(lang.n_scans)}: {self._redo}")
+        self.mask_img, mask = self._read(self.prepared / "mask.nii.gz", _load_mask)
+        n_voxels = int((mask > 0).sum())
+        labels = self._read(self.prepared / "parcels.npy", np.load)
         if labels.shape != (n_voxels,):
             raise MtbenchError(f"dataset {name}: parcels.npy has shape {labels.shape} but the mask has {n_voxels} "
-                               f"voxels: re-run `mtbench data prepare {name}`")
+                               f"voxels: {self._redo}")
         present = sorted(int(i) for i in np.unique(labels) if i > 0)
         self.parcels = Parcellation(labels=labels.astype(np.int32),
                                     names={i: CORTICAL_NAMES[i - 1] for i in present},
@@ -154,7 +157,7 @@ class LppDataset:
         self.n_voxels = n_voxels
         self.subjects = list(self.info.get("subjects", []))
         truth_path = self.prepared / "truth.json"
-        self.truth = json.loads(truth_path.read_text()) if truth_path.exists() else None
+        self.truth = self._read(truth_path, lambda p: json.loads(p.read_text())) if truth_path.exists() else None
         key = hashlib.sha256(info_path.read_bytes() + annotation_path.read_bytes()).hexdigest()[:12]
         self.version = f"{PREPARED_VERSION}+{key}"
 
@@ -186,11 +189,11 @@ class LppDataset:
         for k, n_scans in enumerate(self.language.n_scans, start=1):
             path = self.prepared / "bold" / f"sub-{subject}_run-{k}.npy"
             if not path.exists():
-                raise MtbenchError(f"dataset {self.name}: {path} is missing: re-run `mtbench data prepare {self.name}`")
-            y = np.load(path)
+                raise MtbenchError(f"dataset {self.name}: {path} is missing: {self._redo}")
+            y = self._read(path, np.load)
             if y.shape != (n_scans, self.n_voxels):
                 raise MtbenchError(f"dataset {self.name}: {path.name} has shape {y.shape}, expected ({n_scans}, "
-                                   f"{self.n_voxels}) scans x voxels: re-run `mtbench data prepare {self.name}`")
+                                   f"{self.n_voxels}) scans x voxels: {self._redo}")
             runs.append(y)
         if subject != "average":
             self._check_raw_scans(subject)
@@ -217,11 +220,37 @@ class LppDataset:
             return None
         exact = self.prepared / "ceiling.npy"
         if exact.exists():
-            return np.load(exact).astype(np.float32)
+            return self._read(exact, np.load).astype(np.float32)
         reliability = self.prepared / "reliability.npy"
         if not reliability.exists():
             return None
-        return ceiling_from_split_half(np.load(reliability))
+        return ceiling_from_split_half(self._read(reliability, np.load))
+
+    def _read(self, path: Path, read: Callable[[Path], Any]) -> Any:
+        """``read(path)``; a damaged file (truncated, overwritten) is one line naming it and the fix."""
+        import zlib
+
+        from nibabel.filebasedimages import ImageFileError
+
+        try:
+            return read(path)
+        except (OSError, ValueError, EOFError, zlib.error, ImageFileError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise MtbenchError(f"dataset {self.name}: {path} is damaged ({reason}); {self._redo}") from None
+
+
+def _load_mask(path: Path):
+    """The mask image and its voxels, read in full (``nib.load`` alone reads only the header).
+
+    Returns
+    -------
+    image : nibabel.Nifti1Image
+    mask : ndarray, shape (x, y, z)
+    """
+    import nibabel as nib
+
+    image = nib.load(path)
+    return image, np.asarray(image.dataobj)
 
 
 def load_lpp(key: str, name: str | None = None, **options) -> LppDataset:
