@@ -23,14 +23,13 @@ import io
 import json
 import os
 import shutil
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .errors import MtbenchError
-from .paths import atomic_write_bytes
+from .paths import atomic_write_bytes, read_npz
 
 __all__ = ["FitCheckpoint", "fingerprint"]
 
@@ -102,14 +101,10 @@ class FitCheckpoint:
     def load(self, name: str) -> dict[str, np.ndarray] | None:
         """The arrays saved for fit ``name``, or None when there are none (or they are unreadable)."""
         path = self._path(name)
-        if not path.exists():
-            return None
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                return {k: data[k] for k in data.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # e.g. a truncated file: fit it again
+        arrays = read_npz(path)
+        if arrays is None:  # none, or unreadable (e.g. truncated): fit it again
             path.unlink(missing_ok=True)
-            return None
+        return arrays
 
     def save(self, name: str, arrays: dict[str, np.ndarray]) -> None:
         """Write fit ``name``'s arrays atomically (readers see all of them or none)."""

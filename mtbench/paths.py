@@ -58,6 +58,23 @@ def writable_folder(path: Path, fix: str = "give --out a folder you can write to
     return path
 
 
+def read_npz(path: Path) -> dict | None:
+    """The arrays of a cached ``.npz`` by name; None when it is missing or unreadable.
+
+    For files mtbench can make again (derived atlases, checkpointed fits): a truncated or
+    overwritten copy (a full disk, a killed writer of an older version) means "build it again".
+    """
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # FileNotFoundError is an OSError
+        return None
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file so that readers see either the old or the complete new content."""
     path = Path(path)

@@ -130,6 +130,20 @@ def test_atlas_labels_and_names(atlas):
     assert set(np.unique(labels)) == set(range(49))  # every parcel survives at 4 mm
 
 
+def test_a_damaged_atlas_cache_is_derived_again(atlas):
+    """Both cached files cut short (a full disk): the same labels come back, and whole files again."""
+    from mtbench.paths import cache_dir
+
+    cached = sorted(cache_dir("atlas").glob("ho-cort-*.npz"))
+    assert [p.name.split("-")[2] for p in cached] == ["1mm", "grid"]
+    sizes = [p.stat().st_size for p in cached]
+    for path in cached:
+        path.write_bytes(path.read_bytes()[:200])
+    labels, names = harvard_oxford_cortical(MNI_4MM_AFFINE, MNI_4MM_SHAPE)
+    np.testing.assert_array_equal(labels, atlas[0])
+    assert names == atlas[1] and [p.stat().st_size for p in cached] == sizes
+
+
 def test_heschl_sits_where_it_should(atlas):
     labels, names = atlas
     xyz = nib.affines.apply_affine(MNI_4MM_AFFINE, np.argwhere(labels == 45))

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from mtbench.errors import MtbenchError
-from mtbench.paths import atomic_write_bytes, cache_dir
+from mtbench.paths import atomic_write_bytes, cache_dir, read_npz
 
 # The grid of the Le Petit Prince reference pipeline: 4 mm isotropic MNI.
 MNI_4MM_AFFINE = np.array(
@@ -162,12 +162,9 @@ def _source_key() -> str:
 def _labels_1mm() -> tuple[np.ndarray, np.ndarray]:
     """:func:`_derive_1mm`, from the cache when present."""
     path = cache_dir("atlas") / f"ho-cort-1mm-{_source_key()}.npz"
-    if path.exists():
-        try:
-            with np.load(path) as cached:
-                return cached["labels"], cached["affine"]
-        except (OSError, ValueError, KeyError):  # corrupt cache: derive again
-            pass
+    cached = read_npz(path)  # None when missing or damaged: derive again
+    if cached is not None and {"labels", "affine"} <= set(cached):
+        return cached["labels"], cached["affine"]
     labels, affine = _derive_1mm()
     atomic_write_bytes(path, _npz_bytes(labels=labels, affine=affine))
     return labels, affine
@@ -205,14 +202,9 @@ def harvard_oxford_cortical(
         np.round(target_affine, 6).tobytes() + json.dumps(target_shape).encode() + _source_key().encode()
     ).hexdigest()[:16]
     path = cache_dir("atlas") / f"ho-cort-grid-{grid}.npz"
-    if path.exists():
-        try:
-            with np.load(path) as cached:
-                labels = cached["labels"].astype(np.int32)
-            if labels.shape == target_shape:
-                return labels, names
-        except (OSError, ValueError, KeyError):
-            pass
+    cached = read_npz(path)  # None when missing or damaged: resample again
+    if cached is not None and "labels" in cached and cached["labels"].shape == target_shape:
+        return cached["labels"].astype(np.int32), names
 
     import nibabel as nib
     from nilearn.image import resample_img
