@@ -11,6 +11,9 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from .errors import MtbenchError
+from .paths import writable_folder
+
 console = Console()
 
 
@@ -33,19 +36,36 @@ def leaderboard_command(results_dirs, out, dataset, subject, parcels, metric, mo
     """Collect runs under RESULTS_DIRS (default: mtbench-results), validate them, write the leaderboard."""
     from . import leaderboard
 
+    unreportable: dict[str, str] = {}  # run id -> why its report could not be drawn (a damaged map)
+
     def link(run_id: str) -> str:
         relative = f"reports/{run_id}/index.html"
+        if run_id in unreportable:
+            return ""
         return relative if reports or (out / relative).is_file() else ""
 
-    board = leaderboard.build(list(results_dirs) or [Path("mtbench-results")], dataset=dataset, subject=subject,
-                              parcels=parcels, metric=metric, mode=mode, strict=strict, report_link=link)
+    def build():
+        return leaderboard.build(list(results_dirs) or [Path("mtbench-results")], dataset=dataset, subject=subject,
+                                 parcels=parcels, metric=metric, mode=mode, strict=strict, report_link=link)
+
+    board = build()
     for note in board.notes:
         console.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
     if reports:
         from .report import write_report
 
+        writable_folder(out)  # one line for the whole board, not per report
         for run in board.runs:
-            write_report(run.path, out / "reports" / run.manifest["run_id"])
+            try:
+                write_report(run.path, out / "reports" / run.manifest["run_id"])
+            except MtbenchError as exc:  # one run's damaged map costs its report, not the board
+                if strict:
+                    raise
+                unreportable[run.manifest["run_id"]] = str(exc)
+                console.print(f"[yellow]note:[/yellow] no report for {run.manifest['run_id']}: {exc}",
+                              highlight=False, soft_wrap=True)
+        if unreportable:
+            board = build()  # again, so that no row links to a report that was not written
     files = leaderboard.write(board, out)
     console.print(leaderboard.terminal_table(board))
     console.print(f"wrote {', '.join(str(p) for p in files.values())}", highlight=False, soft_wrap=True)

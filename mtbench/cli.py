@@ -237,7 +237,9 @@ def run(model, states, layers, dataset, subject, metric, hrf, delays, permutatio
 @click.option("--parcel-names", type=click.Path(path_type=Path), default=None,
               help="Text file of '<label><tab><name>' lines for --parcels.")
 @click.option("--run-id", default=None, help="Name of the new run folder (default: the run's id, metric, parcels).")
-def rescore(run_dir, metric, parcels, parcel_names, run_id):
+@click.option("--out", "results_dir", default=None, type=click.Path(path_type=Path),
+              help="Results folder of the new run (default: the one RUN_DIR is in, RESULTS/runs/<id>).")
+def rescore(run_dir, metric, parcels, parcel_names, run_id, results_dir):
     """Score a finished Mode 1 run with another metric or on other parcels, into a new run folder."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -248,7 +250,7 @@ def rescore(run_dir, metric, parcels, parcel_names, run_id):
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console)
     print_summary(rescore_run(run_dir, metric=metric, parcels=parcels, parcel_names=parcel_names, run_id=run_id,
-                              progress=progress))
+                              progress=progress, results_dir=results_dir))
 
 
 def _parse_delays(spec: str | None) -> list[int] | None:

@@ -29,7 +29,7 @@ import numpy as np
 
 from .paths import atomic_write_bytes, writable_folder
 from .results import WHOLE_BRAIN
-from .schema import RunFolder, validate_run
+from .schema import RunFolder, read_map, read_map_index, validate_run
 
 DPI = 100
 
@@ -116,13 +116,13 @@ def best_state_map(run_dir: Path, states_by_code: dict[str, str], colors: dict[s
     """
     from matplotlib.colors import BoundaryNorm, ListedColormap
     from matplotlib.cm import ScalarMappable
-    from nilearn import image, plotting
+    from nilearn import plotting
 
     codes = sorted(int(c) for c in states_by_code)
     names = [states_by_code[str(c)] for c in codes]
     cmap = ListedColormap([colors[n] for n in names])
     norm = BoundaryNorm(np.arange(0.5, len(codes) + 1.5), cmap.N)
-    img = image.load_img(run_dir / "maps" / "best_state.nii.gz")
+    img = read_map(run_dir, "best_state.nii.gz")
     fig = _figure(10, 4.2)
     plotting.plot_roi(img, bg_img=_template(), figure=fig, axes=fig.add_axes([0.0, 0.05, 0.74, 0.82]),
                       cmap=cmap, vmin=0.5, vmax=len(codes) + 0.5, colorbar=False, draw_cross=False,
@@ -157,7 +157,7 @@ def score_map(run_dir: Path, name: str = "best_test_r.nii.gz", volume: int | Non
     from matplotlib.colors import Normalize
     from nilearn import image, plotting
 
-    img = image.load_img(run_dir / "maps" / name)
+    img = read_map(run_dir, name)
     if volume is not None:
         img = image.index_img(img, volume)
     data = np.asarray(img.dataobj)
@@ -260,7 +260,7 @@ def figures(run_dir: Path) -> list[tuple[str, str, object]]:
     if not states:
         states = list(dict.fromkeys(r["state"] for r in scores))
     layers = sorted({r["layer"] for r in scores})
-    states_by_code = json.loads((run.path / "maps" / "index.json").read_text())["best_state.nii.gz"]
+    states_by_code = read_map_index(run.path)["best_state.nii.gz"]
     colors = state_colors(list(dict.fromkeys([*states, *states_by_code.values()])))
     parcels = list(dict.fromkeys(r["parcel"] for r in summary))
     out = [
@@ -298,7 +298,7 @@ def mode2_figures(run: RunFolder) -> list[tuple[str, str, object]]:
             for r in _read(run.path / "mode2_states.parquet") if (r["layer"], r["parcel_id"]) in at]
     what = ("share of the kept features from each input state" if settings["selection"] == "pivot"
             else "contribution of each input state to the stage-2 r")
-    layers = json.loads((run.path / "maps" / "index.json").read_text())["mode2_stage<k>_test_r.nii.gz"][
+    layers = read_map_index(run.path)["mode2_stage<k>_test_r.nii.gz"][
         "volume_layers"]
     brain_layer = chosen[0]["layer"]
     method = f"{settings['selection']}, pivot {settings['pivot']}"

@@ -98,7 +98,8 @@ def _read_names(path: Path) -> dict[int, str]:
 
 
 def rescore(run_dir: Path, metric: str | None = None, parcels: Path | None = None,
-            parcel_names: Path | None = None, run_id: str | None = None, progress=None):
+            parcel_names: Path | None = None, run_id: str | None = None, progress=None,
+            results_dir: Path | None = None):
     """Score a finished Mode 1 run with another metric and/or on other parcels; write a new run.
 
     Parameters
@@ -112,6 +113,9 @@ def rescore(run_dir: Path, metric: str | None = None, parcels: Path | None = Non
     run_id : str, optional
         Name of the new run folder; default ``<run_id>-<metric>`` and/or ``-<parcels file stem>``.
     progress : rich.progress.Progress, optional
+    results_dir : Path, optional
+        Where the new run goes (``results_dir/runs/<run_id>``); default the results folder that
+        ``run_dir`` is in. Required for a run folder that is not in a ``runs/`` folder (a copy).
 
     Returns
     -------
@@ -120,7 +124,7 @@ def rescore(run_dir: Path, metric: str | None = None, parcels: Path | None = Non
     from .registry import get_registry, load_dataset
     from .results import read_score_table, summarize, write_run
     from .runner import RunOutput, check_truth
-    from .schema import validate_run
+    from .schema import read_map, validate_run
 
     start = time.perf_counter()
     run_dir = Path(run_dir)
@@ -136,17 +140,22 @@ def rescore(run_dir: Path, metric: str | None = None, parcels: Path | None = Non
                            "give --metric NAME and/or --parcels LABELS.nii.gz")
     entry = get_registry().metric(metric)  # unknown name: one line before any work
     table = read_score_table(run_dir)
-    results_dir = run_dir.parent.parent
-    writable_folder(results_dir / "runs", "rescore a copy of the run in a results folder you can write to")
+    if results_dir is None:
+        if run_dir.resolve().parent.name != "runs":  # its grandparent is no results folder: do not guess
+            raise MtbenchError(f"{run_dir} is not in a results folder (RESULTS/runs/<id>); say where the new run "
+                               "goes with --out RESULTS")
+        results_dir = run_dir.parent.parent if run_dir.parent.name == "runs" else run_dir.resolve().parent.parent
+        fix = "give --out a results folder you can write to"
+    else:
+        results_dir, fix = Path(results_dir), "give --out a folder you can write to"
+    writable_folder(results_dir / "runs", fix)
     suffix = "-".join(filter(None, [metric if metric != old_metric else None,
                                     Path(parcels).name.split(".")[0] if parcels is not None else None]))
     run_id = run_id or f"{run.manifest['run_id']}-{suffix}"
     if (results_dir / "runs" / run_id).exists():
         raise MtbenchError(f"{results_dir / 'runs' / run_id} already exists; give another --run-id")
 
-    import nibabel as nib
-
-    mask_img = nib.load(str(run_dir / "maps" / "mask.nii.gz"))
+    mask_img = read_map(run_dir, "mask.nii.gz")
     dataset = load_dataset(settings.dataset, **settings.dataset_options)
     if metric != old_metric:
         _refit_scores(table, settings, entry, dataset, run.manifest, progress)

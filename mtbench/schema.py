@@ -235,3 +235,48 @@ def validate_run(path: Path) -> RunFolder:
             if found != kind:
                 raise MtbenchError(f"{file}: column {column!r} is {found}, the result schema says {kind}; {rerun}")
     return RunFolder(path=path, manifest=manifest, mode=mode)
+
+
+_RERUN = "the run is corrupt, re-run it with this mtbench (`mtbench run ...`)"
+
+
+def read_map(run_dir: Path, name: str):
+    """``run_dir/maps/<name>``, read in full; a damaged file is one line naming it.
+
+    Parameters
+    ----------
+    run_dir : Path
+    name : str
+        e.g. ``"mask.nii.gz"``.
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+        With its data in memory (``nib.load`` alone reads only the header, so a truncated
+        file would fail later, inside a plotting or resampling call).
+    """
+    import zlib
+
+    import nibabel as nib
+    import numpy as np
+
+    path = Path(run_dir) / "maps" / name
+    try:
+        image = nib.load(str(path))
+        data = np.asarray(image.dataobj)
+    except (OSError, ValueError, EOFError, zlib.error, nib.filebasedimages.ImageFileError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MtbenchError(f"{path}: not a readable NIfTI map ({reason}); {_RERUN}") from None
+    return nib.Nifti1Image(data, image.affine, image.header)
+
+
+def read_map_index(run_dir: Path) -> dict:
+    """``run_dir/maps/index.json`` (what the codes and volumes of the maps mean); one line when damaged."""
+    path = Path(run_dir) / "maps" / "index.json"
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise MtbenchError(f"{path}: not readable ({exc}); {_RERUN}") from None
+    if not isinstance(index, dict):
+        raise MtbenchError(f"{path}: not a map index (a JSON object is expected); {_RERUN}")
+    return index

@@ -403,6 +403,35 @@ def test_an_out_folder_that_cannot_be_written_is_one_line(runs, tmp_path):
     assert (tmp_path / "afile").read_text() == "keep me"
 
 
+def test_a_damaged_map_is_one_line_and_costs_only_its_own_report(runs, tmp_path):
+    """A NIfTI map cut short: report and rescore say which file in one line; the board is still
+    written, with a note, and links only the reports that exist."""
+    _, _, made = runs
+    results = tmp_path / "results"
+    damaged = shutil.copytree(made["random"], results / "runs" / "damaged")
+    shutil.copytree(made["word-rate"], results / "runs" / made["word-rate"].name)
+    for name in ("mask.nii.gz", "best_state.nii.gz"):
+        path = damaged / "maps" / name
+        path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    cli = CliRunner()
+    for command in (["report", str(damaged), "--out", str(tmp_path / "rep")],
+                    ["rescore", str(damaged), "--metric", "r2"]):
+        result = cli.invoke(main, command)
+        assert result.exit_code == 2, (command, result.output)
+        line = result.output.strip()
+        assert line.startswith(f"Error: {damaged / 'maps'}/") and "not a readable NIfTI map (" in line, line
+        assert line.endswith("the run is corrupt, re-run it with this mtbench (`mtbench run ...`)") and "\n" not in line
+    board = cli.invoke(main, ["leaderboard", str(results), "--out", str(tmp_path / "board")])
+    assert board.exit_code == 0, board.output
+    broken, whole = made["random"].name, made["word-rate"].name  # run ids
+    assert f"no report for {broken}: {damaged / 'maps'}/" in board.output.replace("\n", "")
+    page = (tmp_path / "board" / "index.html").read_text()
+    assert f"reports/{whole}/index.html" in page and f"reports/{broken}/" not in page
+    assert (tmp_path / "board" / "reports" / whole / "index.html").is_file()
+    assert {r["model"] for r in pq.read_table(tmp_path / "board" / "leaderboard.parquet").to_pylist()} == {
+        "random", "word-rate"}  # the damaged run keeps its row: its scores are whole
+
+
 # --------------------------------------------------------------------------- docs
 def test_docs_queries_run_in_pandas_polars_duckdb(runs, tmp_path, monkeypatch):
     root, _, _ = runs

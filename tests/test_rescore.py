@@ -169,6 +169,14 @@ def test_rescore_refuses_in_one_line(first_run, tmp_path):
     (older / "folds.parquet").unlink()  # as written by an mtbench that did not keep per-fold scores
     with pytest.raises(MtbenchError, match="no folds.parquet"):
         rescore(older, metric="neg-mse")
+    # a copy outside any results folder: the new run goes where --out says, never to a guessed grandparent
+    copy = shutil.copytree(first_run, tmp_path / "shared" / "a-run")
+    with pytest.raises(MtbenchError, match=r"a-run is not in a results folder \(RESULTS/runs/<id>\); say where the "
+                                           r"new run goes with --out RESULTS$"):
+        rescore(copy, metric="neg-mse")
+    assert not (tmp_path / "runs").exists()
+    output = rescore(copy, metric="neg-mse", run_id="copied", results_dir=tmp_path / "elsewhere")
+    assert output.run_dir == tmp_path / "elsewhere" / "runs" / "copied"
 
 
 def test_leaderboard_keeps_metrics_apart_and_leaves_out_other_parcels(first_run, tmp_path):
