@@ -188,12 +188,7 @@ def validate_run(path: Path) -> RunFolder:
     manifest_path = path / RESULT_SCHEMA["manifest"]
     if not manifest_path.is_file():
         raise MtbenchError(f"{path}: not an mtbench run (no manifest.json); point at folders written by `mtbench run`")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MtbenchError(f"{manifest_path}: not valid JSON ({exc}); the run is corrupt, {rerun}") from None
-    if not isinstance(manifest, dict):
-        raise MtbenchError(f"{manifest_path}: not an mtbench manifest (a JSON object is expected); {rerun}")
+    manifest = _json_object(manifest_path, "an mtbench manifest")
     version = _version_number(manifest.get("schema_version"))
     current = _version_number(RESULT_SCHEMA["schema_version"])
     if version is None:
@@ -272,11 +267,15 @@ def read_map(run_dir: Path, name: str):
 
 def read_map_index(run_dir: Path) -> dict:
     """``run_dir/maps/index.json`` (what the codes and volumes of the maps mean); one line when damaged."""
-    path = Path(run_dir) / "maps" / "index.json"
+    return _json_object(Path(run_dir) / "maps" / "index.json", "a map index")
+
+
+def _json_object(path: Path, what: str) -> dict:
+    """The JSON object in ``path``; one line naming the file when it is unreadable or not an object."""
     try:
-        index = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise MtbenchError(f"{path}: not readable ({exc}); {_RERUN}") from None
-    if not isinstance(index, dict):
-        raise MtbenchError(f"{path}: not a map index (a JSON object is expected); {_RERUN}")
-    return index
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        raise MtbenchError(f"{path}: not valid JSON ({exc}); {_RERUN}") from None
+    if not isinstance(value, dict):
+        raise MtbenchError(f"{path}: not {what} (a JSON object is expected); {_RERUN}")
+    return value
