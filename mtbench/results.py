@@ -407,7 +407,10 @@ def _claim_run_id(runs: Path, run_id: str, unique: bool) -> str:
         partial = runs / f"{candidate}.partial"
         writer = partial_writer(partial)
         if writer is None and not (runs / candidate).exists():
-            shutil.rmtree(partial, ignore_errors=True)  # left by a run that died, if any
+            if partial.is_dir() and not partial.is_symlink():  # left by a run that died, if any
+                shutil.rmtree(partial, ignore_errors=True)
+            else:  # a stray file or link of that name (not a run: runs are folders)
+                partial.unlink(missing_ok=True)
             (partial / "maps").mkdir(parents=True)
             return candidate
         if not unique:

@@ -151,6 +151,9 @@ def test_a_partial_left_by_a_dead_run_is_replaced_and_a_live_one_kept(tmp_path):
     run_dir = write_run(tmp_path, "r1", dict(meta), table, mask_img, labels, {1: "a"}, None, None)
     assert not (run_dir / "junk").exists() and not (run_dir / ".writing").exists()
     assert not partial.exists()
+    (tmp_path / "runs" / "r2.partial").write_text("a stray file, not a run")  # was NotADirectoryError
+    assert write_run(tmp_path, "r2", dict(meta), table, mask_img, labels, {1: "a"}, None, None).is_dir()
+    assert not (tmp_path / "runs" / "r2.partial").exists()
 
     partial = tmp_path / "runs" / "r9.partial"
     partial.mkdir()
