@@ -407,6 +407,13 @@ class RunSettings:
             label = f"{name} ({flag})" if flag else name
             return MtbenchError(f"{label} must be {expected}, got {getattr(self, name)!r}")
 
+        for name in ("states", "inputs"):  # a bare string would be read letter by letter
+            names = getattr(self, name)
+            if isinstance(names, str) or not isinstance(names, Sequence) or not all(isinstance(n, str) for n in names):
+                raise bad(name, "a list of state names, e.g. ['all'] or ['per_head_q_rope', 'ffn_output']")
+        layers = self.layers
+        if not (isinstance(layers, str) or isinstance(layers, Sequence) and all(whole(n) for n in layers)):
+            raise bad("layers", "'all', a range such as '1-5,8', or a list of 1-based block numbers")
         try:  # a list, a tuple or an array of numbers; a string is the CLI's form, not a value
             alphas = None if isinstance(self.alphas, (str, bytes)) else np.asarray(self.alphas, dtype=float)
         except (TypeError, ValueError):

@@ -11,7 +11,7 @@ from mtbench.protocols import resolve_protocol
 
 
 def settings(**values) -> RunSettings:
-    return RunSettings(model="random", dataset="synthetic", states=["all"], **values)
+    return RunSettings(**{"model": "random", "dataset": "synthetic", "states": ["all"], **values})
 
 
 @pytest.mark.parametrize("values", [
@@ -19,6 +19,8 @@ def settings(**values) -> RunSettings:
     {"alphas": (1, 10.0)},
     {"alphas": np.logspace(0, 8, 9)},  # an array, as a script would pass it
     {"delays": np.arange(1, 5)},
+    {"layers": [1, 3], "states": ["per_head_q", "ffn_output"]},
+    {"layers": "1-5,8", "mode": 2, "inputs": ["per_head_q_rope", "ffn_output"]},
     {"trim_scans": np.int64(10), "seed": 3, "permutations": 0, "fdr": 0.1, "hrf": "fir", "inner": "first"},
 ])
 def test_usable_values_pass(values):
@@ -47,6 +49,9 @@ def test_the_reference_protocol_passes():
     ({"feature_dtype": "int8"}, "feature_dtype (--feature-dtype) must be one of float16, float32"),
     ({"delays": []}, "delays (--delays) must be a non-empty list of scans >= 0"),
     ({"delays": [1, -1]}, "got [1, -1]"),
+    ({"states": "all"}, "states (--states) must be a list of state names"),  # was read as states a, l, l
+    ({"inputs": "ffn_output"}, "inputs (--inputs) must be a list of state names"),
+    ({"layers": 3}, "layers (--layers) must be 'all', a range such as '1-5,8', or a list"),  # was a TypeError
 ])
 def test_bad_values_are_one_line_errors_naming_the_setting(values, message):
     with pytest.raises(MtbenchError) as err:
