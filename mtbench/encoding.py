@@ -51,6 +51,21 @@ def on_gpu(backend: str) -> bool:
     return backend.endswith("_cuda")
 
 
+def check_device(backend: str, device: str = "cpu") -> str:
+    """The device a fit with ``backend`` runs on; one line when it is a GPU that torch does not see.
+
+    The runner calls it before extraction, so a ``_cuda`` backend on a machine without a GPU
+    fails at once, not after minutes of feature extraction.
+    """
+    import torch
+
+    device = "cuda" if on_gpu(backend) else device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        fix = f"backend {backend.removesuffix('_cuda')}" if on_gpu(backend) else "device cpu"
+        raise MtbenchError(f"backend {backend} / device {device} asked for, but torch sees no CUDA GPU; use {fix}")
+    return device
+
+
 # Below this many floating-point operations a fit runs on one thread.
 _SMALL_FLOPS = 1e9
 
@@ -224,10 +239,7 @@ def fit_nested_loro(
     score = pearson_r if score is None else score
     import torch
 
-    device = "cuda" if on_gpu(backend) else device
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        fix = f"backend {backend.removesuffix('_cuda')}" if on_gpu(backend) else "device cpu"
-        raise MtbenchError(f"backend {backend} / device {device} asked for, but torch sees no CUDA GPU; use {fix}")
+    device = check_device(backend, device)
     threads = torch.get_num_threads()
     # Small fits run on one thread: splitting tiny products gains nothing, and when the
     # cores are busy with other processes every parallel region waits for a descheduled

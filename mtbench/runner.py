@@ -239,9 +239,11 @@ def _check_settings(settings: RunSettings):
 
     Returns the metric.
     """
+    from .encoding import check_device
     from .mode2 import check_mode2_settings
 
     settings.check()
+    check_device(settings.backend)  # a _cuda backend without a GPU: now, not after the extraction
     check_mode2_settings(settings)
     registry = get_registry()
     registry.model(split_spec(settings.model)[0])

@@ -94,6 +94,11 @@ def test_bad_settings_and_an_out_that_cannot_be_written_fail_before_any_work(set
     assert (tmp_path / "afile").read_text() == "keep me"
     with pytest.raises(MtbenchError, match=r"trim_scans \(--trim\) must be a whole number .*got -1"):  # was taken as 0
         run(replace(settings, trim_scans=-1), tmp_path / "results")
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on this CPU machine, also on a GPU one
+    with pytest.raises(MtbenchError, match="backend torch_cuda / device cuda asked for, but torch sees no CUDA GPU"):
+        run(replace(settings, backend="torch_cuda"), tmp_path / "results")  # was found after the extraction
 
 
 def _enter_checkpoint(root: str) -> str:
