@@ -126,7 +126,10 @@ def test_executors_are_registered_through_the_hook():
 
 
 def test_sweep_resumes_reports_failures_and_retries_only_them(tiny, tmp_path, monkeypatch):
-    """Four cells in this process; one is blocked (its output path is taken) and fails."""
+    """Four cells in this process; one is blocked (another process is writing its run folder) and fails."""
+    import shutil
+
+    from mtbench.paths import exclusive_lock
     from mtbench.runner import run
 
     root, model = tiny
@@ -135,24 +138,25 @@ def test_sweep_resumes_reports_failures_and_retries_only_them(tiny, tmp_path, mo
     results = tmp_path / "results"
     cells = [c for g in expand(plan, results) for c in g.cells]
     blocked = cells[1]
-    (results / "runs").mkdir(parents=True)
-    (results / "runs" / f"{blocked.name}.partial").write_text("not a folder")
+    partial = results / "runs" / f"{blocked.name}.partial"
+    partial.mkdir(parents=True)
+    with exclusive_lock(partial / ".writing", owner="a writer that never finishes"):
+        report = run_sweep(plan, results)
+        assert report.n_cells == 4 and not report.complete
+        assert sorted(report.status.values()) == ["done", "done", "done", "failed"]
+        assert [name for name, _, _ in report.failed] == [blocked.name]
+        log = report.failed[0][2]
+        assert "Traceback" in log.read_text() and blocked.name in str(log)
+        assert "is being written by another process" in log.read_text()
+        assert event_counts(results, "extract") == {report.extracted[0]: {"start": 1, "done": 1}}
 
-    report = run_sweep(plan, results)
-    assert report.n_cells == 4 and not report.complete
-    assert sorted(report.status.values()) == ["done", "done", "done", "failed"]
-    assert [name for name, _, _ in report.failed] == [blocked.name]
-    log = report.failed[0][2]
-    assert "Traceback" in log.read_text() and blocked.name in str(log)
-    assert event_counts(results, "extract") == {report.extracted[0]: {"start": 1, "done": 1}}
+        # resuming redoes nothing: done cells are skipped, the failed one waits for --retry-failed
+        again = run_sweep(plan, results)
+        assert again.status == report.status
+        assert all(c == {"start": 1, "done": 1} for n, c in event_counts(results).items() if n != blocked.name)
+        assert event_counts(results)[blocked.name] == {"start": 1, "failed": 1}
 
-    # resuming redoes nothing: done cells are skipped, the failed one waits for --retry-failed
-    again = run_sweep(plan, results)
-    assert again.status == report.status
-    assert all(c == {"start": 1, "done": 1} for n, c in event_counts(results).items() if n != blocked.name)
-    assert event_counts(results)[blocked.name] == {"start": 1, "failed": 1}
-
-    (results / "runs" / f"{blocked.name}.partial").unlink()
+    shutil.rmtree(partial)
     retried = run_sweep(plan, results, retry_failed=True)
     assert retried.complete and not retried.failed
     counts = event_counts(results)
