@@ -226,8 +226,17 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
     meta["timings"] = clock.stages  # seconds per stage, writing excluded
     if settings.mode == 1:
         meta["folds_file"] = bool(folds)  # write_run reads it
-    run_dir = write_run(Path(results_dir), meta["run_id"], meta, table, dataset.mask_img, labels, names,
-                        ceiling, dataset.truth, unique=run_id is None)  # a generated id taken: <id>-2
+    try:
+        run_dir = write_run(Path(results_dir), meta["run_id"], meta, table, dataset.mask_img, labels, names,
+                            ceiling, dataset.truth, unique=run_id is None)  # a generated id taken: <id>-2
+    except OSError as exc:  # a full disk, a quota: write_run has removed its half-written folder
+        if isinstance(exc, FileExistsError):  # a given id that is taken: its own message says so
+            raise
+        again = ("run the same command again: it reuses the finished fits kept in checkpoints/" if checkpoint
+                 is not None else "run the same command again")
+        raise MtbenchError(f"could not write the results under {Path(results_dir) / 'runs'} "
+                           f"({exc.strerror or exc}); free space there (or give --out another folder), then "
+                           f"{again}") from None
     if checkpoint is not None:
         checkpoint.remove()  # the results are written: the fits are no longer needed (unless another run uses them)
     truth_check = table.check_truth(dataset.truth) if settings.mode == 2 else check_truth(dataset.truth, summary)

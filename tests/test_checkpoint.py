@@ -53,6 +53,30 @@ def test_an_interrupted_run_resumes_from_its_finished_fits(settings, tmp_path, m
     assert inflation == json.loads((reference / "manifest.json").read_text())["significance"]["null_inflation"]
 
 
+def test_a_full_disk_at_the_write_is_one_line_and_the_same_command_resumes(settings, tmp_path, monkeypatch):
+    """Writing the results fails (no space): one line, no half-written run, and every fit is kept."""
+    import errno
+
+    from mtbench import results
+
+    def full_disk(partial, *args, **kwargs):
+        (partial / "scores.parquet").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    write_files = results._write_files
+    monkeypatch.setattr(results, "_write_files", full_disk)
+    with pytest.raises(MtbenchError) as err:
+        run(settings, tmp_path / "results")
+    assert str(err.value) == (f"could not write the results under {tmp_path / 'results' / 'runs'} (No space left on "
+                              "device); free space there (or give --out another folder), then run the same command "
+                              "again: it reuses the finished fits kept in checkpoints/")
+    assert not any((tmp_path / "results" / "runs").iterdir())  # nothing half-written
+    assert len(list((tmp_path / "results" / "checkpoints").glob("*/*.npz"))) == 2 * len(STATES)
+    monkeypatch.setattr(results, "_write_files", write_files)  # space again
+    calls = count_calls(monkeypatch, encoding, "fit_nested_loro")
+    assert run(settings, tmp_path / "results").run_dir.is_dir() and calls == []  # nothing fitted again
+
+
 def test_a_changed_input_never_reuses_a_checkpoint(settings, tmp_path, monkeypatch):
     calls = count_calls(monkeypatch, encoding, "fit_nested_loro", stop_after=2)
     with pytest.raises(Interrupted):
