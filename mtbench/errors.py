@@ -31,3 +31,9 @@ def unknown_name_error(kind: str, name: str, known: Iterable[str]) -> MtbenchErr
     hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else "none is close"
     listing = f"`mtbench list {kind}s` shows all {len(known)}"
     return MtbenchError(f"unknown {kind} {name!r}: {hint} ({listing})")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (or its type name when it has none), for a one-line error."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .api import RunSettings
-from .errors import MtbenchError
+from .errors import MtbenchError, first_line
 from .paths import writable_folder
 
 
@@ -64,7 +64,7 @@ def read_parcels(path: Path, mask_img, names_path: Path | None = None) -> tuple[
         img = nib.load(str(path))
         data = np.asarray(img.dataobj)
     except Exception as exc:  # nibabel raises several types for a missing or corrupt file
-        raise MtbenchError(f"cannot read parcels {path}: {str(exc).splitlines()[0]}; give a 3-D NIfTI of "
+        raise MtbenchError(f"cannot read parcels {path}: {first_line(exc)}; give a 3-D NIfTI of "
                            "integer labels") from None
     if data.ndim != 3 or not np.allclose(data, np.round(data)):
         raise MtbenchError(f"parcels {path}: expected a 3-D image of integer labels, got shape {data.shape} "
@@ -141,10 +141,11 @@ def rescore(run_dir: Path, metric: str | None = None, parcels: Path | None = Non
     entry = get_registry().metric(metric)  # unknown name: one line before any work
     table = read_score_table(run_dir)
     if results_dir is None:
-        if run_dir.resolve().parent.name != "runs":  # its grandparent is no results folder: do not guess
+        runs = run_dir.resolve().parent
+        if runs.name != "runs":  # its grandparent is no results folder: do not guess
             raise MtbenchError(f"{run_dir} is not in a results folder (RESULTS/runs/<id>); say where the new run "
                                "goes with --out RESULTS")
-        results_dir = run_dir.parent.parent if run_dir.parent.name == "runs" else run_dir.resolve().parent.parent
+        results_dir = runs.parent
         fix = "give --out a results folder you can write to"
     else:
         results_dir, fix = Path(results_dir), "give --out a folder you can write to"

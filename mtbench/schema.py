@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import MtbenchError
+from .errors import MtbenchError, first_line
 
 #: What a run folder must hold: keys shared by every mode, then per mode (``settings.mode``
 #: of the manifest, 1 when absent) the extra manifest keys, files and Parquet columns.
@@ -218,7 +218,7 @@ def validate_run(path: Path) -> RunFolder:
         try:
             schema = pq.read_schema(file)
         except Exception as exc:  # pyarrow raises several types for a non-Parquet file
-            raise MtbenchError(f"{file}: not a readable Parquet file ({str(exc).splitlines()[0]}); {rerun}") from None
+            raise MtbenchError(f"{file}: not a readable Parquet file ({first_line(exc)}); {rerun}") from None
         if RESULT_SCHEMA["parquet_metadata_key"].encode() not in (schema.metadata or {}):
             raise MtbenchError(f"{file}: foreign Parquet file (no 'mtbench' provenance in its metadata); "
                                f"only files written by `mtbench run` can be read")
@@ -260,8 +260,7 @@ def read_map(run_dir: Path, name: str):
         image = nib.load(str(path))
         data = np.asarray(image.dataobj)
     except (OSError, ValueError, EOFError, zlib.error, nib.filebasedimages.ImageFileError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MtbenchError(f"{path}: not a readable NIfTI map ({reason}); {_RERUN}") from None
+        raise MtbenchError(f"{path}: not a readable NIfTI map ({first_line(exc)}); {_RERUN}") from None
     return nib.Nifti1Image(data, image.affine, image.header)
 
 

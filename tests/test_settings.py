@@ -57,3 +57,10 @@ def test_bad_values_are_one_line_errors_naming_the_setting(values, message):
     with pytest.raises(MtbenchError) as err:
         settings(**values).check()
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_first_line_of_an_error_never_fails_on_an_empty_message():
+    from mtbench.errors import first_line
+
+    assert first_line(ValueError("bad header\ntraceback detail")) == "bad header"
+    assert first_line(OSError()) == "OSError"  # "".splitlines()[0] was an IndexError inside the error path

@@ -62,7 +62,7 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.masking_utils import eager_mask, sdpa_mask
 
 from mtbench.api import Stimulus
-from mtbench.errors import MtbenchError, unknown_name_error
+from mtbench.errors import MtbenchError, first_line, unknown_name_error
 from mtbench.paths import cache_dir, exclusive_lock
 
 # --------------------------------------------------------------------------- hook maps
@@ -967,10 +967,9 @@ def _load_folder(folder: Path, name: str, revision: str, options: dict) -> HFAda
             try:
                 model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], **placement)
             except (OSError, SafetensorError) as exc:  # truncated or missing weights: one line, not a traceback
-                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 fix = (f"delete {folder} and run again (it is converted again)" if (Path(folder) / _STAMP).exists()
                        else "copy or download the model again")
-                raise MtbenchError(f"cannot load the weights in {folder} ({reason}); they are damaged or "
+                raise MtbenchError(f"cannot load the weights in {folder} ({first_line(exc)}); they are damaged or "
                                    f"incomplete: {fix}") from None
         tokenizer = AutoTokenizer.from_pretrained(folder)
     return HFAdapter(model, tokenizer, name=name, revision=revision, **options)
@@ -1016,7 +1015,7 @@ def hub_snapshot(repo_id: str) -> Path:
         if offline:
             raise MtbenchError(f"model {repo_id} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: "
                                f"{fix}") from None
-        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        reason = first_line(exc)[:120]
         raise MtbenchError(f"cannot reach the Hugging Face hub for {repo_id} ({reason}): {fix}") from None
 
 

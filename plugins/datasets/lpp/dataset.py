@@ -18,7 +18,7 @@ import numpy as np
 
 from mtbench.api import Parcellation, Stimulus, StimulusRun
 from mtbench.ceiling import ceiling_from_split_half
-from mtbench.errors import MtbenchError
+from mtbench.errors import MtbenchError, first_line
 from mtbench.paths import atomic_write_bytes
 
 from ..atlas import ATLAS_NAME, CORTICAL_NAMES
@@ -235,8 +235,7 @@ class LppDataset:
         try:
             return read(path)
         except (OSError, ValueError, EOFError, zlib.error, ImageFileError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise MtbenchError(f"dataset {self.name}: {path} is damaged ({reason}); {self._redo}") from None
+            raise MtbenchError(f"dataset {self.name}: {path} is damaged ({first_line(exc)}); {self._redo}") from None
 
 
 def _load_mask(path: Path):
