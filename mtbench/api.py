@@ -389,6 +389,19 @@ class RunSettings:
     permutations: int = 1000
     fdr: float = 0.05
 
+    def __post_init__(self) -> None:
+        # A script may pass tuples, arrays or NumPy numbers; the runner compares, hashes and records
+        # (JSON) plain lists of plain numbers, so ("all",) must mean what ["all"] means.
+        def plain(value):
+            return value.item() if isinstance(value, np.generic) else value
+
+        for name in ("states", "inputs", "layers", "alphas", "delays"):
+            value = getattr(self, name)
+            if isinstance(value, (tuple, list)) or isinstance(value, np.ndarray) and value.ndim == 1:
+                setattr(self, name, [plain(v) for v in value])
+        for name in ("trim_scans", "seed", "permutations", "fdr", "shared_alpha", "mode"):
+            setattr(self, name, plain(getattr(self, name)))
+
     def check(self) -> None:
         """Raise a one-line :class:`MtbenchError` for a value that no run can use.
 

@@ -14,6 +14,7 @@ nothing records the time of the build, and the Parquet writer adds no timestamp.
 
 from __future__ import annotations
 
+import difflib
 import html
 import json
 import math
@@ -187,21 +188,60 @@ def _matches(value: str, wanted: str | None) -> bool:
     return wanted is None or value == wanted
 
 
-def _comma_list(text: str) -> str:
-    return "," + ",".join(part.strip().lower() for part in text.split(",")) + ","
+def _items(text: str) -> list[str]:
+    return [part.strip().lower() for part in text.split(",")]
 
 
-def _parcel_filter(spec: str | None):
-    """``None``/"all" -> keep all; "a,b,12" -> names (case-insensitive) or ids; whole brain always kept.
+class _ParcelFilter:
+    """Keep the whole brain and the parcels named in a ``--parcels`` list ("a,b,12": names in any case, or ids).
 
     Parcel names may contain commas ("Superior Temporal Gyrus, posterior division"): a name
-    is kept when it appears as consecutive items of the list.
+    is kept when it appears as consecutive items of the list. The filter remembers which items
+    matched some parcel, so that a misspelt name is reported rather than silently dropped.
     """
+
+    def __init__(self, spec: str):
+        self.spec = spec
+        self.items = _items(spec)
+        self.matched = [not item for item in self.items]  # "a,,b" or a trailing comma: nothing to match
+        self.seen: set[str] = set()
+
+    def __call__(self, row: dict) -> bool:
+        self.seen.add(row["parcel"])
+        if row["parcel_id"] == -1:
+            return True
+        name, n = _items(row["parcel"]), len(_items(row["parcel"]))
+        spans = [range(i, i + n) for i in range(len(self.items) - n + 1) if self.items[i:i + n] == name]
+        spans += [range(i, i + 1) for i, item in enumerate(self.items) if item == str(row["parcel_id"])]
+        for span in spans:
+            for i in span:
+                self.matched[i] = True
+        return bool(spans)
+
+    def check(self) -> None:
+        """Raise when an item of the list named no parcel of the runs on the board."""
+        unknown = [item for item, hit in zip(self.items, self.matched) if not hit]
+        if not unknown:
+            return
+        known = sorted(self.seen - {WHOLE_BRAIN})
+        lowered = {k.lower(): k for k in known}
+        # a part of a name ("heschl") is the usual slip; difflib alone scores it too low against a long name
+        close = [k for k in known if unknown[0] in k.lower()]
+        close += [lowered[c] for c in difflib.get_close_matches(unknown[0], list(lowered), n=3, cutoff=0.4)]
+        close = list(dict.fromkeys(close))[:3]
+        hint = (f"closest to {unknown[0]!r}: {'; '.join(repr(c) for c in close)}" if close
+                else f"none is close to {unknown[0]!r}")
+        raise MtbenchError(
+            f"--parcels {self.spec!r}: no parcel is named or numbered {', '.join(repr(u) for u in unknown)} in these "
+            f"runs ({hint}); a name is matched whole, in any case, and `mtbench leaderboard` without --parcels "
+            f"lists all {len(known)}")
+
+
+def _parcel_filter(spec: str | None) -> _ParcelFilter | None:
+    """``None``/"all" -> keep all; otherwise a :class:`_ParcelFilter`."""
     if spec is None or spec.strip().lower() == "all":
         return None
-    wanted = _comma_list(spec)
-    return lambda row: (row["parcel_id"] == -1 or _comma_list(row["parcel"]) in wanted
-                        or f",{row['parcel_id']}," in wanted)
+    return _ParcelFilter(spec)
 
 
 def build(
@@ -266,8 +306,8 @@ def build(
     rows = []
     for run in latest.values():
         rows += _run_rows(run, keep_parcel, METRICS[metric], report_link(run.manifest["run_id"]) if report_link else "")
-    if keep_parcel is not None and all(row["parcel_id"] == -1 for row in rows):
-        notes.append(f"no parcel matches --parcels {parcels!r}; only the whole brain is shown")
+    if keep_parcel is not None:
+        keep_parcel.check()
     notes += _rank(rows)
     rows.sort(key=lambda r: (r["dataset"], r["subject"], r["mode"], r["metric"], r["rank"] is None, r["rank"] or 0,
                              r["model"], r["run_id"], r["parcel_id"]))

@@ -235,6 +235,29 @@ def validate_run(path: Path) -> RunFolder:
 _RERUN = "the run is corrupt, re-run it with this mtbench (`mtbench run ...`)"
 
 
+def read_whole_run(path: Path) -> RunFolder:
+    """:func:`validate_run`, and every file of the run read to its end: nothing truncated or damaged.
+
+    ``validate_run`` reads the manifest and each Parquet footer (which catches a truncated
+    Parquet file); this also decompresses every map and parses every JSON file, the files that
+    only fail when a report or rescore reads them. Used where a damaged run must be told apart
+    before trusting it (a sweep decides whether a cell is done).
+
+    Raises
+    ------
+    MtbenchError
+        One line naming the damaged file.
+    """
+    run = validate_run(path)
+    for file in sorted(Path(path).glob("*.json")):
+        _json_object(file, "an mtbench result file")
+    if (Path(path) / "maps").is_dir():
+        read_map_index(path)
+        for file in sorted((Path(path) / "maps").glob("*.nii*")):
+            read_map(path, file.name)
+    return run
+
+
 def read_map(run_dir: Path, name: str):
     """``run_dir/maps/<name>``, read in full; a damaged file is one line naming it.
 

@@ -434,12 +434,18 @@ def read_events(path: Path) -> list[dict]:
 
 
 def result_is_valid(results_dir: Path, cell_name: str, settings: RunSettings) -> bool:
-    """True when ``runs/<cell>/`` is a complete run of these settings (manifest + readable scores)."""
+    """True when ``runs/<cell>/`` is a complete, undamaged run of these settings.
+
+    Every file is read to its end (:func:`mtbench.schema.read_whole_run`): a cell whose map or
+    table was damaged after it finished is not done, it is set aside and fitted again.
+    """
     import pyarrow.parquet as pq
+
+    from .schema import read_whole_run
 
     run_dir = Path(results_dir) / "runs" / cell_name
     try:
-        manifest = json.loads((run_dir / "manifest.json").read_text())
+        manifest = read_whole_run(run_dir).manifest
         recorded = manifest["settings"]
         same = (manifest["run_id"] == cell_name and manifest["model"]["spec"] == settings.model
                 and recorded["dataset"] == settings.dataset and recorded["subject"] == settings.subject

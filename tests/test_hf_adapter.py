@@ -182,6 +182,54 @@ def test_bad_requests_are_one_line_errors(adapter, tiny_folder, tmp_path):
             assert "\n" not in str(exc)
 
 
+def test_a_conversion_that_no_longer_loads_is_converted_again(tiny_folder, tmp_path, monkeypatch):
+    """Damage the stamp's file sizes cannot see (same size; or a stamp written before sizes were
+    recorded) is found when loading: the model is converted again once, not left as an error."""
+    import shutil
+
+    from mtbench_plugins.models import hf
+
+    monkeypatch.setenv("MTBENCH_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"not really a gguf")
+    calls = []
+
+    def convert(parts, stats, target, expected_sha256):  # the tiny Llama stands in for a dequantised GGUF
+        calls.append(target)
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(tiny_folder, target)
+        hf._write_stamp(target, parts, stats, "converted")
+        return target, "converted"
+
+    monkeypatch.setattr(hf, "_convert", convert)
+
+    def load():
+        return hf._load_converted(lambda: hf.convert_gguf([gguf], "tiny-v1"), "tiny", {})
+
+    assert load().n_layers == N_LAYERS and len(calls) == 1
+    weights = tmp_path / "cache" / "models" / "tiny-v1" / "model.safetensors"
+    weights.write_bytes(b"\xff" * 64 + weights.read_bytes()[64:])  # a damaged header, the same size
+    assert load().n_layers == N_LAYERS and len(calls) == 2
+    stamp = weights.parent / hf._STAMP
+    old_stamp = {k: v for k, v in json.loads(stamp.read_text()).items() if k != "files"}
+    stamp.write_text(json.dumps(old_stamp))  # a stamp from before the sizes were recorded
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert load().n_layers == N_LAYERS and len(calls) == 3
+    assert load() and len(calls) == 3  # an intact conversion is reused
+
+    def convert_badly(parts, stats, target, expected_sha256):  # a conversion that cannot be loaded either
+        convert(parts, stats, target, expected_sha256)
+        (target / "model.safetensors").write_bytes(b"\xff" * 100)
+        hf._write_stamp(target, parts, stats, "converted")
+        return target, "converted"
+
+    monkeypatch.setattr(hf, "_convert", convert_badly)
+    (weights.parent / hf._STAMP).unlink()
+    with pytest.raises(MtbenchError, match="damaged or incomplete: delete .* and run again") as err:
+        load()
+    assert len(calls) == 5 and "\n" not in str(err.value)  # converted again once, then one line
+
+
 def test_damaged_weights_are_one_line_errors(tiny_folder, tmp_path):
     """Truncated or missing weights (a copy cut short, a full disk): one line naming the folder, no traceback."""
     import shutil

@@ -179,9 +179,12 @@ def test_filters_ties_and_superseded_runs(runs, tmp_path):
     root, model, made = runs
     only = board_of(root, parcels=f"{HESCHL.upper()},1,{PLANTED[1]['parcel']}")  # names (any case) or ids
     assert {r["parcel"] for r in only.rows} == {"whole brain", HESCHL, "Frontal Pole", PLANTED[1]["parcel"]}
-    partial_name = board_of(root, parcels="Superior Temporal Gyrus")  # a name is matched whole, not a prefix
-    assert {r["parcel"] for r in partial_name.rows} == {"whole brain"}
-    assert any("no parcel matches --parcels" in note for note in partial_name.notes)
+    # a name is matched whole, not as a prefix; an item that names no parcel is an error, not silently dropped
+    with pytest.raises(MtbenchError, match=r"no parcel is named or numbered 'superior temporal gyrus' .*closest .*"
+                                           r"'Superior Temporal Gyrus, (anterior|posterior) division'"):
+        board_of(root, parcels="Superior Temporal Gyrus")
+    with pytest.raises(MtbenchError, match=r''''heschl', '999' in these runs \(closest to 'heschl': ["']Heschl'''):
+        board_of(root, parcels=f"{PLANTED[1]['parcel']},heschl,1,999,")
     with pytest.raises(MtbenchError, match="no run matches --dataset lpp-en"):
         board_of(root, dataset="lpp-en")
     with pytest.raises(MtbenchError, match="--mode 2"):

@@ -64,3 +64,23 @@ def test_first_line_of_an_error_never_fails_on_an_empty_message():
 
     assert first_line(ValueError("bad header\ntraceback detail")) == "bad header"
     assert first_line(OSError()) == "OSError"  # "".splitlines()[0] was an IndexError inside the error path
+
+
+def test_tuples_arrays_and_numpy_numbers_mean_what_lists_mean(tmp_path):
+    """A script's ``states=("all",)`` was an unknown state 'all'; arrays reached the JSON manifest."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from mtbench.runner import run
+
+    as_lists = settings(layers=[1], alphas=[1.0, 100.0, 1e4], permutations=0, hrf="fir", delays=[1, 2], trim_scans=2)
+    as_a_script_writes_them = settings(states=("all",), layers=(np.int64(1),), alphas=np.logspace(0, 4, 3),
+                                       permutations=np.int64(0), hrf="fir", delays=np.arange(1, 3),
+                                       trim_scans=np.int64(2))
+    assert as_a_script_writes_them == as_lists  # so a sweep cell hashes and resumes them alike
+    runs = [run(s, tmp_path / str(i)).run_dir for i, s in enumerate((as_lists, as_a_script_writes_them))]
+    recorded = [json.loads((r / "manifest.json").read_text())["settings"] for r in runs]
+    assert recorded[0] == recorded[1] and recorded[1]["states"] == ["embedding"]
+    scores = [pq.read_table(r / "scores.parquet").column("value").to_numpy() for r in runs]
+    np.testing.assert_array_equal(scores[0], scores[1])

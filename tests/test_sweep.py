@@ -23,7 +23,7 @@ from mtbench.api import TaskResources
 from mtbench.cli import main
 from mtbench.errors import MtbenchError
 from mtbench.registry import get_registry
-from mtbench.sweep import expand, load_plan, read_events, run_sweep
+from mtbench.sweep import expand, load_plan, read_events, result_is_valid, run_sweep
 from mtbench.testing import make_tiny_llama
 
 
@@ -164,12 +164,17 @@ def test_sweep_resumes_reports_failures_and_retries_only_them(tiny, tmp_path, mo
     assert all(c == {"start": 1, "done": 1} for c in counts.values())
     assert sorted(p.name for p in (results / "runs").iterdir()) == sorted(c.name for c in cells)
 
-    # a corrupt result is recomputed; the corrupt folder is set aside, not deleted
-    corrupt = cells[2]
+    # a corrupt result is recomputed (a damaged table, or a map truncated after the cell finished);
+    # the corrupt folder is set aside, not deleted
+    corrupt, truncated = cells[2], cells[3]
     (results / "runs" / corrupt.name / "scores.parquet").write_bytes(b"PAR1 truncated")
+    a_map = next((results / "runs" / truncated.name / "maps").glob("*.nii.gz"))
+    a_map.write_bytes(a_map.read_bytes()[:-200])
     assert run_sweep(plan, results).complete
-    assert event_counts(results)[corrupt.name] == {"start": 2, "done": 2}
-    assert [p.name.startswith(corrupt.name) for p in (results / "sweep" / "invalid").iterdir()] == [True]
+    assert event_counts(results)[corrupt.name] == event_counts(results)[truncated.name] == {"start": 2, "done": 2}
+    set_aside = sorted(p.name for p in (results / "sweep" / "invalid").iterdir())
+    assert [name.rsplit("-", 2)[0] for name in set_aside] == sorted([corrupt.name, truncated.name])
+    assert result_is_valid(results, truncated.name, truncated.settings)
 
     # a cell's result is exactly what `mtbench run` of that one (layer, state) gives
     cell = cells[0]

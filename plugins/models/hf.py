@@ -922,6 +922,10 @@ def untrained_identity(name: str, revision: str, seed: int) -> tuple[str, str]:
     return f"{name}+untrained", f"untrained-seed{seed}-{digest[:48]}"
 
 
+class _DamagedWeights(MtbenchError):
+    """A model folder whose weights or config cannot be read."""
+
+
 def _load_folder(folder: Path, name: str, revision: str, options: dict) -> HFAdapter:
     """Load a HF folder as an adapter; ``untrained=1`` [``seed=N``] gives the untrained control.
 
@@ -969,8 +973,8 @@ def _load_folder(folder: Path, name: str, revision: str, options: dict) -> HFAda
             except (OSError, SafetensorError) as exc:  # truncated or missing weights: one line, not a traceback
                 fix = (f"delete {folder} and run again (it is converted again)" if (Path(folder) / _STAMP).exists()
                        else "copy or download the model again")
-                raise MtbenchError(f"cannot load the weights in {folder} ({first_line(exc)}); they are damaged or "
-                                   f"incomplete: {fix}") from None
+                raise _DamagedWeights(f"cannot load the weights in {folder} ({first_line(exc)}); they are damaged "
+                                      f"or incomplete: {fix}") from None
         tokenizer = AutoTokenizer.from_pretrained(folder)
     return HFAdapter(model, tokenizer, name=name, revision=revision, **options)
 
@@ -1113,8 +1117,10 @@ def convert_gguf(parts: Sequence[Path], conversion: str, expected_sha256: str | 
     records the size and mtime of the source file(s): while they are unchanged, the folder
     is reused without reading the GGUF; if they changed (reinstall), it is reused when the
     content hash is still the same. The stamp also records the size of each converted file: a
-    folder damaged since (a file truncated or deleted) is converted again. Conversions hold ``models/<conversion>.lock``: a second
-    process asking meanwhile waits for the first, then reuses its folder.
+    folder damaged since (a file truncated or deleted) is converted again (damage that keeps the
+    sizes is caught when loading, by :func:`_load_converted`). Conversions hold
+    ``models/<conversion>.lock``: a second process asking meanwhile waits for the first, then
+    reuses its folder.
 
     Parameters
     ----------
@@ -1250,8 +1256,7 @@ def load_smollm2(**options) -> HFAdapter:
         Named ``smollm2-135m``; revision = sha256 of the GGUF file.
     """
     _check_options(options)
-    folder, digest = convert_smollm2()
-    return _load_folder(folder, SMOLLM2_NAME, digest, options)
+    return _load_converted(convert_smollm2, SMOLLM2_NAME, options)
 
 
 def load_gemma3_270m(**options) -> HFAdapter:
@@ -1270,5 +1275,20 @@ def load_gemma3_270m(**options) -> HFAdapter:
         Named ``gemma3-270m``; revision = sha256 of the assembled GGUF file.
     """
     _check_options(options)
-    folder, digest = convert_gemma3_270m()
-    return _load_folder(folder, GEMMA3_270M_NAME, digest, options)
+    return _load_converted(convert_gemma3_270m, GEMMA3_270M_NAME, options)
+
+
+def _load_converted(convert, name: str, options: dict) -> HFAdapter:
+    """Load a cached GGUF conversion (``convert() -> (folder, sha256)``), converting it again once if it is damaged.
+
+    The stamp's file sizes catch a truncated or missing file before loading; this catches the
+    rest: damage that keeps the size, or a folder converted before sizes were recorded. A
+    conversion that fails to load twice is the one-line error.
+    """
+    folder, digest = convert()
+    try:
+        return _load_folder(folder, name, digest, options)
+    except _DamagedWeights:
+        (folder / _STAMP).unlink(missing_ok=True)  # no stamp: the next convert() converts again
+        folder, digest = convert()
+        return _load_folder(folder, name, digest, options)
