@@ -283,9 +283,14 @@ def build(
         raise MtbenchError(f"no valid run found in {', '.join(map(str, paths))}; "
                            f"{notes[0] if notes else 'run `mtbench run` first'}")
     keep_parcel = _parcel_filter(parcels)
-    # newest run per (model, dataset, subject, mode, metric): run ids start with the UTC time
+    runs, cell_notes = _without_sweep_cells(runs)
+    notes += cell_notes
+    if not runs:
+        raise MtbenchError(f"nothing to rank in {', '.join(map(str, paths))}: {cell_notes[-1]}")
+    # newest run per (model, dataset, subject, mode, metric): by creation time, then run id (which
+    # starts with the UTC time for `mtbench run`)
     latest: dict[tuple, RunFolder] = {}
-    for run in sorted(runs, key=lambda r: (r.manifest["run_id"], str(r.path))):
+    for run in sorted(runs, key=lambda r: (r.manifest.get("created") or "", r.manifest["run_id"], str(r.path))):
         m = run.manifest
         if not (_matches(m["dataset"]["name"], dataset) and _matches(run_mode(m), mode)):
             continue
@@ -315,6 +320,27 @@ def build(
     by_id = {run.manifest["run_id"]: run for run in latest.values()}
     options = {"dataset": dataset, "subject": subject, "parcels": parcels or "all", "metric": metric, "mode": mode}
     return Board(rows=rows, runs=[by_id[i] for i in order], notes=notes, options=options)
+
+
+def _without_sweep_cells(runs: list[RunFolder]) -> tuple[list[RunFolder], list[str]]:
+    """Leave out the cells of sweeps: a cell fits one (layer, state), its sweep's combined run all of them.
+
+    A cell compared on its own would stand for its model with whatever (layer, state) it
+    happens to fit. Cells whose combination is not written yet (an unfinished sweep) are
+    left out with a note saying how to finish it.
+    """
+    combined = {name for run in runs for name in run.manifest.get("combined_from") or []}
+    kept = [run for run in runs if not run.manifest.get("sweep_cell") and run.manifest["run_id"] not in combined]
+    waiting = [run.manifest["run_id"] for run in runs
+               if run.manifest.get("sweep_cell") and run.manifest["run_id"] not in combined]
+    notes = []
+    if len(kept) + len(waiting) < len(runs):
+        notes.append(f"{len(runs) - len(kept) - len(waiting)} sweep cells are shown through the runs that combine "
+                     "them")
+    if waiting:
+        notes.append(f"{len(waiting)} cells of sweeps not combined yet are left out (e.g. {waiting[0]}): run the "
+                     "same `mtbench sweep` again to finish and combine them")
+    return kept, notes
 
 
 def _run_rows(run: RunFolder, keep_parcel, score_column: str, report: str) -> list[dict]:

@@ -6,6 +6,7 @@ checks what flows between them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -148,7 +149,7 @@ class _Clock:
 
 
 def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | None = None,
-        adapter=None, folds: bool = True) -> RunOutput:
+        adapter=None, folds: bool = True, sweep_cell: bool = False) -> RunOutput:
     """Run the whole pipeline and write the results.
 
     Parameters
@@ -166,6 +167,9 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
         it changes no number, so it is not part of the run id or the checkpoint.
     adapter : ModelAdapter, optional
         Already loaded ``settings.model`` (a sweep worker reuses it across cells).
+    sweep_cell : bool
+        The run is one cell of ``mtbench sweep`` (recorded in the manifest): the leaderboard
+        shows it through the run that combines its sweep's cells (:mod:`mtbench.combine`).
 
     ``settings.protocol`` is resolved first (:func:`mtbench.api.resolve_protocol`): the run,
     its id and its manifest use the effective settings.
@@ -173,7 +177,20 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
     clock = _Clock()
     settings = resolve_protocol(settings)
     metric = _check_settings(settings)
+    made = not Path(results_dir).exists()
     writable_folder(Path(results_dir))  # before hours of fitting, not after
+    try:
+        return _run(settings, metric, Path(results_dir), progress, run_id, adapter, folds, clock, sweep_cell)
+    except BaseException:
+        if made:  # a run that failed early (a layer out of range, no data) leaves no empty --out behind
+            with contextlib.suppress(OSError):  # not empty (kept fits, another run's files): kept
+                Path(results_dir).rmdir()
+        raise
+
+
+def _run(settings: RunSettings, metric, results_dir: Path, progress, run_id: str | None, adapter, folds: bool,
+         clock: _Clock, sweep_cell: bool) -> RunOutput:
+    """:func:`run` once the settings are checked and the results folder is writable."""
     from .results import ScoreTable, provenance, summarize, write_run
 
     with progress if progress is not None else nullcontext():
@@ -226,6 +243,8 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
     meta["timings"] = clock.stages  # seconds per stage, writing excluded
     if settings.mode == 1:
         meta["folds_file"] = bool(folds)  # write_run reads it
+    if sweep_cell:
+        meta["sweep_cell"] = True
     try:
         run_dir = write_run(Path(results_dir), meta["run_id"], meta, table, dataset.mask_img, labels, names,
                             ceiling, dataset.truth, unique=run_id is None)  # a generated id taken: <id>-2

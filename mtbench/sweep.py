@@ -2,10 +2,11 @@
 
 A plan (TOML file or CLI flags) names models x states x layers x datasets x subjects x modes
 (a mode is a protocol, ``mtbench`` or ``mindtransformer``). Each combination is a *cell*: one
-``mtbench run`` of one (layer, state), written to ``RESULTS/runs/<cell name>/`` like any run,
-so ``mtbench leaderboard`` reads sweep results and single runs alike. The cell name is
-canonical and ends with a content hash of the cell's settings: the same plan always names
-the same folders, which is how a sweep knows what is already done.
+``mtbench run`` of one (layer, state), written to ``RESULTS/runs/<cell name>/`` like any run.
+The cell name is canonical and ends with a content hash of the cell's settings: the same plan
+always names the same folders, which is how a sweep knows what is already done. When all the
+cells of a (model, dataset, subject, mode) are done they are also written as one run
+(:mod:`mtbench.combine`), the run ``mtbench leaderboard`` and ``mtbench report`` show.
 
 Extraction runs once per (model, dataset) as its own task before the fitting cells, which
 then read the word features from the shared cache (:mod:`mtbench.features`).
@@ -43,7 +44,7 @@ from .paths import atomic_write_bytes, exclusive_lock, writable_folder
 from .registry import get_registry, split_spec
 
 PLAN_KEYS = ("models", "states", "layers", "datasets", "subjects", "modes", "settings", "dataset_options",
-             "model_options", "executor", "executor_options", "resources", "cache", "folds")
+             "model_options", "executor", "executor_options", "resources", "cache", "folds", "combine")
 # RunSettings fields a plan may set for all cells ([settings] table)
 SHARED_SETTINGS = ("metric", "alphas", "hrf", "trim_scans", "seed", "backend", "precision", "shared_alpha", "inner")
 RESOURCE_KEYS = ("extract_cpus", "extract_gpus", "fit_cpus", "fit_gpus", "minutes_factor", "extract_feature_gb")
@@ -75,7 +76,11 @@ class Plan:
         Feature cache every task uses (``MTBENCH_CACHE``); must be shared by cluster nodes.
     folds : bool
         Write each Mode 1 cell's ``folds.parquet`` (``mtbench run --folds/--no-folds``; no score
-        depends on it, ``mtbench rescore`` needs it).
+        depends on it, ``mtbench rescore`` and ``combine`` need it).
+    combine : bool
+        When every cell of a (model, dataset, subject, mode) is done, also write them as one run
+        (:func:`mtbench.combine.combine_runs`): its best (layer, state) per parcel is chosen across
+        all the cells, which is what the leaderboard and ``mtbench report`` show.
     """
 
     models: list[str]
@@ -92,6 +97,7 @@ class Plan:
     resources: dict = field(default_factory=dict)
     cache: str | None = None
     folds: bool = True
+    combine: bool = True
 
 
 def _as_list(value, key: str) -> list:
@@ -138,8 +144,9 @@ def load_plan(path: Path | None, **overrides) -> Plan:
     if bad:
         raise MtbenchError(f"plan [settings]: {bad[0]!r} cannot be shared by all cells; use one of "
                            f"{', '.join(SHARED_SETTINGS)}")
-    if not isinstance(raw.get("folds", True), bool):
-        raise MtbenchError(f"plan key 'folds' must be true or false, got {raw['folds']!r}")
+    for key in ("folds", "combine"):
+        if not isinstance(raw.get(key, True), bool):
+            raise MtbenchError(f"plan key {key!r} must be true or false, got {raw[key]!r}")
     bad = sorted(set(raw.get("resources", {})) - set(RESOURCE_KEYS))
     if bad:
         raise MtbenchError(f"plan [resources]: unknown key {bad[0]!r}; known: {', '.join(RESOURCE_KEYS)}")
@@ -550,7 +557,7 @@ def _fit(task: SweepTask) -> dict:
     from .runner import run
 
     output = run(task.settings, Path(task.results_dir), run_id=task.name, adapter=_adapter(task.settings),
-                 folds=task.folds)
+                 folds=task.folds, sweep_cell=True)
     return {"run_dir": output.run_dir.name}
 
 
@@ -581,6 +588,9 @@ class SweepReport:
     lost: list[str]  # tasks that ended without returning (cancelled, killed)
     extracted: list[str]
     seconds: float
+    # combined runs (one per model, dataset, subject, mode whose cells are all done), and why others are not
+    combined: list[str] = field(default_factory=list)
+    not_combined: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -712,8 +722,67 @@ def run_sweep(plan: Plan, results_dir: Path, retry_failed: bool = False, console
             executor.run(busy, progress.refresh)
     final = {cell.name: cell_status(results_dir, cell) for cell in cells}
     failed = [(c.name, *failure_of(results_dir, c)) for c in cells if final[c.name] == "failed"]
+    combined, not_combined = [], []
+    if plan.combine:
+        with _cache_env(str(Path(plan.cache).resolve()) if plan.cache else os.environ.get("MTBENCH_CACHE")):
+            for name, members in combinations(groups).items():
+                missing = sum(final[c.name] != "done" for c in members)
+                if missing:
+                    not_combined.append(f"{name}: {missing} of its {len(members)} cells not done")
+                elif not plan.folds:
+                    not_combined.append(f"{name}: its cells were written without folds.parquet (folds = false)")
+                else:
+                    combined.append(combine_cells(results_dir, name, members))
     return SweepReport(n_cells=len(cells), status=final, failed=failed, lost=lost, extracted=extracted,
-                       seconds=time.perf_counter() - start)
+                       seconds=time.perf_counter() - start, combined=combined, not_combined=not_combined)
+
+
+def combinations(groups: list[Group]) -> dict[str, list[Cell]]:
+    """The cells of each (model, dataset, subject, mode), by the name of the run that combines them.
+
+    The name ends with a hash of the cells' hashes: another plan (more layers, other settings)
+    names another combined run, and the same plan the same one.
+    """
+    by_key: dict[tuple, list[Cell]] = {}
+    for group in groups:
+        for cell in group.cells:
+            s = cell.settings
+            by_key.setdefault((group.name, s.subject, s.protocol), []).append(cell)
+    named = {}
+    for members in by_key.values():
+        s = members[0].settings
+        digest = _digest(sorted(c.hash for c in members))[:10]
+        name = "-".join([model_slug(s.model), _slug(s.dataset), _slug(s.subject), "combined", _slug(s.protocol),
+                         digest])
+        named[name] = members
+    return named
+
+
+def combined_is_valid(results_dir: Path, name: str, members: list[Cell]) -> bool:
+    """True when ``runs/<name>/`` is an undamaged combination of exactly these cells."""
+    from .schema import read_whole_run
+
+    try:
+        manifest = read_whole_run(Path(results_dir) / "runs" / name).manifest
+    except Exception:  # missing or damaged: combined again
+        return False
+    return manifest.get("run_id") == name and sorted(manifest.get("combined_from") or []) == sorted(
+        c.name for c in members)
+
+
+def combine_cells(results_dir: Path, name: str, members: list[Cell]) -> str:
+    """Write (or keep) the run combining ``members`` (all done); returns its name.
+
+    Under a lock, so that two sweeps finishing together write it once; a damaged or stale
+    folder of that name is set aside first, like a cell's.
+    """
+    from .combine import combine_runs
+
+    with exclusive_lock(sweep_dir(results_dir, "combined") / f"{name}.lock"):
+        if not combined_is_valid(results_dir, name, members):
+            _set_aside(results_dir, name)
+            combine_runs([Path(results_dir) / "runs" / c.name for c in members], results_dir, name)
+    return name
 
 
 def _extract_problem(results_dir: Path, name: str, status: str) -> str:

@@ -40,17 +40,21 @@ def _per_name(names: tuple[str, ...], options: dict) -> dict:
               help="Results directory (shared with `mtbench run` and `mtbench leaderboard`).")
 @click.option("--folds/--no-folds", default=None,
               help="Write each cell's folds.parquet (default: the plan's `folds`, else yes); "
-                   "`mtbench rescore` needs it, no score depends on it.")
+                   "`mtbench rescore` and --combine need it, no score depends on it.")
+@click.option("--combine/--no-combine", default=None,
+              help="When all cells of a model, dataset, subject and mode are done, also write them as one run "
+                   "(best layer x state per parcel across cells; default: the plan's `combine`, else yes).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (cells, what is done, resources, cost); run nothing.")
 @click.option("--retry-failed", is_flag=True, help="Also rerun the cells whose last attempt failed.")
 def sweep(plan_file, models, states, layers, datasets, subjects, modes, metric, alphas, trim_scans, backend,
-          precision, dataset_options, model_options, executor, executor_options, cache, results_dir, folds, dry_run,
-          retry_failed):
+          precision, dataset_options, model_options, executor, executor_options, cache, results_dir, folds, combine,
+          dry_run, retry_failed):
     """Run models x states x layers x datasets x subjects x modes as resumable cells.
 
     PLAN_FILE is a TOML file (keys: models, states, layers, datasets, subjects, modes, [settings],
-    [dataset_options.NAME], [model_options."SPEC"], executor, [executor_options], [resources], cache, folds);
+    [dataset_options.NAME], [model_options."SPEC"], executor, [executor_options], [resources], cache, folds, combine);
     flags override it. Cells with valid results are skipped, so running the same sweep again resumes it.
+    When every cell of a (model, dataset, subject, mode) is done, they are also written as one run.
     """
     from .cli import _options, _parse_alphas, console
     from .sweep import describe_plan, load_plan, run_sweep
@@ -64,6 +68,7 @@ def sweep(plan_file, models, states, layers, datasets, subjects, modes, metric, 
         plan_file, models=list(models), states=states, layers=layers, datasets=list(datasets),
         subjects=list(subjects), modes=list(modes), settings=settings, executor=executor,
         executor_options=_options(executor_options, "--executor-option"), cache=cache, folds=folds,
+        combine=combine,
     )
     # options given as flags apply to every dataset / model of the (possibly file-given) plan
     for name in plan.datasets:
@@ -111,6 +116,10 @@ def print_report(report, console) -> None:
         console.print(f"[red]failed[/red] {name}: {error}  log: {log}")
     for lost in report.lost:
         console.print(f"[yellow]lost[/yellow] {lost}")
+    for name in report.combined:
+        console.print(f"combined: runs/{name} (its cells as one run: `mtbench report`, `mtbench leaderboard`)")
+    for reason in report.not_combined:
+        console.print(f"not combined yet: {reason}")
     if report.failed:
         console.print("rerun with --retry-failed to retry the failed cells (the others are kept)")
     elif not report.complete:

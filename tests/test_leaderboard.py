@@ -195,11 +195,13 @@ def test_filters_ties_and_superseded_runs(runs, tmp_path):
     manifest = json.loads((twin / "manifest.json").read_text())
     manifest["model"]["name"], manifest["run_id"] = "random-twin", manifest["run_id"] + "-twin"
     (twin / "manifest.json").write_text(json.dumps(manifest))
-    # a newer run of the word-rate model supersedes the older one
+    # a newer run of the word-rate model supersedes the older one: newer by its creation time, whatever its
+    # id (a sweep's runs are named after their content, not the time)
     newer = tmp_path / "c" / "runs" / "newer"
     shutil.copytree(made["word-rate"], newer)
     manifest = json.loads((newer / "manifest.json").read_text())
-    old_id, manifest["run_id"] = manifest["run_id"], "9" + manifest["run_id"]
+    old_id, manifest["run_id"] = manifest["run_id"], "0" + manifest["run_id"]
+    manifest["created"] = "2999-01-01T00:00:00+00:00"
     (newer / "manifest.json").write_text(json.dumps(manifest))
     # the random run relabelled as another subject's: --subject average / each / a name
     other = tmp_path / "d" / "runs" / "sub-01"

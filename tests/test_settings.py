@@ -84,3 +84,17 @@ def test_tuples_arrays_and_numpy_numbers_mean_what_lists_mean(tmp_path):
     assert recorded[0] == recorded[1] and recorded[1]["states"] == ["embedding"]
     scores = [pq.read_table(r / "scores.parquet").column("value").to_numpy() for r in runs]
     np.testing.assert_array_equal(scores[0], scores[1])
+
+
+def test_a_run_that_fails_early_leaves_no_empty_output_folder(tmp_path):
+    from mtbench.runner import run
+
+    fresh = tmp_path / "fresh" / "results"
+    with pytest.raises(MtbenchError, match="layer 3 is out of range"):
+        run(settings(layers=[3]), fresh)
+    assert not fresh.exists() and (tmp_path / "fresh").exists()  # only what the run made is removed
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    with pytest.raises(MtbenchError, match="layer 3 is out of range"):
+        run(settings(layers=[3]), existing)
+    assert existing.is_dir()  # the user's folder stays, even empty

@@ -16,12 +16,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from sweep_helpers import event_counts, scores_by_cell, sweep_cli, write_plan  # tests/ is on sys.path
+from sweep_helpers import PLANTED, event_counts, scores_by_cell, sweep_cli, write_plan  # tests/ is on sys.path
 from test_plugins import make_distribution
 
 from mtbench.api import TaskResources
 from mtbench.cli import main
 from mtbench.errors import MtbenchError
+from mtbench import leaderboard
 from mtbench.registry import get_registry
 from mtbench.sweep import expand, load_plan, read_events, result_is_valid, run_sweep
 from mtbench.testing import make_tiny_llama
@@ -149,6 +150,10 @@ def test_sweep_resumes_reports_failures_and_retries_only_them(tiny, tmp_path, mo
         assert "Traceback" in log.read_text() and blocked.name in str(log)
         assert "is being written by another process" in log.read_text()
         assert event_counts(results, "extract") == {report.extracted[0]: {"start": 1, "done": 1}}
+        # not combined while a cell is missing; the leaderboard leaves the lone cells out, saying why
+        assert not report.combined and report.not_combined[0].endswith(": 1 of its 4 cells not done")
+        with pytest.raises(MtbenchError, match="nothing to rank .*: 3 cells of sweeps not combined yet are left out"):
+            leaderboard.build([results])
 
         # resuming redoes nothing: done cells are skipped, the failed one waits for --retry-failed
         again = run_sweep(plan, results)
@@ -162,7 +167,16 @@ def test_sweep_resumes_reports_failures_and_retries_only_them(tiny, tmp_path, mo
     counts = event_counts(results)
     assert counts.pop(blocked.name) == {"start": 2, "failed": 1, "done": 1}
     assert all(c == {"start": 1, "done": 1} for c in counts.values())
-    assert sorted(p.name for p in (results / "runs").iterdir()) == sorted(c.name for c in cells)
+    combined = retried.combined[0]
+    assert retried.combined == [combined] and "-combined-mtbench-" in combined and not retried.not_combined
+    assert sorted(p.name for p in (results / "runs").iterdir()) == sorted([*(c.name for c in cells), combined])
+    # the leaderboard shows the model once, with its best (layer, state) per parcel across all the cells
+    board = leaderboard.build([results])
+    assert {r["run_id"] for r in board.rows} == {combined}
+    heschl = next(r for r in board.rows if r["parcel"] == PLANTED[0]["parcel"])
+    assert (heschl["layer"], heschl["state"]) == (PLANTED[0]["layer"], PLANTED[0]["state"])
+    assert "4 sweep cells are shown through the runs that combine them" in board.notes
+    combined_files = {p: p.stat().st_mtime_ns for p in (results / "runs" / combined).rglob("*")}
 
     # a corrupt result is recomputed (a damaged table, or a map truncated after the cell finished);
     # the corrupt folder is set aside, not deleted
@@ -175,6 +189,11 @@ def test_sweep_resumes_reports_failures_and_retries_only_them(tiny, tmp_path, mo
     set_aside = sorted(p.name for p in (results / "sweep" / "invalid").iterdir())
     assert [name.rsplit("-", 2)[0] for name in set_aside] == sorted([corrupt.name, truncated.name])
     assert result_is_valid(results, truncated.name, truncated.settings)
+    # a valid combined run is kept as it is; a damaged one is combined again
+    assert {p: p.stat().st_mtime_ns for p in (results / "runs" / combined).rglob("*")} == combined_files
+    (results / "runs" / combined / "summary.parquet").write_bytes(b"PAR1 damaged")
+    assert run_sweep(plan, results).combined == [combined]
+    assert leaderboard.build([results]).rows  # readable again
 
     # a cell's result is exactly what `mtbench run` of that one (layer, state) gives
     cell = cells[0]
@@ -236,7 +255,11 @@ def test_two_sweeps_at_once_share_the_results_directory(tiny, tmp_path):
     assert len(counts) == 4 and not odd, odd
     assert list(event_counts(results, "extract").values()) == [{"start": 1, "done": 1}]
     runs = sorted((results / "runs").iterdir())
-    assert [p.name for p in runs] == sorted(counts) and not any(p.name.endswith(".partial") for p in runs)
+    combined = [p.name for p in runs if "-combined-" in p.name]
+    assert len(combined) == 1 and all(f"combined: runs/{combined[0]}" in out for out, _ in outputs)
+    assert [p.name for p in runs if p.name not in combined] == sorted(counts)
+    assert not any(p.name.endswith(".partial") for p in runs)
+    assert not (results / "sweep" / "invalid").exists()  # the combination was written once, not redone
     scores = scores_by_cell(results)
     assert all(len(rows) > 0 and np.isfinite([r[-1] for r in rows]).all() for rows in scores.values())
     # the inline sweep runs tasks only if it planned before the other finished (timing decides);

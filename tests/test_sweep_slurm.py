@@ -76,6 +76,7 @@ def test_slurm_sweep_cancelled_resumes_and_matches_local(cluster, tmp_path):
             sweep.kill()
     assert sweep.returncode == 1, err[-3000:] + out[-3000:]
     assert "lost" in out and "run the same command again to resume" in out
+    assert "not combined yet" in out and "cells not done" in out
     done_before = {name for name, c in event_counts(results).items() if "done" in c}
     assert 2 <= len(done_before) < 6, "the sweep must be cancelled midway"
 
@@ -92,7 +93,9 @@ def test_slurm_sweep_cancelled_resumes_and_matches_local(cluster, tmp_path):
         assert count["done"] == 1 and count["start"] - count["done"] <= 1, (name, count)
     assert list(event_counts(results, "extract").values()) == [{"start": 1, "done": 1}]
     runs = sorted(p.name for p in (results / "runs").iterdir())
-    assert runs == sorted(c.name for c in cells)  # exactly one result folder each, no .partial left
+    combined = [name for name in runs if "-combined-" in name]  # all six cells as one run, once resumed
+    assert len(combined) == 1 and f"combined: runs/{combined[0]}" in out
+    assert sorted(set(runs) - set(combined)) == sorted(c.name for c in cells)  # one folder each, no .partial
     assert all(result_is_valid(results, c.name, c.settings) for c in cells)
     jobs = {e["job"] for path in (results / "sweep" / "cells").glob("*.events")
             for e in map(json.loads, path.read_text().splitlines())}

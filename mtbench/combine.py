@@ -1,0 +1,129 @@
+"""Several Mode 1 runs that fitted different (layer, state)s, as the one run that fitted them all.
+
+A sweep fits each (layer, state) as its own run (a *cell*), so that cells run anywhere and
+resume one by one. The question a sweep asks (which layer and state best explains each
+parcel?) needs them side by side: :func:`combine_runs` reads the cells' per-fold, per-voxel
+scores (``folds.parquet``) and writes the run that ``mtbench run --states ... --layers ...``
+would have written with the same settings, nothing refitted: every fit is independent of
+the others (the same data, alphas, seeds and null columns), so the combined run's files
+are that run's files, and the best (layer, state) per parcel is chosen on validation
+scores across all the cells (:func:`mtbench.results.summarize`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import MtbenchError
+
+# manifest settings that differ between the cells of one combination (everything else must agree)
+_PER_CELL = ("states", "layers")
+
+
+def combine_runs(run_dirs: list[Path], results_dir: Path, run_id: str):
+    """Write ``results_dir/runs/<run_id>``: the Mode 1 runs ``run_dirs`` as one run.
+
+    Parameters
+    ----------
+    run_dirs : list of Path
+        Finished Mode 1 runs with ``folds.parquet``, of one model, dataset, subject and the
+        same settings, each fitting (layer, state)s the others do not.
+    results_dir : Path
+    run_id : str
+        Name of the combined run; its manifest lists the runs in ``combined_from``.
+
+    Returns
+    -------
+    mtbench.runner.RunOutput
+
+    Raises
+    ------
+    MtbenchError
+        The runs disagree (another model, dataset, subject or setting), fit the same
+        (layer, state) twice, or one cannot be read.
+    """
+    from .registry import get_registry, load_dataset
+    from .rescore import settings_of
+    from .results import ScoreTable, read_score_table, summarize, write_run
+    from .runner import RunOutput, check_truth
+    from .schema import read_map, validate_run
+
+    start = time.perf_counter()
+    if not run_dirs:
+        raise MtbenchError("nothing to combine: give at least one run")
+    runs = [validate_run(Path(d)) for d in run_dirs]
+    first = runs[0].manifest
+    for run in runs:
+        if run.mode != "1":
+            raise MtbenchError(f"{run.path}: a Mode {run.mode} run; only Mode 1 runs are combined")
+        problem = _disagreement(first, run.manifest)
+        if problem:
+            raise MtbenchError(f"{run.path}: {problem} than {runs[0].path}; combine runs of one model, dataset, "
+                               "subject and settings")
+    tables = [read_score_table(run.path) for run in runs]
+    keys = [key for table in tables for key in table.keys]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:
+        raise MtbenchError(f"layer {twice[0][0]} {twice[0][1]} is fitted by more than one of the runs; combine "
+                           "runs that fit different (layer, state)s")
+    # the order of `mtbench run`: layer by layer, states in their canonical order (ties go to the first)
+    canonical = get_registry().names("state")
+    order = sorted(range(len(keys)), key=lambda i: (keys[i][0], canonical.index(keys[i][1])
+                                                    if keys[i][1] in canonical else len(canonical), keys[i][1]))
+
+    def stacked(name: str):
+        parts = [getattr(table, name) for table in tables]
+        return None if any(p is None for p in parts) else np.concatenate(parts)[order]
+
+    table = ScoreTable(keys=[keys[i] for i in order], test=stacked("test"), validation=stacked("validation"),
+                       alpha=stacked("alpha"), test_per_run=stacked("test_per_run"),
+                       validation_per_run=stacked("validation_per_run"), p_value=stacked("p_value"),
+                       alpha_per_run=stacked("alpha_per_run"))
+
+    settings = settings_of(first)
+    dataset = load_dataset(settings.dataset, **settings.dataset_options)
+    labels, names = dataset.parcels.labels, dataset.parcels.names
+    ceiling = dataset.noise_ceiling(settings.subject)
+    summary = summarize(table, labels, names, ceiling, fdr=settings.fdr)
+
+    meta = copy.deepcopy(first)
+    meta["run_id"] = run_id
+    meta["settings"]["layers"] = sorted({layer for layer, _ in table.keys})
+    meta["settings"]["states"] = list(dict.fromkeys(state for _, state in table.keys))
+    meta["combined_from"] = [run.manifest["run_id"] for run in runs]
+    meta.pop("sweep_cell", None)  # the combination is what the leaderboard shows
+    meta["folds_file"] = True
+    inflation = {k: v for run in runs for k, v in (run.manifest.get("significance") or {})
+                 .get("null_inflation", {}).items()}
+    if inflation:
+        meta["significance"] = {"null_inflation": inflation}
+    meta["seconds"] = round(sum(float(run.manifest.get("seconds", 0)) for run in runs), 1)  # of the fits
+    meta.pop("timings", None)  # per stage of one cell's run: not this run's
+    truth_path = runs[0].path / "truth.json"
+    truth = json.loads(truth_path.read_text()) if truth_path.is_file() else None
+    out = write_run(Path(results_dir), run_id, meta, table, read_map(runs[0].path, "mask.nii.gz"), labels, names,
+                    ceiling, truth)
+    return RunOutput(run_dir=out, summary=summary, truth_check=check_truth(truth, summary),
+                     seconds=time.perf_counter() - start)
+
+
+def _disagreement(a: dict, b: dict) -> str | None:
+    """What makes two run manifests results of different experiments ("another model"...), or None."""
+    if (a["model"].get("spec"), a["model"].get("revision")) != (b["model"].get("spec"), b["model"].get("revision")):
+        return "another model"
+    if ({k: a["dataset"].get(k) for k in ("name", "version", "stimulus", "n_voxels")}
+            != {k: b["dataset"].get(k) for k in ("name", "version", "stimulus", "n_voxels")}):
+        return "another dataset"
+    if a["settings"].get("subject") != b["settings"].get("subject"):
+        return "another subject"
+    for key in sorted(set(a["settings"]) | set(b["settings"])):
+        if key not in _PER_CELL and a["settings"].get(key) != b["settings"].get(key):
+            return f"another {key} ({b['settings'].get(key)!r})"
+    if a.get("rescored_from") or b.get("rescored_from"):
+        return "a rescored run (combine the runs it came from)"
+    return None

@@ -1,0 +1,76 @@
+"""Runs of single (layer, state)s combined: the run that fitted them all, nothing refitted."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import replace
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from mtbench.api import RunSettings
+from mtbench.combine import combine_runs
+from mtbench.errors import MtbenchError
+from mtbench.runner import run
+from mtbench.testing import make_tiny_llama
+from sweep_helpers import PLANTED
+
+STATES = ["per_head_q_rope", "ffn_activated_state"]
+TABLES = ("summary", "scores", "winners", "voxels", "folds")
+
+
+@pytest.fixture(scope="module")
+def cells(tmp_path_factory):
+    """Each (layer, state) of a tiny planted experiment as its own run, and the run of all of them."""
+    root = tmp_path_factory.mktemp("combine")
+    model = make_tiny_llama(root / "tiny-llama", seed=0, n_layers=2)
+    base = RunSettings(model=f"hf:{model}", dataset="synthetic", states=STATES, layers="all", permutations=200,
+                       dataset_options={"scale": "tiny", "snr": 2.0, "truth_model": f"hf:{model}",
+                                        "truth": json.dumps(PLANTED)})
+    results = root / "results"
+    made = [run(replace(base, states=[state], layers=[layer]), results, run_id=f"cell-L{layer}-{state}").run_dir
+            for layer in (1, 2) for state in STATES]
+    whole = run(base, root / "whole").run_dir
+    return base, results, made, whole
+
+
+def _table(path, name):
+    table = pq.read_table(path / f"{name}.parquet").to_pandas()
+    return table.drop(columns=[c for c in ("run_id",) if c in table.columns])
+
+
+def test_combined_cells_are_the_run_that_fitted_them_all(cells):
+    base, results, made, whole = cells
+    shuffled = random.Random(1).sample(made, len(made))  # the order of the cells does not matter
+    combined = combine_runs(shuffled, results, "all-cells")
+    for name in TABLES:  # every number (bit for bit), every choice: one `mtbench run` of all of them
+        got, expected = _table(combined.run_dir, name), _table(whole, name)
+        assert list(got.columns) == list(expected.columns) and len(got) == len(expected)
+        for column in got.columns:
+            if got[column].dtype.kind == "f":
+                np.testing.assert_array_equal(got[column], expected[column], err_msg=column)
+            else:
+                assert got[column].astype(str).tolist() == expected[column].astype(str).tolist(), (name, column)
+    heschl = next(r for r in combined.summary if r["parcel"] == PLANTED[0]["parcel"])
+    assert (heschl["layer"], heschl["state"]) == (PLANTED[0]["layer"], PLANTED[0]["state"])  # across cells
+    assert all(check["recovered"] for check in combined.truth_check)
+    manifest = json.loads((combined.run_dir / "manifest.json").read_text())
+    assert sorted(manifest["combined_from"]) == sorted(p.name for p in made)
+    assert manifest["settings"]["layers"] == [1, 2] and manifest["settings"]["states"] == STATES
+    assert set(manifest["significance"]["null_inflation"]) == {f"L{l}-{s}" for l in (1, 2) for s in STATES}
+    assert sorted(p.name for p in (combined.run_dir / "maps").iterdir()) == sorted(
+        p.name for p in (whole / "maps").iterdir())
+
+
+def test_runs_of_different_experiments_are_not_combined(cells, tmp_path):
+    base, results, made, whole = cells
+    with pytest.raises(MtbenchError, match="layer 1 per_head_q_rope is fitted by more than one of the runs"):
+        combine_runs([made[0], whole], tmp_path, "twice")
+    other = run(replace(base, states=[STATES[0]], layers=[1], alphas=[1.0, 100.0]), tmp_path / "other").run_dir
+    with pytest.raises(MtbenchError, match=r"another alphas \(\[1.0, 100.0\]\) than .*combine runs of one model"):
+        combine_runs([made[1], other], tmp_path, "mixed")
+    with pytest.raises(MtbenchError, match="not an mtbench run"):
+        combine_runs([made[1], tmp_path / "nothing"], tmp_path, "missing")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
