@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,7 @@ def combine_runs(run_dirs: list[Path], results_dir: Path, run_id: str):
     """
     from .registry import get_registry, load_dataset
     from .rescore import settings_of
-    from .results import ScoreTable, read_score_table, summarize, write_run
+    from .results import read_score_table, summarize, write_run
     from .runner import RunOutput, check_truth
     from .schema import read_map, validate_run
 
@@ -65,25 +66,32 @@ def combine_runs(run_dirs: list[Path], results_dir: Path, run_id: str):
         if problem:
             raise MtbenchError(f"{run.path}: {problem} than {runs[0].path}; combine runs of one model, dataset, "
                                "subject and settings")
-    tables = [read_score_table(run.path) for run in runs]
-    keys = [key for table in tables for key in table.keys]
-    twice = sorted({key for key in keys if keys.count(key) > 1})
+    fitted = [[(layer, state) for layer in run.manifest["settings"]["layers"]
+               for state in run.manifest["settings"]["states"]] for run in runs]  # each run's order of fits
+    keys = [key for run_keys in fitted for key in run_keys]
+    twice = sorted(key for key, n in Counter(keys).items() if n > 1)
     if twice:
         raise MtbenchError(f"layer {twice[0][0]} {twice[0][1]} is fitted by more than one of the runs; combine "
                            "runs that fit different (layer, state)s")
     # the order of `mtbench run`: layer by layer, states in their canonical order (ties go to the first)
     canonical = get_registry().names("state")
-    order = sorted(range(len(keys)), key=lambda i: (keys[i][0], canonical.index(keys[i][1])
-                                                    if keys[i][1] in canonical else len(canonical), keys[i][1]))
-
-    def stacked(name: str):
-        parts = [getattr(table, name) for table in tables]
-        return None if any(p is None for p in parts) else np.concatenate(parts)[order]
-
-    table = ScoreTable(keys=[keys[i] for i in order], test=stacked("test"), validation=stacked("validation"),
-                       alpha=stacked("alpha"), test_per_run=stacked("test_per_run"),
-                       validation_per_run=stacked("validation_per_run"), p_value=stacked("p_value"),
-                       alpha_per_run=stacked("alpha_per_run"))
+    keys.sort(key=lambda k: (k[0], canonical.index(k[1]) if k[1] in canonical else len(canonical), k[1]))
+    row = {key: i for i, key in enumerate(keys)}
+    table = None
+    for run, run_keys in zip(runs, fitted):  # one run's scores in memory at a time, besides the result
+        part = read_score_table(run.path)
+        if part.keys != run_keys:
+            raise MtbenchError(f"{run.path}: its scores are not those of the fits its manifest names; the run is "
+                               "corrupt, re-run it with `mtbench run`")
+        if table is None:
+            table = _empty_like(part, keys)
+        rows = [row[key] for key in run_keys]
+        for name in _ARRAYS:
+            value = getattr(part, name)
+            if value is None:
+                setattr(table, name, None)
+            elif getattr(table, name) is not None:
+                getattr(table, name)[rows] = value
 
     settings = settings_of(first)
     dataset = load_dataset(settings.dataset, **settings.dataset_options)
@@ -110,6 +118,19 @@ def combine_runs(run_dirs: list[Path], results_dir: Path, run_id: str):
                     ceiling, truth)
     return RunOutput(run_dir=out, summary=summary, truth_check=check_truth(truth, summary),
                      seconds=time.perf_counter() - start)
+
+
+_ARRAYS = ("test", "validation", "alpha", "test_per_run", "validation_per_run", "p_value", "alpha_per_run")
+
+
+def _empty_like(part, keys: list[tuple[int, str]]):
+    """A :class:`~mtbench.results.ScoreTable` of ``len(keys)`` fits shaped like ``part``, to be filled."""
+    from .results import ScoreTable
+
+    arrays = {name: None if getattr(part, name) is None else
+              np.empty((len(keys), *getattr(part, name).shape[1:]), dtype=getattr(part, name).dtype)
+              for name in _ARRAYS}
+    return ScoreTable(keys=list(keys), **arrays)
 
 
 def _disagreement(a: dict, b: dict) -> str | None:
