@@ -37,7 +37,7 @@ MODE2_LEGEND = ("Mode 2 rows: stage-2 held-out r of the layer chosen on stage-2 
 COLUMNS = {
     "rank": "int32", "model": "string", "family": "string", "n_params": "int64", "n_layers": "int32",
     "dataset": "string", "dataset_version": "string", "atlas": "string", "subject": "string", "mode": "string",
-    "metric": "string", "parcel_id": "int32", "parcel": "string", "n_voxels": "int32", "layer": "int32",
+    "protocol": "string", "metric": "string", "parcel_id": "int32", "parcel": "string", "n_voxels": "int32", "layer": "int32",
     "state": "string", "score": "float64", "test": "float64", "test_normalized": "float64", "ceiling": "float64",
     "validation": "float64", "folds_agree": "float64", "voxel_best_test": "float64", "top_state": "string",
     "top_state_share": "float64", "tied_states": "string", "run_id": "string", "model_revision": "string",
@@ -184,6 +184,11 @@ def top_states(winners: list[dict]) -> dict[int, tuple[str, float, str]]:
     return out
 
 
+def _protocol(manifest: dict) -> str:
+    """The protocol a run followed (``mtbench`` for runs that predate the setting)."""
+    return manifest["settings"].get("protocol") or "mtbench"
+
+
 def _matches(value: str, wanted: str | None) -> bool:
     return wanted is None or value == wanted
 
@@ -300,10 +305,11 @@ def build(
             notes.append(f"{m['run_id']}: rescored on other parcels ({m['rescored_from']['parcels']}), left out "
                          "(the leaderboard compares runs on their dataset's atlas)")
             continue
-        key = (m["model"]["name"], m["dataset"]["name"], m["settings"]["subject"], run_mode(m), m["settings"]["metric"])
+        key = (m["model"]["name"], m["dataset"]["name"], m["settings"]["subject"], run_mode(m), _protocol(m),
+               m["settings"]["metric"])
         if key in latest:
             notes.append(f"{latest[key].manifest['run_id']}: superseded by the newer run {m['run_id']} of the "
-                         f"same model, dataset, subject and mode (left out)")
+                         f"same model, dataset, subject, mode and protocol (left out)")
         latest[key] = run
     if not latest:
         raise MtbenchError(f"no run matches --dataset {dataset or 'any'} --subject {subject} --mode {mode or 'any'} "
@@ -314,7 +320,7 @@ def build(
     if keep_parcel is not None:
         keep_parcel.check()
     notes += _rank(rows)
-    rows.sort(key=lambda r: (r["dataset"], r["subject"], r["mode"], r["metric"], r["rank"] is None, r["rank"] or 0,
+    rows.sort(key=lambda r: (r["dataset"], r["subject"], r["mode"], r["protocol"], r["metric"], r["rank"] is None, r["rank"] or 0,
                              r["model"], r["run_id"], r["parcel_id"]))
     order = list(dict.fromkeys(r["run_id"] for r in rows))
     by_id = {run.manifest["run_id"]: run for run in latest.values()}
@@ -366,7 +372,7 @@ def _run_rows(run: RunFolder, keep_parcel, score_column: str, report: str) -> li
             "n_params": m["model"].get("n_params"), "n_layers": m["model"].get("n_layers"),
             "dataset": m["dataset"]["name"], "dataset_version": m["dataset"]["version"],
             "atlas": m["dataset"].get("atlas") or "", "subject": m["settings"]["subject"], "mode": run.mode,
-            "metric": m["settings"]["metric"], **cell, "score": cell[score_column], "run_id": m["run_id"],
+            "protocol": _protocol(m), "metric": m["settings"]["metric"], **cell, "score": cell[score_column], "run_id": m["run_id"],
             "model_revision": str(m["model"]["revision"]), "mtbench_version": m["mtbench_version"],
             "report": report,
         })
@@ -414,12 +420,13 @@ def _finite(value) -> float | None:
 
 
 def _rank(rows: list[dict]) -> list[str]:
-    """Competition ranks ("1, 2, 2, 4") by whole-brain score within each (dataset, subject, mode, metric)."""
+    """Competition ranks ("1, 2, 2, 4") by whole-brain score within each (dataset, subject, mode, protocol, metric)."""
     notes = []
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         if row["parcel_id"] == -1:
-            groups.setdefault((row["dataset"], row["subject"], row["mode"], row["metric"]), []).append(row)
+            groups.setdefault((row["dataset"], row["subject"], row["mode"], row["protocol"], row["metric"]),
+                              []).append(row)
     rank_of = {}
     for key, brain in groups.items():
         brain.sort(key=lambda r: (r["score"] is None, -(r["score"] or 0.0), r["model"], r["run_id"]))
@@ -455,16 +462,18 @@ def wide(board: Board) -> tuple[list[str], list[dict]]:
     for row in board.rows:
         parcel_ids.setdefault(row["parcel"], row["parcel_id"])
         entry = models.setdefault(row["run_id"], {k: row[k] for k in (
-            "rank", "model", "family", "n_params", "n_layers", "dataset", "subject", "mode", "metric", "run_id",
-            "report")} | {"cells": {}, "wins": {}})
+            "rank", "model", "family", "n_params", "n_layers", "dataset", "subject", "mode", "protocol", "metric",
+            "run_id", "report")} | {"cells": {}, "wins": {}})
+        # the encoding mode, and the protocol when it is not the default (the reference's is another experiment)
+        entry["mode_label"] = entry["mode"] + ("" if entry["protocol"] == "mtbench" else f" ({entry['protocol']})")
         entry["cells"][row["parcel"]] = row
         if row["parcel_id"] != -1:
             entry["wins"][row["state"]] = entry["wins"].get(row["state"], 0) + 1
     parcels = sorted(parcel_ids, key=lambda p: (parcel_ids[p], p))
-    ranks = [(m["dataset"], m["subject"], m["mode"], m["metric"], m["rank"]) for m in models.values()]
+    ranks = [(m["dataset"], m["subject"], m["mode"], m["protocol"], m["metric"], m["rank"]) for m in models.values()]
     manifests = {run.manifest["run_id"]: run.manifest for run in board.runs}
     for entry in models.values():
-        key = (entry["dataset"], entry["subject"], entry["mode"], entry["metric"], entry["rank"])
+        key = (entry["dataset"], entry["subject"], entry["mode"], entry["protocol"], entry["metric"], entry["rank"])
         entry["rank_label"] = (MISSING if entry["rank"] is None
                                else f"{entry['rank']}=" if ranks.count(key) > 1 else str(entry["rank"]))
         entry["manifest"] = manifests[entry["run_id"]]
@@ -537,7 +546,7 @@ def markdown(board: Board) -> str:
     ]
     for m in models:
         cells = [m["rank_label"], m["model"], m["family"], size_text(m["n_params"]),
-                 MISSING if m["n_layers"] is None else str(m["n_layers"]), m["dataset"], m["subject"], m["mode"],
+                 MISSING if m["n_layers"] is None else str(m["n_layers"]), m["dataset"], m["subject"], m["mode_label"],
                  *(cell_text(m["cells"].get(p)) for p in parcels), wins_text(m["wins"]) or MISSING]
         lines.append("| " + " | ".join(map(_md, cells)) + " |")
     if board.notes:
@@ -574,7 +583,7 @@ def html_page(board: Board) -> str:
             f'{MISSING if m["n_layers"] is None else m["n_layers"]}</td>',
             f'<td data-value="{_attr(m["dataset"])}">{e(m["dataset"])}</td>',
             f'<td data-value="{_attr(m["subject"])}">{e(m["subject"])}</td>',
-            f'<td data-value="{_attr(m["mode"])}">{e(m["mode"])}</td>',
+            f'<td data-value="{_attr(m["mode_label"])}">{e(m["mode_label"])}</td>',
         ]
         for p in parcels:
             cell = m["cells"].get(p)
@@ -632,9 +641,9 @@ def terminal_table(board: Board):
 
     _, models = wide(board)
     score = "normalized r" if board.options.get("metric") == "normalized" else "r"
-    varying = [key for key in ("dataset", "subject", "mode") if len({m[key] for m in models}) > 1]
+    varying = [key for key in ("dataset", "subject", "mode_label") if len({m[key] for m in models}) > 1]
     table = Table(title=f"mtbench leaderboard: {score} of the best layer x state chosen on validation")
-    for col in ("rank", "model", "family", "params", *varying, f"whole brain {score}", "best parcel",
+    for col in ("rank", "model", "family", "params", *(k.removesuffix("_label") for k in varying), f"whole brain {score}", "best parcel",
                 "winning states (parcels)"):
         table.add_column(col, justify="right" if col in ("rank", "params") else "left")
     for m in models:

@@ -224,6 +224,28 @@ def test_filters_ties_and_superseded_runs(runs, tmp_path):
     assert f"| {twins[0]['rank_label']} | random |" in leaderboard.markdown(board)
 
 
+def test_another_protocol_is_another_experiment_not_a_newer_run(runs, tmp_path):
+    """A model under --protocol mindtransformer is ranked apart, never superseding its default-protocol run."""
+    root, model, made = runs
+    reference = tmp_path / "p" / "runs" / "reference"
+    shutil.copytree(made["random"], reference)
+    manifest = json.loads((reference / "manifest.json").read_text())
+    manifest["settings"]["protocol"], manifest["run_id"] = "mindtransformer", manifest["run_id"] + "-reference"
+    manifest["created"] = "2999-01-01T00:00:00+00:00"  # newer, and still not a replacement
+    (reference / "manifest.json").write_text(json.dumps(manifest))
+    board = leaderboard.build([root / "b", tmp_path / "p"])
+    _, models = leaderboard.wide(board)
+    randoms = {m["protocol"]: m for m in models if m["model"] == "random"}
+    assert set(randoms) == {"mtbench", "mindtransformer"} and not any("superseded" in n for n in board.notes)
+    assert randoms["mindtransformer"]["rank"] == 1  # alone in its protocol's ranking
+    alone = {m["model"]: m["rank"] for m in leaderboard.wide(leaderboard.build([root / "b"]))[1]}
+    assert {m["model"]: m["rank"] for m in models if m["protocol"] == "mtbench"} == alone  # ranks untouched
+    line = next(li for li in leaderboard.markdown(board).splitlines() if "| random |" in li and "mindtransformer" in li)
+    assert "| 1 (mindtransformer) |" in line
+    assert set(pq.read_table(io.BytesIO(leaderboard.parquet_bytes(board))).column("protocol").to_pylist()) == {
+        "mtbench", "mindtransformer"}
+
+
 def test_rebuild_is_byte_identical(runs, mode2, tmp_path):
     root, _, _ = runs
     cli = CliRunner()
