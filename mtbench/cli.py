@@ -253,6 +253,31 @@ def rescore(run_dir, metric, parcels, parcel_names, run_id, results_dir):
                               progress=progress, results_dir=results_dir))
 
 
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--run-id", default=None, help="Name of the combined run (default: <model>-<dataset>-<subject>-combined-"
+              "<protocol>-<hash of the runs>).")
+@click.option("--out", "results_dir", default=None, type=click.Path(path_type=Path),
+              help="Results folder of the combined run (default: the one the first RUN_DIR is in).")
+def combine(run_dirs, run_id, results_dir):
+    """Write Mode 1 runs of different (layer, state)s as the one run that fitted them all (nothing refitted).
+
+    For runs made one layer (or state) at a time, e.g. one cluster job per layer: the combined run
+    chooses the best layer x state per parcel across all of them, as `mtbench run` would have.
+    (`mtbench sweep` combines its cells itself.)
+    """
+    from .combine import combine_runs, default_run_id
+    from .paths import results_folder_of
+
+    results_dir = results_folder_of(run_dirs[0], results_dir)
+    run_id = run_id or default_run_id(run_dirs)
+    if (results_dir / "runs" / run_id).exists():
+        raise MtbenchError(f"{results_dir / 'runs' / run_id} already exists; give another --run-id")
+    output = combine_runs(list(run_dirs), results_dir, run_id)
+    print_summary(output)
+    console.print(f"combined {len(run_dirs)} runs into {output.run_dir}")
+
+
 def _parse_delays(spec: str | None) -> list[int] | None:
     if spec is None:
         return None

@@ -120,6 +120,22 @@ def combine_runs(run_dirs: list[Path], results_dir: Path, run_id: str):
                      seconds=time.perf_counter() - start)
 
 
+def default_run_id(run_dirs: list[Path]) -> str:
+    """``<model>-<dataset>-<subject>-combined-<protocol>-<hash of the run ids>`` for ``mtbench combine``
+    (named like a sweep's combined runs)."""
+    import hashlib
+
+    from .schema import validate_run
+    from .sweep import model_slug, slug
+
+    manifests = [validate_run(Path(d)).manifest for d in run_dirs]
+    digest = hashlib.sha256("\n".join(sorted(m["run_id"] for m in manifests)).encode()).hexdigest()[:10]
+    first = manifests[0]
+    return "-".join([model_slug(first["model"]["spec"]), slug(first["dataset"]["name"]),
+                     slug(first["settings"]["subject"]), "combined", slug(first["settings"].get("protocol") or "mtbench"),
+                     digest])
+
+
 _ARRAYS = ("test", "validation", "alpha", "test_per_run", "validation_per_run", "p_value", "alpha_per_run")
 
 

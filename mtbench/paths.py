@@ -58,6 +58,26 @@ def writable_folder(path: Path, fix: str = "give --out a folder you can write to
     return path
 
 
+def results_folder_of(run_dir: Path, results_dir: Path | None) -> Path:
+    """Where a run derived from ``run_dir`` goes: ``results_dir``, else the results folder ``run_dir`` is in.
+
+    Checked writable (its ``runs/``) before any work. A run folder outside ``RESULTS/runs/`` (a
+    copy) has no results folder to guess: the user says where with ``--out``.
+    """
+    from .errors import MtbenchError
+
+    if results_dir is None:
+        runs = Path(run_dir).resolve().parent
+        if runs.name != "runs":  # its grandparent is no results folder: do not guess
+            raise MtbenchError(f"{run_dir} is not in a results folder (RESULTS/runs/<id>); say where the new run "
+                               "goes with --out RESULTS")
+        results_dir, fix = runs.parent, "give --out a results folder you can write to"
+    else:
+        results_dir, fix = Path(results_dir), "give --out a folder you can write to"
+    writable_folder(Path(results_dir) / "runs", fix)
+    return Path(results_dir)
+
+
 def read_npz(path: Path) -> dict | None:
     """The arrays of a cached ``.npz`` by name; None when it is missing or unreadable.
 

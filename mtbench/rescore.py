@@ -28,7 +28,7 @@ import numpy as np
 
 from .api import RunSettings
 from .errors import MtbenchError, first_line
-from .paths import writable_folder
+from .paths import results_folder_of
 
 
 def settings_of(manifest: dict) -> RunSettings:
@@ -140,16 +140,7 @@ def rescore(run_dir: Path, metric: str | None = None, parcels: Path | None = Non
                            "give --metric NAME and/or --parcels LABELS.nii.gz")
     entry = get_registry().metric(metric)  # unknown name: one line before any work
     table = read_score_table(run_dir)
-    if results_dir is None:
-        runs = run_dir.resolve().parent
-        if runs.name != "runs":  # its grandparent is no results folder: do not guess
-            raise MtbenchError(f"{run_dir} is not in a results folder (RESULTS/runs/<id>); say where the new run "
-                               "goes with --out RESULTS")
-        results_dir = runs.parent
-        fix = "give --out a results folder you can write to"
-    else:
-        results_dir, fix = Path(results_dir), "give --out a folder you can write to"
-    writable_folder(results_dir / "runs", fix)
+    results_dir = results_folder_of(run_dir, results_dir)
     suffix = "-".join(filter(None, [metric if metric != old_metric else None,
                                     Path(parcels).name.split(".")[0] if parcels is not None else None]))
     run_id = run_id or f"{run.manifest['run_id']}-{suffix}"

@@ -175,7 +175,7 @@ class Cell:
     settings: RunSettings
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
 
 
@@ -184,7 +184,7 @@ def model_slug(spec: str) -> str:
     name, argument = split_spec(spec)
     if argument:
         name = f"{name}-{Path(argument).name or argument}"
-    return _slug(name)
+    return slug(name)
 
 
 def _digest(payload) -> str:
@@ -195,8 +195,8 @@ def make_cell(settings: RunSettings, group: str) -> Cell:
     """Name a cell after its settings (one state, one layer)."""
     (state,), (layer,) = settings.states, settings.layers
     digest = _digest(asdict(settings))[:10]
-    name = "-".join([model_slug(settings.model), _slug(settings.dataset), _slug(settings.subject),
-                     f"L{layer:03d}", state, _slug(settings.protocol), digest])
+    name = "-".join([model_slug(settings.model), slug(settings.dataset), slug(settings.subject),
+                     f"L{layer:03d}", state, slug(settings.protocol), digest])
     return Cell(name=name, hash=digest, group=group, settings=settings)
 
 
@@ -307,7 +307,7 @@ def expand(plan: Plan, results_dir: Path) -> list[Group]:
             if missing:
                 raise MtbenchError(f"subject {missing[0]!r} is not in dataset {name} "
                                    f"(it has {', '.join(data.subjects[:5])}...); fix `subjects`")
-            group_name = f"{model_slug(spec)}-{_slug(name)}-{_digest([spec, model_options, name, dataset_options, states, layers])[:10]}"
+            group_name = f"{model_slug(spec)}-{slug(name)}-{_digest([spec, model_options, name, dataset_options, states, layers])[:10]}"
             group = Group(group_name, spec, name, model_options, dataset_options, states, layers, info, data)
             for subject in subjects:
                 for mode in plan.modes:
@@ -752,7 +752,7 @@ def combinations(groups: list[Group]) -> dict[str, list[Cell]]:
     for members in by_key.values():
         s = members[0].settings
         digest = _digest(sorted(c.hash for c in members))[:10]
-        name = "-".join([model_slug(s.model), _slug(s.dataset), _slug(s.subject), "combined", _slug(s.protocol),
+        name = "-".join([model_slug(s.model), slug(s.dataset), slug(s.subject), "combined", slug(s.protocol),
                          digest])
         named[name] = members
     return named

@@ -74,3 +74,29 @@ def test_runs_of_different_experiments_are_not_combined(cells, tmp_path):
     with pytest.raises(MtbenchError, match="not an mtbench run"):
         combine_runs([made[1], tmp_path / "nothing"], tmp_path, "missing")
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_the_combine_command(cells, tmp_path):
+    """`mtbench combine` for runs made one (layer, state) at a time by hand (one cluster job per layer)."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from mtbench.cli import main
+
+    base, results, made, whole = cells
+    cli = CliRunner()
+    done = cli.invoke(main, ["combine", *map(str, made)])
+    assert done.exit_code == 0, done.output
+    combined = [p for p in (results / "runs").iterdir() if "-combined-mtbench-" in p.name]
+    assert len(combined) == 1 and combined[0].name.startswith("hf-tiny-llama-synthetic-average-combined-")
+    assert f"combined4runsinto{combined[0]}" in "".join(done.output.split())  # rich wraps a long path
+    assert _table(combined[0], "summary").equals(_table(whole, "summary"))
+    again = cli.invoke(main, ["combine", *map(str, made)])  # the same runs name the same folder: kept
+    assert again.exit_code == 2 and "already exists; give another --run-id" in again.output
+    copy = shutil.copytree(made[0], tmp_path / "copy")  # outside a results folder: say where it goes
+    elsewhere = cli.invoke(main, ["combine", str(copy), *map(str, made[1:])])
+    assert elsewhere.exit_code == 2 and "is not in a results folder" in elsewhere.output
+    out = cli.invoke(main, ["combine", str(copy), *map(str, made[1:]), "--out", str(tmp_path / "r"), "--run-id", "x"])
+    assert out.exit_code == 0, out.output
+    assert _table(tmp_path / "r" / "runs" / "x", "scores").equals(_table(whole, "scores"))
