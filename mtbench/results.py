@@ -299,7 +299,8 @@ def read_score_table(run_dir: Path) -> ScoreTable:
     folds_path = run_dir / FOLDS_FILE
     if not folds_path.is_file():
         raise MtbenchError(f"{run_dir}: no {FOLDS_FILE} (a Mode 2 run, a run made with --no-folds, or one written by "
-                           "an mtbench that did not keep per-fold scores); re-run it with `mtbench run` to rescore it")
+                           "an mtbench that did not keep per-fold scores); re-run it with `mtbench run` (with folds) "
+                           "to rescore or combine it")
     voxels = pq.read_table(run_dir / "voxels.parquet",
                            columns=["layer", "state", "voxel", "test", "validation", "alpha", "p_value"])
     voxel = voxels["voxel"].to_numpy()

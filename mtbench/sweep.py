@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .api import RunSettings, TaskResources
-from .errors import MtbenchError
+from .errors import MtbenchError, first_line
 from .paths import atomic_write_bytes, exclusive_lock, writable_folder
 from .registry import get_registry, split_spec
 
@@ -499,6 +499,11 @@ def execute(task: SweepTask) -> str:
         return _execute(task)
 
 
+def _plan_cache(plan: Plan) -> str | None:
+    """The feature cache of a plan's tasks: its ``cache`` (absolute), else ``MTBENCH_CACHE``."""
+    return str(Path(plan.cache).resolve()) if plan.cache else os.environ.get("MTBENCH_CACHE")
+
+
 @contextmanager
 def _cache_env(cache: str | None):
     """``MTBENCH_CACHE`` set for one task (restored: tasks may run inside the sweep's process)."""
@@ -661,7 +666,7 @@ def load_executor(name: str, options: dict):
 def plan_tasks(plan: Plan, results_dir: Path, retry_failed: bool = False):
     """Cells, their status, and the extraction and fit tasks still to run."""
     results_dir = Path(results_dir)
-    cache = str(Path(plan.cache).resolve()) if plan.cache else os.environ.get("MTBENCH_CACHE")
+    cache = _plan_cache(plan)
     with _cache_env(cache):  # datasets may extract while loading (the synthetic one plants features)
         groups = expand(plan, results_dir)
     status = {cell.name: cell_status(results_dir, cell) for g in groups for cell in g.cells}
@@ -724,7 +729,7 @@ def run_sweep(plan: Plan, results_dir: Path, retry_failed: bool = False, console
     failed = [(c.name, *failure_of(results_dir, c)) for c in cells if final[c.name] == "failed"]
     combined, not_combined = [], []
     if plan.combine:
-        with _cache_env(str(Path(plan.cache).resolve()) if plan.cache else os.environ.get("MTBENCH_CACHE")):
+        with _cache_env(_plan_cache(plan)):
             for name, members in combinations(groups).items():
                 missing = sum(final[c.name] != "done" for c in members)
                 if missing:
@@ -732,7 +737,10 @@ def run_sweep(plan: Plan, results_dir: Path, retry_failed: bool = False, console
                 elif not plan.folds:
                     not_combined.append(f"{name}: its cells were written without folds.parquet (folds = false)")
                 else:
-                    combined.append(combine_cells(results_dir, name, members))
+                    try:  # the cells are kept whatever happens here; the next sweep tries again
+                        combined.append(combine_cells(results_dir, name, members))
+                    except (MtbenchError, OSError) as exc:
+                        not_combined.append(f"{name}: {first_line(exc)}")
     return SweepReport(n_cells=len(cells), status=final, failed=failed, lost=lost, extracted=extracted,
                        seconds=time.perf_counter() - start, combined=combined, not_combined=not_combined)
 

@@ -194,6 +194,11 @@ def test_sweep_resumes_reports_failures_and_retries_only_them(tiny, tmp_path, mo
     (results / "runs" / combined / "summary.parquet").write_bytes(b"PAR1 damaged")
     assert run_sweep(plan, results).combined == [combined]
     assert leaderboard.build([results]).rows  # readable again
+    # a combination that cannot be written is reported; the sweep and its cells stand
+    shutil.rmtree(results / "runs" / combined)
+    (results / "runs" / cells[0].name / "folds.parquet").unlink()  # e.g. a cell made with --no-folds
+    report = run_sweep(plan, results)
+    assert report.complete and not report.combined and "no folds.parquet" in report.not_combined[0]
 
     # a cell's result is exactly what `mtbench run` of that one (layer, state) gives
     cell = cells[0]
