@@ -827,8 +827,11 @@ def describe_plan(plan: Plan, results_dir: Path, retry_failed: bool = False) -> 
             "extract_resources": asdict(res_ext), "cpu_hours": cpu_hours,
             "estimate": "measured" if measured is not None else "formula",
         })
+    combos = combinations(groups)
+    written = sum(combined_is_valid(results_dir, name, members) for name, members in combos.items())
     return {"n_cells": len(status), "rows": rows, "executor": plan.executor,
-            "cells": [c.name for g in groups for c in g.cells]}
+            "cells": [c.name for g in groups for c in g.cells],
+            "combined": {"runs": len(combos) if plan.combine else 0, "written": written if plan.combine else 0}}
 
 
 def _measured_seconds(results_dir: Path, done: list[str], sample: int = 20) -> float | None:

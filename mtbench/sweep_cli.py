@@ -104,6 +104,10 @@ def print_plan(description: dict, console) -> None:
     how = {row["estimate"] for row in description["rows"]}
     basis = "median of finished cells" if how == {"measured"} else "rough: from data and model size"
     console.print(f"estimated cost of what is left: {total:.2f} CPU-hours ({basis})")
+    combined = description["combined"]
+    if combined["runs"]:
+        console.print(f"combined runs (each model, dataset, subject and mode as one run): {combined['runs']}, "
+                      f"{combined['written']} already written")
 
 
 def print_report(report, console) -> None:

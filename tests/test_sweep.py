@@ -66,6 +66,7 @@ def test_plan_expands_into_canonical_hashed_cells(tiny, tmp_path):
     result = CliRunner().invoke(main, args, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "8 cells" in result.output and "CPU-hours" in result.output
+    assert "combined runs (each model, dataset, subject and mode as one run): 2, 0 already written" in result.output
     assert not (tmp_path / "results" / "runs").exists()
 
 
