@@ -2,7 +2,7 @@
 
     python benchmarks/sweep_overhead.py [--layers 80] [--cells 6] [--workers 2]
 
-1. Planning: a tiny random Llama with ``--layers`` blocks x 13 states x 2 modes on the tiny
+1. Planning: a tiny random Llama with ``--layers`` blocks x 13 states x 2 protocols on the tiny
    synthetic dataset: time to expand, name and check the status of every cell (``--dry-run``
    path), per cell. A 70B model (80 blocks x 13 states x 49 subjects = 50,960 cells) should
    plan in well under a minute.
@@ -39,7 +39,7 @@ def main() -> int:
         root = Path(tmp)
         big = make_tiny_llama(root / "deep", seed=0, n_layers=args.layers)
         plan = load_plan(write_plan(root / "big.toml", big, root / "cache", states=("all",),
-                                    modes=("mtbench", "mindtransformer")))
+                                    protocols=("mtbench", "mindtransformer")))
         describe_plan(plan, root / "big")  # first call loads the model once and caches its shape
         start = time.perf_counter()
         description = describe_plan(plan, root / "big")

@@ -219,12 +219,7 @@ def run(model, states, layers, dataset, subject, metric, hrf, delays, permutatio
             click.echo("Error: interrupted; nothing of this run was written (earlier results are untouched); "
                        "rerun it to resume the feature extraction where it stopped", err=True)
             sys.exit(130)
-        if mode == 2:
-            from .mode2 import print_summary as print_mode2_summary
-
-            print_mode2_summary(output, console)
-        else:
-            print_summary(output)
+        print_summary(output)
 
 
 @main.command()
@@ -256,15 +251,15 @@ def rescore(run_dir, metric, parcels, parcel_names, run_id, results_dir):
 @main.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--run-id", default=None, help="Name of the combined run (default: <model>-<dataset>-<subject>-combined-"
-              "<protocol>-<hash of the runs>).")
+              "[mode2-]<protocol>-<hash of the runs>).")
 @click.option("--out", "results_dir", default=None, type=click.Path(path_type=Path),
               help="Results folder of the combined run (default: the one the first RUN_DIR is in).")
 def combine(run_dirs, run_id, results_dir):
-    """Write Mode 1 runs of different (layer, state)s as the one run that fitted them all (nothing refitted).
+    """Write runs of different (layer, state)s as the one run that fitted them all (nothing refitted).
 
     For runs made one layer (or state) at a time, e.g. one cluster job per layer: the combined run
-    chooses the best layer x state per parcel across all of them, as `mtbench run` would have.
-    (`mtbench sweep` combines its cells itself.)
+    chooses the best layer x state per parcel (Mode 2: the best layer) across all of them, as
+    `mtbench run` would have. (`mtbench sweep` combines its cells itself.)
     """
     from .combine import combine_runs, default_run_id
     from .paths import results_folder_of
@@ -311,8 +306,13 @@ def _parse_alphas(spec: str) -> list[float]:
 
 
 def print_summary(output, top: int = 15) -> None:
-    """Best layer x state per parcel (chosen on validation), and the planted-truth check."""
+    """Best layer x state per parcel (chosen on validation), and the planted-truth check (Mode 2: its own table)."""
     rows = output.summary
+    if rows and rows[0].get("mode") == 2:
+        from .mode2 import print_summary as print_mode2_summary
+
+        print_mode2_summary(output, console)
+        return
     brain, parcels = rows[0], sorted(rows[1:], key=lambda r: -r["test"])
     has_ceiling = any(r["ceiling"] == r["ceiling"] for r in rows)  # not NaN
     table = Table(title=f"Best layer x state per parcel — top {top} by held-out r",

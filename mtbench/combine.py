@@ -1,4 +1,4 @@
-"""Several Mode 1 runs that fitted different (layer, state)s, as the one run that fitted them all.
+"""Several runs that fitted different (layer, state)s, as the one run that fitted them all.
 
 A sweep fits each (layer, state) as its own run (a *cell*), so that cells run anywhere and
 resume one by one. The question a sweep asks (which layer and state best explains each
@@ -8,6 +8,10 @@ would have written with the same settings, nothing refitted: every fit is indepe
 the others (the same data, alphas, seeds and null columns), so the combined run's files
 are that run's files, and the best (layer, state) per parcel is chosen on validation
 scores across all the cells (:func:`mtbench.results.summarize`).
+
+Mode 2 runs of different layers (one layer per sweep cell) combine the same way: their
+tables are concatenated (:class:`mtbench.mode2.Mode2Tables`) and the nested layer choice
+per parcel is made across all of them from their per-fold scores (``mode2_folds.parquet``).
 """
 
 from __future__ import annotations
@@ -27,13 +31,14 @@ _PER_CELL = ("states", "layers")
 
 
 def combine_runs(run_dirs: list[Path], results_dir: Path, run_id: str):
-    """Write ``results_dir/runs/<run_id>``: the Mode 1 runs ``run_dirs`` as one run.
+    """Write ``results_dir/runs/<run_id>``: the runs ``run_dirs`` as one run.
 
     Parameters
     ----------
     run_dirs : list of Path
-        Finished Mode 1 runs with ``folds.parquet``, of one model, dataset, subject and the
-        same settings, each fitting (layer, state)s the others do not.
+        Finished runs of one model, dataset, subject, mode and the same settings, each
+        fitting (layer, state)s (Mode 2: layers) the others do not; Mode 1 runs with
+        ``folds.parquet``.
     results_dir : Path
     run_id : str
         Name of the combined run; its manifest lists the runs in ``combined_from``.
@@ -60,12 +65,12 @@ def combine_runs(run_dirs: list[Path], results_dir: Path, run_id: str):
     runs = [validate_run(Path(d)) for d in run_dirs]
     first = runs[0].manifest
     for run in runs:
-        if run.mode != "1":
-            raise MtbenchError(f"{run.path}: a Mode {run.mode} run; only Mode 1 runs are combined")
-        problem = _disagreement(first, run.manifest)
+        problem = _disagreement(first, run.manifest)  # another mode is another setting
         if problem:
             raise MtbenchError(f"{run.path}: {problem} than {runs[0].path}; combine runs of one model, dataset, "
-                               "subject and settings")
+                               "subject, mode and settings")
+    if runs[0].mode == "2":
+        return _combine_mode2(runs, Path(results_dir), run_id, start)
     fitted = [[(layer, state) for layer in run.manifest["settings"]["layers"]
                for state in run.manifest["settings"]["states"]] for run in runs]  # each run's order of fits
     keys = [key for run_keys in fitted for key in run_keys]
@@ -99,30 +104,70 @@ def combine_runs(run_dirs: list[Path], results_dir: Path, run_id: str):
     ceiling = dataset.noise_ceiling(settings.subject)
     summary = summarize(table, labels, names, ceiling, fdr=settings.fdr)
 
-    meta = copy.deepcopy(first)
-    meta["run_id"] = run_id
+    meta = _combined_manifest(runs, run_id)
     meta["settings"]["layers"] = sorted({layer for layer, _ in table.keys})
     meta["settings"]["states"] = list(dict.fromkeys(state for _, state in table.keys))
-    meta["combined_from"] = [run.manifest["run_id"] for run in runs]
-    meta.pop("sweep_cell", None)  # the combination is what the leaderboard shows
     meta["folds_file"] = True
     inflation = {k: v for run in runs for k, v in (run.manifest.get("significance") or {})
                  .get("null_inflation", {}).items()}
     if inflation:
         meta["significance"] = {"null_inflation": inflation}
-    meta["seconds"] = round(sum(float(run.manifest.get("seconds", 0)) for run in runs), 1)  # of the fits
-    meta.pop("timings", None)  # per stage of one cell's run: not this run's
-    truth_path = runs[0].path / "truth.json"
-    truth = json.loads(truth_path.read_text()) if truth_path.is_file() else None
+    truth = _truth(runs[0])
     out = write_run(Path(results_dir), run_id, meta, table, read_map(runs[0].path, "mask.nii.gz"), labels, names,
                     ceiling, truth)
     return RunOutput(run_dir=out, summary=summary, truth_check=check_truth(truth, summary),
                      seconds=time.perf_counter() - start)
 
 
+def _combine_mode2(runs, results_dir: Path, run_id: str, start: float):
+    """:func:`combine_runs` of Mode 2 runs (checked to agree): tables concatenated, layers chosen across them."""
+    from .mode2 import Mode2Tables, read_mode2_tables
+    from .results import write_run
+    from .runner import RunOutput
+    from .schema import read_map
+
+    layers = [layer for run in runs for layer in run.manifest["settings"]["layers"]]
+    twice = sorted(layer for layer, n in Counter(layers).items() if n > 1)
+    if twice:
+        raise MtbenchError(f"layer {twice[0]} is fitted by more than one of the Mode 2 runs; combine runs that fit "
+                           "different layers")
+    parts = []
+    for run in runs:
+        part = read_mode2_tables(run)
+        if part.layers != run.manifest["settings"]["layers"] or {row["layer"] for row in part.folds} != set(part.layers):
+            raise MtbenchError(f"{run.path}: its tables are not those of the layers its manifest names; the run is "
+                               "corrupt, re-run it with `mtbench run`")
+        parts.append(part)
+    tables = Mode2Tables.concat(parts)
+    meta = _combined_manifest(runs, run_id)
+    meta["settings"]["layers"] = tables.layers
+    truth = _truth(runs[0])
+    out = write_run(results_dir, run_id, meta, tables, read_map(runs[0].path, "mask.nii.gz"), np.zeros(0), {}, None,
+                    truth)
+    return RunOutput(run_dir=out, summary=tables.summary, truth_check=tables.check_truth(truth),
+                     seconds=time.perf_counter() - start)
+
+
+def _combined_manifest(runs, run_id: str) -> dict:
+    """The first run's manifest as the combined run's: its id, where it came from, the fits' seconds."""
+    meta = copy.deepcopy(runs[0].manifest)
+    meta["run_id"] = run_id
+    meta["combined_from"] = [run.manifest["run_id"] for run in runs]
+    meta.pop("sweep_cell", None)  # the combination is what the leaderboard shows
+    meta["seconds"] = round(sum(float(run.manifest.get("seconds", 0)) for run in runs), 1)  # of the fits
+    meta.pop("timings", None)  # per stage of one cell's run: not this run's
+    return meta
+
+
+def _truth(run) -> dict | None:
+    """The planted truth a run was scored against (synthetic datasets), or None."""
+    path = run.path / "truth.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def default_run_id(run_dirs: list[Path]) -> str:
-    """``<model>-<dataset>-<subject>-combined-<protocol>-<hash of the run ids>`` for ``mtbench combine``
-    (named like a sweep's combined runs)."""
+    """``<model>-<dataset>-<subject>-combined-[mode2-]<protocol>-<hash of the run ids>`` for ``mtbench
+    combine`` (named like a sweep's combined runs)."""
     import hashlib
 
     from .schema import validate_run
@@ -132,8 +177,9 @@ def default_run_id(run_dirs: list[Path]) -> str:
     digest = hashlib.sha256("\n".join(sorted(m["run_id"] for m in manifests)).encode()).hexdigest()[:10]
     first = manifests[0]
     return "-".join([model_slug(first["model"]["spec"]), slug(first["dataset"]["name"]),
-                     slug(first["settings"]["subject"]), "combined", slug(first["settings"].get("protocol") or "mtbench"),
-                     digest])
+                     slug(first["settings"]["subject"]), "combined",
+                     *(["mode2"] if first["settings"].get("mode") == 2 else []),
+                     slug(first["settings"].get("protocol") or "mtbench"), digest])
 
 
 _ARRAYS = ("test", "validation", "alpha", "test_per_run", "validation_per_run", "p_value", "alpha_per_run")
@@ -158,7 +204,7 @@ def _disagreement(a: dict, b: dict) -> str | None:
         return "another dataset"
     if a["settings"].get("subject") != b["settings"].get("subject"):
         return "another subject"
-    for key in sorted(set(a["settings"]) | set(b["settings"])):
+    for key in sorted(set(a["settings"]) | set(b["settings"]), key=lambda k: (k != "mode", k)):  # the mode first
         if key not in _PER_CELL and a["settings"].get(key) != b["settings"].get(key):
             return f"another {key} ({b['settings'].get(key)!r})"
     if a.get("rescored_from") or b.get("rescored_from"):

@@ -333,19 +333,25 @@ def _without_sweep_cells(runs: list[RunFolder]) -> tuple[list[RunFolder], list[s
 
     A cell compared on its own would stand for its model with whatever (layer, state) it
     happens to fit. Cells whose combination is not written yet (an unfinished sweep) are
-    left out with a note saying how to finish it.
+    left out with a note saying how to finish it; a rescored cell (``mtbench rescore`` of one
+    cell) with a note saying to rescore the combined run instead.
     """
     combined = {name for run in runs for name in run.manifest.get("combined_from") or []}
     kept = [run for run in runs if not run.manifest.get("sweep_cell") and run.manifest["run_id"] not in combined]
-    waiting = [run.manifest["run_id"] for run in runs
-               if run.manifest.get("sweep_cell") and run.manifest["run_id"] not in combined]
+    left_out = [run.manifest for run in runs if run.manifest.get("sweep_cell") and run.manifest["run_id"] not in combined]
+    rescored = [m["run_id"] for m in left_out if m.get("rescored_from")]
+    waiting = [m["run_id"] for m in left_out if not m.get("rescored_from")]
     notes = []
-    if len(kept) + len(waiting) < len(runs):
-        notes.append(f"{len(runs) - len(kept) - len(waiting)} sweep cells are shown through the runs that combine "
+    if len(kept) + len(left_out) < len(runs):
+        notes.append(f"{len(runs) - len(kept) - len(left_out)} sweep cells are shown through the runs that combine "
                      "them")
     if waiting:
         notes.append(f"{len(waiting)} cells of sweeps not combined yet are left out (e.g. {waiting[0]}): run the "
                      "same `mtbench sweep` again to finish and combine them")
+    if rescored:
+        notes.append(f"{len(rescored)} rescored sweep cells are left out (e.g. {rescored[0]}): each fits one layer "
+                     "and state; `mtbench rescore` the sweep's combined run (runs/*-combined-*) to rank the model "
+                     "with another metric or parcels")
     return kept, notes
 
 

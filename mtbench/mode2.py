@@ -55,8 +55,9 @@ import numpy as np
 
 from .errors import MtbenchError
 
-__all__ = ["GroupFit", "LayerFit", "Mode2Result", "SELECTIONS", "banded_ridge", "check_mode2_settings",
-           "fit_mode2", "mode2_states", "nested_choices", "nested_layer_choice", "pivot_selection"]
+__all__ = ["GroupFit", "LayerFit", "Mode2Result", "Mode2Tables", "SELECTIONS", "banded_ridge", "check_mode2_settings",
+           "fit_mode2", "mode2_states", "nested_choices", "nested_layer_choice", "nested_table", "pivot_selection",
+           "read_mode2_tables", "truth_checks"]
 
 SELECTIONS = ("pivot", "banded")
 # Kernel-weight candidates of the banded random search (himalaya's default is 100: ~5x the
@@ -187,53 +188,125 @@ class Mode2Result:
         return rows
 
     def nested_rows(self, ceiling: np.ndarray | None, summary: list[dict] | None = None) -> list[dict]:
-        """One row per parcel: the nested layer choice (:func:`nested_choices`) with the run's settings.
+        """One row per parcel: the nested layer choice (:func:`nested_table`) with the run's settings.
 
-        Adds to :func:`nested_choices`' columns ``mode, selection, pivot, inputs``,
-        ``top_state`` (of the chosen ``layer``, as in ``mode2.parquet``), ``ceiling`` and
-        ``test_normalized`` (``test / ceiling``; NaN without a positive ceiling).
+        ``summary`` (:meth:`summarize` with this ``ceiling``) is computed when not given.
         """
-        summary = summary if summary is not None else self.summarize(np.zeros(0), {}, None)
-        top = {(row["layer"], row["parcel_id"]): row["top_state"] for row in summary}
-        voxels = {g.parcel_id: g.voxels for g in self.layers[0].groups}
-        rows = []
-        for row in nested_choices(self.fold_rows()):
-            row = {"mode": 2, "selection": self.selection, "pivot": self.pivot, "inputs": ",".join(self.inputs),
-                   **row, "top_state": top[(row["layer"], row["parcel_id"])],
-                   "ceiling": float("nan"), "test_normalized": float("nan")}
-            if ceiling is not None:
-                c = float(np.mean(ceiling[voxels[row["parcel_id"]]]))
-                row["ceiling"] = c
-                row["test_normalized"] = row["test"] / c if c > 0 else float("nan")
-            rows.append(row)
-        return rows
+        summary = summary if summary is not None else self.summarize(np.zeros(0), {}, ceiling)
+        return nested_table(self.fold_rows(), summary, self.selection, self.pivot, self.inputs)
 
     def check_truth(self, truth: dict | None) -> list[dict]:
         """Planted (parcel, layer, state) whose state is an input: does it dominate that parcel?"""
-        if not truth:
-            return []
-        by_key = {(row["parcel"], row["layer"]): row for row in self.summarize(np.zeros(0), {}, None)}
-        checks = []
-        for plant in truth.get("planted", []):
-            row = by_key.get((plant["parcel"], plant["layer"]))
-            if row is None or plant["state"] not in self.inputs:
-                continue
-            checks.append({"parcel": plant["parcel"], "planted": f"L{plant['layer']} {plant['state']}",
-                           "found": f"L{row['layer']} {row['top_state']}", "test": row["stage2_test"],
-                           "recovered": row["top_state"] == plant["state"]})
-        return checks
+        return truth_checks(self.summarize(np.zeros(0), {}, None), self.inputs, truth)
 
     # ----------------------------------------------------------------- files
-    def write_files(self, folder: Path, meta: dict, mask_img, labels, names, ceiling, truth) -> None:
-        """Write ``mode2.parquet``, ``mode2_nested.parquet``, ``mode2_folds.parquet``, ``mode2_states.parquet``,
-        ``mode2_voxels.parquet``, maps, manifest.
+    def tables(self, n_voxels: int, ceiling: np.ndarray | None) -> Mode2Tables:
+        """What the run writes (:class:`Mode2Tables`), for a mask of ``n_voxels`` voxels."""
+        cols: dict[str, list] = {k: [] for k in ("layer", "parcel_id", "voxel", *FOLD_SCORES)}
+        maps = {stage: np.zeros((n_voxels, len(self.layers)), dtype=np.float32) for stage in (1, 2)}
+        for k, fit in enumerate(self.layers):
+            for g in fit.groups:
+                n = g.voxels.size
+                cols["layer"].append(np.full(n, fit.layer, dtype=np.int16))
+                cols["parcel_id"].append(np.full(n, g.parcel_id, dtype=np.int16))
+                cols["voxel"].append(g.voxels.astype(np.int32))
+                for name in FOLD_SCORES:  # fold means per voxel
+                    cols[name].append(getattr(g, name).mean(0).astype(np.float32))
+                # maps: the whole brain's selection first, overwritten by each voxel's own parcel's
+                maps[1][g.voxels, k] = g.stage1_test.mean(0)
+                maps[2][g.voxels, k] = g.stage2_test.mean(0)
+        return Mode2Tables(selection=self.selection, inputs=list(self.inputs), pivot=self.pivot,
+                           layers=[fit.layer for fit in self.layers], summary=self.summarize(np.zeros(0), {}, ceiling),
+                           folds=self.fold_rows(), states=self.state_rows(),
+                           voxels={k: np.concatenate(v) for k, v in cols.items()}, maps=maps,
+                           seconds={str(fit.layer): fit.seconds for fit in self.layers})
 
-        Called by :func:`mtbench.results.write_run` inside the run's ``.partial`` folder.
+    def write_files(self, folder: Path, meta: dict, mask_img, labels, names, ceiling, truth) -> None:
+        """Write the run's files (:meth:`Mode2Tables.write_files`); called by :func:`mtbench.results.write_run`."""
+        self.tables(labels.size, ceiling).write_files(folder, meta, mask_img, labels, names, ceiling, truth)
+
+
+#: Columns every table of a Mode 2 run starts with (the run's identity, written from the manifest).
+_IDENTITY_COLUMNS = ("run_id", "model", "dataset", "subject", "metric")
+
+
+@dataclass
+class Mode2Tables:
+    """The tables and maps of a Mode 2 run, as written.
+
+    Built from the fits (:meth:`Mode2Result.tables`), or read back from finished runs
+    (:func:`read_mode2_tables`) and concatenated (:meth:`concat`): runs that fitted different
+    layers with the same settings are then the run that fitted them all
+    (:func:`mtbench.combine.combine_runs`), the nested layer choice made across all of them.
+
+    Attributes
+    ----------
+    layers : list of int
+        Fitted layers, in row order.
+    summary, folds, states : list of dict
+        Rows of ``mode2.parquet`` (one per layer and parcel, ceilings included),
+        ``mode2_folds.parquet`` and ``mode2_states.parquet``, without the identity columns.
+    voxels : dict of str to ndarray, each of shape (n_rows,)
+        Columns of ``mode2_voxels.parquet`` (``layer, parcel_id, voxel`` and the fold means of
+        :data:`FOLD_SCORES`).
+    maps : dict of int to ndarray, shape (n_mask_voxels, n_layers)
+        Stage (1, 2) -> held-out r per mask voxel and layer (each voxel scored with its own
+        parcel's selection, the whole brain's where it has none).
+    seconds : dict
+        Layer (str) -> seconds per step of its fit (manifest ``mode2_seconds``).
+    """
+
+    selection: str
+    inputs: list[str]
+    pivot: str
+    layers: list[int]
+    summary: list[dict]
+    folds: list[dict]
+    states: list[dict]
+    voxels: dict[str, np.ndarray]
+    maps: dict[int, np.ndarray]
+    seconds: dict
+
+    @classmethod
+    def concat(cls, parts: Sequence[Mode2Tables]) -> Mode2Tables:
+        """Tables of runs that fitted different layers, as one run's: rows and map volumes by layer."""
+        first = parts[0]
+        layers = sorted(layer for part in parts for layer in part.layers)
+
+        def rows(name: str) -> list[dict]:  # stable: within a layer, the rows keep their order
+            return sorted((row for part in parts for row in getattr(part, name)), key=lambda row: row["layer"])
+
+        voxel_layer = np.concatenate([part.voxels["layer"] for part in parts])
+        order = np.argsort(voxel_layer, kind="stable")
+        column_of = {layer: (part, part.layers.index(layer)) for part in parts for layer in part.layers}
+        return cls(selection=first.selection, inputs=list(first.inputs), pivot=first.pivot, layers=layers,
+                   summary=rows("summary"), folds=rows("folds"), states=rows("states"),
+                   voxels={name: np.concatenate([part.voxels[name] for part in parts])[order] for name in first.voxels},
+                   maps={stage: np.stack([column_of[layer][0].maps[stage][:, column_of[layer][1]] for layer in layers],
+                                         axis=1) for stage in first.maps},
+                   seconds={str(layer): column_of[layer][0].seconds.get(str(layer), {}) for layer in layers})
+
+    def nested(self) -> list[dict]:
+        """Rows of ``mode2_nested.parquet`` (:func:`nested_table`)."""
+        return nested_table(self.folds, self.summary, self.selection, self.pivot, self.inputs)
+
+    def check_truth(self, truth: dict | None) -> list[dict]:
+        """Planted (parcel, layer, state) whose state is an input: does it dominate that parcel?"""
+        return truth_checks(self.summary, self.inputs, truth)
+
+    def write_files(self, folder: Path, meta: dict, mask_img, labels=None, names=None, ceiling=None,
+                    truth=None) -> None:
+        """Write ``mode2.parquet``, ``mode2_nested.parquet``, ``mode2_folds.parquet``, ``mode2_states.parquet``,
+        ``mode2_voxels.parquet``, maps, manifest into ``folder`` (columns in ``docs/mode2.md``).
+
+        ``labels, names, ceiling`` are already in the tables (the signature of
+        :func:`mtbench.results.write_run`'s writers).
         """
         import nibabel as nib
 
         from .results import _volume, _write_parquet
 
+        meta = meta | {"mode2_seconds": self.seconds}
         ident = {"run_id": meta["run_id"], "model": meta["model"]["name"], "dataset": meta["dataset"]["name"],
                  "subject": meta["settings"]["subject"], "metric": meta["settings"]["metric"]}
 
@@ -241,42 +314,83 @@ class Mode2Result:
             columns = {k: [v] * len(rows) for k, v in ident.items()} | {k: [r[k] for r in rows] for k in rows[0]}
             _write_parquet(folder / name, columns, meta)
 
-        meta = meta | {"mode2_seconds": {str(fit.layer): fit.seconds for fit in self.layers}}
-        summary = self.summarize(labels, names, ceiling)
-        write("mode2.parquet", summary)
-        write("mode2_nested.parquet", self.nested_rows(ceiling, summary))
-        write("mode2_folds.parquet", self.fold_rows())
-        write("mode2_states.parquet", self.state_rows())
-
-        n_vox = labels.size
-        cols: dict[str, list] = {k: [] for k in ("layer", "parcel_id", "voxel", "stage1_test", "stage2_test",
-                                                 "stage1_validation", "stage2_validation")}
-        stage1_maps = np.zeros((n_vox, len(self.layers)), dtype=np.float32)
-        stage2_maps = np.zeros((n_vox, len(self.layers)), dtype=np.float32)
-        for k, fit in enumerate(self.layers):
-            for g in fit.groups:
-                n = g.voxels.size
-                cols["layer"].append(np.full(n, fit.layer, dtype=np.int16))
-                cols["parcel_id"].append(np.full(n, g.parcel_id, dtype=np.int16))
-                cols["voxel"].append(g.voxels.astype(np.int32))
-                for name in ("stage1_test", "stage2_test", "stage1_validation", "stage2_validation"):
-                    cols[name].append(getattr(g, name).mean(0).astype(np.float32))
-                # maps: the whole brain's selection first, overwritten by each voxel's own parcel's
-                stage1_maps[g.voxels, k] = g.stage1_test.mean(0)
-                stage2_maps[g.voxels, k] = g.stage2_test.mean(0)
-        _write_parquet(folder / "mode2_voxels.parquet", {k: np.concatenate(v) for k, v in cols.items()}, meta)
+        write("mode2.parquet", self.summary)
+        write("mode2_nested.parquet", self.nested())
+        write("mode2_folds.parquet", self.folds)
+        write("mode2_states.parquet", self.states)
+        _write_parquet(folder / "mode2_voxels.parquet", self.voxels, meta)
 
         mask = np.asarray(mask_img.get_fdata()) > 0
         nib.save(nib.Nifti1Image(mask.astype(np.uint8), mask_img.affine), folder / "maps" / "mask.nii.gz")
-        nib.save(_volume(stage1_maps, mask, mask_img.affine), folder / "maps" / "mode2_stage1_test_r.nii.gz")
-        nib.save(_volume(stage2_maps, mask, mask_img.affine), folder / "maps" / "mode2_stage2_test_r.nii.gz")
-        index = {"mode2_stage<k>_test_r.nii.gz": {"volume_layers": [fit.layer for fit in self.layers],
+        for stage, values in self.maps.items():
+            nib.save(_volume(values, mask, mask_img.affine), folder / "maps" / f"mode2_stage{stage}_test_r.nii.gz")
+        index = {"mode2_stage<k>_test_r.nii.gz": {"volume_layers": list(self.layers),
                                                    "stage2_selection": "the voxel's own parcel (whole brain "
                                                                        "where it has none)"}}
         (folder / "maps" / "index.json").write_text(json.dumps(index, indent=2))
         if truth is not None:
             (folder / "truth.json").write_text(json.dumps(truth, indent=2, sort_keys=True))
         (folder / "manifest.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+
+def read_mode2_tables(run) -> Mode2Tables:
+    """The tables and maps of a finished Mode 2 run (:class:`mtbench.schema.RunFolder`)."""
+    import pyarrow.parquet as pq
+
+    from .schema import read_map, read_map_index
+
+    def rows(name: str) -> list[dict]:
+        table = pq.read_table(run.path / name)
+        return table.drop_columns([c for c in _IDENTITY_COLUMNS if c in table.column_names]).to_pylist()
+
+    settings = run.manifest["settings"]
+    voxels = pq.read_table(run.path / "mode2_voxels.parquet")
+    mask = np.asarray(read_map(run.path, "mask.nii.gz").dataobj) > 0
+    maps = {}
+    for stage in (1, 2):
+        volume = np.asarray(read_map(run.path, f"mode2_stage{stage}_test_r.nii.gz").dataobj)
+        maps[stage] = volume[mask] if volume.ndim == 4 else volume[mask][:, None]
+    return Mode2Tables(selection=settings["selection"], inputs=list(settings["inputs"]), pivot=settings["pivot"],
+                       layers=[int(v) for v in read_map_index(run.path)["mode2_stage<k>_test_r.nii.gz"]["volume_layers"]],
+                       summary=rows("mode2.parquet"), folds=rows("mode2_folds.parquet"),
+                       states=rows("mode2_states.parquet"),
+                       voxels={name: voxels[name].to_numpy() for name in voxels.column_names},
+                       maps=maps, seconds=dict(run.manifest.get("mode2_seconds") or {}))
+
+
+def nested_table(fold_rows: list[dict], summary: list[dict], selection: str, pivot: str,
+                 inputs: Sequence[str]) -> list[dict]:
+    """Rows of ``mode2_nested.parquet``: per parcel, the nested layer choice (:func:`nested_choices`).
+
+    Adds to :func:`nested_choices`' columns ``mode, selection, pivot, inputs``, and from the
+    ``summary`` row (``mode2.parquet``) of the chosen ``layer``: ``top_state``, ``ceiling`` and
+    ``test_normalized`` (``test / ceiling``; NaN without a positive ceiling).
+    """
+    at = {(row["layer"], row["parcel_id"]): row for row in summary}
+    rows = []
+    for row in nested_choices(fold_rows):
+        chosen = at[(row["layer"], row["parcel_id"])]
+        ceiling = chosen["ceiling"]
+        rows.append({"mode": 2, "selection": selection, "pivot": pivot, "inputs": ",".join(inputs), **row,
+                     "top_state": chosen["top_state"], "ceiling": ceiling,
+                     "test_normalized": row["test"] / ceiling if ceiling > 0 else float("nan")})
+    return rows
+
+
+def truth_checks(summary: list[dict], inputs: Sequence[str], truth: dict | None) -> list[dict]:
+    """Planted (parcel, layer, state) whose state is an input: is it the ``top_state`` of that parcel and layer?"""
+    if not truth:
+        return []
+    by_key = {(row["parcel"], row["layer"]): row for row in summary}
+    checks = []
+    for plant in truth.get("planted", []):
+        row = by_key.get((plant["parcel"], plant["layer"]))
+        if row is None or plant["state"] not in inputs:
+            continue
+        checks.append({"parcel": plant["parcel"], "planted": f"L{plant['layer']} {plant['state']}",
+                       "found": f"L{row['layer']} {row['top_state']}", "test": row["stage2_test"],
+                       "recovered": row["top_state"] == plant["state"]})
+    return checks
 
 
 # --------------------------------------------------------------------------- nested layer choice

@@ -1,12 +1,13 @@
 """``mtbench sweep``: many runs as independent cells, resumable, on any executor.
 
-A plan (TOML file or CLI flags) names models x states x layers x datasets x subjects x modes
-(a mode is a protocol, ``mtbench`` or ``mindtransformer``). Each combination is a *cell*: one
-``mtbench run`` of one (layer, state), written to ``RESULTS/runs/<cell name>/`` like any run.
-The cell name is canonical and ends with a content hash of the cell's settings: the same plan
-always names the same folders, which is how a sweep knows what is already done. When all the
-cells of a (model, dataset, subject, mode) are done they are also written as one run
-(:mod:`mtbench.combine`), the run ``mtbench leaderboard`` and ``mtbench report`` show.
+A plan (TOML file or CLI flags) names models x states x layers x datasets x subjects x
+protocols (``mtbench``, ``mindtransformer``) x modes (1, 2). Each combination is a *cell*: one
+``mtbench run`` of one (layer, state) in Mode 1, of one layer's ``[mode2]`` inputs together in
+Mode 2, written to ``RESULTS/runs/<cell name>/`` like any run. The cell name is canonical and
+ends with a content hash of the cell's settings: the same plan always names the same folders,
+which is how a sweep knows what is already done. When all the cells of a (model, dataset,
+subject, protocol, mode) are done they are also written as one run (:mod:`mtbench.combine`),
+the run ``mtbench leaderboard`` and ``mtbench report`` show.
 
 Extraction runs once per (model, dataset) as its own task before the fitting cells, which
 then read the word features from the shared cache (:mod:`mtbench.features`).
@@ -43,10 +44,13 @@ from .errors import MtbenchError, first_line
 from .paths import atomic_write_bytes, exclusive_lock, writable_folder
 from .registry import get_registry, split_spec
 
-PLAN_KEYS = ("models", "states", "layers", "datasets", "subjects", "modes", "settings", "dataset_options",
-             "model_options", "executor", "executor_options", "resources", "cache", "folds", "combine")
+PLAN_KEYS = ("models", "states", "layers", "datasets", "subjects", "protocols", "modes", "mode2", "settings",
+             "dataset_options", "model_options", "executor", "executor_options", "resources", "cache", "folds",
+             "combine")
 # RunSettings fields a plan may set for all cells ([settings] table)
 SHARED_SETTINGS = ("metric", "alphas", "hrf", "trim_scans", "seed", "backend", "precision", "shared_alpha", "inner")
+# RunSettings fields of the Mode 2 cells ([mode2] table; inputs is required)
+MODE2_KEYS = ("inputs", "pivot", "selection")
 RESOURCE_KEYS = ("extract_cpus", "extract_gpus", "fit_cpus", "fit_gpus", "minutes_factor", "extract_feature_gb")
 
 
@@ -57,13 +61,17 @@ class Plan:
 
     Attributes
     ----------
-    models, datasets, modes : list of str
+    models, datasets, protocols : list of str
+    modes : list of int
+        1: a cell per (layer, state); 2: a cell per layer, fitting the ``mode2`` inputs together.
     states : list of str
-        ``["all"]`` or state names.
+        ``["all"]`` or state names (Mode 1 cells).
     layers : str or list of int
         ``"all"``, ``"1-5,8"`` or block numbers.
     subjects : list of str
         ``["all"]`` or subject ids.
+    mode2 : dict
+        The Mode 2 cells' ``inputs`` (required with mode 2), ``pivot`` and ``selection``.
     settings : dict
         Shared :class:`RunSettings` fields (metric, alphas, trim_scans...).
     dataset_options, model_options : dict
@@ -78,9 +86,12 @@ class Plan:
         Write each Mode 1 cell's ``folds.parquet`` (``mtbench run --folds/--no-folds``; no score
         depends on it, ``mtbench rescore`` and ``combine`` need it).
     combine : bool
-        When every cell of a (model, dataset, subject, mode) is done, also write them as one run
-        (:func:`mtbench.combine.combine_runs`): its best (layer, state) per parcel is chosen across
-        all the cells, which is what the leaderboard and ``mtbench report`` show.
+        When every cell of a (model, dataset, subject, protocol, mode) is done, also write them
+        as one run (:func:`mtbench.combine.combine_runs`): its best (layer, state) per parcel
+        (Mode 2: layer) is chosen across all the cells, which is what the leaderboard and
+        ``mtbench report`` show.
+    notes : list of str
+        What reading the plan has to tell its user (not a plan key).
     """
 
     models: list[str]
@@ -88,7 +99,9 @@ class Plan:
     layers: str | list[int] = "all"
     datasets: list[str] = field(default_factory=lambda: ["synthetic"])
     subjects: list[str] = field(default_factory=lambda: ["average"])
-    modes: list[str] = field(default_factory=lambda: ["mtbench"])
+    protocols: list[str] = field(default_factory=lambda: ["mtbench"])
+    modes: list[int] = field(default_factory=lambda: [1])
+    mode2: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
     dataset_options: dict = field(default_factory=dict)
     model_options: dict = field(default_factory=dict)
@@ -98,6 +111,7 @@ class Plan:
     cache: str | None = None
     folds: bool = True
     combine: bool = True
+    notes: list[str] = field(default_factory=list)
 
 
 def _as_list(value, key: str) -> list:
@@ -137,9 +151,15 @@ def load_plan(path: Path | None, **overrides) -> Plan:
         raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
     if not raw.get("models"):
         raise MtbenchError("a sweep needs at least one model: `models = [...]` in the plan or --model")
-    for key in ("models", "states", "datasets", "subjects", "modes"):
+    for key in ("models", "states", "datasets", "subjects", "protocols", "modes"):
         if key in raw:
             raw[key] = [str(v) for v in _as_list(raw[key], key)]
+    notes = _read_modes(raw)
+    bad = sorted(set(raw.get("mode2", {})) - set(MODE2_KEYS))
+    if bad:
+        raise MtbenchError(f"plan [mode2]: unknown key {bad[0]!r}; known: {', '.join(MODE2_KEYS)}")
+    if "inputs" in raw.get("mode2", {}):
+        raw["mode2"]["inputs"] = [str(v) for v in _as_list(raw["mode2"]["inputs"], "inputs")]
     bad = sorted(set(raw.get("settings", {})) - set(SHARED_SETTINGS))
     if bad:
         raise MtbenchError(f"plan [settings]: {bad[0]!r} cannot be shared by all cells; use one of "
@@ -150,13 +170,37 @@ def load_plan(path: Path | None, **overrides) -> Plan:
     bad = sorted(set(raw.get("resources", {})) - set(RESOURCE_KEYS))
     if bad:
         raise MtbenchError(f"plan [resources]: unknown key {bad[0]!r}; known: {', '.join(RESOURCE_KEYS)}")
-    return Plan(**raw)
+    return Plan(**raw, notes=notes)
+
+
+def _read_modes(raw: dict) -> list[str]:
+    """``modes`` as encoding modes (1, 2), in place; returns notes for the user.
+
+    Plans written before protocols had their own key named them in ``modes``: such a list
+    is read as ``protocols``, with a note.
+    """
+    if "modes" not in raw:
+        return []
+    modes = raw["modes"]
+    named = [m for m in modes if m not in ("1", "2")]
+    if not named:
+        raw["modes"] = sorted({int(m) for m in modes})
+        return []
+    from .protocols import PROTOCOLS
+
+    if len(named) < len(modes) or "protocols" in raw or not set(named) <= set(PROTOCOLS):
+        raise MtbenchError(f"unknown mode {named[0]!r}: modes are 1 (one state at a time) and 2 (several states "
+                           f"of a block together); protocols ({', '.join(PROTOCOLS)}) go in `protocols`")
+    raw["protocols"] = raw.pop("modes")
+    return [f"`modes = {named}` read as `protocols = {named}`: modes are now 1 and 2 (mtbench run --mode), "
+            "protocols have their own key; rename it in the plan"]
 
 
 # --------------------------------------------------------------------------- cells
 @dataclass(frozen=True)
 class Cell:
-    """One run of one (model, dataset, subject, mode, layer, state).
+    """One run of one (model, dataset, subject, protocol, layer, state), or in Mode 2 of one
+    (model, dataset, subject, protocol, layer).
 
     Attributes
     ----------
@@ -192,11 +236,12 @@ def _digest(payload) -> str:
 
 
 def make_cell(settings: RunSettings, group: str) -> Cell:
-    """Name a cell after its settings (one state, one layer)."""
-    (state,), (layer,) = settings.states, settings.layers
+    """Name a cell after its settings (one layer; one state, or Mode 2 and its selection)."""
+    (layer,) = settings.layers
+    what = f"mode2-{settings.selection}" if settings.mode == 2 else settings.states[0]
     digest = _digest(asdict(settings))[:10]
     name = "-".join([model_slug(settings.model), slug(settings.dataset), slug(settings.subject),
-                     f"L{layer:03d}", state, slug(settings.protocol), digest])
+                     f"L{layer:03d}", what, slug(settings.protocol), digest])
     return Cell(name=name, hash=digest, group=group, settings=settings)
 
 
@@ -275,8 +320,10 @@ def expand(plan: Plan, results_dir: Path) -> list[Group]:
     """Every cell of the plan, grouped by (model, dataset), in execution order.
 
     Names are checked first (a typo fails before any model is loaded). Within a group the
-    cells go subject by subject, mode by mode, layer by layer, state by state.
+    cells go subject by subject, protocol by protocol, mode by mode, layer by layer, state by
+    state (Mode 1).
     """
+    from .mode2 import check_mode2_settings, mode2_states
     from .protocols import PROTOCOLS
     from .runner import parse_layers, parse_states
 
@@ -285,20 +332,30 @@ def expand(plan: Plan, results_dir: Path) -> list[Group]:
         registry.model(split_spec(spec)[0])
     for name in plan.datasets:
         registry.dataset(name)
-    for mode in plan.modes:
-        if mode not in PROTOCOLS:
-            raise MtbenchError(f"unknown mode {mode!r}: modes are protocols, one of {', '.join(PROTOCOLS)}")
+    for protocol in plan.protocols:
+        if protocol not in PROTOCOLS:
+            raise MtbenchError(f"unknown protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}")
+    if plan.mode2 and 2 not in plan.modes:
+        raise MtbenchError("plan [mode2] (or --inputs) is for Mode 2 cells: add 2 to `modes` (--mode 2)")
+    if 1 not in plan.modes and plan.states != ["all"]:
+        raise MtbenchError("`states` are for Mode 1 cells; with `modes = [2]` the [mode2] inputs are fitted")
     if plan.states != ["all"]:
         for name in plan.states:
             registry.state(name)
     registry.metric(plan.settings.get("metric", "pearson"))
     RunSettings(model="", dataset="", states=[], **plan.settings).check()  # once, not in every cell
+    mode2 = RunSettings(model="", dataset="", states=["all"], mode=2, **plan.mode2) if 2 in plan.modes else None
+    if mode2 is not None:
+        mode2.check()
+        check_mode2_settings(mode2)  # no inputs, an unknown state...: one line, before any model loads
     datasets = {name: dataset_info(name, plan.dataset_options.get(name, {})) for name in plan.datasets}
     groups = []
     for spec in plan.models:
         model_options = dict(plan.model_options.get(spec, {}))
         info = model_info(spec, model_options, results_dir)
-        states = parse_states(plan.states, info.states)
+        states = parse_states(plan.states, info.states) if 1 in plan.modes else []
+        inputs = parse_states(mode2_states(mode2), info.states) if mode2 is not None else []
+        extracted = states + [s for s in inputs if s not in states]  # what the group's cells read
         layers = parse_layers(plan.layers, info.n_layers)
         for name, data in datasets.items():
             dataset_options = dict(plan.dataset_options.get(name, {}))
@@ -307,16 +364,18 @@ def expand(plan: Plan, results_dir: Path) -> list[Group]:
             if missing:
                 raise MtbenchError(f"subject {missing[0]!r} is not in dataset {name} "
                                    f"(it has {', '.join(data.subjects[:5])}...); fix `subjects`")
-            group_name = f"{model_slug(spec)}-{slug(name)}-{_digest([spec, model_options, name, dataset_options, states, layers])[:10]}"
-            group = Group(group_name, spec, name, model_options, dataset_options, states, layers, info, data)
+            group_name = f"{model_slug(spec)}-{slug(name)}-{_digest([spec, model_options, name, dataset_options, extracted, layers])[:10]}"
+            group = Group(group_name, spec, name, model_options, dataset_options, extracted, layers, info, data)
             for subject in subjects:
-                for mode in plan.modes:
-                    for layer in layers:
-                        for state in states:
-                            settings = RunSettings(model=spec, dataset=name, states=[state], layers=[layer],
-                                                   subject=subject, protocol=mode, dataset_options=dataset_options,
-                                                   model_options=model_options, **plan.settings)
-                            group.cells.append(make_cell(settings, group_name))
+                for protocol in plan.protocols:
+                    base = RunSettings(model=spec, dataset=name, states=[], subject=subject, protocol=protocol,
+                                       dataset_options=dataset_options, model_options=model_options, **plan.settings)
+                    for mode in plan.modes:
+                        for layer in layers:
+                            group.cells += ([make_cell(replace(base, states=[state], layers=[layer]), group_name)
+                                             for state in states] if mode == 1 else
+                                            [make_cell(replace(base, states=["all"], layers=[layer], mode=2,
+                                                               **plan.mode2), group_name)])
             groups.append(group)
     return groups
 
@@ -344,16 +403,26 @@ def extract_resources(group: Group, plan: Plan) -> TaskResources:
                          gpus=gpus, minutes=_minutes(seconds, plan))
 
 
-def fit_resources(group: Group, plan: Plan) -> TaskResources:
+def fit_resources(group: Group, plan: Plan, mode: int = 1) -> TaskResources:
     """BOLD and features of one cell, copied per fold; time grows with scans x voxels x alphas."""
     data, info = group.dataset_info, group.model_info
-    n_alphas = len(plan.settings.get("alphas", RunSettings("", "", []).alphas))
-    dim = 4 * info.hidden  # the widest state (FFN activation) bounds the feature width
+    dim = cell_width(group, plan, mode)
     bold_gb = data.n_scans * data.n_voxels * 4 * 2 * data.n_runs / 1e9
     feats_gb = (data.n_words + data.n_scans * data.n_runs) * dim * 4 / 1e9
     gpus = int(plan.resources.get("fit_gpus", 1 if str(plan.settings.get("backend", "")).endswith("_cuda") else 0))
     return TaskResources(cpus=int(plan.resources.get("fit_cpus", 1)), mem_gb=_round_gb(1.5 + bold_gb + feats_gb),
-                         gpus=gpus, minutes=_minutes(fit_seconds(data, dim, n_alphas), plan))
+                         gpus=gpus, minutes=_minutes(cell_seconds(group, plan, mode), plan))
+
+
+def cell_seconds(group: Group, plan: Plan, mode: int = 1) -> float:
+    """Rough single-CPU time of one cell; a Mode 2 cell fits its inputs side by side, twice (two stages)."""
+    n_alphas = len(plan.settings.get("alphas", RunSettings("", "", []).alphas))
+    return fit_seconds(group.dataset_info, cell_width(group, plan, mode), n_alphas) * (2 if mode == 2 else 1)
+
+
+def cell_width(group: Group, plan: Plan, mode: int = 1) -> int:
+    """Bound on a cell's feature count: the widest state (FFN activation, 4 x hidden) per state fitted."""
+    return 4 * group.model_info.hidden * (len(plan.mode2.get("inputs", [])) if mode == 2 else 1)
 
 
 def fit_seconds(data: DatasetInfo, dim: int, n_alphas: int) -> float:
@@ -448,17 +517,20 @@ def result_is_valid(results_dir: Path, cell_name: str, settings: RunSettings) ->
     """
     import pyarrow.parquet as pq
 
+    from .mode2 import mode2_states
     from .schema import read_whole_run
 
     run_dir = Path(results_dir) / "runs" / cell_name
+    states, tables = ((mode2_states(settings), ("mode2", "mode2_nested")) if settings.mode == 2
+                      else (list(settings.states), ("scores", "summary")))
     try:
         manifest = read_whole_run(run_dir).manifest
         recorded = manifest["settings"]
         same = (manifest["run_id"] == cell_name and manifest["model"]["spec"] == settings.model
                 and recorded["dataset"] == settings.dataset and recorded["subject"] == settings.subject
-                and recorded["states"] == list(settings.states) and recorded["layers"] == list(settings.layers))
-        return same and all(pq.read_metadata(run_dir / f"{table}.parquet").num_rows > 0
-                            for table in ("scores", "summary"))
+                and recorded.get("mode", 1) == settings.mode and recorded["states"] == states
+                and recorded["layers"] == list(settings.layers))
+        return same and all(pq.read_metadata(run_dir / f"{table}.parquet").num_rows > 0 for table in tables)
     except Exception:  # missing, truncated or foreign: not a valid result of this cell
         return False
 
@@ -680,9 +752,9 @@ def plan_tasks(plan: Plan, results_dir: Path, retry_failed: bool = False):
         extract.append(SweepTask("extract", group.name, str(results_dir), base, extract_resources(group, plan),
                                  tuple(group.states), tuple(group.layers), cache, group=group.name,
                                  layers_per_pass=layers_per_pass(group, plan)))
-        resources = fit_resources(group, plan)
-        fit += [SweepTask("fit", c.name, str(results_dir), c.settings, resources, cache=cache, group=group.name,
-                          folds=plan.folds) for c in todo]
+        resources = {mode: fit_resources(group, plan, mode) for mode in plan.modes}
+        fit += [SweepTask("fit", c.name, str(results_dir), c.settings, resources[c.settings.mode], cache=cache,
+                          group=group.name, folds=plan.folds) for c in todo]
     return groups, status, extract, fit
 
 
@@ -734,7 +806,7 @@ def run_sweep(plan: Plan, results_dir: Path, retry_failed: bool = False, console
                 missing = sum(final[c.name] != "done" for c in members)
                 if missing:
                     not_combined.append(f"{name}: {missing} of its {len(members)} cells not done")
-                elif not plan.folds:
+                elif not plan.folds and members[0].settings.mode == 1:  # Mode 2 writes its fold table anyway
                     not_combined.append(f"{name}: its cells were written without folds.parquet (folds = false)")
                 else:
                     try:  # the cells are kept whatever happens here; the next sweep tries again
@@ -746,7 +818,7 @@ def run_sweep(plan: Plan, results_dir: Path, retry_failed: bool = False, console
 
 
 def combinations(groups: list[Group]) -> dict[str, list[Cell]]:
-    """The cells of each (model, dataset, subject, mode), by the name of the run that combines them.
+    """The cells of each (model, dataset, subject, protocol, mode), by the name of the run that combines them.
 
     The name ends with a hash of the cells' hashes: another plan (more layers, other settings)
     names another combined run, and the same plan the same one.
@@ -755,13 +827,13 @@ def combinations(groups: list[Group]) -> dict[str, list[Cell]]:
     for group in groups:
         for cell in group.cells:
             s = cell.settings
-            by_key.setdefault((group.name, s.subject, s.protocol), []).append(cell)
+            by_key.setdefault((group.name, s.subject, s.protocol, s.mode), []).append(cell)
     named = {}
     for members in by_key.values():
         s = members[0].settings
         digest = _digest(sorted(c.hash for c in members))[:10]
-        name = "-".join([model_slug(s.model), slug(s.dataset), slug(s.subject), "combined", slug(s.protocol),
-                         digest])
+        name = "-".join([model_slug(s.model), slug(s.dataset), slug(s.subject), "combined",
+                         *(["mode2"] if s.mode == 2 else []), slug(s.protocol), digest])
         named[name] = members
     return named
 
@@ -809,15 +881,17 @@ def describe_plan(plan: Plan, results_dir: Path, retry_failed: bool = False) -> 
     rows = []
     for group in groups:
         names = [c.name for c in group.cells]
-        res_fit, res_ext = fit_resources(group, plan), extract_resources(group, plan)
+        res_fit, res_ext = fit_resources(group, plan, max(plan.modes)), extract_resources(group, plan)
         todo = [t for t in fit if t.settings.model == group.model and t.settings.dataset == group.dataset
                 and t.name in names]
         needs_extract = any(t.name == group.name for t in extract)
-        dim = 4 * group.model_info.hidden
-        n_alphas = len(plan.settings.get("alphas", RunSettings("", "", []).alphas))
-        measured = _measured_seconds(Path(results_dir), [n for n in names if status[n] == "done"])
-        per_cell = measured if measured is not None else fit_seconds(group.dataset_info, dim, n_alphas)
-        cpu_hours = (len(todo) * per_cell * res_fit.cpus / 3600
+        estimates = {}  # per mode: seconds of one cell, measured on finished cells where there are some
+        for mode in plan.modes:
+            measured = _measured_seconds(Path(results_dir), [c.name for c in group.cells if c.settings.mode == mode
+                                                             and status[c.name] == "done"])
+            estimates[mode] = ((measured, "measured") if measured is not None
+                               else (cell_seconds(group, plan, mode), "formula"))
+        cpu_hours = (sum(estimates[t.settings.mode][0] * t.resources.cpus for t in todo) / 3600
                      + (res_ext.minutes / 3 * res_ext.cpus / 60 if needs_extract else 0))
         rows.append({
             "model": group.model, "dataset": group.dataset, "cells": len(names),
@@ -825,7 +899,7 @@ def describe_plan(plan: Plan, results_dir: Path, retry_failed: bool = False) -> 
             "interrupted": sum(status[n] == "interrupted" for n in names), "to_run": len(todo),
             "extract": "needed" if needs_extract else "no", "fit_resources": asdict(res_fit),
             "extract_resources": asdict(res_ext), "cpu_hours": cpu_hours,
-            "estimate": "measured" if measured is not None else "formula",
+            "estimate": "measured" if all(how == "measured" for _, how in estimates.values()) else "formula",
         })
     combos = combinations(groups)
     written = sum(combined_is_valid(results_dir, name, members) for name, members in combos.items())

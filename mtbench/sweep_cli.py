@@ -22,7 +22,13 @@ def _per_name(names: tuple[str, ...], options: dict) -> dict:
 @click.option("--layers", default=None, help="'all', '4' or '1-5,8' (1-based blocks).")
 @click.option("--dataset", "datasets", multiple=True, help="Dataset (repeatable).")
 @click.option("--subject", "subjects", multiple=True, help="Subject (repeatable) or 'all'.")
-@click.option("--mode", "modes", multiple=True, help="Protocol (repeatable): mtbench, mindtransformer.")
+@click.option("--protocol", "protocols", multiple=True, help="Protocol (repeatable): mtbench, mindtransformer.")
+@click.option("--mode", "modes", multiple=True,
+              help="Encoding mode (repeatable): 1, a cell per layer and state; 2, a cell per layer fitting --inputs "
+                   "together.")
+@click.option("--inputs", default=None, help="Mode 2 cells: the states fitted together (comma list).")
+@click.option("--pivot", default=None, help="Mode 2 cells: state whose width sets how many features are kept.")
+@click.option("--selection", type=click.Choice(["pivot", "banded"]), default=None, help="Mode 2 cells' selection.")
 @click.option("--metric", default=None)
 @click.option("--alphas", default=None, help="Ridge penalties: 'start:stop:count' or a comma list.")
 @click.option("--trim", "trim_scans", type=int, default=None, help="Scans dropped at both ends of each run.")
@@ -46,15 +52,16 @@ def _per_name(names: tuple[str, ...], options: dict) -> dict:
                    "(best layer x state per parcel across cells; default: the plan's `combine`, else yes).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (cells, what is done, resources, cost); run nothing.")
 @click.option("--retry-failed", is_flag=True, help="Also rerun the cells whose last attempt failed.")
-def sweep(plan_file, models, states, layers, datasets, subjects, modes, metric, alphas, trim_scans, backend,
-          precision, dataset_options, model_options, executor, executor_options, cache, results_dir, folds, combine,
-          dry_run, retry_failed):
-    """Run models x states x layers x datasets x subjects x modes as resumable cells.
+def sweep(plan_file, models, states, layers, datasets, subjects, protocols, modes, inputs, pivot, selection, metric,
+          alphas, trim_scans, backend, precision, dataset_options, model_options, executor, executor_options, cache,
+          results_dir, folds, combine, dry_run, retry_failed):
+    """Run models x states x layers x datasets x subjects x protocols x modes as resumable cells.
 
-    PLAN_FILE is a TOML file (keys: models, states, layers, datasets, subjects, modes, [settings],
-    [dataset_options.NAME], [model_options."SPEC"], executor, [executor_options], [resources], cache, folds, combine);
-    flags override it. Cells with valid results are skipped, so running the same sweep again resumes it.
-    When every cell of a (model, dataset, subject, mode) is done, they are also written as one run.
+    PLAN_FILE is a TOML file (keys: models, states, layers, datasets, subjects, protocols, modes, [mode2],
+    [settings], [dataset_options.NAME], [model_options."SPEC"], executor, [executor_options], [resources], cache,
+    folds, combine); flags override it. Cells with valid results are skipped, so running the same sweep again
+    resumes it. When every cell of a (model, dataset, subject, protocol, mode) is done, they are also written as
+    one run.
     """
     from .cli import _options, _parse_alphas, console
     from .sweep import describe_plan, load_plan, run_sweep
@@ -63,10 +70,13 @@ def sweep(plan_file, models, states, layers, datasets, subjects, modes, metric, 
                                               ("precision", precision)) if value is not None}
     if alphas is not None:
         settings["alphas"] = _parse_alphas(alphas)
+    mode2 = {key: value for key, value in (("inputs", inputs), ("pivot", pivot), ("selection", selection))
+             if value is not None}
     dataset_opts, model_opts = _options(dataset_options, "--dataset-option"), _options(model_options, "--model-option")
     plan = load_plan(
         plan_file, models=list(models), states=states, layers=layers, datasets=list(datasets),
-        subjects=list(subjects), modes=list(modes), settings=settings, executor=executor,
+        subjects=list(subjects), protocols=list(protocols), modes=list(modes), mode2=mode2, settings=settings,
+        executor=executor,
         executor_options=_options(executor_options, "--executor-option"), cache=cache, folds=folds,
         combine=combine,
     )
@@ -75,6 +85,8 @@ def sweep(plan_file, models, states, layers, datasets, subjects, modes, metric, 
         plan.dataset_options[name] = {**plan.dataset_options.get(name, {}), **dataset_opts}
     for spec in plan.models:
         plan.model_options[spec] = {**plan.model_options.get(spec, {}), **model_opts}
+    for note in plan.notes:
+        console.print(f"[yellow]note[/yellow] {note}")
     if dry_run:
         print_plan(describe_plan(plan, results_dir, retry_failed), console)
         return
@@ -106,7 +118,7 @@ def print_plan(description: dict, console) -> None:
     console.print(f"estimated cost of what is left: {total:.2f} CPU-hours ({basis})")
     combined = description["combined"]
     if combined["runs"]:
-        console.print(f"combined runs (each model, dataset, subject and mode as one run): {combined['runs']}, "
+        console.print(f"combined runs (each model, dataset, subject, protocol and mode as one run): {combined['runs']}, "
                       f"{combined['written']} already written")
 
 

@@ -16,8 +16,10 @@ PLANTED = [{"parcel": "Heschl's Gyrus (includes H1 and H2)", "layer": 1, "state"
 
 
 def write_plan(path: Path, model: Path, cache: Path, states=("per_head_q_rope", "ffn_activated_state"),
-               layers="all", modes=("mtbench",), executor="local", executor_options: dict | None = None) -> Path:
-    """A TOML plan of ``states x layers x modes`` cells of the tiny synthetic dataset."""
+               layers="all", protocols=("mtbench",), executor="local", executor_options: dict | None = None,
+               extra: str = "") -> Path:
+    """A TOML plan of ``states x layers x protocols`` cells of the tiny synthetic dataset (``extra``: more
+    top-level keys)."""
     options = "\n".join(f"{k} = {json.dumps(v)}" for k, v in (executor_options or {}).items())
     path.write_text(f"""
 models = [{json.dumps(f"hf:{model}")}]
@@ -25,7 +27,8 @@ states = {json.dumps(list(states))}
 layers = {json.dumps(layers)}
 datasets = ["synthetic"]
 subjects = ["average"]
-modes = {json.dumps(list(modes))}
+protocols = {json.dumps(list(protocols))}
+{extra}
 executor = "{executor}"
 cache = {json.dumps(str(cache))}
 

@@ -100,3 +100,40 @@ def test_the_combine_command(cells, tmp_path):
     out = cli.invoke(main, ["combine", str(copy), *map(str, made[1:]), "--out", str(tmp_path / "r"), "--run-id", "x"])
     assert out.exit_code == 0, out.output
     assert _table(tmp_path / "r" / "runs" / "x", "scores").equals(_table(whole, "scores"))
+
+
+def test_mode2_runs_of_different_layers_combine_into_the_run_of_all_layers(cells, tmp_path):
+    """Mode 2 runs of one layer each (a sweep's Mode 2 cells) combined: every table and map of the
+    run of both layers, bit for bit, its nested layer choice made across the runs."""
+    import nibabel as nib
+    from click.testing import CliRunner
+
+    from mtbench.cli import main
+
+    base, results, made, whole = cells
+    mode2 = replace(base, mode=2, states=["all"], inputs=["per_head_q_rope", "attn_output", "ffn_activated_state"],
+                    permutations=0)
+    layers = [run(replace(mode2, layers=[layer]), tmp_path, run_id=f"mode2-L{layer}").run_dir for layer in (2, 1)]
+    both = run(replace(mode2, layers=[1, 2]), tmp_path / "both").run_dir
+    done = CliRunner().invoke(main, ["combine", *map(str, layers)])
+    assert done.exit_code == 0, done.output
+    (combined,) = [p for p in (tmp_path / "runs").iterdir() if "-combined-mode2-mtbench-" in p.name]
+    for name in ("mode2", "mode2_nested", "mode2_folds", "mode2_states", "mode2_voxels"):
+        got, expected = (pq.read_table(folder / f"{name}.parquet") for folder in (combined, both))
+        assert got.schema.names == expected.schema.names and got.num_rows == expected.num_rows, name
+        for column in got.schema.names:
+            if column != "run_id":
+                assert got[column].to_pandas().equals(expected[column].to_pandas()), (name, column)
+    for name in ("mode2_stage1_test_r.nii.gz", "mode2_stage2_test_r.nii.gz"):
+        got, expected = (np.asarray(nib.load(folder / "maps" / name).dataobj) for folder in (combined, both))
+        assert got.shape[-1] == 2 and np.array_equal(got, expected)
+    assert (combined / "maps" / "index.json").read_text() == (both / "maps" / "index.json").read_text()
+    manifest = json.loads((combined / "manifest.json").read_text())
+    assert manifest["settings"]["layers"] == [1, 2] and sorted(manifest["combined_from"]) == ["mode2-L1", "mode2-L2"]
+    assert set(manifest["mode2_seconds"]) == {"1", "2"}
+
+    with pytest.raises(MtbenchError, match="layer 1 is fitted by more than one of the Mode 2 runs"):
+        combine_runs([layers[1], both], tmp_path, "twice")
+    with pytest.raises(MtbenchError, match=r"another mode \(1\) than .*combine runs of one model, dataset, subject, "
+                                           "mode and settings"):
+        combine_runs([layers[0], made[0]], tmp_path, "mixed")

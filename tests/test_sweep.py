@@ -6,6 +6,7 @@ The Slurm executor is tested against a real cluster in test_sweep_slurm.py (slow
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -36,10 +37,10 @@ def tiny(tmp_path_factory):
 
 def test_plan_expands_into_canonical_hashed_cells(tiny, tmp_path):
     root, model = tiny
-    plan_file = write_plan(tmp_path / "plan.toml", model, root / "cache", modes=("mtbench", "mindtransformer"))
+    plan_file = write_plan(tmp_path / "plan.toml", model, root / "cache", protocols=("mtbench", "mindtransformer"))
     groups = expand(load_plan(plan_file), tmp_path / "results")
     cells = [c for g in groups for c in g.cells]
-    assert len(groups) == 1 and len(cells) == 2 * 2 * 2  # states x layers x modes
+    assert len(groups) == 1 and len(cells) == 2 * 2 * 2  # states x layers x protocols
     assert groups[0].layers == [1, 2] and groups[0].states == ["per_head_q_rope", "ffn_activated_state"]
     for cell in cells:
         assert re.fullmatch(r"hf-tiny-llama-synthetic-average-L00[12]-(per_head_q_rope|ffn_activated_state)-"
@@ -55,18 +56,43 @@ def test_plan_expands_into_canonical_hashed_cells(tiny, tmp_path):
     # the same choices as flags name the same cells
     dataset_options = load_plan(plan_file).dataset_options["synthetic"]
     flags = load_plan(None, models=[f"hf:{model}"], states="per_head_q_rope,ffn_activated_state",
-                      modes=["mtbench", "mindtransformer"], cache=str(root / "cache"),
+                      protocols=["mtbench", "mindtransformer"], cache=str(root / "cache"),
                       dataset_options={"synthetic": dataset_options})
     assert [c.name for g in expand(flags, tmp_path / "results") for c in g.cells] == again
 
     # the dry run counts cells and runs nothing (flags only, no plan file)
-    args = ["sweep", "--model", f"hf:{model}", "--states", "per_head_q_rope,ffn_activated_state", "--mode", "mtbench",
-            "--mode", "mindtransformer", "--cache", str(root / "cache"), "--out", str(tmp_path / "results"), "--dry-run"]
+    args = ["sweep", "--model", f"hf:{model}", "--states", "per_head_q_rope,ffn_activated_state", "--protocol",
+            "mtbench", "--protocol", "mindtransformer", "--cache", str(root / "cache"), "--out",
+            str(tmp_path / "results"), "--dry-run"]
     args += [arg for key, value in dataset_options.items() for arg in ("--dataset-option", f"{key}={value}")]
     result = CliRunner().invoke(main, args, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "8 cells" in result.output and "CPU-hours" in result.output
-    assert "combined runs (each model, dataset, subject and mode as one run): 2, 0 already written" in result.output
+    assert ("combined runs (each model, dataset, subject, protocol and mode as one run): 2, 0 already written"
+            in result.output)
+    # plans written when protocols were named in `modes` still read, with a note
+    legacy = tmp_path / "legacy.toml"
+    legacy.write_text(plan_file.read_text().replace("protocols = ", "modes = "))
+    old = load_plan(legacy)
+    assert old.protocols == ["mtbench", "mindtransformer"] and old.modes == [1]
+    assert "read as `protocols = ['mtbench', 'mindtransformer']`" in old.notes[0]
+    assert [c.name for g in expand(old, tmp_path / "results") for c in g.cells] == again
+    # Mode 2 cells from flags: one per layer; a protocol given as --mode still works, with the note
+    options = [arg for key, value in dataset_options.items() for arg in ("--dataset-option", f"{key}={value}")]
+    mode2 = CliRunner().invoke(main, ["sweep", "--model", f"hf:{model}", "--mode", "2", "--inputs",
+                                      "per_head_q_rope,attn_output", "--mode", "mindtransformer", *options,
+                                      "--cache", str(root / "cache"), "--out", str(tmp_path / "results"), "--dry-run"],
+                               env={"COLUMNS": "200"})
+    assert mode2.exit_code == 2 and "unknown mode 'mindtransformer'" in mode2.output  # mixed: not guessed
+    mode2 = CliRunner().invoke(main, ["sweep", "--model", f"hf:{model}", "--mode", "2", "--inputs",
+                                      "per_head_q_rope,attn_output", "--protocol", "mindtransformer", *options,
+                                      "--cache", str(root / "cache"), "--out", str(tmp_path / "results"), "--dry-run"],
+                               env={"COLUMNS": "200"})
+    assert mode2.exit_code == 0, mode2.output
+    assert "2 cells" in mode2.output  # one per layer
+    assert "as one run): 1, 0 already written" in mode2.output
+    legacy_flag = CliRunner().invoke(main, args[:5] + ["--mode", "mindtransformer", *args[9:]], env={"COLUMNS": "200"})
+    assert legacy_flag.exit_code == 0 and "note `modes = ['mindtransformer']` read as `protocols" in legacy_flag.output
     assert not (tmp_path / "results" / "runs").exists()
 
 
@@ -77,8 +103,21 @@ def test_bad_plans_fail_in_one_line(tiny, tmp_path):
     bad.write_text("layer = 3\n" + plan_file.read_text())
     with pytest.raises(MtbenchError, match="unknown key 'layer'"):
         load_plan(bad)
-    with pytest.raises(MtbenchError, match="unknown mode 'fast'"):
-        expand(load_plan(plan_file, modes=["fast"]), tmp_path)
+    with pytest.raises(MtbenchError, match="unknown mode 'fast': modes are 1 .* and 2 .*protocols"):
+        load_plan(plan_file, modes=["fast"])
+    with pytest.raises(MtbenchError, match="unknown protocol 'fast'"):
+        expand(load_plan(plan_file, protocols=["fast"]), tmp_path)
+    # Mode 2 cells: their options need mode 2, mode 2 needs inputs, and states are Mode 1's
+    with pytest.raises(MtbenchError, match=r"\[mode2\] \(or --inputs\) is for Mode 2 cells: add 2 to `modes`"):
+        expand(load_plan(plan_file, mode2={"inputs": "attn_output"}), tmp_path)
+    with pytest.raises(MtbenchError, match="--mode 2 needs --inputs"):
+        expand(load_plan(plan_file, modes=["2"], states="all"), tmp_path)
+    with pytest.raises(MtbenchError, match="`states` are for Mode 1 cells"):
+        expand(load_plan(plan_file, modes=["2"], mode2={"inputs": "attn_output"}), tmp_path)
+    with pytest.raises(MtbenchError, match="unknown state 'atn_output'"):
+        expand(load_plan(plan_file, modes=["1", "2"], mode2={"inputs": "atn_output"}), tmp_path)
+    with pytest.raises(MtbenchError, match=r"plan \[mode2\]: unknown key 'input'"):
+        load_plan(plan_file, mode2={"input": "attn_output"})
     with pytest.raises(MtbenchError, match="unknown executor 'slurmm'.*'slurm'"):
         run_sweep(load_plan(plan_file, executor="slurmm"), tmp_path)
     with pytest.raises(MtbenchError, match="does not exist"):
@@ -209,6 +248,71 @@ def test_sweep_resumes_reports_failures_and_retries_only_them(tiny, tmp_path, mo
     np.testing.assert_array_equal(got, expected)
     winners = pq.read_table(results / "runs" / cell.name / "summary.parquet").to_pylist()
     assert {(r["layer"], r["state"]) for r in winners} == {(cell.settings.layers[0], cell.settings.states[0])}
+
+
+MODE2_INPUTS = ["per_head_q_rope", "attn_output", "ffn_activated_state"]
+
+
+def test_sweep_of_both_modes_ranks_each_through_its_combined_run(tiny, tmp_path, monkeypatch):
+    """`modes = [1, 2]`: Mode 1 cells per (layer, state), Mode 2 cells per layer, each mode combined
+    into the run that fitted all its cells; the Mode 2 combination is `mtbench run --mode 2` of all
+    the layers (the nested layer choice made across the cells), and the leaderboard ranks both."""
+    from mtbench.runner import run
+
+    root, model = tiny
+    monkeypatch.setenv("MTBENCH_CACHE", str(root / "cache"))
+    extra = f"modes = [1, 2]\nmode2 = {{ inputs = {json.dumps(MODE2_INPUTS)} }}"
+    plan = load_plan(write_plan(tmp_path / "plan.toml", model, root / "cache", states=("per_head_q_rope",),
+                                executor_options={"workers": 0}, extra=extra))
+    assert plan.modes == [1, 2] and plan.mode2 == {"inputs": MODE2_INPUTS}
+    (group,) = expand(plan, tmp_path / "results")
+    assert sorted(group.states) == sorted([*MODE2_INPUTS, "input_hidden_state"])  # inputs, pivot: extracted once
+    mode2_cells = [c for c in group.cells if c.settings.mode == 2]
+    assert len(group.cells) == 4 and [c.settings.layers for c in mode2_cells] == [[1], [2]]
+    for cell in mode2_cells:
+        assert re.fullmatch(r"hf-tiny-llama-synthetic-average-L00[12]-mode2-pivot-mtbench-[0-9a-f]{10}", cell.name)
+        assert cell.settings.inputs == MODE2_INPUTS and cell.settings.states == ["all"]
+
+    results = tmp_path / "results"
+    report = run_sweep(plan, results)
+    assert report.complete and not report.not_combined
+    (mode1,) = [name for name in report.combined if "-combined-mtbench-" in name]
+    (mode2,) = [name for name in report.combined if "-combined-mode2-mtbench-" in name]
+    assert all(result_is_valid(results, c.name, c.settings) for c in group.cells)
+
+    # the Mode 2 combination is the run of every layer at once: every table, the choices across layers
+    whole = run(replace(mode2_cells[0].settings, layers=[1, 2]), tmp_path / "whole").run_dir
+    for name in ("mode2", "mode2_nested", "mode2_folds", "mode2_states", "mode2_voxels"):
+        got, expected = (pq.read_table(folder / f"{name}.parquet").to_pandas().drop(columns="run_id", errors="ignore")
+                         for folder in (results / "runs" / mode2, whole))
+        assert list(got.columns) == list(expected.columns) and len(got) == len(expected), name
+        for column in got.columns:
+            if got[column].dtype.kind == "f":
+                np.testing.assert_allclose(got[column], expected[column], rtol=0, atol=1e-5, err_msg=column)
+            else:
+                assert got[column].tolist() == expected[column].tolist(), (name, column)
+    nested = pq.read_table(results / "runs" / mode2 / "mode2_nested.parquet").to_pylist()
+    heschl = next(r for r in nested if r["parcel"] == PLANTED[0]["parcel"])
+    assert (heschl["layer"], heschl["top_state"]) == (PLANTED[0]["layer"], PLANTED[0]["state"])
+
+    # the board ranks the model in each mode, each through its combined run; resuming keeps everything
+    board = leaderboard.build([results])
+    assert {(r["mode"], r["run_id"]) for r in board.rows} == {("1", mode1), ("2", mode2)}
+    # a rescored cell still stands for one (layer, state): left out, saying what to rescore instead;
+    # the rescored combined run is ranked under its metric
+    from mtbench.rescore import rescore
+
+    cell = next(c for c in group.cells if c.settings.mode == 1)
+    rescore(results / "runs" / cell.name, metric="r2")
+    rescored = rescore(results / "runs" / mode1, metric="r2").run_dir.name
+    board = leaderboard.build([results])
+    assert {(r["mode"], r["metric"], r["run_id"]) for r in board.rows} == {
+        ("1", "pearson", mode1), ("2", "pearson", mode2), ("1", "r2", rescored)}
+    assert any(note.startswith(f"1 rescored sweep cells are left out (e.g. {cell.name}-r2)") and
+               "`mtbench rescore` the sweep's combined run" in note for note in board.notes), board.notes
+    again = run_sweep(plan, results)
+    assert again.complete and sorted(again.combined) == sorted(report.combined)
+    assert all(c == {"start": 1, "done": 1} for c in event_counts(results).values())
 
 
 THIRD_PARTY_EXECUTOR = """
