@@ -168,9 +168,8 @@ def run(model, states, layers, dataset, subject, metric, hrf, delays, permutatio
         precision, protocol, results_dir, dataset_options, model_options, device, feature_dtype, seed, mode, inputs,
         pivot, selection, folds):
     """Extract states, align them to the scans, fit voxelwise ridge models, score and write results."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from .api import RunSettings
+    from .display import progress_bars
     from .protocols import resolve_protocol
     from .runner import run as run_pipeline
 
@@ -206,8 +205,7 @@ def run(model, states, layers, dataset, subject, metric, hrf, delays, permutatio
     explicit = [name for name in ("hrf", "trim_scans", "alphas", "precision", "delays")
                 if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
     settings = resolve_protocol(settings, explicit)  # conflicting explicit flags -> one-line error
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=console)
+    progress = progress_bars(console)
     from dataclasses import replace
 
     from .runner import expand_subjects
@@ -236,14 +234,12 @@ def run(model, states, layers, dataset, subject, metric, hrf, delays, permutatio
               help="Results folder of the new run (default: the one RUN_DIR is in, RESULTS/runs/<id>).")
 def rescore(run_dir, metric, parcels, parcel_names, run_id, results_dir):
     """Score a finished Mode 1 run with another metric or on other parcels, into a new run folder."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    from .display import progress_bars
     from .rescore import rescore as rescore_run
 
     if parcel_names is not None and parcels is None:
         raise MtbenchError("--parcel-names names the labels of --parcels; give --parcels LABELS.nii.gz too")
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=console)
+    progress = progress_bars(console)
     print_summary(rescore_run(run_dir, metric=metric, parcels=parcels, parcel_names=parcel_names, run_id=run_id,
                               progress=progress, results_dir=results_dir))
 

@@ -37,22 +37,17 @@ def _subjects(spec: str | None) -> list[str] | None:
 
 
 def _progress():
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
-
     from .cli import console
+    from .display import progress_bars
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                    TimeRemainingColumn(), console=console, transient=False)
+    return progress_bars(console, download=True)
 
 
 def _plain_progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from .cli import console
+    from .display import progress_bars
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console)
+    return progress_bars(console)
 
 
 def _finish(result) -> None:

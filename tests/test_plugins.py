@@ -155,6 +155,8 @@ def test_block_and_select_plugins(tmp_path):
         (["run", "--model", "random", "--trim", "-1"], "trim_scans (--trim) must be a whole number of scans >= 0"),
         (["run", "--model", "random", "--pivot", "attn_output"], "--pivot attn_output is for --mode 2; add --mode 2"),
         (["run", "--model", "random", "--selection", "banded"], "--selection banded is for --mode 2"),
+        # found once the run has started (the model loaded): still nothing but the error
+        (["run", "--model", "random", "--layers", "3"], "layer 3 is out of range: this model has blocks 1..1"),
     ],
 )
 def test_unknown_names_and_bad_values_give_one_line_errors(args, expected):
@@ -163,6 +165,7 @@ def test_unknown_names_and_bad_values_give_one_line_errors(args, expected):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert expected in lines[0]
+    assert result.stdout == "", repr(result.stdout)  # not even the empty line of a progress display never used
 
 
 def test_plugins_filtered_by_hook(tmp_path):
