@@ -226,10 +226,6 @@ class Mode2Result:
         self.tables(labels.size, ceiling).write_files(folder, meta, mask_img, labels, names, ceiling, truth)
 
 
-#: Columns every table of a Mode 2 run starts with (the run's identity, written from the manifest).
-_IDENTITY_COLUMNS = ("run_id", "model", "dataset", "subject", "metric")
-
-
 @dataclass
 class Mode2Tables:
     """The tables and maps of a Mode 2 run, as written.
@@ -337,11 +333,11 @@ def read_mode2_tables(run) -> Mode2Tables:
     """The tables and maps of a finished Mode 2 run (:class:`mtbench.schema.RunFolder`)."""
     import pyarrow.parquet as pq
 
-    from .schema import read_map, read_map_index
+    from .schema import _IDENTITY, read_map, read_map_index
 
-    def rows(name: str) -> list[dict]:
+    def rows(name: str) -> list[dict]:  # without the identity columns, which the writer adds from the manifest
         table = pq.read_table(run.path / name)
-        return table.drop_columns([c for c in _IDENTITY_COLUMNS if c in table.column_names]).to_pylist()
+        return table.drop_columns([c for c in _IDENTITY if c in table.column_names]).to_pylist()
 
     settings = run.manifest["settings"]
     voxels = pq.read_table(run.path / "mode2_voxels.parquet")

@@ -518,11 +518,10 @@ def result_is_valid(results_dir: Path, cell_name: str, settings: RunSettings) ->
     import pyarrow.parquet as pq
 
     from .mode2 import mode2_states
-    from .schema import read_whole_run
+    from .schema import RESULT_SCHEMA, read_whole_run
 
     run_dir = Path(results_dir) / "runs" / cell_name
-    states, tables = ((mode2_states(settings), ("mode2", "mode2_nested")) if settings.mode == 2
-                      else (list(settings.states), ("scores", "summary")))
+    states = mode2_states(settings) if settings.mode == 2 else list(settings.states)  # as the run records them
     try:
         manifest = read_whole_run(run_dir).manifest
         recorded = manifest["settings"]
@@ -530,7 +529,8 @@ def result_is_valid(results_dir: Path, cell_name: str, settings: RunSettings) ->
                 and recorded["dataset"] == settings.dataset and recorded["subject"] == settings.subject
                 and recorded.get("mode", 1) == settings.mode and recorded["states"] == states
                 and recorded["layers"] == list(settings.layers))
-        return same and all(pq.read_metadata(run_dir / f"{table}.parquet").num_rows > 0 for table in tables)
+        return same and all(pq.read_metadata(run_dir / table).num_rows > 0  # every table of the cell's mode
+                            for table in RESULT_SCHEMA["modes"][str(settings.mode)]["parquet"])
     except Exception:  # missing, truncated or foreign: not a valid result of this cell
         return False
 
