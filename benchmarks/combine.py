@@ -44,7 +44,7 @@ def write_cells(results: Path, sim: Path, n_layers: int) -> tuple[int, float]:
     """Write ``n_layers`` x 13 single-(layer, state) runs with random scores; (count, seconds)."""
     import numpy as np
 
-    from mtbench.api import RunSettings
+    from mtbench.settings import RunSettings
     from mtbench.registry import get_registry, load_dataset
     from mtbench.results import ScoreTable, provenance, write_run
 

@@ -147,7 +147,7 @@ def work_mtbench(xs, ys, args, protocol: str) -> dict:
     spent = [0.0]
     test = None
     if significance:  # as `mtbench run` fits: 1,000 null columns ride along, p-values per voxel block
-        from mtbench.api import RunSettings
+        from mtbench.settings import RunSettings
         from mtbench.runner import _fit_targets
         from mtbench.significance import ShiftTest
 

@@ -24,9 +24,9 @@ from nilearn.glm.first_level import hemodynamic_models
 
 from .api import Stimulus, StimulusRun
 from .errors import MtbenchError
+from .settings import HRF_CHOICES
 
 _HRFS = {"glover": hemodynamic_models.glover_hrf, "spm": hemodynamic_models.spm_hrf}
-HRF_CHOICES = ("glover", "spm", "fir")
 DEFAULT_FIR_DELAYS = (1, 2, 3, 4)
 
 

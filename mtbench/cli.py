@@ -168,9 +168,9 @@ def run(model, states, layers, dataset, subject, metric, hrf, delays, permutatio
         precision, protocol, results_dir, dataset_options, model_options, device, feature_dtype, seed, mode, inputs,
         pivot, selection, folds):
     """Extract states, align them to the scans, fit voxelwise ridge models, score and write results."""
-    from .api import RunSettings
+    from .settings import RunSettings
     from .display import progress_bars
-    from .protocols import resolve_protocol
+    from .settings import resolve_protocol
     from .runner import run as run_pipeline
 
     settings = RunSettings(

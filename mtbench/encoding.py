@@ -38,12 +38,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import MtbenchError
+from .settings import BACKENDS, INNERS, PRECISIONS
 
 __all__ = ["EncodingResult", "effective_precision", "fit_nested_loro", "on_gpu", "pearson_r"]
 
-BACKENDS = ("torch", "torch_cuda", "himalaya", "himalaya_cuda")
-PRECISIONS = ("float32", "mixed")
-INNERS = ("loro", "first")
 
 
 def on_gpu(backend: str) -> bool:

@@ -34,9 +34,9 @@ import numpy as np
 from .api import ModelAdapter, Stimulus
 from .errors import MtbenchError
 from .paths import atomic_write_bytes, cache_dir, exclusive_lock
+from .settings import FEATURE_DTYPES
 
 FeatureSet = dict[tuple[int, str], list[np.ndarray]]
-CACHE_DTYPES = ("float16", "float32")
 _PROGRESS = "progress.json"
 _LOCK = "extract.lock"
 
@@ -204,8 +204,8 @@ def word_features(
         ``(layer, state) -> [array (n_words_r, dim) per run]``, float32; with the cache, a
         :class:`CachedFeatures` that reads each key from disk when asked.
     """
-    if dtype not in CACHE_DTYPES:
-        raise MtbenchError(f"unknown feature cache dtype {dtype!r}: use one of {', '.join(CACHE_DTYPES)}")
+    if dtype not in FEATURE_DTYPES:
+        raise MtbenchError(f"unknown feature cache dtype {dtype!r}: use one of {', '.join(FEATURE_DTYPES)}")
     run_lengths = [len(r.words) for r in stimulus.runs]
     bounds = np.cumsum([0, *run_lengths])
     wanted = list(dict.fromkeys((int(layer), state) for layer in layers for state in states))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .api import RunSettings
+from .settings import RunSettings
 from .errors import MtbenchError, first_line
 from .paths import results_folder_of
 

@@ -12,14 +12,14 @@ import json
 import re
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from .api import RunSettings
-from .protocols import resolve_protocol
+from .settings import RunSettings
+from .settings import resolve_protocol
 from .errors import MtbenchError
 from .paths import writable_folder
 from .registry import get_registry, load_dataset, load_model, split_spec
@@ -176,6 +176,8 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
     """
     clock = _Clock()
     settings = resolve_protocol(settings)
+    if settings.mode is None:  # TEMPORARY until analyses are registered
+        settings = replace(settings, mode=1)
     metric = _check_settings(settings)
     made = not Path(results_dir).exists()
     writable_folder(Path(results_dir))  # before hours of fitting, not after

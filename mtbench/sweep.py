@@ -39,7 +39,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from .api import RunSettings, TaskResources
+from .api import TaskResources
+from .settings import RunSettings
 from .errors import MtbenchError, first_line
 from .paths import atomic_write_bytes, exclusive_lock, writable_folder
 from .registry import get_registry, split_spec
@@ -186,7 +187,7 @@ def _read_modes(raw: dict) -> list[str]:
     if not named:
         raw["modes"] = sorted({int(m) for m in modes})
         return []
-    from .protocols import PROTOCOLS
+    from .settings import PROTOCOLS
 
     if len(named) < len(modes) or "protocols" in raw or not set(named) <= set(PROTOCOLS):
         raise MtbenchError(f"unknown mode {named[0]!r}: modes are 1 (one state at a time) and 2 (several states "
@@ -324,7 +325,7 @@ def expand(plan: Plan, results_dir: Path) -> list[Group]:
     state (Mode 1).
     """
     from .mode2 import check_mode2_settings, mode2_states
-    from .protocols import PROTOCOLS
+    from .settings import PROTOCOLS
     from .runner import parse_layers, parse_states
 
     registry = get_registry()
@@ -372,7 +373,7 @@ def expand(plan: Plan, results_dir: Path) -> list[Group]:
                                        dataset_options=dataset_options, model_options=model_options, **plan.settings)
                     for mode in plan.modes:
                         for layer in layers:
-                            group.cells += ([make_cell(replace(base, states=[state], layers=[layer]), group_name)
+                            group.cells += ([make_cell(replace(base, states=[state], layers=[layer], mode=mode), group_name)
                                              for state in states] if mode == 1 else
                                             [make_cell(replace(base, states=["all"], layers=[layer], mode=2,
                                                                **plan.mode2), group_name)])

@@ -7,7 +7,7 @@ import json
 
 import pyarrow.parquet as pq
 
-from mtbench.api import RunSettings
+from mtbench.settings import RunSettings
 from mtbench.testing import make_tiny_llama
 
 

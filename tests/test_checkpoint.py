@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mtbench import encoding, runner
-from mtbench.api import RunSettings
+from mtbench.settings import RunSettings
 from mtbench.checkpoint import FitCheckpoint, fingerprint
 from mtbench.errors import MtbenchError
 from mtbench.runner import run

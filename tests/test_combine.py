@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from mtbench.api import RunSettings
+from mtbench.settings import RunSettings
 from mtbench.combine import combine_runs
 from mtbench.errors import MtbenchError
 from mtbench.runner import run

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from mtbench.alignment import align_runs, delay_operator, hrf_operator, stimulus_operators, tr_sum_operator, zscore
-from mtbench.api import RunSettings, Stimulus, StimulusRun
+from mtbench.api import Stimulus, StimulusRun
+from mtbench.settings import RunSettings
 from mtbench.errors import MtbenchError
 
 TR = 2.0

@@ -41,7 +41,7 @@ STATES = ["per_head_q_rope", "ffn_activated_state"]
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Two results folders: the Llama and its untrained control in `a`, the baselines in `b`."""
-    from mtbench.api import RunSettings
+    from mtbench.settings import RunSettings
     from mtbench.runner import run
 
     root = tmp_path_factory.mktemp("board")
@@ -72,7 +72,7 @@ def runs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def mode2(runs):
     """A real Mode 2 run (pivot selection) of the same Llama at layers 1 and 3, in its own results folder `m2`."""
-    from mtbench.api import RunSettings
+    from mtbench.settings import RunSettings
     from mtbench.runner import run
 
     root, model, _ = runs

@@ -202,7 +202,7 @@ def test_split_half_reliability_matches_a_direct_computation():
 
 
 def test_subject_all_expands_through_the_dataset(prepared_root):
-    from mtbench.api import RunSettings
+    from mtbench.settings import RunSettings
     from mtbench.runner import expand_subjects
 
     root, _, _ = prepared_root

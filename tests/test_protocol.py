@@ -19,8 +19,9 @@ from click.testing import CliRunner
 from sklearn.linear_model import Ridge
 
 from mtbench.alignment import hrf_operator
-from mtbench.api import RunSettings, StimulusRun
-from mtbench.protocols import PROTOCOLS, resolve_protocol
+from mtbench.api import StimulusRun
+from mtbench.settings import RunSettings
+from mtbench.settings import PROTOCOLS, resolve_protocol
 from mtbench.encoding import fit_nested_loro
 from mtbench.errors import MtbenchError
 

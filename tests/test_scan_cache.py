@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mtbench import runner
-from mtbench.api import RunSettings
+from mtbench.settings import RunSettings
 from mtbench.features import ScanFeatures
 from mtbench.runner import run
 from run_helpers import count_calls, tiny_run_settings, voxel_table

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mtbench.api import RunSettings
+from mtbench.settings import RunSettings
 from mtbench.errors import MtbenchError
-from mtbench.protocols import resolve_protocol
+from mtbench.settings import resolve_protocol
 
 
 def settings(**values) -> RunSettings:

@@ -315,7 +315,7 @@ def test_shared_alpha_null_columns_are_refitted_with_the_fits_alphas():
     columns cannot ride along (they would vote for the alpha), so they are refitted with the
     alphas the real fit chose, as a null voxel of that fit is, without an alpha search. The
     test then holds its level, BH its FDR, and planted voxels are found."""
-    from mtbench.api import RunSettings
+    from mtbench.settings import RunSettings
     from mtbench.runner import _shared_alpha_test
 
     alphas, calibrated, fdp, power = np.logspace(-1, 5, 7), [], [], []
