@@ -249,7 +249,8 @@ def work_himalaya(xs, ys, args) -> dict:
 def work_floor(xs, ys, args) -> dict:
     import torch
 
-    from mtbench.encoding import _inner_pairs, _work
+    from mtbench.encoding.folds import inner_pairs as _inner_pairs
+    from mtbench.encoding.nested import validation_flops as _work
 
     sizes = [x.shape[0] for x in xs]
     total, d, v = sum(sizes), xs[0].shape[1], args.voxels

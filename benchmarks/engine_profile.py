@@ -1,4 +1,4 @@
-"""Where the encoding engine's time goes: seconds per step of :class:`mtbench.eigen_ridge.EigenRidge`.
+"""Where the encoding engine's time goes: seconds per step of :class:`mtbench.encoding.eigen.EigenRidge`.
 
     python benchmarks/engine_profile.py                          # d = 1,536, MindTransformer protocol
     python benchmarks/engine_profile.py --d 576 --protocol default --precision mixed
@@ -86,14 +86,15 @@ def instrument(clock: StepClock):
     """Within the block, the engine's methods and torch's factorizations are timed by ``clock``."""
     import torch
 
-    from mtbench.eigen_ridge import EigenRidge
+    from mtbench.encoding.eigen import EigenRidge
 
-    originals = [(EigenRidge, name, member) for name, member in vars(EigenRidge).items()
+    engine_classes = [cls for cls in EigenRidge.__mro__ if cls is not object]  # the engine and its path mixins
+    originals = [(cls, name, member) for cls in engine_classes for name, member in vars(cls).items()
                  if inspect.isfunction(member) and not name.startswith("_") and name not in _UNTIMED]
     originals += [(torch.linalg, name, getattr(torch.linalg, name)) for name in ("eigh", "cholesky_ex")]
     try:
         for owner, name, member in originals:
-            label = name if owner is EigenRidge else f"torch.linalg.{name}"
+            label = name if owner in engine_classes else f"torch.linalg.{name}"
             setattr(owner, name, clock.wrap(label, member))
         yield clock
     finally:

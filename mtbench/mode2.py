@@ -739,10 +739,13 @@ def banded_ridge(
     from himalaya.kernel_ridge import MultipleKernelRidgeCV
     from himalaya.scoring import correlation_score, correlation_score_split
 
-    from .eigen_ridge import _FLOAT64_EIGH_MAX
-    from .encoding import _checked_score, _first_validation_run, _validate, on_gpu, pearson_r
+    from .encoding import on_gpu, pearson_r
+    from .encoding.folds import inner_splits
+    from .encoding.limits import FLOAT64_EIGH_MAX
+    from .encoding.nested import check_runs
+    from .encoding.scores import score_per_voxel
 
-    xs, ys, alpha_grid = _validate(x_runs, y_runs, alphas)
+    xs, ys, alpha_grid = check_runs(x_runs, y_runs, alphas)
     n_runs, n_voxels = len(xs), ys[0].shape[1]
     if sum(dims) != xs[0].shape[1]:
         raise MtbenchError(f"input state widths {list(dims)} add up to {sum(dims)}, but the features have "
@@ -764,17 +767,13 @@ def banded_ridge(
     # Small kernels on one thread, as fit_nested_loro does for small fits: the search runs
     # hundreds of small eigendecompositions and reductions, which split over threads wait for
     # descheduled ones on a busy machine (measured 0.15 s for an 80 x 80 eigh, 0.5 ms alone).
-    if sum(x.shape[0] for x in xs) <= _FLOAT64_EIGH_MAX:
+    if sum(x.shape[0] for x in xs) <= FLOAT64_EIGH_MAX:
         torch.set_num_threads(1)
     try:
         batch = max(1, int(2**27 // (4 * alpha_grid.size * max(x.shape[0] for x in xs))))
         for o in range(n_runs):
             train = [r for r in range(n_runs) if r != o]
-            edges = np.concatenate([[0], np.cumsum([xs[r].shape[0] for r in train])])
-            everything = np.arange(edges[-1])
-            inner_runs = range(len(train)) if options["inner"] == "loro" else [train.index(_first_validation_run(o))]
-            splits = [(np.setdiff1d(everything, np.arange(edges[k], edges[k + 1])), np.arange(edges[k], edges[k + 1]))
-                      for k in inner_runs]
+            splits = inner_splits([x.shape[0] for x in xs], o, options["inner"])
             x_train = np.concatenate([xs[r] for r in train])
             y_train = np.concatenate([ys[r] for r in train])
             bands = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
@@ -787,7 +786,7 @@ def banded_ridge(
                                    n_targets_batch=batch, n_targets_batch_refit=batch))
             model.fit(kernels, y_train)
             split = backend.to_numpy(model.predict(test_kernels, split=True))  # (n_states, n_test, n_voxels)
-            test[o] = _checked_score(score, ys[o], split.sum(0))
+            test[o] = score_per_voxel(score, ys[o], split.sum(0))
             contribution[o] = backend.to_numpy(correlation_score_split(ys[o], split))
             validation[o] = backend.to_numpy(model.cv_scores_).max(0)
             del model, kernels, test_kernels

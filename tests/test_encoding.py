@@ -84,9 +84,9 @@ def test_matches_reference(n_features, shared_alpha):
 
 def test_float32_decompositions_match_reference(monkeypatch):
     """Large eigenproblems (> 1,024) are solved in float32: exercise that path on small data."""
-    import mtbench.eigen_ridge as engine
+    import mtbench.encoding.limits as engine
 
-    monkeypatch.setattr(engine, "_FLOAT64_EIGH_MAX", 0)
+    monkeypatch.setattr(engine, "FLOAT64_EIGH_MAX", 0)
     rng = np.random.default_rng(12)
     for n_features in (20, 100):
         xs, ys = _random_data(rng, n_features=n_features)
@@ -120,9 +120,9 @@ def test_unequal_runs_custom_score_and_more_runs():
 
 @pytest.mark.parametrize("precision", ["float32", "mixed"])
 def test_constant_voxels_score_zero_not_nan(monkeypatch, precision):
-    import mtbench.encoding as enc
+    import mtbench.encoding.device as enc
 
-    monkeypatch.setattr(enc, "_fast_bfloat16", lambda dev: True)  # bfloat16 products on any CPU
+    monkeypatch.setattr(enc, "fast_bfloat16", lambda dev: True)  # bfloat16 products on any CPU
     rng = np.random.default_rng(9)
     xs, ys = _random_data(rng, n_features=25, n_voxels=6)
     ys = [y.copy() for y in ys]
@@ -218,18 +218,18 @@ def test_refit_alphas_must_come_from_the_grid():
 def test_voxel_blocks_agree(monkeypatch, max_block, shared_alpha, n_features, group_bytes):
     """Small voxel blocks (the last one partial), and pair folds made one group at a time over all
     voxels, give the same numbers as one block of all voxels with every fold at once."""
-    import mtbench.eigen_ridge as engine
+    import mtbench.encoding.limits as engine
 
     rng = np.random.default_rng(5)
     xs, ys = _random_data(rng, n_features=n_features, n_voxels=700)
-    monkeypatch.setattr(engine, "_MAX_BLOCK", 10_000)
-    monkeypatch.setattr(engine, "_BLOCK_BYTES", 2**40)
+    monkeypatch.setattr(engine, "MAX_BLOCK", 10_000)
+    monkeypatch.setattr(engine, "BLOCK_BYTES", 2**40)
     whole = fit_nested_loro(xs, ys, ALPHAS, precision="float32", shared_alpha=shared_alpha, return_predictions=True)
-    monkeypatch.setattr(engine, "_MAX_BLOCK", max_block)
-    monkeypatch.setattr(engine, "_BLOCK_BYTES", 1)  # -> the smallest block allowed
-    monkeypatch.setattr(engine, "_MIN_BLOCK", max_block)
-    monkeypatch.setattr(engine, "_CHUNK_BYTES", 1)  # feature form: chunks of one block (X'Y made per block)
-    monkeypatch.setattr(engine, "_GROUP_BYTES", group_bytes)
+    monkeypatch.setattr(engine, "MAX_BLOCK", max_block)
+    monkeypatch.setattr(engine, "BLOCK_BYTES", 1)  # -> the smallest block allowed
+    monkeypatch.setattr(engine, "MIN_BLOCK", max_block)
+    monkeypatch.setattr(engine, "CHUNK_BYTES", 1)  # feature form: chunks of one block (X'Y made per block)
+    monkeypatch.setattr(engine, "GROUP_BYTES", group_bytes)
     blocked = fit_nested_loro(xs, ys, ALPHAS, precision="float32", shared_alpha=shared_alpha,
                               return_predictions=True)
     np.testing.assert_allclose(blocked.test_per_run, whole.test_per_run, atol=1e-6)
@@ -248,9 +248,9 @@ def test_shared_alpha_nomination_gives_the_full_sweeps_choice(monkeypatch, n_fea
     chooses what the exact sweep of every alpha on every voxel chooses, with the same scores:
     whether the nomination's maps are kept for that sweep (inner="first", room for them) or made
     again (fold by fold, nothing kept), in feature and in kernel form."""
-    import mtbench.eigen_ridge as engine
+    import mtbench.encoding.limits as engine
 
-    monkeypatch.setattr(engine, "_GROUP_BYTES", group_bytes)
+    monkeypatch.setattr(engine, "GROUP_BYTES", group_bytes)
 
     rng = np.random.default_rng(13 + n_features)
     xs, ys = _random_data(rng, n_runs=5, n_scans=60, n_features=n_features, n_voxels=1600, snr=1.0)
@@ -260,13 +260,15 @@ def test_shared_alpha_nomination_gives_the_full_sweeps_choice(monkeypatch, n_fea
     eighs = []
     real_eigh = torch.linalg.eigh
     monkeypatch.setattr(torch.linalg, "eigh", lambda a: eighs.append(a.shape) or real_eigh(a))
-    monkeypatch.setattr(engine, "_NOMINATION_VOXELS", 10**9)  # no subset: every alpha on every voxel
+    monkeypatch.setattr(engine, "NOMINATION_VOXELS", 10**9)  # no subset: every alpha on every voxel
     full = fit_nested_loro(xs, ys, alphas, shared_alpha=True, inner=inner, return_predictions=True)
     n_full = len(eighs)
     nominated = []
-    real = engine._nominated
-    monkeypatch.setattr(engine, "_nominated", lambda r, n: nominated.append(real(r, n)) or nominated[-1])
-    monkeypatch.setattr(engine, "_NOMINATION_VOXELS", 400)
+    import mtbench.encoding.eigen_shared as shared
+
+    real = shared.nominated_alphas
+    monkeypatch.setattr(shared, "nominated_alphas", lambda r, n: nominated.append(real(r, n)) or nominated[-1])
+    monkeypatch.setattr(engine, "NOMINATION_VOXELS", 400)
     fast = fit_nested_loro(xs, ys, alphas, shared_alpha=True, inner=inner, return_predictions=True)
     # with room, nothing is decomposed twice (kept maps, or kept eigenbases); without, pair folds are
     if group_bytes > 1:
@@ -296,7 +298,7 @@ def test_shared_alpha_nomination_gives_the_full_sweeps_choice(monkeypatch, n_fea
 def test_nominated_keeps_what_the_subset_cannot_rule_out():
     """Leader kept; a challenger within noise kept; a clearly worse alpha dropped; with every voxel in
     the subset (no sampling error) only the leader and exact copies of it stay."""
-    from mtbench.eigen_ridge import _nominated
+    from mtbench.encoding.eigen_parts import nominated_alphas as _nominated
 
     rng = np.random.default_rng(0)
     base = rng.normal(0.2, 0.1, 500)
@@ -318,9 +320,9 @@ def test_mixed_precision_close_to_float32(monkeypatch, n_features):
     chooses the same alpha, its refit and test score are the float32 ones exactly; where
     the choice moves (near-ties), the test r of that fold moves with it.
     """
-    import mtbench.encoding as enc
+    import mtbench.encoding.device as enc
 
-    monkeypatch.setattr(enc, "_fast_bfloat16", lambda dev: True)  # bfloat16 products on any CPU
+    monkeypatch.setattr(enc, "fast_bfloat16", lambda dev: True)  # bfloat16 products on any CPU
     rng = np.random.default_rng(31 + n_features)
     xs, ys = _random_data(rng, n_runs=4, n_scans=50, n_features=n_features, n_voxels=1500, snr=1.0)
     ys = [np.concatenate([y[:, :1000], zscore(rng.standard_normal((50, 500)))], axis=1) for y in ys]
@@ -342,9 +344,9 @@ def test_mixed_precision_close_to_float32(monkeypatch, n_features):
 
 def test_mixed_precision_alpha_order(monkeypatch):
     """The bfloat16 increments run over the sorted alphas: any order, repeats included, fits the same."""
-    import mtbench.encoding as enc
+    import mtbench.encoding.device as enc
 
-    monkeypatch.setattr(enc, "_fast_bfloat16", lambda dev: True)
+    monkeypatch.setattr(enc, "fast_bfloat16", lambda dev: True)
     rng = np.random.default_rng(17)
     xs, ys = _random_data(rng, n_features=40, n_voxels=300, snr=1.0)
     shuffled = ALPHAS[[5, 0, 10, 3, 3, 7, 1, 9, 2, 8, 4, 6]]  # ALPHAS[3] twice
@@ -356,9 +358,9 @@ def test_mixed_precision_alpha_order(monkeypatch):
 
 
 def test_mixed_precision_shared_alpha(monkeypatch):
-    import mtbench.encoding as enc
+    import mtbench.encoding.device as enc
 
-    monkeypatch.setattr(enc, "_fast_bfloat16", lambda dev: True)
+    monkeypatch.setattr(enc, "fast_bfloat16", lambda dev: True)
     rng = np.random.default_rng(41)
     xs, ys = _random_data(rng, n_runs=4, n_scans=50, n_features=60, n_voxels=600, snr=1.0)
     exact = fit_nested_loro(xs, ys, ALPHAS, shared_alpha=True, precision="float32")
@@ -376,9 +378,9 @@ def test_test_run_never_influences_its_own_predictions(monkeypatch, precision):
     If the held-out run took part in the choice of alpha or in the refit of its outer
     fold, its predictions would depend on its own data.
     """
-    import mtbench.encoding as enc
+    import mtbench.encoding.device as enc
 
-    monkeypatch.setattr(enc, "_fast_bfloat16", lambda dev: True)
+    monkeypatch.setattr(enc, "fast_bfloat16", lambda dev: True)
     rng = np.random.default_rng(21)
     xs, ys = _random_data(rng, n_runs=4, n_features=30, n_voxels=40, snr=1.0)
     alphas = np.logspace(-1, 5, 13)

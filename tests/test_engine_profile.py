@@ -30,20 +30,22 @@ def test_step_clock_accounts_for_the_fit_and_changes_nothing(monkeypatch, profil
     outermost steps' totals, each decomposition is counted once, and the originals come back."""
     import torch
 
-    import mtbench.eigen_ridge as engine
+    import mtbench.encoding.limits as limits
+    from mtbench.encoding.eigen import EigenRidge
+    from mtbench.encoding.eigen_shared import OneAlphaPerFold
 
-    monkeypatch.setattr(engine, "_NOMINATION_VOXELS", 400)
-    monkeypatch.setattr(engine, "_GROUP_BYTES", 1)  # nothing kept: map_groups makes the maps again
+    monkeypatch.setattr(limits, "NOMINATION_VOXELS", 400)
+    monkeypatch.setattr(limits, "GROUP_BYTES", 1)  # nothing kept: map_groups makes the maps again
     xs, ys = _random_data(np.random.default_rng(3), n_runs=5, n_scans=60, n_features=40, n_voxels=1600, snr=1.0)
     alphas = np.logspace(-1, 5, 13)
     plain = fit_nested_loro(xs, ys, alphas, shared_alpha=True, inner="first")
-    originals = dict(vars(engine.EigenRidge)), torch.linalg.eigh, torch.linalg.cholesky_ex
+    originals = dict(vars(EigenRidge)), dict(vars(OneAlphaPerFold)), torch.linalg.eigh, torch.linalg.cholesky_ex
 
     clock = profile.StepClock()
     with profile.instrument(clock):
         timed = fit_nested_loro(xs, ys, alphas, shared_alpha=True, inner="first")
 
-    assert (dict(vars(engine.EigenRidge)), torch.linalg.eigh, torch.linalg.cholesky_ex) == originals
+    assert (dict(vars(EigenRidge)), dict(vars(OneAlphaPerFold)), torch.linalg.eigh, torch.linalg.cholesky_ex) == originals
     for field in ("test_per_run", "validation_per_run", "alpha_per_run"):
         np.testing.assert_array_equal(getattr(timed, field), getattr(plain, field))
     assert clock.calls["fit_one_alpha_per_fold"] == 1

@@ -143,14 +143,14 @@ def test_torch_cuda_prediction_blocks(monkeypatch, form, grouping):
     the callback in order, tile the voxels exactly once, equal the returned predictions and match
     the CPU's."""
     require_cuda()
-    import mtbench.eigen_ridge as engine
+    import mtbench.encoding.limits as engine
 
-    monkeypatch.setattr(engine, "_CHUNK_BYTES", 1)  # chunks of one block
-    monkeypatch.setattr(engine, "_BLOCK_BYTES", 1)
-    monkeypatch.setattr(engine, "_MIN_BLOCK", 96)
-    monkeypatch.setattr(engine, "_MAX_BLOCK", 96)  # 600 voxels: 6 full blocks and a partial one
+    monkeypatch.setattr(engine, "CHUNK_BYTES", 1)  # chunks of one block
+    monkeypatch.setattr(engine, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(engine, "MIN_BLOCK", 96)
+    monkeypatch.setattr(engine, "MAX_BLOCK", 96)  # 600 voxels: 6 full blocks and a partial one
     if grouping == "fold-by-fold":
-        monkeypatch.setattr(engine, "_GROUP_BYTES", 1)  # validate every voxel fold by fold, then refit
+        monkeypatch.setattr(engine, "GROUP_BYTES", 1)  # validate every voxel fold by fold, then refit
     xs, ys = _data(FORMS[form])
     ref = _cpu_fit(form, False)
     blocks = []

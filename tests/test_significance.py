@@ -230,7 +230,7 @@ def test_ceiling_from_split_half_is_the_best_achievable_r():
 
 
 def test_runs_as_views_of_one_array_fit_identically_without_a_copy():
-    from mtbench.eigen_ridge import _concatenated_rows
+    from mtbench.encoding.eigen_parts import concatenated_rows as _concatenated_rows
 
     rng = np.random.default_rng(4)
     x_all = rng.standard_normal((150, 6)).astype(np.float32)
@@ -252,7 +252,7 @@ def test_runs_as_views_of_one_array_fit_identically_without_a_copy():
 def test_pvalues_block_by_block_equal_the_whole_fit(monkeypatch):
     """on_predictions hands out the held-out predictions per voxel block: p-values computed there
     equal those of all predictions at once (same shifts for every voxel), and match the fit's r."""
-    import mtbench.eigen_ridge as engine
+    import mtbench.encoding.limits as engine
 
     rng = np.random.default_rng(3)
     xs = [rng.standard_normal((60, 12)).astype(np.float32) for _ in range(4)]
@@ -269,9 +269,9 @@ def test_pvalues_block_by_block_equal_the_whole_fit(monkeypatch):
         assert [p.shape for p in preds] == [(60, c1 - c0)] * 4
         got[c0:c1] = run_pvalues([y[:, c0:c1] for y in ys], preds, 200, seed=4)
 
-    monkeypatch.setattr(engine, "_MAX_BLOCK", 64)
-    monkeypatch.setattr(engine, "_MIN_BLOCK", 64)
-    monkeypatch.setattr(engine, "_CHUNK_BYTES", 1)  # chunks of one block: predictions handed out per 64 voxels
+    monkeypatch.setattr(engine, "MAX_BLOCK", 64)
+    monkeypatch.setattr(engine, "MIN_BLOCK", 64)
+    monkeypatch.setattr(engine, "CHUNK_BYTES", 1)  # chunks of one block: predictions handed out per 64 voxels
     fit_nested_loro(xs, ys, np.logspace(-1, 3, 5), on_predictions=per_block)
     assert seen[0] == (0, 64) and seen[-1] == (256, 300) and len(seen) == 5
     np.testing.assert_array_equal(got, expected)
@@ -282,7 +282,7 @@ def test_calibration_columns_ride_along_in_the_real_fit(monkeypatch):
     """The runner fits the null calibration columns with the real voxels (per-voxel alpha: the
     voxels are independent): same scores as a fit without them, same inflation as a refit of
     the columns alone, and p-values equal to testing the whole fit at once with it."""
-    import mtbench.eigen_ridge as engine
+    import mtbench.encoding.limits as engine
     from mtbench.significance import ShiftTest, calibration_columns
 
     xs, ys = _cross_fitted(np.random.default_rng(5), 120, 16, n_null=300, n_signal=60, gain=0.3)
@@ -290,9 +290,9 @@ def test_calibration_columns_ride_along_in_the_real_fit(monkeypatch):
     cal = calibration_columns(ys, 200, seed=2)
     assert [c.shape for c in cal] == [(120, 200)] * 9
     targets = [np.concatenate([c, y], axis=1) for c, y in zip(cal, ys)]
-    monkeypatch.setattr(engine, "_MAX_BLOCK", 64)
-    monkeypatch.setattr(engine, "_MIN_BLOCK", 64)
-    monkeypatch.setattr(engine, "_CHUNK_BYTES", 1)  # blocks of 64: one straddles calibration and real columns
+    monkeypatch.setattr(engine, "MAX_BLOCK", 64)
+    monkeypatch.setattr(engine, "MIN_BLOCK", 64)
+    monkeypatch.setattr(engine, "CHUNK_BYTES", 1)  # blocks of 64: one straddles calibration and real columns
     test = ShiftTest(targets, 200, 300, seed=3)
     together = fit_nested_loro(xs, targets, alphas, on_predictions=test)
     alone = fit_nested_loro(xs, ys, alphas, return_predictions=True)
