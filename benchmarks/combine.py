@@ -1,4 +1,4 @@
-"""Time combining a full-scale sweep's cells into one run (``mtbench.combine``), and its peak memory.
+"""Time combining a full-scale sweep's cells into one run (``mtbench combine``), and its peak memory.
 
     python benchmarks/combine.py [--work DIR] [--layers 30] [--source ../shared/data/lpp]
 
@@ -28,7 +28,7 @@ N_RUNS = 9
 COMBINE = """
 import json, resource, sys, time
 from pathlib import Path
-from mtbench.combine import combine_runs
+from mtbench_plugins.commands.runs.combine import combine_runs
 results = Path(sys.argv[1])
 cells = sorted(p for p in (results / "runs").iterdir() if p.name.startswith("cell-"))
 start = time.perf_counter()
@@ -46,7 +46,9 @@ def write_cells(results: Path, sim: Path, n_layers: int) -> tuple[int, float]:
 
     from mtbench.settings import RunSettings
     from mtbench.registry import get_registry, load_dataset
-    from mtbench.results import ScoreTable, provenance, write_run
+    from mtbench.results import provenance, write_run
+    from mtbench_plugins.analyses.mode1.analysis import Mode1Result
+    from mtbench_plugins.analyses.mode1.tables import ScoreTable
 
     dataset = load_dataset("lpp-en-sim", root=str(sim))
     n_vox = dataset.parcels.labels.size
@@ -70,8 +72,8 @@ def write_cells(results: Path, sim: Path, n_layers: int) -> tuple[int, float]:
                               dataset={"name": dataset.name, "version": dataset.version, "n_voxels": n_vox,
                                        "n_runs": N_RUNS, "stimulus": "benchmark", "atlas": dataset.parcels.atlas})
             meta.update(run_id=f"cell-L{layer:03d}-{state}", seconds=36.6, folds_file=True, sweep_cell=True)
-            write_run(results, meta["run_id"], meta, table, dataset.mask_img, dataset.parcels.labels,
-                      dataset.parcels.names, ceiling, None)
+            result = Mode1Result(table, dataset.parcels.labels, dataset.parcels.names, ceiling, settings.fdr)
+            write_run(results, meta["run_id"], meta, result, dataset.mask_img, None)
             count += 1
     return count, time.perf_counter() - start
 

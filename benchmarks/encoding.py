@@ -148,7 +148,7 @@ def work_mtbench(xs, ys, args, protocol: str) -> dict:
     test = None
     if significance:  # as `mtbench run` fits: 1,000 null columns ride along, p-values per voxel block
         from mtbench.settings import RunSettings
-        from mtbench.runner import _fit_targets
+        from mtbench_plugins.analyses.mode1.fit import fit_targets as _fit_targets
         from mtbench.significance import ShiftTest
 
         targets, n_calibration = _fit_targets(ys, RunSettings(model="-", dataset="-", states=[],

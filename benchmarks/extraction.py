@@ -68,7 +68,8 @@ def speed(args) -> dict:
     from transformers import AutoModelForCausalLM
 
     from mtbench.features import word_features
-    from mtbench_plugins.models.hf import convert_smollm2, windows
+    from mtbench_plugins.models.hf.gguf import convert_smollm2
+    from mtbench_plugins.models.hf.words import windows
 
     if args.threads:
         torch.set_num_threads(args.threads)

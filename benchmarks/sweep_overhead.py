@@ -32,12 +32,13 @@ def main() -> int:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from sweep_helpers import write_plan
 
-    from mtbench.sweep import describe_plan, load_plan, run_sweep
-    from mtbench.testing import make_tiny_llama
+    from mtbench_plugins.commands.sweep.engine import describe_plan, run_sweep
+    from mtbench_plugins.commands.sweep.plan import load_plan
+    from mtbench_plugins.models.hf.tiny import save_tiny_llama
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        big = make_tiny_llama(root / "deep", seed=0, n_layers=args.layers)
+        big = save_tiny_llama(root / "deep", seed=0, n_layers=args.layers)
         plan = load_plan(write_plan(root / "big.toml", big, root / "cache", states=("all",),
                                     protocols=("mtbench", "mindtransformer")))
         describe_plan(plan, root / "big")  # first call loads the model once and caches its shape
@@ -48,7 +49,7 @@ def main() -> int:
         print(f"planning: {n} cells in {seconds:.2f} s ({1e3 * seconds / n:.2f} ms per cell; "
               f"50,960 cells -> {50960 * seconds / n:.0f} s)")
 
-        small = make_tiny_llama(root / "small", seed=0, n_layers=args.cells // 2)
+        small = save_tiny_llama(root / "small", seed=0, n_layers=args.cells // 2)
         plan = load_plan(write_plan(root / "small.toml", small, root / "cache",
                                     executor_options={"workers": args.workers}))
         start = time.perf_counter()

@@ -17,6 +17,7 @@ first ``delay`` scans of a run get zeros).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -217,7 +218,6 @@ def alignment_fingerprint(operators: Sequence[np.ndarray], trim_scans: int) -> s
     str
         16 hex digits.
     """
-    import hashlib
 
     h = hashlib.sha256(f"{_ALIGNMENT_VERSION}|{trim_scans}".encode())
     for op in operators:

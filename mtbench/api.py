@@ -19,10 +19,10 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-
 
 
 # --------------------------------------------------------------------------- entries
@@ -79,7 +79,7 @@ class DatasetEntry:
 
     ``load(**options) -> Dataset``; options are dataset-specific (``--dataset-option k=v``).
     The optional ``fetch``, ``prepare`` and ``simulate`` callables back ``mtbench data
-    fetch|prepare|simulate NAME`` (see :mod:`mtbench.data_cli` for their signatures); None
+    fetch|prepare|simulate NAME`` (see :mod:`mtbench_plugins.commands.data` for their signatures); None
     means the dataset does not offer that command.
     """
 
@@ -158,6 +158,172 @@ class Executor(Protocol):
         """
 
 
+@dataclass(frozen=True)
+class AnalysisOption:
+    """A run setting that only some analyses read, and the flag users set it with.
+
+    Attributes
+    ----------
+    field : str
+        A field of :class:`mtbench.settings.RunSettings` (``inputs``, ``pivot``, ``selection``...).
+    help : str
+        Help text of its flag (``--<field>`` of ``mtbench run`` and ``mtbench sweep``).
+    choices : tuple of str
+        The values it takes (empty: any; a list field takes a comma list).
+    """
+
+    field: str
+    help: str
+    choices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AnalysisEntry:
+    """An analysis of the extracted states: what a run fits, writes, ranks and draws (``--mode NAME``).
+
+    ``load() -> Analysis`` builds the object that does the work (:class:`Analysis`); it imports
+    its heavy dependencies lazily.
+
+    Attributes
+    ----------
+    name : str
+        What ``--mode`` takes and a run records as ``settings.mode`` (a number such as ``1``
+        is recorded as a number).
+    summary : str
+        One line for ``mtbench list analyses``.
+    load : callable
+        ``load() -> Analysis``.
+    schema : dict
+        Its part of the result schema (:data:`mtbench.schema.RESULT_SCHEMA`): ``manifest_keys``
+        (dotted keys its manifests must have), ``files`` (paths every run of it holds),
+        ``parquet`` (file -> column -> kind: ``integer``, ``floating``, ``string``) and
+        optionally ``optional_parquet`` (checked when present).
+    options : tuple of AnalysisOption
+        The run settings it reads beyond those every run has; a setting of another analysis
+        given to this one is a one-line error.
+    default : bool
+        The analysis of a run that names none (one plugin says so).
+    hint : str
+        How users choose what it fits, for error messages (e.g. ``choose states with --states``).
+    plan_table : str
+        The table of a sweep plan that holds its ``options`` (empty: none).
+    """
+
+    name: str
+    summary: str
+    load: Callable[[], "Analysis"]
+    schema: dict
+    options: tuple[AnalysisOption, ...] = ()
+    default: bool = False
+    hint: str = ""
+    plan_table: str = ""
+
+
+@runtime_checkable
+class AnalysisResult(Protocol):
+    """What an analysis hands back from a fit, a combination or a rescoring: a run to write.
+
+    Attributes
+    ----------
+    summary : list of dict
+        Rows the terminal shows (one per parcel, the whole brain first; each analysis says
+        which keys), also returned to API callers.
+    manifest : dict
+        Keys it adds to the run's manifest (e.g. ``significance``).
+    """
+
+    summary: list[dict]
+    manifest: dict
+
+    def truth_check(self, truth: dict | None) -> list[dict]:
+        """Rows ``parcel, planted, found, test, recovered`` against a simulated dataset's truth ([] without one)."""
+
+    def write_files(self, folder: Path, meta: dict, mask_img: Any, truth: dict | None) -> None:
+        """Write its tables, maps, ``truth.json`` (when ``truth``) and ``manifest.json`` (``meta``) into ``folder``."""
+
+
+@runtime_checkable
+class Analysis(Protocol):
+    """What the pipeline and the built-in commands need from an analysis (``AnalysisEntry.load()``).
+
+    A run: :meth:`check` the settings, extract :meth:`states`, :meth:`fit`, write the result
+    (:func:`mtbench.results.write_run`), :meth:`print_summary`. Finished runs of it are
+    validated against the entry's ``schema`` and then read by :meth:`combine`,
+    :meth:`board_cells`, :meth:`figures` and ``rescore``. A sweep splits a request into cells
+    with :meth:`sweep_cells`. The built-in analyses (``mtbench_plugins.analyses``) are worked
+    examples of every member.
+
+    Attributes
+    ----------
+    tag : str
+        Part of the names of combined runs (empty for the default analysis).
+    takes_states : bool
+        Whether it fits the states users list (``--states``); others take their own options.
+    folds_optional : bool
+        Whether its per-fold table is an output choice (``--folds/--no-folds``) that combining needs.
+    rescore : callable or None
+        ``rescore(run, settings, metric, dataset, parcels, progress) -> AnalysisResult`` scores a
+        finished run (:class:`mtbench.schema.RunFolder`, its recorded ``settings``) with another
+        ``metric`` entry and/or on other ``parcels`` (:class:`Parcellation`; None: the loaded
+        ``dataset``'s); None when it cannot be rescored.
+    board_legend : str
+        What its leaderboard cells mean (added to the board's legend; empty: nothing to add).
+    board_columns : dict
+        Leaderboard columns it fills beyond the common ones: name -> (Arrow type, value when absent).
+    """
+
+    tag: str
+    takes_states: bool
+    folds_optional: bool
+    rescore: Callable[..., AnalysisResult] | None
+    board_legend: str
+    board_columns: dict
+
+    def check(self, settings: Any) -> None:
+        """Raise a one-line MtbenchError for settings this analysis cannot run (before anything loads)."""
+
+    def states(self, settings: Any, available: Sequence[str] | None = None) -> list[str]:
+        """The states a run extracts, in the order it records them; checked against ``available``
+        (the model's states, expanding ``all``) when given."""
+
+    def fit(self, inputs: Any, settings: Any, metric: MetricEntry, *, progress: Any = None,
+            checkpoint: Callable[[dict], Any] | None = None, folds: bool = True) -> AnalysisResult:
+        """Fit a run's features (``inputs``: :class:`mtbench.runner.RunInputs`) to its BOLD.
+
+        ``checkpoint(parts)`` opens the run's :class:`mtbench.checkpoint.FitCheckpoint` (``parts``:
+        what else decides the fits), for analyses that save each fit as it is done; ``folds``
+        is the ``--folds/--no-folds`` output choice.
+        """
+
+    def print_summary(self, output: Any, console: Any) -> None:
+        """Print a finished run (:class:`mtbench.runner.RunOutput`) on a rich console."""
+
+    def combine(self, runs: Sequence[Any], meta: dict) -> AnalysisResult:
+        """Runs of it that fitted different parts (layers, states), as the one run that fitted all.
+
+        ``runs``: validated :class:`mtbench.schema.RunFolder` that agree on everything else;
+        ``meta``: the combined run's manifest, whose ``settings`` it updates (e.g. ``layers``).
+        """
+
+    def board_cells(self, run: Any) -> list[dict]:
+        """Leaderboard cells of a finished run, one per parcel: ``parcel_id, parcel, n_voxels,
+        layer, state, test, test_normalized, ceiling, validation, folds_agree, voxel_best_test,
+        top_state, top_state_share, tied_states, note`` and its ``board_columns``."""
+
+    def figures(self, run: Any) -> list[tuple[str, str, Any]]:
+        """Report figures of a finished run: ``(file name, caption, matplotlib Figure)``, in page order."""
+
+    def sweep_cells(self, base: Any, states: Sequence[str], layers: Sequence[int], options: dict) -> list[Any]:
+        """The settings of each cell of a sweep: ``base`` with one share of ``states`` x ``layers``
+        (the model's, parsed) and the plan table's ``options``."""
+
+    def cell_label(self, settings: Any) -> str:
+        """What a cell fits, in its name (e.g. its state)."""
+
+    def cost(self, settings: Any) -> tuple[int, int]:
+        """(widest states fitted side by side, fits per cell): scales a sweep cell's estimated cost."""
+
+
 # What each hook of mtbench.hookspecs returns: hook name -> (entry type, kind word used in messages).
 HOOK_ENTRIES: dict[str, tuple[type, str]] = {
     "register_models": (ModelEntry, "model"),
@@ -165,6 +331,7 @@ HOOK_ENTRIES: dict[str, tuple[type, str]] = {
     "register_datasets": (DatasetEntry, "dataset"),
     "register_metrics": (MetricEntry, "metric"),
     "register_executors": (ExecutorEntry, "executor"),
+    "register_analyses": (AnalysisEntry, "analysis"),
 }
 
 

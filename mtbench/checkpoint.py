@@ -1,6 +1,6 @@
 """Finished fits of an unfinished run, kept so that re-running the same command resumes it.
 
-A Mode 1 run at full LPP scale is 390 fits and hours of CPU; an interruption (Ctrl-C, a
+A run of every (layer, state) at full LPP scale is 390 fits and hours of CPU; an interruption (Ctrl-C, a
 killed job, a full session) must not throw away the fits already done. Each finished
 (layer, state) fit is written at once to ``<results>/checkpoints/<fingerprint>/`` (one
 ``.npz`` per fit, written atomically); the same command run again finds them and fits only

@@ -1,9 +1,22 @@
-"""Progress bars of the commands that fit or download (imported by those commands only)."""
+"""What the commands show on the terminal: progress bars that appear with their first task, the shared
+console, and the planted-truth table every analysis prints."""
 
 from __future__ import annotations
 
-from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn, TransferSpeedColumn)
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from .registry import get_registry
 
 
 class ShownProgress(Progress):
@@ -33,3 +46,35 @@ def progress_bars(console, download: bool = False) -> ShownProgress:
     columns = ((DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()) if download
                else (MofNCompleteColumn(), TimeElapsedColumn()))
     return ShownProgress(TextColumn("{task.description}"), BarColumn(), *columns, console=console)
+
+
+#: The terminal every command prints on (progress, tables, notes).
+console = Console()
+
+
+def print_truth_check(output, title: str, score_label: str, out: Console | None = None) -> None:
+    """The planted-truth table of a simulated dataset (if any), then where the results are.
+
+    Parameters
+    ----------
+    output : mtbench.runner.RunOutput
+    title, score_label : str
+        The table's title and the header of its score column.
+    out : rich.console.Console, optional
+        Default :data:`console`.
+    """
+    out = out if out is not None else console
+    if output.truth_check:
+        check = Table(title=title)
+        for col in ("parcel", "planted", "found", score_label, "ok"):
+            check.add_column(col)
+        for row in output.truth_check:
+            check.add_row(row["parcel"], row["planted"], row["found"], f"{row['test']:.3f}",
+                          "[green]yes[/green]" if row["recovered"] else "[red]no[/red]")
+        out.print(check)
+    out.print(f"results: {output.run_dir}  ({output.seconds:.0f} s)")
+
+
+def print_run(output, out: Console | None = None) -> None:
+    """A finished run's summary (:class:`mtbench.runner.RunOutput`), as its analysis shows it."""
+    get_registry().analysis(output.mode).load().print_summary(output, out if out is not None else console)

@@ -29,7 +29,7 @@ def unknown_name_error(kind: str, name: str, known: Iterable[str]) -> MtbenchErr
     known = sorted(known)
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.4)
     hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else "none is close"
-    listing = f"`mtbench list {kind}s` shows all {len(known)}"
+    listing = f"`mtbench list {'analyses' if kind == 'analysis' else kind + 's'}` shows all {len(known)}"
     return MtbenchError(f"unknown {kind} {name!r}: {hint} ({listing})")
 
 

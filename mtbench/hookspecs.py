@@ -2,8 +2,9 @@
 
 A plugin is any module registered under the ``mtbench`` entry-point group that
 implements some of these functions, decorated with :data:`mtbench.hookimpl`.
-Every hook returns a list of small, import-cheap *entries*; heavy work (torch,
-transformers, reading data) happens only when an entry's ``load`` is called.
+The ``register_*`` hooks that take no argument return a list of small, import-cheap
+*entries*; heavy work (torch, transformers, reading data) happens only when an entry's
+``load`` is called. :func:`register_commands` adds click commands to the ``mtbench`` group.
 """
 
 from __future__ import annotations
@@ -67,4 +68,28 @@ def register_executors():
     list of mtbench.api.ExecutorEntry
         ``entry.load(**options)`` returns an object satisfying
         :class:`mtbench.api.Executor`.
+    """
+
+
+@hookspec
+def register_analyses():
+    """Analyses a run can fit (``mtbench run --mode NAME``): what it fits, writes, ranks and draws.
+
+    Returns
+    -------
+    list of mtbench.api.AnalysisEntry
+        ``entry.load()`` returns an object satisfying :class:`mtbench.api.Analysis`.
+    """
+
+
+@hookspec
+def register_commands(cli):
+    """Add commands to the ``mtbench`` command line.
+
+    Parameters
+    ----------
+    cli : click.Group
+        The ``mtbench`` group: ``cli.add_command(command)`` or ``@cli.command()``. A name that
+        is already taken is refused (the plugin is marked failed); the command's module imports
+        its heavy dependencies when it runs, not here.
     """

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
+import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
+
+from .errors import MtbenchError
 
 
 def cache_dir(*parts: str) -> Path:
@@ -41,9 +48,7 @@ def writable_folder(path: Path, fix: str = "give --out a folder you can write to
         When ``path`` cannot be created or written (a file in the way, no permission, a
         read-only or full file system).
     """
-    import tempfile
 
-    from .errors import MtbenchError
 
     path = Path(path)
     try:
@@ -64,7 +69,6 @@ def results_folder_of(run_dir: Path, results_dir: Path | None) -> Path:
     Checked writable (its ``runs/``) before any work. A run folder outside ``RESULTS/runs/`` (a
     copy) has no results folder to guess: the user says where with ``--out``.
     """
-    from .errors import MtbenchError
 
     if results_dir is None:
         runs = Path(run_dir).resolve().parent
@@ -84,9 +88,7 @@ def read_npz(path: Path) -> dict | None:
     For files mtbench can make again (derived atlases, checkpointed fits): a truncated or
     overwritten copy (a full disk, a killed writer of an older version) means "build it again".
     """
-    import zipfile
 
-    import numpy as np
 
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -140,3 +142,66 @@ def exclusive_lock(path: Path, wait: bool = True, owner: str = "", create: bool 
         yield acquired
     finally:
         os.close(fd)  # releases the lock
+
+
+def inside(root: Path, relative: str, what: str, fix: str = "name a file inside it with a relative path") -> Path:
+    """``root / relative`` resolved, checked to be a file name inside ``root``.
+
+    For every path that comes from outside (a manifest row, a bucket listing, a plan): ``../``,
+    an absolute path or a symlink must not make mtbench write elsewhere.
+
+    Parameters
+    ----------
+    root : Path
+        The folder the path belongs to.
+    relative : str
+        The path as given, relative to ``root``.
+    what : str
+        Where it came from, for the message (e.g. ``"manifest /data/m.tsv"``).
+    fix : str
+        What the user can do about it, the end of the error's line.
+
+    Raises
+    ------
+    MtbenchError
+        When ``relative`` is empty, absolute, has a ``..`` component, or resolves (through a
+        symlink) outside ``root`` or to ``root`` itself.
+    """
+
+    text = str(relative)
+    parts = Path(text).parts
+    if not text.strip() or "\0" in text or not parts or parts == (".",):
+        reason = "an empty name" if "\0" not in text else "a NUL character"
+    elif Path(text).is_absolute():
+        reason = "an absolute path"
+    elif ".." in parts:
+        reason = "a '..' component"
+    else:
+        base = Path(root).resolve()
+        path = (base / text).resolve()
+        if path == base or not path.is_relative_to(base):
+            reason = f"it resolves to {path}"
+        else:
+            return path
+    raise MtbenchError(f"{text!r} from {what} is not a path inside {root} ({reason}); {fix}")
+
+
+#: Allowed run ids: letters, digits, '.', '_', '-', not starting with '.' or '-', 1 to 200 characters.
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id`` itself when it is a valid run id (a folder name in ``RESULTS/runs/``, never a path).
+
+    Raises
+    ------
+    MtbenchError
+        Otherwise: empty, over 200 characters, starting with ``.`` or ``-``, holding any
+        character but letters, digits, ``.``, ``_`` and ``-`` (so no ``/`` and no ``..`` alone),
+        or ending in ``.partial`` (the name of a run still being written).
+    """
+
+    if not isinstance(run_id, str) or not RUN_ID_PATTERN.fullmatch(run_id) or run_id.endswith(".partial"):
+        raise MtbenchError(f"invalid run id {run_id!r}: use 1 to 200 letters, digits, '.', '_' or '-', not starting "
+                           "with '.' or '-' nor ending in '.partial' (give another --run-id)")
+    return run_id

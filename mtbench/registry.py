@@ -18,19 +18,31 @@ MTBENCH_BLOCK_PLUGINS
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import MISSING, dataclass, field, fields, replace
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
+import click
 import pluggy
 
 from . import hookspecs
-from .api import HOOK_ENTRIES, DatasetEntry, ExecutorEntry, MetricEntry, ModelEntry, StateDefinition
+from .api import (
+    HOOK_ENTRIES,
+    AnalysisEntry,
+    DatasetEntry,
+    ExecutorEntry,
+    MetricEntry,
+    ModelEntry,
+    StateDefinition,
+)
 from .errors import MtbenchError, unknown_name_error
 
 ENTRY_POINT_GROUP = "mtbench"
 
 _KINDS = HOOK_ENTRIES
+_OTHER_HOOKS = ("register_commands",)  # hooks that take an argument instead of returning entries
 
 
 @dataclass
@@ -87,6 +99,110 @@ class Registry:
     def executor(self, name: str) -> ExecutorEntry:
         return self.get("executor", name)
 
+    def analysis(self, mode) -> AnalysisEntry:
+        """The analysis a run's ``settings.mode`` names (None: the default one)."""
+        if mode is None:
+            return self.default_analysis()
+        return self.get("analysis", str(mode))
+
+    def default_analysis(self) -> AnalysisEntry:
+        """The analysis of a run that names none (the entry registered with ``default=True``)."""
+        defaults = [entry for entry in self.entries["analysis"].values() if entry.default]
+        if not defaults:
+            known = ", ".join(self.names("analysis")) or "none"
+            raise MtbenchError(f"no analysis is registered as the default (analyses: {known}); give --mode NAME, "
+                               "or check `mtbench plugins` for one that failed to load")
+        return defaults[0]
+
+    def mode_of(self, settings):
+        """``settings`` with ``mode`` set to the analysis it names (the default one when None)."""
+        if settings.mode is not None:
+            return settings
+        name = self.default_analysis().name
+        return replace(settings, mode=int(name) if name.isdigit() else name)
+
+    def check_run(self, settings) -> tuple[AnalysisEntry, MetricEntry]:
+        """Every name a run uses, resolved: its analysis, model, dataset, states and metric.
+
+        Also refuses a setting that only another analysis reads (``--inputs`` without the mode
+        that combines them). Raises a one-line :class:`MtbenchError` naming the first problem.
+
+        Returns
+        -------
+        (AnalysisEntry, MetricEntry)
+        """
+        entry = self.analysis(settings.mode)
+        _check_options(settings, entry, self.entries["analysis"].values())
+        self.model(split_spec(settings.model)[0])
+        self.dataset(settings.dataset)
+        if settings.states != ["all"]:
+            for name in settings.states:
+                self.state(name)
+        return entry, self.metric(settings.metric)
+
+    def add_commands(self, cli) -> None:
+        """Let every plugin add its commands to the click group ``cli`` (``register_commands``).
+
+        A plugin whose hook raises, or that adds a name already taken, is marked failed (its
+        other commands stay); the commands already there are never replaced.
+        """
+        by_name = {info.name: info for info in self.plugins}
+        for impl in reversed(self.manager.hook.register_commands.get_hookimpls()):
+            info = by_name[impl.plugin_name]
+            info.hooks.append("register_commands")
+            guarded = _GuardedGroup(cli)
+            try:
+                impl.function(cli=guarded)
+            except Exception as exc:  # a broken plugin must not break unrelated commands
+                info.error = f"register_commands: {_one_line(exc)}"
+            if guarded.refused:
+                info.error = (f"command {guarded.refused[0]!r} is already registered; kept the one there")
+
+
+def _check_options(settings, entry: AnalysisEntry, analyses) -> None:
+    """A setting that only other analyses read, changed from its default, is a forgotten ``--mode``."""
+    mine = {option.field for option in entry.options}
+    defaults = {f.name: (f.default_factory() if f.default_factory is not MISSING else f.default)
+                for f in fields(settings)}
+    for other in analyses:
+        for option in other.options:
+            value = getattr(settings, option.field)
+            if option.field in mine or value == defaults[option.field]:
+                continue
+            flag = f"--{option.field}" + ("" if isinstance(value, list) else f" {value}")
+            raise MtbenchError(f"{flag} is for --mode {other.name}; add --mode {other.name}, or in mode {entry.name} "
+                               f"{entry.hint or 'drop it'}")
+
+
+class _GuardedGroup:
+    """What ``register_commands`` receives: the group, refusing a command name that is taken."""
+
+    def __init__(self, group) -> None:
+        self._group, self.refused = group, []
+
+    def add_command(self, command, name: str | None = None) -> None:
+        name = name or command.name
+        if name in self._group.commands:
+            self.refused.append(name)
+            return
+        self._group.add_command(command, name)
+
+    def command(self, *args, **kwargs):
+        def decorator(function):
+            command = click.command(*args, **kwargs)(function)
+            self.add_command(command)
+            return command
+
+        return decorator
+
+    def group(self, *args, **kwargs):
+        def decorator(function):
+            group = click.group(*args, **kwargs)(function)
+            self.add_command(group)
+            return group
+
+        return decorator
+
 
 def _env_list(var: str) -> set[str] | None:
     value = os.environ.get(var)
@@ -135,7 +251,7 @@ def load_registry() -> Registry:
         except Exception as exc:  # a broken plugin must not break unrelated commands
             info.error = _one_line(exc)
     for hook_name in manager.hook.__dict__:
-        if hook_name not in _KINDS and not hook_name.startswith("_"):
+        if hook_name not in _KINDS and hook_name not in _OTHER_HOOKS and not hook_name.startswith("_"):
             # implemented but never specified: a typo or a hook from a newer mtbench
             for impl in getattr(manager.hook, hook_name).get_hookimpls():
                 by_name[impl.plugin_name].error = f"implements unknown hook {hook_name!r}"
@@ -178,6 +294,19 @@ def split_spec(spec: str) -> tuple[str, str | None]:
     """``"hf:/path/to/model"`` -> ``("hf", "/path/to/model")``; ``"smollm2-135m"`` -> (name, None)."""
     name, sep, argument = spec.partition(":")
     return name, (argument if sep else None)
+
+
+def slug(text: str) -> str:
+    """``text`` as a part of a file name: runs of other characters than letters, digits and dots become ``-``."""
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
+
+
+def model_slug(spec: str) -> str:
+    """A model spec as a part of a file name: ``hf:/path/to/folder`` -> ``hf-folder``; ``smollm2-135m`` unchanged."""
+    name, argument = split_spec(spec)
+    if argument:
+        name = f"{name}-{Path(argument).name or argument}"
+    return slug(name)
 
 
 def load_model(spec: str, **options):

@@ -1,44 +1,55 @@
-"""The pipeline of ``mtbench run``: extract -> align -> fit -> score -> write.
+"""The pipeline of ``mtbench run``: check -> extract -> align -> fit -> write.
 
-Each step is a call into a plugin or a core module; this file only orders them and
-checks what flows between them.
+Each step is a call into a plugin or a core module; this file orders them and checks what
+flows between them. What is fitted, and what is written, is the run's analysis
+(``settings.mode``: an :class:`mtbench.api.AnalysisEntry` of the registry).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import re
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from .settings import RunSettings
-from .settings import resolve_protocol
+from .checkpoint import FitCheckpoint, fingerprint
+from .encoding import check_device, effective_precision, on_gpu
 from .errors import MtbenchError
+from .features import ScanFeatures, word_features
 from .paths import writable_folder
-from .registry import get_registry, load_dataset, load_model, split_spec
+from .registry import get_registry, load_dataset, load_model, model_slug
+from .settings import RunSettings, resolve_protocol
 
-# Null voxels fitted with every (layer, state) to measure its cross-fitting dependence
-# (mtbench.significance.fold_dependence): relative standard error of the estimate ~4.5%.
-CALIBRATION_VOXELS = 1000
-SIGNIFICANCE_METHOD = ("circular shifts, null widened by the fit's fold dependence "
-                       "(shared alpha: null columns refitted with the fit's alphas), "
-                       "Gaussian tail under 10 exceedances")
 
 @dataclass
 class RunOutput:
-    """What a finished run hands back to the CLI."""
+    """What a finished run hands back (to the CLI, a sweep, a script).
+
+    Attributes
+    ----------
+    run_dir : Path
+    summary : list of dict
+        The analysis's summary rows (:attr:`mtbench.api.AnalysisResult.summary`).
+    truth_check : list of dict
+        Planted truth against what was found (simulated datasets; else empty).
+    seconds : float
+    mode : str
+        The analysis that made it (``settings.mode``): it prints the summary.
+    """
 
     run_dir: Path
     summary: list[dict]
     truth_check: list[dict]
     seconds: float
+    mode: str = ""
 
 
 # --------------------------------------------------------------------------- parsing
@@ -102,32 +113,8 @@ def run_id_for(settings: RunSettings) -> str:
     """Unique, sortable, readable id: time, model, dataset, subject, settings hash."""
     digest = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True, default=str).encode()).hexdigest()[:6]
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    name, argument = split_spec(settings.model)
-    if argument:  # hf:/path/to/folder -> hf-folder
-        name = f"{name}-{Path(argument).name or argument}"
-    model = re.sub(r"[^A-Za-z0-9.]+", "-", name).strip("-")
-    return f"{stamp}-{model}-{settings.dataset}-{settings.subject}-{digest}"
+    return f"{stamp}-{model_slug(settings.model)}-{settings.dataset}-{settings.subject}-{digest}"
 
-
-# --------------------------------------------------------------------------- truth
-def check_truth(truth: dict | None, summary: list[dict]) -> list[dict]:
-    """Compare each planted (parcel, layer, state) with the winner found in that parcel."""
-    if not truth:
-        return []
-    by_parcel = {row["parcel"]: row for row in summary}
-    checks = []
-    for plant in truth.get("planted", []):
-        row = by_parcel.get(plant["parcel"])
-        if row is None:
-            continue
-        checks.append({
-            "parcel": plant["parcel"],
-            "planted": f"L{plant['layer']} {plant['state']}",
-            "found": f"L{row['layer']} {row['state']}",
-            "test": row["test"],
-            "recovered": row["layer"] == plant["layer"] and row["state"] == plant["state"],
-        })
-    return checks
 
 
 # --------------------------------------------------------------------------- run
@@ -148,6 +135,12 @@ class _Clock:
         return time.perf_counter() - self.start
 
 
+
+def resolve(settings: RunSettings) -> RunSettings:
+    """The effective settings of a run: its protocol applied, its analysis named (the default one when None)."""
+    return get_registry().mode_of(resolve_protocol(settings))
+
+
 def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | None = None,
         adapter=None, folds: bool = True, sweep_cell: bool = False) -> RunOutput:
     """Run the whole pipeline and write the results.
@@ -158,31 +151,28 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
     results_dir : Path
         Shared results folder; this run goes to ``results_dir/runs/<run_id>/``.
     progress : rich.progress.Progress, optional
-        Receives an extraction task and a fitting task.
+        Receives an extraction task and the analysis's fitting tasks.
     run_id : str, optional
         Folder name under ``runs/`` (``mtbench sweep`` names each cell); default :func:`run_id_for`.
-    folds : bool
-        Write ``folds.parquet`` (Mode 1: per outer fold and voxel the scores and alpha, what
-        ``mtbench rescore`` reads; ~3 MB per fit at LPP scale). An output choice, not a setting:
-        it changes no number, so it is not part of the run id or the checkpoint.
     adapter : ModelAdapter, optional
         Already loaded ``settings.model`` (a sweep worker reuses it across cells).
+    folds : bool
+        Write the analysis's per-fold table where it is an output choice
+        (:attr:`mtbench.api.Analysis.folds_optional`): it changes no number, so it is not part of
+        the run id or the checkpoint.
     sweep_cell : bool
         The run is one cell of ``mtbench sweep`` (recorded in the manifest): the leaderboard
-        shows it through the run that combines its sweep's cells (:mod:`mtbench.combine`).
+        shows it through the run that combines its sweep's cells.
 
-    ``settings.protocol`` is resolved first (:func:`mtbench.api.resolve_protocol`): the run,
-    its id and its manifest use the effective settings.
+    The run, its id and its manifest use the effective settings (:func:`resolve`).
     """
     clock = _Clock()
-    settings = resolve_protocol(settings)
-    if settings.mode is None:  # TEMPORARY until analyses are registered
-        settings = replace(settings, mode=1)
-    metric = _check_settings(settings)
+    settings = resolve(settings)
+    analysis, metric = check_settings(settings)
     made = not Path(results_dir).exists()
     writable_folder(Path(results_dir))  # before hours of fitting, not after
     try:
-        return _run(settings, metric, Path(results_dir), progress, run_id, adapter, folds, clock, sweep_cell)
+        return _run(settings, analysis, metric, Path(results_dir), progress, run_id, adapter, folds, clock, sweep_cell)
     except BaseException:
         if made:  # a run that failed early (a layer out of range, no data) leaves no empty --out behind
             with contextlib.suppress(OSError):  # not empty (kept fits, another run's files): kept
@@ -190,36 +180,35 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
         raise
 
 
-def _run(settings: RunSettings, metric, results_dir: Path, progress, run_id: str | None, adapter, folds: bool,
-         clock: _Clock, sweep_cell: bool) -> RunOutput:
+def check_settings(settings: RunSettings):
+    """Resolve every name and check every value before any heavy work, so a typo fails in a second.
+
+    ``settings`` are effective (:func:`resolve`). Returns the loaded analysis and the metric entry.
+    """
+
+    settings.check()
+    entry, metric = get_registry().check_run(settings)
+    analysis = entry.load()
+    analysis.check(settings)
+    check_device(settings.backend)  # a _cuda backend without a GPU: now, not after the extraction
+    return analysis, metric
+
+
+def _run(settings: RunSettings, analysis, metric, results_dir: Path, progress, run_id: str | None, adapter,
+         folds: bool, clock: _Clock, sweep_cell: bool) -> RunOutput:
     """:func:`run` once the settings are checked and the results folder is writable."""
-    from .results import ScoreTable, provenance, summarize, write_run
+    from .results import provenance, write_run
 
+    opened: list = []  # the checkpoints the analysis opened: removed once the run is written
     with progress if progress is not None else nullcontext():
-        inputs = prepare_inputs(settings, adapter, progress, clock)
-        adapter, dataset, states, layers, scans = (inputs.adapter, inputs.dataset, inputs.states, inputs.layers,
-                                                   inputs.scans)
+        inputs = prepare_inputs(settings, analysis, adapter, progress, clock)
+        adapter, dataset, states, layers = inputs.adapter, inputs.dataset, inputs.states, inputs.layers
         n_voxels = inputs.y_runs[0].shape[1]
-        targets, n_calibration = _fit_targets(inputs.y_runs, settings)
-        y_runs = [t[:, n_calibration:] for t in targets]
-        del inputs
-        keys = [(layer, state) for layer in layers for state in states]
-        checkpoint = None
-        if settings.mode == 2:
-            from .mode2 import fit_mode2
-
-            table = fit_mode2(scans.__getitem__, y_runs, layers, settings, dataset.parcels, metric, progress)
-        else:  # finished fits are checkpointed: the same command resumes an interrupted run
-            checkpoint = _checkpoint(results_dir, settings, adapter, dataset, y_runs)
-            with checkpoint:  # in use while fitting: no other run of this command removes it meanwhile
-                table = ScoreTable(keys=keys, **_fit_all(keys, scans, targets, n_calibration, settings, metric,
-                                                         progress, checkpoint))
+        checkpoint = functools.partial(_open_checkpoint, results_dir, settings, inputs, opened)
+        result = analysis.fit(inputs, settings, metric, progress=progress, checkpoint=checkpoint, folds=folds)
+        del inputs, checkpoint
         clock.lap("fit")
 
-    ceiling = dataset.noise_ceiling(settings.subject)
-    labels, names = dataset.parcels.labels, dataset.parcels.names
-    summary = (table.summarize(labels, names, ceiling) if settings.mode == 2
-               else summarize(table, labels, names, ceiling, fdr=settings.fdr))
     meta = provenance(
         settings=asdict(settings) | {"states": states, "layers": layers},
         model={"name": adapter.name, "spec": settings.model, "family": adapter.family,
@@ -231,57 +220,31 @@ def _run(settings: RunSettings, metric, results_dir: Path, progress, run_id: str
                  "n_runs": len(dataset.stimulus.runs), "stimulus": dataset.stimulus.fingerprint(),
                  "atlas": dataset.parcels.atlas},
     )
-    from .encoding import effective_precision, on_gpu
 
     meta["settings"]["precision_used"] = ("float32" if settings.backend.startswith("himalaya") else
                                           effective_precision(settings.precision, "cuda" if on_gpu(settings.backend)
                                                               else "cpu"))
-    inflation = getattr(table, "null_inflation", None)
-    if inflation is not None:  # per fit: how much cross-fitting widened its null (mtbench.significance)
-        meta["significance"] = {"null_inflation": {f"L{layer}-{state}": round(float(value), 4)
-                                                   for (layer, state), value in zip(table.keys, inflation)}}
+    meta |= result.manifest
     meta["run_id"] = run_id or run_id_for(settings)
     meta["seconds"] = round(clock.total, 1)
     meta["timings"] = clock.stages  # seconds per stage, writing excluded
-    if settings.mode == 1:
-        meta["folds_file"] = bool(folds)  # write_run reads it
     if sweep_cell:
         meta["sweep_cell"] = True
     try:
-        run_dir = write_run(Path(results_dir), meta["run_id"], meta, table, dataset.mask_img, labels, names,
-                            ceiling, dataset.truth, unique=run_id is None)  # a generated id taken: <id>-2
+        run_dir = write_run(Path(results_dir), meta["run_id"], meta, result, dataset.mask_img, dataset.truth,
+                            unique=run_id is None)  # a generated id taken: <id>-2
     except OSError as exc:  # a full disk, a quota: write_run has removed its half-written folder
         if isinstance(exc, FileExistsError):  # a given id that is taken: its own message says so
             raise
-        again = ("run the same command again: it reuses the finished fits kept in checkpoints/" if checkpoint
-                 is not None else "run the same command again")
+        again = ("run the same command again: it reuses the finished fits kept in checkpoints/" if opened
+                 else "run the same command again")
         raise MtbenchError(f"could not write the results under {Path(results_dir) / 'runs'} "
                            f"({exc.strerror or exc}); free space there (or give --out another folder), then "
                            f"{again}") from None
-    if checkpoint is not None:
-        checkpoint.remove()  # the results are written: the fits are no longer needed (unless another run uses them)
-    truth_check = table.check_truth(dataset.truth) if settings.mode == 2 else check_truth(dataset.truth, summary)
-    return RunOutput(run_dir=run_dir, summary=summary, truth_check=truth_check, seconds=clock.total)
-
-
-def _check_settings(settings: RunSettings):
-    """Resolve every name and check every value before any heavy work, so a typo fails in a second.
-
-    Returns the metric.
-    """
-    from .encoding import check_device
-    from .mode2 import check_mode2_settings
-
-    settings.check()
-    check_device(settings.backend)  # a _cuda backend without a GPU: now, not after the extraction
-    check_mode2_settings(settings)
-    registry = get_registry()
-    registry.model(split_spec(settings.model)[0])
-    registry.dataset(settings.dataset)
-    if settings.states != ["all"]:
-        for name in settings.states:
-            registry.state(name)
-    return registry.metric(settings.metric)
+    for kept in opened:
+        kept.remove()  # the results are written: the fits are no longer needed (unless another run uses them)
+    return RunOutput(run_dir=run_dir, summary=result.summary, truth_check=result.truth_check(dataset.truth),
+                     seconds=clock.total, mode=str(settings.mode))
 
 
 @dataclass
@@ -293,14 +256,18 @@ class RunInputs:
     adapter : ModelAdapter
     dataset : Dataset
     states : list of str
-        Canonical order.
+        In the order the analysis records them (:meth:`mtbench.api.Analysis.states`).
     layers : list of int
         1-based blocks.
     scans : mtbench.features.ScanFeatures
         ``scans[(layer, state)]``: list of arrays, each shape (n_scans_r, n_features),
-        HRF-aligned, trimmed and z-scored per run (aligned on first use, cached on disk).
+        HRF-aligned, trimmed and z-scored per run (aligned on first use, cached on disk);
+        ``scans.pop(key)`` frees them as a fit goes.
     y_runs : list of ndarray, each shape (n_scans_r, n_voxels)
-        BOLD of ``settings.subject``, trimmed and z-scored per run.
+        BOLD of ``settings.subject``, trimmed and z-scored per run. A fit that makes its own
+        copy (e.g. with null columns) may set it to None, so one copy stays in memory.
+    ceiling : ndarray, shape (n_voxels,), or None
+        The dataset's noise ceiling of the subject (None without one).
     """
 
     adapter: object
@@ -308,26 +275,21 @@ class RunInputs:
     states: list[str]
     layers: list[int]
     scans: object
-    y_runs: list[np.ndarray]
+    y_runs: list[np.ndarray] | None
+    ceiling: np.ndarray | None = None
 
 
-def prepare_inputs(settings: RunSettings, adapter=None, progress=None, clock: _Clock | None = None) -> RunInputs:
+def prepare_inputs(settings: RunSettings, analysis, adapter=None, progress=None, clock: _Clock | None = None) -> RunInputs:
     """Load the model and dataset, extract (or read cached) word features, align them, read the BOLD.
 
-    ``settings`` are effective (:func:`mtbench.protocols.resolve_protocol` applied). Used by
-    :func:`run` and by :func:`mtbench.rescore.rescore` (which only refits).
+    ``settings`` are effective (:func:`resolve`); ``analysis`` says which states it extracts.
+    Used by :func:`run` and by the analyses' rescoring (which only refits).
     """
     from .alignment import alignment_fingerprint, stimulus_operators, zscore
-    from .features import ScanFeatures, word_features
 
     clock = clock if clock is not None else _Clock()
     adapter = adapter if adapter is not None else load_model(settings.model, **settings.model_options)
-    if settings.mode == 2:  # Mode 2 extracts its inputs and pivot (mtbench.mode2)
-        from .mode2 import mode2_states
-
-        states = [parse_states([s], adapter.available_states())[0] for s in mode2_states(settings)]
-    else:
-        states = parse_states(settings.states, adapter.available_states())
+    states = analysis.states(settings, adapter.available_states())
     layers = parse_layers(settings.layers, adapter.n_layers)
     clock.lap("load_model")
     dataset = load_dataset(settings.dataset, **settings.dataset_options)
@@ -339,13 +301,14 @@ def prepare_inputs(settings: RunSettings, adapter=None, progress=None, clock: _C
     clock.lap("extract")
     operators = stimulus_operators(dataset.stimulus, settings.hrf, settings.delays)
     # TR-level features, aligned once per (layer, state) and alignment, cached next to the words
-    scans = ScanFeatures(feats, lambda words: _scan_features(words, operators, settings),
+    scans = ScanFeatures(feats, lambda words: scan_features(words, operators, settings),
                          alignment_fingerprint(operators, settings.trim_scans),
                          [op.shape[-2] - 2 * max(settings.trim_scans, 0) for op in operators])
     bold = _check_bold(dataset.load_bold(settings.subject), dataset.stimulus, n_voxels, dataset.name)
-    y_runs = [zscore(_trim(y, settings.trim_scans)) for y in bold]
+    y_runs = [zscore(trim_run(y, settings.trim_scans)) for y in bold]
     clock.lap("align_and_bold")
-    return RunInputs(adapter=adapter, dataset=dataset, states=states, layers=layers, scans=scans, y_runs=y_runs)
+    return RunInputs(adapter=adapter, dataset=dataset, states=states, layers=layers, scans=scans, y_runs=y_runs,
+                     ceiling=dataset.noise_ceiling(settings.subject))
 
 
 def _check_dataset(dataset, subject: str) -> int:
@@ -379,149 +342,31 @@ def _extract_bar(progress, model_name: str):
     return update, finish
 
 
-def _checkpoint(results_dir, settings: RunSettings, adapter, dataset, y_runs):
-    """The :class:`~mtbench.checkpoint.FitCheckpoint` of this run's fits (same inputs, same folder)."""
-    from .checkpoint import FitCheckpoint, fingerprint
 
-    parts = {"settings": asdict(settings), "model": [adapter.name, adapter.revision, adapter.settings()],
-             "dataset": [dataset.name, dataset.version, dataset.stimulus.fingerprint()],
-             # how the p-values are made: fits tested another way are not mixed into one run
-             "significance": [SIGNIFICANCE_METHOD, CALIBRATION_VOXELS]}
-    return FitCheckpoint(Path(results_dir), fingerprint(parts, y_runs))
+def _open_checkpoint(results_dir, settings: RunSettings, inputs: RunInputs, opened: list, parts: dict):
+    """The :class:`~mtbench.checkpoint.FitCheckpoint` of this run's fits (same inputs, same folder).
 
-
-def _fit_targets(y_runs: list[np.ndarray], settings: RunSettings) -> tuple[list[np.ndarray], int]:
-    """What the ridge fits of a run regress on: its BOLD runs, after ``n_calibration`` null columns.
-
-    Per-voxel significance needs the null variance inflation of each fit
-    (:func:`mtbench.significance.fold_dependence`); when every voxel has its own alpha the
-    voxels are fitted independently, so ``CALIBRATION_VOXELS`` null columns
-    (:func:`mtbench.significance.calibration_columns`) ride along in the same fit and share
-    its decompositions. They come first: the significance of the real voxels waits for them.
-
-    Returns
-    -------
-    targets : list of ndarray, each shape (n_scans_r, n_calibration + n_voxels)
-        Row views of one C-contiguous buffer (the ridge fit then reads it without a copy).
-    n_calibration : int
+    ``parts``: what else, beyond the settings, model, dataset and BOLD, decides the fits (the
+    analysis says, e.g. how its p-values are made). Called by the analysis while ``inputs.y_runs``
+    still holds the BOLD (it is part of the fingerprint); appended to ``opened``.
     """
-    from .significance import calibration_columns
 
-    n_calibration = 0
-    if settings.permutations > 0 and settings.mode != 2 and not settings.shared_alpha:
-        n_calibration = min(CALIBRATION_VOXELS, y_runs[0].shape[1])
-    bounds = np.cumsum([0, *[len(y) for y in y_runs]])
-    buffer = np.empty((bounds[-1], n_calibration + y_runs[0].shape[1]), dtype=np.float32)  # filled in place
-    null = calibration_columns(y_runs, n_calibration, settings.seed) if n_calibration else [None] * len(y_runs)
-    for lo, hi, y, columns in zip(bounds[:-1], bounds[1:], y_runs, null):
-        buffer[lo:hi, n_calibration:] = y
-        if n_calibration:
-            buffer[lo:hi, :n_calibration] = columns
-    return [buffer[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])], n_calibration
+    adapter, dataset = inputs.adapter, inputs.dataset
+    key = {"settings": asdict(settings), "model": [adapter.name, adapter.revision, adapter.settings()],
+           "dataset": [dataset.name, dataset.version, dataset.stimulus.fingerprint()], **parts}
+    opened.append(FitCheckpoint(Path(results_dir), fingerprint(key, inputs.y_runs)))
+    return opened[-1]
 
 
-def _fit_all(keys, scans, targets, n_calibration: int, settings: RunSettings, metric, progress,
-             checkpoint=None) -> dict[str, np.ndarray]:
-    """Nested leave-one-run-out ridge for every (layer, state); arrays for :class:`ScoreTable`.
-
-    ``targets``: :func:`_fit_targets`. With a :class:`~mtbench.checkpoint.FitCheckpoint`, fits
-    found there are read instead of computed, and every new fit is saved there as soon as it
-    is done.
-    """
-    from .encoding import fit_nested_loro
-    from .significance import ShiftTest
-
-    n_voxels, n_runs = targets[0].shape[1] - n_calibration, len(targets)
-    out = {name: np.zeros((len(keys), n_voxels), dtype=np.float32) for name in ("test", "validation", "alpha")}
-    for name in ("test_per_run", "validation_per_run", "alpha_per_run"):  # per run: kept in folds.parquet
-        out[name] = np.zeros((len(keys), n_runs, n_voxels), dtype=np.float32)
-    if settings.permutations > 0:
-        out["p_value"] = np.ones((len(keys), n_voxels), dtype=np.float32)
-        out["null_inflation"] = np.ones(len(keys), dtype=np.float32)
-    task = progress.add_task("fit ridge (nested LORO)", total=len(keys)) if progress is not None else None
-    for f, key in enumerate(keys):
-        name = f"L{key[0]}-{key[1]}"
-        saved = checkpoint.load(name) if checkpoint is not None else None
-        if saved is not None and set(saved) == set(out):  # fitted before the interruption
-            for column in out:
-                out[column][f] = saved[column]
-            del scans[key]  # its features are not needed (a cached set does not even read them)
-            if task is not None:
-                progress.update(task, advance=1, description=f"fit ridge L{key[0]} {key[1]} (checkpoint)")
-            continue
-        x_runs = scans.pop(key)  # pop: free memory as we go
-
-        def fit(y_runs, **kwargs):
-            return fit_nested_loro(x_runs, y_runs, settings.alphas, backend=settings.backend, score=metric.score,
-                                   precision=settings.precision, shared_alpha=settings.shared_alpha,
-                                   inner=settings.inner, **kwargs)
-
-        # circular shifts of the held-out predictions, block by block, the null widened by the
-        # fit's own cross-fitting dependence (else the p-values are anti-conservative)
-        test = None
-        if settings.permutations > 0 and n_calibration:
-            test = ShiftTest(targets, n_calibration, settings.permutations, settings.seed)
-        shared_test = settings.permutations > 0 and not n_calibration
-        result = fit(targets, on_predictions=test, return_predictions=shared_test)
-        if shared_test:
-            test = _shared_alpha_test(fit, result, targets, settings)
-        for column in ("test", "validation", "alpha", "test_per_run", "validation_per_run", "alpha_per_run"):
-            out[column][f] = getattr(result, column)[..., n_calibration:]
-        if test is not None:
-            out["p_value"][f], out["null_inflation"][f] = test.p_values, test.inflation
-        if checkpoint is not None:
-            checkpoint.save(name, {column: values[f] for column, values in out.items()})
-        if task is not None:
-            progress.update(task, advance=1, description=f"fit ridge L{key[0]} {key[1]}")
-    return out
-
-
-def _shared_alpha_test(fit, result, targets: list[np.ndarray], settings: RunSettings):
-    """The per-voxel test of a fit whose voxels share one alpha per outer fold.
-
-    Null columns cannot ride along in such a fit (they would vote for the alpha), so the
-    fold dependence is measured on a refit of ``CALIBRATION_VOXELS`` null columns
-    (:func:`mtbench.significance.fold_dependence`) with the alphas the real fit chose: a null
-    voxel of this fit is fitted with them, and the refit needs no alpha search.
-
-    Parameters
-    ----------
-    fit : callable
-        ``fit(y_runs, **kwargs) -> EncodingResult`` with the real fit's features and settings.
-    result : EncodingResult
-        The real fit, with its held-out predictions.
-    targets : list of ndarray, each shape (n_scans_r, n_voxels)
-
-    Returns
-    -------
-    ShiftTest
-        With ``p_values`` of every voxel and the measured ``inflation``.
-    """
-    from .significance import ShiftTest, fold_dependence
-
-    def null_predictions(y_runs: list[np.ndarray]) -> list[np.ndarray]:
-        alphas = np.repeat(result.alpha_per_run[:, :1], y_runs[0].shape[1], axis=1)
-        return fit(y_runs, alpha_per_run=alphas, return_predictions=True).predictions
-
-    inflation = fold_dependence(null_predictions, targets, CALIBRATION_VOXELS, settings.seed)
-    test = ShiftTest(targets, 0, settings.permutations, settings.seed, inflation)
-    n_voxels, block = targets[0].shape[1], 4096  # blocks bound the shift-null temporaries
-    for c0 in range(0, n_voxels, block):
-        c1 = min(c0 + block, n_voxels)
-        test(c0, c1, [p[:, c0:c1] for p in result.predictions])
-    result.predictions = None  # tested: no longer needed
-    return test
-
-
-def _scan_features(words: list[np.ndarray], operators, settings: RunSettings) -> list[np.ndarray]:
-    """Word features -> scan features per run: HRF-aligned, trimmed, z-scored per run (Modes 1 and 2)."""
+def scan_features(words: list[np.ndarray], operators, settings: RunSettings) -> list[np.ndarray]:
+    """Word features -> scan features per run: HRF-aligned, trimmed, z-scored per run ."""
     from .alignment import align_runs, zscore
 
     scans = align_runs(words, operators, zscore_runs=False)
-    return [zscore(_trim(x, settings.trim_scans)) for x in scans]
+    return [zscore(trim_run(x, settings.trim_scans)) for x in scans]
 
 
-def _trim(x: np.ndarray, n: int) -> np.ndarray:
+def trim_run(x: np.ndarray, n: int) -> np.ndarray:
     """Drop ``n`` scans at both ends of a run (edge effects of the HRF and of the scanner)."""
     if n <= 0:
         return x

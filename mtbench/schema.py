@@ -1,29 +1,29 @@
 """The result schema of a run folder, as data, and the check of a folder against it.
 
-:data:`RESULT_SCHEMA` lists the files every run has, the manifest keys readers rely on,
-and the columns (with their kind of type) of every Parquet file, per encoding mode (a
-Mode 1 run writes ``summary.parquet`` and friends, a Mode 2 run ``mode2.parquet`` and
-friends instead: :mod:`mtbench.mode2`). Readers accept extra files and extra columns;
-they refuse a folder that lacks something listed for its mode, with one line naming
-what is missing and why.
+:data:`RESULT_SCHEMA` lists what every run has (its version and the manifest keys readers rely
+on); each analysis adds the files, manifest keys and Parquet columns (with their kind of type)
+of its runs (:attr:`mtbench.api.AnalysisEntry.schema`), found through the registry by the
+run's ``settings.mode``: :func:`analysis_schema`. Readers accept extra files and extra columns;
+they refuse a folder that lacks something listed for its analysis, with one line naming what is
+missing and why.
 """
 
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import MtbenchError, first_line
+import numpy as np
 
-#: What a run folder must hold: keys shared by every mode, then per mode (``settings.mode``
-#: of the manifest, 1 when absent) the extra manifest keys, files and Parquet columns.
-#: Column kinds: "integer", "floating" (float or double), "string" (also dictionary-encoded
-#: or large strings).
-_IDENTITY = {"run_id": "string", "model": "string", "dataset": "string", "subject": "string", "metric": "string"}
-# one row per parcel of a Mode 2 run: its settings and the parcel
-_MODE2_PARCEL = _IDENTITY | {"mode": "integer", "selection": "string", "pivot": "string", "inputs": "string",
-                             "parcel_id": "integer", "parcel": "string", "n_voxels": "integer"}
+from .errors import MtbenchError, first_line
+from .registry import get_registry
+
+#: Columns that say which run a table row belongs to (written from the manifest).
+IDENTITY = {"run_id": "string", "model": "string", "dataset": "string", "subject": "string", "metric": "string"}
+#: What every run folder holds, whatever its analysis. Column kinds: "integer", "floating"
+#: (float or double), "string" (also dictionary-encoded or large strings).
 RESULT_SCHEMA: dict = {
     "schema_version": "1",
     "oldest_readable_version": "1",
@@ -34,79 +34,20 @@ RESULT_SCHEMA: dict = {
         "dataset.name", "dataset.version",
         "settings.subject", "settings.metric",
     ],
-    "modes": {
-        "1": {
-            "manifest_keys": [],
-            "files": [
-                "maps/mask.nii.gz", "maps/best_test_r.nii.gz", "maps/best_layer.nii.gz", "maps/best_state.nii.gz",
-                "maps/index.json",
-            ],
-            "parquet": {
-                "summary.parquet": _IDENTITY | {
-                    "parcel_id": "integer", "parcel": "string", "n_voxels": "integer", "layer": "integer",
-                    "state": "string", "validation": "floating", "test": "floating", "winner_test": "floating",
-                    "folds_agree": "floating", "voxel_best_test": "floating", "ceiling": "floating",
-                    "test_normalized": "floating",
-                },
-                "scores.parquet": _IDENTITY | {
-                    "layer": "integer", "state": "string", "parcel_id": "integer", "parcel": "string",
-                    "n_voxels": "integer", "split": "string", "value": "floating",
-                },
-                "winners.parquet": {
-                    "run_id": "string", "parcel_id": "integer", "parcel": "string", "layer": "integer",
-                    "state": "string", "n_won": "integer", "share": "floating",
-                },
-                "voxels.parquet": {
-                    "layer": "integer", "state": "string", "voxel": "integer", "parcel_id": "integer",
-                    "test": "floating", "validation": "floating", "alpha": "floating",
-                },
-            },
-            # checked when present: runs written before mtbench kept per-fold scores lack it
-            "optional_parquet": {
-                "folds.parquet": {
-                    "layer": "integer", "state": "string", "fold": "integer", "voxel": "integer",
-                    "test": "floating", "validation": "floating", "alpha": "floating",
-                },
-            },
-        },
-        "2": {
-            "manifest_keys": ["settings.inputs", "settings.pivot", "settings.selection"],
-            "files": ["maps/mask.nii.gz", "maps/mode2_stage1_test_r.nii.gz", "maps/mode2_stage2_test_r.nii.gz",
-                      "maps/index.json"],
-            "parquet": {
-                "mode2.parquet": _MODE2_PARCEL | {
-                    "layer": "integer", "n_features": "integer", "n_kept": "integer", "stage1_test": "floating",
-                    "stage2_test": "floating", "gain": "floating", "stage1_validation": "floating",
-                    "stage2_validation": "floating", "top_state": "string", "ceiling": "floating",
-                    "stage2_test_normalized": "floating",
-                },
-                "mode2_nested.parquet": _MODE2_PARCEL | {
-                    "layer": "integer",
-                    "folds_agree": "floating", "fold_layers": "string", "test": "floating",
-                    "stage1_test": "floating", "validation": "floating", "test_ci_low": "floating",
-                    "test_ci_high": "floating", "top_state": "string", "ceiling": "floating",
-                    "test_normalized": "floating",
-                },
-                "mode2_folds.parquet": _IDENTITY | {
-                    "layer": "integer", "parcel_id": "integer", "parcel": "string", "n_voxels": "integer",
-                    "fold": "integer", "stage1_test": "floating", "stage2_test": "floating",
-                    "stage1_validation": "floating", "stage2_validation": "floating",
-                },
-                "mode2_states.parquet": _IDENTITY | {
-                    "layer": "integer", "parcel_id": "integer", "parcel": "string", "state": "string",
-                    "dim": "integer", "kept": "floating", "kept_share": "floating", "kept_fraction": "floating",
-                    "importance_share": "floating", "contribution": "floating",
-                },
-                "mode2_voxels.parquet": {
-                    "layer": "integer", "parcel_id": "integer", "voxel": "integer", "stage1_test": "floating",
-                    "stage2_test": "floating", "stage1_validation": "floating", "stage2_validation": "floating",
-                },
-            },
-        },
-    },
     # Key of the Parquet schema metadata that holds the run's manifest.
     "parquet_metadata_key": "mtbench",
 }
+
+
+def analysis_schema(mode: str) -> dict:
+    """The part of the result schema of runs of analysis ``mode`` (``manifest_keys``, ``files``, ``parquet``...).
+
+    Raises
+    ------
+    MtbenchError
+        No installed analysis has that name.
+    """
+    return get_registry().analysis(mode).schema
 
 
 @dataclass
@@ -119,7 +60,7 @@ class RunFolder:
     manifest : dict
         The parsed ``manifest.json``.
     mode : str
-        The encoding mode whose files the folder holds (a key of ``RESULT_SCHEMA["modes"]``).
+        The analysis whose files the folder holds (``settings.mode`` of its manifest).
     """
 
     path: Path
@@ -128,10 +69,11 @@ class RunFolder:
 
 
 def run_mode(manifest: dict) -> str:
-    """The encoding mode of a run: ``settings.mode`` of its manifest, "1" when absent."""
+    """The analysis of a run: ``settings.mode`` of its manifest (the default analysis when absent)."""
     settings = manifest.get("settings")
     mode = settings.get("mode") if isinstance(settings, dict) else None
-    return str(mode if mode is not None else manifest.get("mode") or 1)
+    mode = mode if mode is not None else manifest.get("mode")
+    return str(mode) if mode is not None else get_registry().default_analysis().name
 
 
 def _version_number(value) -> int | None:
@@ -165,7 +107,7 @@ def _get(mapping: dict, dotted: str):
 
 
 def validate_run(path: Path) -> RunFolder:
-    """Check one run folder against :data:`RESULT_SCHEMA` (the keys and files of its mode).
+    """Check one run folder against :data:`RESULT_SCHEMA` and its analysis's part (:func:`analysis_schema`).
 
     Parameters
     ----------
@@ -198,10 +140,11 @@ def validate_run(path: Path) -> RunFolder:
                            f"({RESULT_SCHEMA['oldest_readable_version']}..{current}); {rerun}")
     newer = f" (written by a newer mtbench, schema {version}: upgrade mtbench)" if version > current else ""
     mode = run_mode(manifest)
-    if mode not in RESULT_SCHEMA["modes"]:
+    known = get_registry().names("analysis")
+    if mode not in known:
         raise MtbenchError(f"{manifest_path}: unknown encoding mode {mode!r} (this mtbench reads modes "
-                           f"{', '.join(RESULT_SCHEMA['modes'])}){newer or '; ' + rerun}")
-    expected = RESULT_SCHEMA["modes"][mode]
+                           f"{', '.join(known)}){newer or '; install the analysis plugin that wrote it, or ' + rerun}")
+    expected = analysis_schema(mode)
     for key in [*RESULT_SCHEMA["manifest_keys"], *expected["manifest_keys"]]:
         if _get(manifest, key) is None:
             raise MtbenchError(f"{manifest_path}: key {key!r} is missing{newer}; {rerun}")
@@ -273,10 +216,8 @@ def read_map(run_dir: Path, name: str):
         With its data in memory (``nib.load`` alone reads only the header, so a truncated
         file would fail later, inside a plotting or resampling call).
     """
-    import zlib
 
     import nibabel as nib
-    import numpy as np
 
     path = Path(run_dir) / "maps" / name
     try:

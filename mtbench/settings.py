@@ -23,6 +23,14 @@ INNERS = ("loro", "first")
 FEATURE_DTYPES = ("float16", "float32")
 
 
+def mode_value(name: str | None):
+    """What ``--mode NAME`` records as ``RunSettings.mode``: a number as a number (``1``), any other name as text."""
+    if name is None:
+        return None
+    name = str(name).strip()
+    return int(name) if name.isdigit() else name
+
+
 @dataclass
 class RunSettings:
     """Everything that decides a run's numbers (recorded in the results)."""
@@ -79,6 +87,12 @@ class RunSettings:
                 setattr(self, name, [plain(v) for v in value])
         for name in ("trim_scans", "seed", "permutations", "fdr", "shared_alpha", "mode"):
             setattr(self, name, plain(getattr(self, name)))
+
+    @classmethod
+    def from_record(cls, recorded: dict) -> RunSettings:
+        """The settings a run recorded (``manifest["settings"]``); keys this mtbench does not know are left out."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in recorded.items() if key in known})
 
     def check(self) -> None:
         """Raise a one-line :class:`MtbenchError` for a value that no run can use.

@@ -4,11 +4,18 @@
 recomputes each one from the captured ones with the model's own modules plus an
 independent implementation of what is family-specific (RoPE after QK-norm, per-layer
 rotary embeddings, GQA, sliding windows, attention sinks, sandwich norms, routed experts).
+
+What is family-specific is one :class:`Reference` per family in :data:`REFERENCES`: the
+family's reference-test case, the hand-written forward pass its ``FamilySpec`` is checked
+against (and the tiny model it is checked on). ``tests/test_hf_families.py`` runs every
+family's case and fails when a ``FamilySpec`` has no case or a case no ``FamilySpec``.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
 
@@ -17,7 +24,7 @@ torch = pytest.importorskip("torch")
 import numpy as np  # noqa: E402
 
 from mtbench.api import Stimulus, StimulusRun  # noqa: E402
-from mtbench_plugins.models.hf import HFAdapter  # noqa: E402
+from mtbench_plugins.models.hf.adapter import HFAdapter  # noqa: E402
 from mtbench_plugins.states.hooks import STATES  # noqa: E402
 
 ALL_STATES = [s[0] for s in STATES]
@@ -103,6 +110,147 @@ def _gpt_oss_moe(mlp, x: torch.Tensor, cfg) -> tuple[torch.Tensor, torch.Tensor,
     return activated, output, top_index
 
 
+# --------------------------------------------------------------------------- family by family
+@dataclass(frozen=True)
+class BlockModules:
+    """The modules of one decoder block that the reference forward pass calls."""
+
+    attn: object
+    in_norm: object  # before attention
+    o_proj: object  # attention output projection
+    ffn_norm: object  # before the FFN
+    attn_out_norm: object = None  # sandwich norm of the attention output, before the residual add
+    ffn_out_norm: object = None  # sandwich norm of the FFN output, before the residual add
+
+
+def _llama_modules(block) -> BlockModules:
+    return BlockModules(block.self_attn, block.input_layernorm, block.self_attn.o_proj,
+                        block.post_attention_layernorm)
+
+
+def _gemma3_modules(block) -> BlockModules:
+    return BlockModules(block.self_attn, block.input_layernorm, block.self_attn.o_proj,
+                        block.pre_feedforward_layernorm, block.post_attention_layernorm,
+                        block.post_feedforward_layernorm)
+
+
+def _gpt2_modules(block) -> BlockModules:
+    return BlockModules(block.attn, block.ln_1, block.attn.c_proj, block.ln_2)
+
+
+def _separate_projections(attn, x, cfg):
+    return attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+
+
+def _fused_projection(attn, x, cfg):
+    return attn.c_attn(x).split(cfg.hidden_size, dim=-1)
+
+
+def _token_embedding(base, ids, positions):
+    return base.embed_tokens(ids)
+
+
+def _token_and_position_embedding(base, ids, positions):
+    return base.wte(ids) + base.wpe(positions)
+
+
+def _head_dim_scale(cfg, head_dim: int) -> float:
+    return head_dim ** -0.5
+
+
+def _query_pre_attn_scale(cfg, head_dim: int) -> float:
+    return cfg.query_pre_attn_scalar ** -0.5
+
+
+def _gated_ffn(mlp, c: dict, cfg, close: dict) -> None:
+    """SwiGLU / GeGLU: down_proj(act(gate_proj(x)) * up_proj(x))."""
+    x = c["pre_ffn_norm"]
+    torch.testing.assert_close(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x), c["ffn_activated_state"], **close)
+    torch.testing.assert_close(mlp.down_proj(c["ffn_activated_state"]), c["ffn_output"], **close)
+
+
+def _gelu_ffn(mlp, c: dict, cfg, close: dict) -> None:
+    """GPT-2: c_proj(act(c_fc(x)))."""
+    torch.testing.assert_close(mlp.act(mlp.c_fc(c["pre_ffn_norm"])), c["ffn_activated_state"], **close)
+    torch.testing.assert_close(mlp.c_proj(c["ffn_activated_state"]), c["ffn_output"], **close)
+
+
+def _routed_experts_ffn(mlp, c: dict, cfg, close: dict) -> None:
+    """GPT-OSS: router-weighted clamped-SwiGLU experts (:func:`_gpt_oss_moe`)."""
+    activated, moe_out, chosen = _gpt_oss_moe(mlp, c["pre_ffn_norm"], cfg)
+    torch.testing.assert_close(activated, c["ffn_activated_state"], **close)
+    torch.testing.assert_close(moe_out, c["ffn_output"], **close)
+    if cfg.num_experts_per_tok == 1:  # one expert, weight 1: its down projection of the state
+        e = chosen[:, 0]
+        down = torch.einsum("ti,tih->th", c["ffn_activated_state"], mlp.experts.down_proj[e])
+        torch.testing.assert_close(down + mlp.experts.down_proj_bias[e], c["ffn_output"], **close)
+    assert c["ffn_activated_state"].shape[1] == cfg.intermediate_size
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One family's reference-test case: the hand-written forward pass of its blocks (what
+    differs from Llama's), and the tiny model it is checked on.
+
+    Attributes
+    ----------
+    tiny : dict
+        Config overrides of the family's tiny model (``save_tiny_model(folder, family, **tiny)``).
+    modules : callable
+        Decoder block -> :class:`BlockModules`.
+    qkv : callable
+        ``(attention module, normed input, config) -> (q, k, v)``, as projected.
+    rope : bool
+        q and k are rotated (after the ``q_norm``/``k_norm`` the attention module may have).
+    per_layer_rope : bool
+        Sliding-window and full layers have their own rotary embeddings (checked to differ).
+    scale : callable
+        ``(config, head_dim) -> `` softmax scale of the attention scores.
+    embed : callable
+        ``(base model, ids (1, T), positions (1, T)) ->`` block-1 input.
+    ffn : callable
+        ``(mlp, captured states of the block, config, tolerances)``: asserts the FFN states.
+    final_norm : str
+        Attribute of the base model normalising the last block's output.
+    """
+
+    tiny: dict
+    modules: Callable = _llama_modules
+    qkv: Callable = _separate_projections
+    rope: bool = True
+    per_layer_rope: bool = False
+    scale: Callable = _head_dim_scale
+    embed: Callable = _token_embedding
+    ffn: Callable = _gated_ffn
+    final_norm: str = "norm"
+
+
+_SLIDING_FULL = ["sliding_attention", "full_attention", "sliding_attention"]
+
+# family (config.model_type) -> its reference-test case, one per FamilySpec. Windows of 4-6
+# tokens on ~35-token texts, so the sliding-window masks matter; swiglu_limit=1 so
+# GPT-OSS's clamps are active.
+REFERENCES: dict[str, Reference] = {
+    "llama": Reference(tiny={}),
+    "mistral": Reference(tiny=dict(sliding_window=6)),
+    "qwen2": Reference(tiny={}),  # q/k/v biases: part of the projections
+    "qwen3": Reference(tiny={}),  # QK-norm: the attention module's q_norm/k_norm, before RoPE
+    "gemma3_text": Reference(tiny=dict(sliding_window=4, layer_types=_SLIDING_FULL), modules=_gemma3_modules,
+                             per_layer_rope=True, scale=_query_pre_attn_scale),
+    "gpt_oss": Reference(tiny=dict(sliding_window=4, layer_types=_SLIDING_FULL, swiglu_limit=1.0),
+                         ffn=_routed_experts_ffn),  # sinks: the attention module's, in the softmax
+    "gpt2": Reference(tiny={}, modules=_gpt2_modules, qkv=_fused_projection, rope=False,
+                      embed=_token_and_position_embedding, ffn=_gelu_ffn, final_norm="ln_f"),
+}
+
+
+def reference(family: str) -> Reference:
+    """The reference-test case of ``family`` (an assertion error naming the fix when it has none)."""
+    assert family in REFERENCES, (f"family {family!r} has no reference-test case: add its hand-written forward "
+                                  "pass to REFERENCES in tests/hf_checks.py")
+    return REFERENCES[family]
+
+
 # --------------------------------------------------------------------------- the block equations
 def _cos_sin(base, x, positions, layer_type):
     rotary = base.rotary_emb
@@ -115,14 +263,14 @@ def _cos_sin(base, x, positions, layer_type):
 
 def check_family_identities(adapter: HFAdapter, ids: list[int], atol: float = 1e-4, rtol: float = 1e-4) -> None:
     """Recompute every state of every block from the captured ones; all must agree."""
-    model, family = adapter.model, adapter.family
+    ref = reference(adapter.family)
+    model = adapter.model
     base = getattr(model, model.base_model_prefix)
     cfg = model.config
-    gpt2 = family == "gpt2"
     n_heads = cfg.num_attention_heads
     n_kv = getattr(cfg, "num_key_value_heads", n_heads)
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
-    scale = (cfg.query_pre_attn_scalar if family == "gemma3_text" else head_dim) ** -0.5
+    scale = ref.scale(cfg, head_dim)
     layer_types = getattr(cfg, "layer_types", None)
     states = adapter.available_states()
     caps = adapter.capture(ids, states, range(1, adapter.n_layers + 1))
@@ -132,86 +280,62 @@ def check_family_identities(adapter: HFAdapter, ids: list[int], atol: float = 1e
     close = dict(atol=atol, rtol=rtol)
     with torch.inference_mode():
         plain = model(ids_t, output_hidden_states=True, use_cache=False).hidden_states
-        embedded = base.wte(ids_t) + base.wpe(positions) if gpt2 else base.embed_tokens(ids_t)
-        torch.testing.assert_close(caps[1, "input_hidden_state"], embedded[0], **close)
-        if family == "gemma3_text":  # the two layer types must really rotate differently
+        torch.testing.assert_close(caps[1, "input_hidden_state"], ref.embed(base, ids_t, positions)[0], **close)
+        if ref.per_layer_rope:  # the two layer types must really rotate differently
             assert not torch.allclose(_cos_sin(base, plain[0], positions, "sliding_attention")[0],
                                       _cos_sin(base, plain[0], positions, "full_attention")[0])
         for layer in range(1, adapter.n_layers + 1):
             i = layer - 1
             block = base.get_submodule(adapter.spec.layers)[i]
+            m = ref.modules(block)
             c = {s: caps[layer, s] for s in states}
             layer_type = layer_types[i] if layer_types else None
             if layer_types:
                 window = cfg.sliding_window if layer_type == "sliding_attention" else None
             else:
                 window = getattr(cfg, "sliding_window", None)
-            if gpt2:
-                attn, in_norm, ffn_norm, o_proj = block.attn, block.ln_1, block.ln_2, block.attn.c_proj
-            else:
-                attn, in_norm, o_proj = block.self_attn, block.input_layernorm, block.self_attn.o_proj
-                ffn_norm = block.pre_feedforward_layernorm if family == "gemma3_text" else block.post_attention_layernorm
-            torch.testing.assert_close(in_norm(c["input_hidden_state"]), c["pre_attn_norm"], **close)
+            torch.testing.assert_close(m.in_norm(c["input_hidden_state"]), c["pre_attn_norm"], **close)
 
             # q, k, v and what enters attention
-            if gpt2:
-                q, k, v = attn.c_attn(c["pre_attn_norm"]).split(cfg.hidden_size, dim=-1)
-                q_in, k_in = c["per_head_q"], c["per_head_k"]
-            else:
-                q, k, v = attn.q_proj(c["pre_attn_norm"]), attn.k_proj(c["pre_attn_norm"]), attn.v_proj(
-                    c["pre_attn_norm"])
+            q, k, v = ref.qkv(m.attn, c["pre_attn_norm"], cfg)
+            if ref.rope:
                 q_normed, k_normed = c["per_head_q"], c["per_head_k"]
-                if hasattr(attn, "q_norm"):  # Qwen3 / Gemma 3: per-head RMSNorm before RoPE
-                    q_normed = attn.q_norm(q_normed.view(t, n_heads, head_dim)).reshape(t, -1)
-                    k_normed = attn.k_norm(k_normed.view(t, n_kv, head_dim)).reshape(t, -1)
+                if hasattr(m.attn, "q_norm"):  # Qwen3 / Gemma 3: per-head RMSNorm before RoPE
+                    q_normed = m.attn.q_norm(q_normed.view(t, n_heads, head_dim)).reshape(t, -1)
+                    k_normed = m.attn.k_norm(k_normed.view(t, n_kv, head_dim)).reshape(t, -1)
                     assert not torch.allclose(q_normed, c["per_head_q"], atol=1e-2)
                 cos, sin = _cos_sin(base, plain[0], positions, layer_type)
                 torch.testing.assert_close(_rope(q_normed, cos, sin, n_heads), c["per_head_q_rope"], **close)
                 torch.testing.assert_close(_rope(k_normed, cos, sin, n_kv), c["per_head_k_rope"], **close)
                 q_in, k_in = c["per_head_q_rope"], c["per_head_k_rope"]
+            else:
+                q_in, k_in = c["per_head_q"], c["per_head_k"]
             torch.testing.assert_close(q, c["per_head_q"], **close)
             torch.testing.assert_close(k, c["per_head_k"], **close)
             torch.testing.assert_close(v, c["per_head_v"], **close)
             assert c["per_head_k"].shape[1] == c["per_head_v"].shape[1] == n_kv * head_dim  # no GQA repetition
 
-            sinks = attn.sinks if hasattr(attn, "sinks") else None
+            sinks = m.attn.sinks if hasattr(m.attn, "sinks") else None
             context = _attention(q_in, k_in, c["per_head_v"], n_heads, n_kv, scale, window, sinks)
             torch.testing.assert_close(context, c["per_head_context_vector"], **close)
             if (window is not None and window < t) or sinks is not None:  # the mask / sinks make a difference
                 assert not torch.allclose(context, _attention(q_in, k_in, c["per_head_v"], n_heads, n_kv, scale),
                                           atol=1e-3)
-            torch.testing.assert_close(o_proj(c["per_head_context_vector"]), c["attn_output"], **close)
+            torch.testing.assert_close(m.o_proj(c["per_head_context_vector"]), c["attn_output"], **close)
 
             # residual stream, FFN
             attn_residual = c["attn_output"]
-            if family == "gemma3_text":  # sandwich norm on the attention output
-                attn_residual = block.post_attention_layernorm(attn_residual)
+            if m.attn_out_norm is not None:  # sandwich norm on the attention output
+                attn_residual = m.attn_out_norm(attn_residual)
             torch.testing.assert_close(c["input_hidden_state"] + attn_residual, c["post_attn_hidden_state"], **close)
-            torch.testing.assert_close(ffn_norm(c["post_attn_hidden_state"]), c["pre_ffn_norm"], **close)
-            mlp, x = block.mlp, c["pre_ffn_norm"]
-            if family == "gpt_oss":
-                activated, moe_out, chosen = _gpt_oss_moe(mlp, x, cfg)
-                torch.testing.assert_close(activated, c["ffn_activated_state"], **close)
-                torch.testing.assert_close(moe_out, c["ffn_output"], **close)
-                if cfg.num_experts_per_tok == 1:  # one expert, weight 1: its down projection of the state
-                    e = chosen[:, 0]
-                    down = torch.einsum("ti,tih->th", c["ffn_activated_state"], mlp.experts.down_proj[e])
-                    torch.testing.assert_close(down + mlp.experts.down_proj_bias[e], c["ffn_output"], **close)
-                assert c["ffn_activated_state"].shape[1] == cfg.intermediate_size
-            elif gpt2:
-                torch.testing.assert_close(mlp.act(mlp.c_fc(x)), c["ffn_activated_state"], **close)
-                torch.testing.assert_close(mlp.c_proj(c["ffn_activated_state"]), c["ffn_output"], **close)
-            else:
-                torch.testing.assert_close(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x), c["ffn_activated_state"],
-                                           **close)
-                torch.testing.assert_close(mlp.down_proj(c["ffn_activated_state"]), c["ffn_output"], **close)
+            torch.testing.assert_close(m.ffn_norm(c["post_attn_hidden_state"]), c["pre_ffn_norm"], **close)
+            ref.ffn(block.mlp, c, cfg, close)
             ffn_residual = c["ffn_output"]
-            if family == "gemma3_text":
-                ffn_residual = block.post_feedforward_layernorm(ffn_residual)
+            if m.ffn_out_norm is not None:
+                ffn_residual = m.ffn_out_norm(ffn_residual)
             block_out = c["post_attn_hidden_state"] + ffn_residual
             if layer < adapter.n_layers:
                 torch.testing.assert_close(block_out, caps[layer + 1, "input_hidden_state"], **close)
                 torch.testing.assert_close(block_out, plain[layer][0], **close)
             else:  # transformers applies the final norm to the last hidden state it returns
-                final_norm = base.ln_f if gpt2 else base.norm
-                torch.testing.assert_close(final_norm(block_out), plain[layer][0], **close)
+                torch.testing.assert_close(getattr(base, ref.final_norm)(block_out), plain[layer][0], **close)

@@ -8,7 +8,7 @@ import json
 import pyarrow.parquet as pq
 
 from mtbench.settings import RunSettings
-from mtbench.testing import make_tiny_llama
+from mtbench_plugins.models.hf.tiny import save_tiny_llama
 
 
 class Interrupted(Exception):
@@ -48,7 +48,7 @@ def tiny_run_settings(tmp_path, monkeypatch, states: list[str], planted: str, pe
     """A 2-layer tiny Llama on the tiny synthetic dataset (Heschl's gyrus planted at layer 2,
     state ``planted``), 3 alphas, with its own ``MTBENCH_CACHE`` under ``tmp_path``."""
     monkeypatch.setenv("MTBENCH_CACHE", str(tmp_path / "cache"))
-    model = make_tiny_llama(tmp_path / "tiny-llama", seed=0, n_layers=2)
+    model = save_tiny_llama(tmp_path / "tiny-llama", seed=0, n_layers=2)
     truth = [{"parcel": "Heschl's Gyrus (includes H1 and H2)", "layer": 2, "state": planted}]
     return RunSettings(model=f"hf:{model}", dataset="synthetic", states=states, layers="all",
                        alphas=[1.0, 1e2, 1e4], permutations=permutations,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from mtbench.sweep import read_events
+from mtbench_plugins.commands.sweep.tasks import read_events
 
 PLANTED = [{"parcel": "Heschl's Gyrus (includes H1 and H2)", "layer": 1, "state": "per_head_q_rope"}]
 

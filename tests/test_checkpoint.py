@@ -10,7 +10,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from mtbench import encoding, runner
+from mtbench import runner
+from mtbench_plugins.analyses.mode1 import fit as mode1_fit  # where Mode 1 calls the ridge fit
 from mtbench.settings import RunSettings
 from mtbench.checkpoint import FitCheckpoint, fingerprint
 from mtbench.errors import MtbenchError
@@ -32,7 +33,7 @@ def test_an_interrupted_run_resumes_from_its_finished_fits(settings, tmp_path, m
     reference = run(settings, tmp_path / "reference").run_dir
     assert not (tmp_path / "reference" / "checkpoints").exists()  # removed once the results are written
 
-    calls = count_calls(monkeypatch, encoding, "fit_nested_loro", stop_after=4)
+    calls = count_calls(monkeypatch, mode1_fit, "fit_nested_loro", stop_after=4)
     with pytest.raises(Interrupted):
         run(settings, tmp_path / "results")
     assert len(calls) == 4
@@ -41,7 +42,7 @@ def test_an_interrupted_run_resumes_from_its_finished_fits(settings, tmp_path, m
     saved = list((tmp_path / "results" / "checkpoints").glob("*/*.npz"))
     assert len(saved) == 4  # each finished fit was kept at once
 
-    calls = count_calls(monkeypatch, encoding, "fit_nested_loro")
+    calls = count_calls(monkeypatch, mode1_fit, "fit_nested_loro")
     output = run(settings, tmp_path / "results")
     assert len(calls) == n_fits - 4  # only the fits that were missing
     assert not (tmp_path / "results" / "checkpoints").exists()
@@ -57,14 +58,14 @@ def test_a_full_disk_at_the_write_is_one_line_and_the_same_command_resumes(setti
     """Writing the results fails (no space): one line, no half-written run, and every fit is kept."""
     import errno
 
-    from mtbench import results
+    from mtbench_plugins.analyses.mode1 import analysis as mode1
 
     def full_disk(partial, *args, **kwargs):
         (partial / "scores.parquet").write_bytes(b"half")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    write_files = results._write_files
-    monkeypatch.setattr(results, "_write_files", full_disk)
+    write_files = mode1.write_files
+    monkeypatch.setattr(mode1, "write_files", full_disk)
     with pytest.raises(MtbenchError) as err:
         run(settings, tmp_path / "results")
     assert str(err.value) == (f"could not write the results under {tmp_path / 'results' / 'runs'} (No space left on "
@@ -72,17 +73,17 @@ def test_a_full_disk_at_the_write_is_one_line_and_the_same_command_resumes(setti
                               "again: it reuses the finished fits kept in checkpoints/")
     assert not any((tmp_path / "results" / "runs").iterdir())  # nothing half-written
     assert len(list((tmp_path / "results" / "checkpoints").glob("*/*.npz"))) == 2 * len(STATES)
-    monkeypatch.setattr(results, "_write_files", write_files)  # space again
-    calls = count_calls(monkeypatch, encoding, "fit_nested_loro")
+    monkeypatch.setattr(mode1, "write_files", write_files)  # space again
+    calls = count_calls(monkeypatch, mode1_fit, "fit_nested_loro")
     assert run(settings, tmp_path / "results").run_dir.is_dir() and calls == []  # nothing fitted again
 
 
 def test_a_changed_input_never_reuses_a_checkpoint(settings, tmp_path, monkeypatch):
-    calls = count_calls(monkeypatch, encoding, "fit_nested_loro", stop_after=2)
+    calls = count_calls(monkeypatch, mode1_fit, "fit_nested_loro", stop_after=2)
     with pytest.raises(Interrupted):
         run(settings, tmp_path / "results")
     # other alphas: the saved fits do not apply, everything is fitted again
-    calls = count_calls(monkeypatch, encoding, "fit_nested_loro")
+    calls = count_calls(monkeypatch, mode1_fit, "fit_nested_loro")
     changed = RunSettings(**{**settings.__dict__, "alphas": [1.0, 1e3]})
     run(changed, tmp_path / "results")
     assert len(calls) == 2 * len(STATES)

@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from mtbench.settings import RunSettings
-from mtbench.combine import combine_runs
+from mtbench_plugins.commands.runs.combine import combine_runs
 from mtbench.errors import MtbenchError
 from mtbench.runner import run
-from mtbench.testing import make_tiny_llama
+from mtbench_plugins.models.hf.tiny import save_tiny_llama
 from sweep_helpers import PLANTED
 
 STATES = ["per_head_q_rope", "ffn_activated_state"]
@@ -25,7 +25,7 @@ TABLES = ("summary", "scores", "winners", "voxels", "folds")
 def cells(tmp_path_factory):
     """Each (layer, state) of a tiny planted experiment as its own run, and the run of all of them."""
     root = tmp_path_factory.mktemp("combine")
-    model = make_tiny_llama(root / "tiny-llama", seed=0, n_layers=2)
+    model = save_tiny_llama(root / "tiny-llama", seed=0, n_layers=2)
     base = RunSettings(model=f"hf:{model}", dataset="synthetic", states=STATES, layers="all", permutations=200,
                        dataset_options={"scale": "tiny", "snr": 2.0, "truth_model": f"hf:{model}",
                                         "truth": json.dumps(PLANTED)})

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from mtbench.api import DatasetEntry, MetricEntry, ModelEntry, Parcellation, StateDefinition
-from mtbench.pytest_plugin import TINY_DATASET_OPTIONS
+from mtbench_plugins.pytest_fixtures import TINY_DATASET_OPTIONS
 from mtbench.registry import get_registry
 from mtbench.testing import (
     ConformanceError,
@@ -97,15 +97,15 @@ def test_whole_distribution_conforms():
 
 
 def test_fixtures_come_from_the_pytest11_entry_point(request, mtbench_tiny_dataset, mtbench_tiny_model):
-    assert request.config.pluginmanager.get_plugin("mtbench") is sys.modules["mtbench.pytest_plugin"]
+    assert request.config.pluginmanager.get_plugin("mtbench") is sys.modules["mtbench_plugins.pytest_fixtures"]
     check_dataset(mtbench_tiny_dataset)
     assert mtbench_tiny_model.family == "llama" and mtbench_tiny_model.n_layers == 3
 
 
 def test_pytest_plugin_and_kit_import_nothing_heavy():
-    code = ("import sys, mtbench.pytest_plugin, mtbench.testing\n"
-            "heavy = [m for m in ('torch', 'transformers', 'mtbench.registry', 'mtbench_plugins') if m in sys.modules]\n"
-            "assert heavy == [], heavy\n")
+    code = ("import sys, mtbench_plugins.pytest_fixtures, mtbench.testing, mtbench.registry\n"
+            "heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers') or m.startswith('mtbench_plugins') and m.endswith('hooks')]\n"
+            "assert heavy == [] and mtbench.registry._REGISTRY is None, heavy  # no plugin loaded\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
 

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from mtbench.testing import make_tiny_llama
+from mtbench_plugins.models.hf.tiny import save_tiny_llama
 
 PLANTED = [
     {"parcel": "Heschl's Gyrus (includes H1 and H2)", "layer": 1, "state": "per_head_q_rope"},
@@ -28,7 +28,7 @@ PLANTED = [
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    model = make_tiny_llama(root / "tiny-llama", seed=0, n_layers=3)
+    model = save_tiny_llama(root / "tiny-llama", seed=0, n_layers=3)
     return root, model
 
 

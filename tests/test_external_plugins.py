@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mtbench.errors import MtbenchError
-from mtbench.scaffold import KINDS, new_plugin, plugin_names
+from mtbench_plugins.commands.scaffold.scaffold import KINDS, new_plugin, plugin_names
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mtbench-example-plugin"
 SKELETONS = {"model": "toy-model", "dataset": "toy-data", "metric": "r2-score", "state": "toy_state"}
@@ -99,13 +99,36 @@ def test_example_is_used_by_run(venv, model, layer, state, states):
     assert summary[HESCHL]["test"] > 0.2  # the planted signal, scored by the plugin's Spearman rho
 
 
+def test_example_analysis_and_command_are_plugins_too(venv):
+    """A stranger's analysis (--mode rsa) and command (rsa-table), through the same hooks as the built-in ones."""
+    shown = mtbench_in(venv, "plugins")
+    row = next(line for line in shown.stdout.splitlines() if "mtbench_example.hooks" in line)
+    assert "register_analyses" in row and "register_commands" in row and "ok" in row, shown.stdout
+    assert "rsa" in mtbench_in(venv, "list", "analyses").stdout
+    assert "rsa-table" in mtbench_in(venv, "--help").stdout
+    truth = [{"parcel": HESCHL, "layer": 1, "state": "embedding"}]
+    out = venv["root"] / "results-rsa"
+    result = mtbench_in(venv, "run", "--model", "random", "--mode", "rsa", "--dataset-option", "scale=tiny",
+                        "--dataset-option", "truth_model=random", "--dataset-option", f"truth={json.dumps(truth)}",
+                        "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Representational similarity" in result.stdout and "nested CKA" in result.stdout
+    (run_dir,) = (out / "runs").iterdir()
+    assert json.loads((run_dir / "manifest.json").read_text())["settings"]["mode"] == "rsa"
+    table = mtbench_in(venv, "rsa-table", run_dir, "--parcel", HESCHL)
+    assert table.returncode == 0 and "embedding" in table.stdout, table.stderr
+    board = mtbench_in(venv, "leaderboard", out, "--out", venv["root"] / "board-rsa", "--no-reports")
+    assert board.returncode == 0 and "rsa rows: nested linear CKA" in (venv["root"] / "board-rsa" /
+                                                                     "leaderboard.md").read_text(), board.stderr
+
+
 def test_installed_plugins_pass_their_own_tests(venv):
     """The example's and each skeleton's test suite, as generated, with the kit and the pytest11 fixtures."""
     suites = [EXAMPLE / "tests", *(s / "tests" for s in venv["skeletons"])]
     result = _run([venv["python"], "-m", "pytest", "-q", "-p", "no:cacheprovider", "--import-mode=importlib",
                    "--rootdir", venv["root"], *suites], env=venv["env"], cwd=venv["root"])
     assert result.returncode == 0, result.stdout[-4000:]
-    assert "14 passed" in result.stdout, result.stdout[-1000:]
+    assert "16 passed" in result.stdout, result.stdout[-1000:]
 
 
 def test_scaffold_refuses_bad_names_and_existing_folders(tmp_path):
@@ -128,3 +151,22 @@ def test_plugin_new_command(tmp_path):
     assert '[project.entry-points.mtbench]\nmy_score = "mtbench_my_score.hooks"' in pyproject
     bad = _run([sys.executable, "-m", "mtbench.cli", "plugin", "new", "metric", "Bad Name", "--dir", tmp_path])
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "not valid" in bad.stderr
+
+
+def test_plugin_new_refuses_names_that_are_paths_before_writing(tmp_path):
+    """Issue 32, item 2: NAME becomes a folder and a distribution name, never a path."""
+    from click.testing import CliRunner
+
+    from mtbench.cli import main
+
+    for kind, name in [("metric", "../evil"), ("metric", "a/b"), ("model", ".."), ("model", "/tmp/x"),
+                       ("metric", "my-"), ("state", "my_state_"), ("dataset", "x" * 65), ("metric", "my-score\n"),
+                       ("state", "a.b"), ("model", "")]:
+        result = CliRunner().invoke(main, ["plugin", "new", kind, name, "--dir", str(tmp_path / "out")])
+        assert result.exit_code == 2, (name, result.output)
+        assert result.stderr == (f"Error: plugin name {name!r} is not valid for a {kind}: use lower case letters, "
+                                 f"digits and {'_' if kind == 'state' else '-'}, a letter first, no "
+                                 f"{'_' if kind == 'state' else '-'} last, at most 64 characters (e.g. "
+                                 f"{'my_state' if kind == 'state' else 'my-' + kind})\n"), result.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even --dir
+    assert plugin_names("dataset", "x" * 64)["distribution"] == "mtbench-" + "x" * 64

@@ -16,8 +16,11 @@ pytest.importorskip("transformers")
 
 from mtbench.errors import MtbenchError  # noqa: E402
 from mtbench.features import CachedFeatures, word_features  # noqa: E402
-from mtbench.testing import make_tiny_model  # noqa: E402
-from mtbench_plugins.models.hf import HFAdapter, load_hf, resolve_device, windows  # noqa: E402
+from mtbench_plugins.models.hf.adapter import HFAdapter  # noqa: E402
+from mtbench_plugins.models.hf.loading import load_hf  # noqa: E402
+from mtbench_plugins.models.hf.runtime import resolve_device  # noqa: E402
+from mtbench_plugins.models.hf.tiny import save_tiny_model  # noqa: E402
+from mtbench_plugins.models.hf.words import windows  # noqa: E402
 
 from hf_checks import _stimulus  # noqa: E402
 
@@ -40,7 +43,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("tiny-cache"), "llama")
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-cache"), "llama")
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +222,8 @@ def test_devices(folder, adapter):
 def test_device_and_window_options_from_the_cli(folder, tmp_path):
     from click.testing import CliRunner
 
-    from mtbench.cli import _options, main
+    from mtbench.cli import main
+    from mtbench.cli.options import key_value_options as _options
 
     assert _options(("context=64,stride=16", "pooling=last"), "--model-option") == {
         "context": 64, "stride": 16, "pooling": "last"}

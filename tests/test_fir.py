@@ -82,10 +82,10 @@ def test_runner_fir_and_significance(tmp_path, monkeypatch):
     import pyarrow.parquet as pq
 
     from mtbench.runner import run
-    from mtbench.testing import make_tiny_llama
+    from mtbench_plugins.models.hf.tiny import save_tiny_llama
 
     monkeypatch.setenv("MTBENCH_CACHE", str(tmp_path / "cache"))
-    model = make_tiny_llama(tmp_path / "tiny-llama", seed=0, n_layers=2)
+    model = save_tiny_llama(tmp_path / "tiny-llama", seed=0, n_layers=2)
     truth = [{"parcel": "Heschl's Gyrus (includes H1 and H2)", "layer": 1, "state": "input_hidden_state"}]
     settings = RunSettings(model=f"hf:{model}", dataset="synthetic", states=["input_hidden_state"], layers="1",
                            dataset_options={"scale": "tiny", "truth_model": f"hf:{model}", "truth": json.dumps(truth)},

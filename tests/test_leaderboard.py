@@ -23,12 +23,13 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from mtbench import leaderboard, report
+from mtbench_plugins.analyses.mode2.tables import nested_choices
+from mtbench_plugins.commands.board import leaderboard, report
 from mtbench.cli import main
 from mtbench.errors import MtbenchError
 from mtbench.paths import exclusive_lock
 from mtbench.schema import RESULT_SCHEMA, validate_run
-from mtbench.testing import make_tiny_llama
+from mtbench_plugins.models.hf.tiny import save_tiny_llama
 
 PLANTED = [
     {"parcel": "Heschl's Gyrus (includes H1 and H2)", "layer": 1, "state": "per_head_q_rope"},
@@ -48,7 +49,7 @@ def runs(tmp_path_factory):
     before = os.environ.get("MTBENCH_CACHE")
     os.environ["MTBENCH_CACHE"] = str(root / "cache")
     try:
-        model = make_tiny_llama(root / "tiny-llama", seed=0, n_layers=3)
+        model = save_tiny_llama(root / "tiny-llama", seed=0, n_layers=3)
         data = {"scale": "tiny", "snr": 2.0, "truth_model": f"hf:{model}", "truth": json.dumps(PLANTED)}
         plan = {
             "llama": ("a", f"hf:{model}", {}, STATES, "1,3"),
@@ -346,7 +347,7 @@ def check_figure(fig, title: str, colorbar: bool = True, legend: bool = False) -
     if legend:
         assert any(ax.get_legend() is not None and ax.get_legend().get_texts() for ax in fig.axes)
     pixels = png_pixels(report.png_bytes(fig))
-    width, height = fig.get_size_inches() * report.DPI
+    width, height = fig.get_size_inches() * fig.dpi  # each figure is drawn at its own (fixed) DPI
     assert pixels.shape == (round(height), round(width), 3)
     not_white = (pixels < 245).any(axis=2).mean()
     assert not_white > 0.05, "figure is nearly blank"
@@ -627,14 +628,14 @@ def test_mode2_run_joins_the_board_with_its_nested_layer_choice(runs, mode2):
     stg = rows[PLANTED[1]["parcel"]]
     assert (stg["layer"], stg["top_state"]) == (3, "ffn_activated_state")
     assert rows[HESCHL]["score"] > 0.25
-    # mode2_choices recomputes the written nested rows from the per-fold file ...
+    # nested_choices recomputes the written nested rows from the per-fold file ...
     fold_rows = pq.read_table(mode2 / "mode2_folds.parquet").to_pylist()
     written = pq.read_table(mode2 / "mode2_nested.parquet").to_pylist()
-    for mine, theirs in zip(leaderboard.mode2_choices(fold_rows), written, strict=True):
+    for mine, theirs in zip(nested_choices(fold_rows), written, strict=True):
         assert mine == {key: theirs[key] for key in mine}
     # ... and test scores never steer it: give Heschl's other layer a huge test r, the choice stays
     edited = [dict(r, stage2_test=0.99) if (r["parcel"], r["layer"]) == (HESCHL, 3) else r for r in fold_rows]
-    again = {r["parcel"]: r for r in leaderboard.mode2_choices(edited)}[HESCHL]
+    again = {r["parcel"]: r for r in nested_choices(edited)}[HESCHL]
     assert (again["layer"], again["test"]) == (1, pytest.approx(rows[HESCHL]["test"]))
     # modes are ranked apart: the Mode 1 ranks are untouched
     assert {r["rank"] for r in rows.values()} == {1}
@@ -747,3 +748,35 @@ def test_mode2_report_draws_the_stage_figure(mode2, tmp_path):
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "rep").glob("*.png")) == sorted(figures)
     assert "mode2_stages.png" in (tmp_path / "rep" / "index.html").read_text()
+
+
+def test_markdown_escapes_hostile_text_and_keeps_normal_names(runs, tmp_path, monkeypatch):
+    """Issue 32, item 3: leaderboard.md carried run ids, model names, parcels and notes raw (HTML to a renderer)."""
+    root, _, made = runs
+    normal = leaderboard.markdown(board_of(root))
+    hostile = "<img src=x onerror=alert(1)>"
+    for folder, run_id, created in (("old", "<b>old</b>&co", "2998-01-01T00:00:00+00:00"),
+                                    ("new", "new<script>x</script>", "2999-01-01T00:00:00+00:00")):
+        copy = tmp_path / "h" / "runs" / folder
+        shutil.copytree(made["random"], copy)
+        manifest = json.loads((copy / "manifest.json").read_text())
+        manifest["model"]["name"], manifest["model"]["family"] = hostile, "fam<i>&</i>"
+        manifest["run_id"], manifest["created"] = run_id, created
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+    board = leaderboard.build([root / "b", tmp_path / "h"])
+    for row in board.rows:
+        if row["parcel"] == HESCHL:
+            row["parcel"] = "<svg onload=alert(2)> & co\n| injected |"
+    md = leaderboard.markdown(board)
+    text = [line for line in md.splitlines() if not line.startswith("Cells:")]  # the legend's own (L<layer> <state>)
+    assert not [line for line in text if "<" in line or ">" in line or re.search(r"&(?!amp;|lt;|gt;)", line)]
+    row = next(line for line in text if "onerror" in line)
+    assert row.startswith("| ") and "| &lt;img src=x onerror=alert(1)&gt; | fam&lt;i&gt;&amp;&lt;/i&gt; |" in row
+    header = next(line for line in text if line.startswith("| rank |"))
+    assert "| &lt;svg onload=alert(2)&gt; &amp; co \\| injected \\| |" in header  # one header cell, one line
+    assert "- &lt;b&gt;old&lt;/b&gt;&amp;co: superseded by the newer run new&lt;script&gt;x&lt;/script&gt; of" in md
+    assert len({line.count(" | ") for line in text if line.startswith("| ")}) == 1  # every row has its cells
+    # ordinary names render exactly as before: quotes and apostrophes untouched, byte for byte
+    assert f"| {HESCHL} |" in normal
+    monkeypatch.setattr(leaderboard, "_md", lambda value: str(value).replace("|", "\\|"))  # the old escaping
+    assert leaderboard.markdown(board_of(root)) == normal

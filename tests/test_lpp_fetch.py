@@ -229,3 +229,64 @@ def test_without_a_manifest_the_bucket_listing_is_used(tmp_path, bucket_server):
     assert not any("sub-EN057" in path for path, _ in bucket.requests)
     for path in [p for p in bucket.files if "sub-EN057" not in p]:
         assert (root / path).read_bytes() == bucket.files[path]
+
+
+# --------------------------------------------------------------------------- paths from a manifest stay inside --root
+def _hostile(tmp_path, bucket, manifest, name, rewrite):
+    """A copy of the manifest whose sub-EN057 rows are rewritten by ``rewrite``, the server serving them too."""
+    lines = manifest.read_text().splitlines(keepends=True)
+    rows = [line.split("\t") for line in lines[1:]]
+    for row in rows:
+        if "/sub-EN057/" in row[0]:
+            bucket.files[rewrite(row[0])] = bucket.files[row[0]]
+            row[0] = rewrite(row[0])
+    hostile = tmp_path / name
+    hostile.write_text(lines[0] + "".join("\t".join(row) for row in rows))
+    return hostile
+
+
+def test_manifest_rows_outside_root_are_refused_before_any_download(tmp_path, bucket_server):
+    """Issue 32, item 1: `../` and absolute rows were downloaded wherever they pointed."""
+    bucket, url, manifest = bucket_server
+    root = tmp_path / "deep" / "er" / "root"
+    escaped, absolute = tmp_path / "deep" / "pwned", tmp_path / "abs"
+    climbing = _hostile(tmp_path, bucket, manifest, "climbing.tsv", lambda p: "../../pwned/" + p)
+    result = CliRunner().invoke(main, ["data", "fetch", "lpp-en", "--subjects", "EN057", "--root", str(root),
+                                       "--option", f"base_url={url}", "--option", f"manifest={climbing}"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == (
+        f"Error: '../../pwned/derivatives/sub-EN057/func/sub-EN057_task-lppEN_run-15_space-MNIColin27_desc-preproc_"
+        f"bold.nii.gz' from manifest {climbing} is not a path inside {root} (a '..' component); fix or remove that "
+        "row of the manifest"), result.stderr
+    outside = _hostile(tmp_path, bucket, manifest, "absolute.tsv", lambda p: f"{absolute}/{p}")
+    with pytest.raises(MtbenchError, match=r"^'/.*/abs/derivatives/sub-EN057/.*' from manifest .*absolute\.tsv is "
+                                           r"not a path inside .*root \(an absolute path\); fix or remove") as err:
+        _fetch(root, url, outside, subjects=["EN057"])
+    assert "\n" not in str(err.value)
+    assert bucket.requests == []  # nothing downloaded, not even the rows inside root
+    assert not escaped.exists() and not absolute.exists()
+    assert [p.name for p in root.iterdir()] == []  # root made (writable check), nothing in it
+
+
+def test_inside_keeps_paths_in_their_folder(tmp_path):
+    from mtbench.paths import inside
+
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    assert inside(root, "sub/file.txt", "test") == (root / "sub" / "file.txt").resolve()
+    assert inside(root, "./a//b", "test") == (root / "a" / "b").resolve()
+    (root / "link-in").symlink_to(root / "sub")
+    assert inside(root, "link-in/x", "test") == (root / "sub" / "x").resolve()
+    (tmp_path / "elsewhere").mkdir()
+    (root / "link-out").symlink_to(tmp_path / "elsewhere")
+    refused = {
+        "../x": "a '..' component", "sub/../../x": "a '..' component", "sub/../x": "a '..' component",
+        "/etc/passwd": "an absolute path", str(root / "sub" / "x"): "an absolute path",
+        "": "an empty name", ".": "an empty name", " ": "an empty name", "a\0b": "a NUL character",
+        "link-out/x": f"it resolves to {(tmp_path / 'elsewhere' / 'x').resolve()}",
+    }
+    for relative, reason in refused.items():
+        with pytest.raises(MtbenchError) as err:
+            inside(root, relative, "plan P", "fix it")
+        assert str(err.value) == f"{relative!r} from plan P is not a path inside {root} ({reason}); fix it"
+    assert not (tmp_path / "x").exists() and list((tmp_path / "elsewhere").iterdir()) == []

@@ -1,4 +1,4 @@
-"""Mode 2 (mtbench.mode2): the reference's two-stage pivot selection, its nesting, banded ridge, the CLI.
+"""Mode 2 (mtbench_plugins.analyses.mode2): the reference's two-stage pivot selection, its nesting, banded ridge, the CLI.
 
 The reference below is MindTransformer's ``llm-mode2`` loop written out with scikit-learn
 (one alpha for the parcel chosen on the first remaining run, ridge on all training runs,
@@ -22,7 +22,8 @@ from sklearn.linear_model import Ridge
 from mtbench.alignment import zscore
 from mtbench.encoding import fit_nested_loro
 from mtbench.errors import MtbenchError
-from mtbench.mode2 import LayerFit, Mode2Result, banded_ridge, nested_choices, nested_layer_choice, pivot_selection
+from mtbench_plugins.analyses.mode2.fit import banded_ridge, pivot_selection
+from mtbench_plugins.analyses.mode2.tables import LayerFit, Mode2Result, nested_choices, nested_layer_choice
 
 ALPHAS = np.logspace(-1, 4, 8)
 DIMS = [30, 8, 8, 30]  # states A, B, C, D; B and C carry signal, A and D are distractors
@@ -266,10 +267,10 @@ def _cli(tmp, model, *extra):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from mtbench.testing import make_tiny_llama
+    from mtbench_plugins.models.hf.tiny import save_tiny_llama
 
     root = tmp_path_factory.mktemp("mode2")
-    return root, make_tiny_llama(root / "tiny-llama", seed=0, n_layers=2)
+    return root, save_tiny_llama(root / "tiny-llama", seed=0, n_layers=2)
 
 
 def test_cli_mode2_end_to_end(tiny):
@@ -333,7 +334,7 @@ def test_cli_banded_end_to_end(tiny):
     rows = {r["parcel"]: r for r in pq.read_table(run_dir / "mode2.parquet").to_pylist()}
     assert rows[PLANTED[0]["parcel"]]["top_state"] == "per_head_q_rope"
     # the leaderboard and the report read banded runs too: the top state's share of the contributions
-    from mtbench import leaderboard, report
+    from mtbench_plugins.commands.board import leaderboard, report
 
     cell = {r["parcel"]: r for r in leaderboard.build([root / "banded"]).rows}[PLANTED[0]["parcel"]]
     states = [s for s in pq.read_table(run_dir / "mode2_states.parquet").to_pylist()

@@ -86,15 +86,16 @@ def _data(seed=0, n_runs=5, n_scans=70, n_features=30, n_voxels=40):
 def test_mindtransformer_protocol_matches_sklearn_reference():
     from mtbench.alignment import zscore
     from mtbench.registry import get_registry
-    from mtbench.runner import _fit_all, _scan_features, _trim
+    from mtbench.runner import scan_features, trim_run
+    from mtbench_plugins.analyses.mode1.fit import fit_all
 
     x_scans, y_scans = _data()
     settings = resolve_protocol(RunSettings(model="m", dataset="d", states=["s"], protocol="mindtransformer"))
     # mtbench's own pipeline from scan-level features on: the runner's trimming, z-scoring and fit
     identity = [np.eye(x.shape[0]) for x in x_scans]  # features already at scan level
-    y_runs = [zscore(_trim(y, settings.trim_scans)) for y in y_scans]
-    scans = {(1, "s"): _scan_features(x_scans, identity, settings)}  # the runner's alignment, trim, z-score
-    got = _fit_all([(1, "s")], scans, y_runs, 0, settings, get_registry().metric("pearson"), None)
+    y_runs = [zscore(trim_run(y, settings.trim_scans)) for y in y_scans]
+    scans = {(1, "s"): scan_features(x_scans, identity, settings)}  # the runner's alignment, trim, z-score
+    got = fit_all([(1, "s")], scans, y_runs, 0, settings, get_registry().metric("pearson"), None)
 
     test, chosen, validation = mindtransformer_reference(x_scans, y_scans)
     assert test[:20].mean() > 0.2 and abs(test[20:].mean()) < 0.1  # planted signal is found
@@ -103,7 +104,7 @@ def test_mindtransformer_protocol_matches_sklearn_reference():
     np.testing.assert_allclose(got["alpha"][0], np.exp(np.log(chosen).mean()), rtol=1e-5)
     np.testing.assert_allclose(got["validation_per_run"][0], validation, atol=1e-4)
     # the default inner leave-one-run-out is a different protocol: the comparison can tell them apart
-    xs, ys = [zscore(_trim(x, 10)) for x in x_scans], y_runs
+    xs, ys = [zscore(trim_run(x, 10)) for x in x_scans], y_runs
     loro = fit_nested_loro(xs, ys, MT["alphas"], shared_alpha=True, inner="loro", precision="float32")
     assert np.abs(loro.test - test).max() > 1e-3
 
@@ -154,10 +155,10 @@ def test_cli_conflicting_flag_is_one_line_error():
 
 def test_runner_records_protocol_settings(tmp_path, monkeypatch):
     from mtbench.runner import run
-    from mtbench.testing import make_tiny_llama
+    from mtbench_plugins.models.hf.tiny import save_tiny_llama
 
     monkeypatch.setenv("MTBENCH_CACHE", str(tmp_path / "cache"))
-    model = make_tiny_llama(tmp_path / "tiny-llama", seed=0, n_layers=2)
+    model = save_tiny_llama(tmp_path / "tiny-llama", seed=0, n_layers=2)
     settings = RunSettings(model=f"hf:{model}", dataset="synthetic", states=["input_hidden_state"], layers="1",
                            dataset_options={"scale": "tiny", "truth_model": f"hf:{model}", "truth": json.dumps(TRUTH)},
                            protocol="mindtransformer")

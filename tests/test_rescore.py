@@ -12,12 +12,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from mtbench import encoding
+from mtbench_plugins.analyses.mode1 import rescore as mode1_rescore  # where rescoring refits
 from mtbench.api import MetricEntry
 from mtbench.errors import MtbenchError
 from mtbench.registry import get_registry
-from mtbench.rescore import rescore
-from mtbench.results import read_score_table
+from mtbench_plugins.commands.runs.rescore import rescore
+from mtbench_plugins.analyses.mode1.tables import read_score_table
 from mtbench.runner import run
 from run_helpers import tiny_run_settings, voxel_table
 
@@ -65,13 +65,13 @@ def test_another_metric_refits_with_the_runs_alphas_and_equals_a_run_with_that_m
     direct = run(replace(settings, metric="neg-mse"), tmp_path / "direct").run_dir
 
     calls = []
-    real = encoding.fit_nested_loro
+    real = mode1_rescore.fit_nested_loro
 
     def recorded(*args, **kwargs):
         calls.append(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(encoding, "fit_nested_loro", recorded)
+    monkeypatch.setattr(mode1_rescore, "fit_nested_loro", recorded)
     output = rescore(first_run, metric="neg-mse")
     assert len(calls) == 4 and all(c["alpha_per_run"] is not None and c["score"] is NEG_MSE.score for c in calls)
     assert output.run_dir == first_run.parent / f"{first_run.name}-neg-mse"
@@ -96,7 +96,7 @@ def test_other_parcels_fit_nothing_and_match_the_datasets_own(first_run, tmp_pat
     def no_fit(*args, **kwargs):
         raise AssertionError("rescoring on parcels must not fit")
 
-    monkeypatch.setattr(encoding, "fit_nested_loro", no_fit)
+    monkeypatch.setattr(mode1_rescore, "fit_nested_loro", no_fit)
     mask_img = nib.load(first_run / "maps" / "mask.nii.gz")
     mask = np.asarray(mask_img.dataobj) > 0
     voxels = voxel_table(first_run)
@@ -180,7 +180,7 @@ def test_rescore_refuses_in_one_line(first_run, tmp_path):
 
 
 def test_leaderboard_keeps_metrics_apart_and_leaves_out_other_parcels(first_run, tmp_path):
-    from mtbench import leaderboard
+    from mtbench_plugins.commands.board import leaderboard
 
     by_metric = rescore(first_run, metric="r2")  # a built-in metric
     mask_img = nib.load(first_run / "maps" / "mask.nii.gz")
@@ -212,8 +212,8 @@ def test_no_folds_writes_the_same_scores_without_folds_parquet(settings, first_r
 def test_no_folds_flag_reaches_the_runner(monkeypatch):
     from click.testing import CliRunner
 
-    from mtbench import runner
     from mtbench.cli import main
+    from mtbench.cli import run_command
 
     seen = []
 
@@ -221,7 +221,7 @@ def test_no_folds_flag_reaches_the_runner(monkeypatch):
         seen.append(folds)
         raise MtbenchError("stop here")
 
-    monkeypatch.setattr(runner, "run", fake_run)
+    monkeypatch.setattr(run_command, "run_pipeline", fake_run)
     for flags, expected in (([], True), (["--no-folds"], False), (["--folds"], True)):
         result = CliRunner().invoke(main, ["run", "--model", "random", *flags])
         assert "stop here" in result.output

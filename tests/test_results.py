@@ -13,10 +13,11 @@ import pytest
 
 from concurrency import at_once
 
-from mtbench import results
 from mtbench.errors import MtbenchError
 from mtbench.paths import exclusive_lock
-from mtbench.results import ScoreTable, nested_best, summarize, winning_ratios, write_run
+from mtbench.results import nested_best, write_run
+from mtbench_plugins.analyses.mode1.analysis import Mode1Result
+from mtbench_plugins.analyses.mode1.tables import ScoreTable, summarize, winning_ratios
 
 
 def noise_table(rng, n_fits=40, n_runs=4, n_voxels=300):
@@ -76,7 +77,8 @@ def make_inputs(rng):
 
 def test_write_run_layout(tmp_path):
     meta, table, mask_img, labels = make_inputs(np.random.default_rng(2))
-    run_dir = write_run(tmp_path, "r1", meta, table, mask_img, labels, {1: "a", 2: "b"}, None, {"planted": []})
+    run_dir = write_run(tmp_path, "r1", meta, Mode1Result(table, labels, {1: "a", 2: "b"}, None, 0.05), mask_img,
+                        {"planted": []})
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "manifest.json", "maps", "scores.parquet", "summary.parquet", "truth.json", "voxels.parquet", "winners.parquet"]
     voxels = pq.read_table(run_dir / "voxels.parquet")
@@ -91,24 +93,25 @@ def test_write_run_layout(tmp_path):
 
 def test_interrupted_write_leaves_nothing_and_keeps_earlier_runs(tmp_path):
     meta, table, mask_img, labels = make_inputs(np.random.default_rng(3))
-    first = write_run(tmp_path, "r1", meta, table, mask_img, labels, {1: "a"}, None, None)
+    first = write_run(tmp_path, "r1", meta, Mode1Result(table, labels, {1: "a"}, None, 0.05), mask_img, None)
     before = {p.name: p.read_bytes() for p in first.iterdir() if p.is_file()}
     with pytest.raises(IndexError):  # a ceiling of the wrong size fails mid-way through the files
-        write_run(tmp_path, "r2", dict(meta, run_id="r2"), table, mask_img, labels, {1: "a"}, np.ones(3), None)
+        write_run(tmp_path, "r2", dict(meta, run_id="r2"), Mode1Result(table, labels, {1: "a"}, np.ones(3), 0.05),
+                  mask_img, None)
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["r1"]
     assert {p.name: p.read_bytes() for p in first.iterdir() if p.is_file()} == before
     with pytest.raises(FileExistsError):
-        write_run(tmp_path, "r1", meta, table, mask_img, labels, {1: "a"}, None, None)
+        write_run(tmp_path, "r1", meta, Mode1Result(table, labels, {1: "a"}, None, 0.05), mask_img, None)
 
 
 class _SlowTable:
-    """A Mode 1 table whose writing takes half a second, so that two writers overlap."""
+    """A Mode 1 run whose writing takes half a second, so that two writers overlap."""
 
-    def __init__(self, table):
-        self.table = table
+    def __init__(self, result):
+        self.result = result
 
-    def write_files(self, partial, meta, mask_img, labels, names, ceiling, truth):
-        results._write_files(partial, meta, self.table, mask_img, labels, names, ceiling, truth)
+    def write_files(self, partial, meta, mask_img, truth):
+        self.result.write_files(partial, meta, mask_img, truth)
         time.sleep(0.5)
 
 
@@ -116,7 +119,8 @@ def _write_slowly(results_dir: str, unique: bool, wait: float = 0.0) -> dict:
     """One process's ``write_run`` of run "r1", ``wait`` seconds late: what it wrote, as the files say."""
     time.sleep(wait)
     meta, table, mask_img, labels = make_inputs(np.random.default_rng(5))
-    run_dir = write_run(Path(results_dir), "r1", meta, _SlowTable(table), mask_img, labels, {1: "a"}, None, None,
+    run_dir = write_run(Path(results_dir), "r1", meta, _SlowTable(Mode1Result(table, labels, {1: "a"}, None, 0.05)),
+                        mask_img, None,
                         unique=unique)
     return {"folder": run_dir.name, "manifest": json.loads((run_dir / "manifest.json").read_text())["run_id"],
             "scores": sorted(set(pq.read_table(run_dir / "scores.parquet").column("run_id").to_pylist())),
@@ -148,11 +152,11 @@ def test_a_partial_left_by_a_dead_run_is_replaced_and_a_live_one_kept(tmp_path):
     partial.mkdir(parents=True)
     (partial / "junk").write_text("from a run that was killed")
     (partial / ".writing").write_text("host 1 r1")  # nobody holds it: its writer died
-    run_dir = write_run(tmp_path, "r1", dict(meta), table, mask_img, labels, {1: "a"}, None, None)
+    run_dir = write_run(tmp_path, "r1", dict(meta), Mode1Result(table, labels, {1: "a"}, None, 0.05), mask_img, None)
     assert not (run_dir / "junk").exists() and not (run_dir / ".writing").exists()
     assert not partial.exists()
     (tmp_path / "runs" / "r2.partial").write_text("a stray file, not a run")  # was NotADirectoryError
-    assert write_run(tmp_path, "r2", dict(meta), table, mask_img, labels, {1: "a"}, None, None).is_dir()
+    assert write_run(tmp_path, "r2", dict(meta), Mode1Result(table, labels, {1: "a"}, None, 0.05), mask_img, None).is_dir()
     assert not (tmp_path / "runs" / "r2.partial").exists()
 
     partial = tmp_path / "runs" / "r9.partial"
@@ -160,9 +164,11 @@ def test_a_partial_left_by_a_dead_run_is_replaced_and_a_live_one_kept(tmp_path):
     (partial / "theirs").write_text("being written")
     with exclusive_lock(partial / ".writing", owner="r9"):  # another writer, alive (a lock of its own)
         with pytest.raises(MtbenchError, match="being written by another process.*r9"):
-            write_run(tmp_path, "r9", dict(meta, run_id="r9"), table, mask_img, labels, {1: "a"}, None, None)
+            write_run(tmp_path, "r9", dict(meta, run_id="r9"), Mode1Result(table, labels, {1: "a"}, None, 0.05),
+                      mask_img, None)
         again = dict(meta)
-        run_dir = write_run(tmp_path, "r9", again, table, mask_img, labels, {1: "a"}, None, None, unique=True)
+        run_dir = write_run(tmp_path, "r9", again, Mode1Result(table, labels, {1: "a"}, None, 0.05), mask_img, None,
+                            unique=True)
         assert run_dir.name == again["run_id"] == "r9-2"
     assert (partial / "theirs").read_text() == "being written"
 

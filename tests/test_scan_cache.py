@@ -21,7 +21,7 @@ def settings(tmp_path, monkeypatch):
 
 def test_a_second_run_reads_the_aligned_features(settings, tmp_path, monkeypatch):
     n_fits = 2 * len(STATES)
-    calls = count_calls(monkeypatch, runner, "_scan_features")
+    calls = count_calls(monkeypatch, runner, "scan_features")
     first = run(settings, tmp_path / "a").run_dir
     assert len(calls) == n_fits
     cached = sorted((tmp_path / "cache").rglob("scans-*/*.npy"))

@@ -316,7 +316,7 @@ def test_shared_alpha_null_columns_are_refitted_with_the_fits_alphas():
     alphas the real fit chose, as a null voxel of that fit is, without an alpha search. The
     test then holds its level, BH its FDR, and planted voxels are found."""
     from mtbench.settings import RunSettings
-    from mtbench.runner import _shared_alpha_test
+    from mtbench_plugins.analyses.mode1.fit import shared_alpha_test
 
     alphas, calibrated, fdp, power = np.logspace(-1, 5, 7), [], [], []
     for sim in range(3):
@@ -329,7 +329,7 @@ def test_shared_alpha_null_columns_are_refitted_with_the_fits_alphas():
 
         result = fit(ys, return_predictions=True)
         predictions = result.predictions
-        test = _shared_alpha_test(fit, result, ys, RunSettings(model="m", dataset="d", states=["s"],
+        test = shared_alpha_test(fit, result, ys, RunSettings(model="m", dataset="d", states=["s"],
                                                                     permutations=500, seed=sim))
         refit = calls[1]["alpha_per_run"]  # the null columns' refit: every column gets the fit's alpha
         assert refit.shape == (9, 1000) and (refit == result.alpha_per_run[:, :1]).all()

@@ -23,16 +23,18 @@ from test_plugins import make_distribution
 from mtbench.api import TaskResources
 from mtbench.cli import main
 from mtbench.errors import MtbenchError
-from mtbench import leaderboard
+from mtbench_plugins.commands.board import leaderboard
 from mtbench.registry import get_registry
-from mtbench.sweep import expand, load_plan, read_events, result_is_valid, run_sweep
-from mtbench.testing import make_tiny_llama
+from mtbench_plugins.commands.sweep.engine import run_sweep
+from mtbench_plugins.commands.sweep.plan import expand, load_plan
+from mtbench_plugins.commands.sweep.tasks import read_events, result_is_valid
+from mtbench_plugins.models.hf.tiny import save_tiny_llama
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
-    return root, make_tiny_llama(root / "tiny-llama", seed=0, n_layers=2)
+    return root, save_tiny_llama(root / "tiny-llama", seed=0, n_layers=2)
 
 
 def test_plan_expands_into_canonical_hashed_cells(tiny, tmp_path):
@@ -108,7 +110,8 @@ def test_bad_plans_fail_in_one_line(tiny, tmp_path):
     with pytest.raises(MtbenchError, match="unknown protocol 'fast'"):
         expand(load_plan(plan_file, protocols=["fast"]), tmp_path)
     # Mode 2 cells: their options need mode 2, mode 2 needs inputs, and states are Mode 1's
-    with pytest.raises(MtbenchError, match=r"\[mode2\] \(or --inputs\) is for Mode 2 cells: add 2 to `modes`"):
+    with pytest.raises(MtbenchError,
+                       match=r"\[mode2\] \(or --inputs, --pivot, --selection\) is for Mode 2 cells: add 2 to `modes`"):
         expand(load_plan(plan_file, mode2={"inputs": "attn_output"}), tmp_path)
     with pytest.raises(MtbenchError, match="--mode 2 needs --inputs"):
         expand(load_plan(plan_file, modes=["2"], states="all"), tmp_path)
@@ -264,7 +267,7 @@ def test_sweep_of_both_modes_ranks_each_through_its_combined_run(tiny, tmp_path,
     extra = f"modes = [1, 2]\nmode2 = {{ inputs = {json.dumps(MODE2_INPUTS)} }}"
     plan = load_plan(write_plan(tmp_path / "plan.toml", model, root / "cache", states=("per_head_q_rope",),
                                 executor_options={"workers": 0}, extra=extra))
-    assert plan.modes == [1, 2] and plan.mode2 == {"inputs": MODE2_INPUTS}
+    assert plan.modes == [1, 2] and plan.analysis_options == {"mode2": {"inputs": MODE2_INPUTS}}
     (group,) = expand(plan, tmp_path / "results")
     assert sorted(group.states) == sorted([*MODE2_INPUTS, "input_hidden_state"])  # inputs, pivot: extracted once
     mode2_cells = [c for c in group.cells if c.settings.mode == 2]
@@ -300,7 +303,7 @@ def test_sweep_of_both_modes_ranks_each_through_its_combined_run(tiny, tmp_path,
     assert {(r["mode"], r["run_id"]) for r in board.rows} == {("1", mode1), ("2", mode2)}
     # a rescored cell still stands for one (layer, state): left out, saying what to rescore instead;
     # the rescored combined run is ranked under its metric
-    from mtbench.rescore import rescore
+    from mtbench_plugins.commands.runs.rescore import rescore
 
     cell = next(c for c in group.cells if c.settings.mode == 1)
     rescore(results / "runs" / cell.name, metric="r2")
@@ -419,7 +422,8 @@ def test_local_executor_memory_guard_and_lost_workers(tmp_path):
 
 
 def test_task_resources_follow_model_and_data_size():
-    from mtbench.sweep import DatasetInfo, Group, ModelInfo, Plan, extract_resources, fit_resources
+    from mtbench_plugins.commands.sweep.plan import DatasetInfo, Group, ModelInfo, Plan
+    from mtbench_plugins.commands.sweep.resources import extract_resources, fit_resources
 
     def group(n_params, hidden, n_voxels):
         data = DatasetInfo(subjects=["average"], n_voxels=n_voxels, n_scans=2800, n_words=15000, n_runs=9)

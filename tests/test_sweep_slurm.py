@@ -16,8 +16,9 @@ import time
 import pytest
 from sweep_helpers import event_counts, scores_by_cell, sweep_cli, write_plan  # tests/ is on sys.path
 
-from mtbench.sweep import expand, load_plan, result_is_valid
-from mtbench.testing import make_tiny_llama
+from mtbench_plugins.commands.sweep.plan import expand, load_plan
+from mtbench_plugins.commands.sweep.tasks import result_is_valid
+from mtbench_plugins.models.hf.tiny import save_tiny_llama
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +59,7 @@ def _wait_for(condition, timeout: float, what: str):
 
 
 def test_slurm_sweep_cancelled_resumes_and_matches_local(cluster, tmp_path):
-    model = make_tiny_llama(tmp_path / "tiny-llama", seed=0, n_layers=3)
+    model = save_tiny_llama(tmp_path / "tiny-llama", seed=0, n_layers=3)
     options = {"poll_seconds": 1, "array_parallelism": 2, "folder": str(tmp_path / "submitit")}
     plan_file = write_plan(tmp_path / "plan.toml", model, tmp_path / "cache", executor="slurm",
                            executor_options=options)

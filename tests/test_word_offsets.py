@@ -16,8 +16,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from mtbench.api import Stimulus, StimulusRun  # noqa: E402
-from mtbench.testing import make_tiny_model  # noqa: E402
-from mtbench_plugins.models.hf import load_hf, token_word_pairs  # noqa: E402
+from mtbench_plugins.models.hf.loading import load_hf  # noqa: E402
+from mtbench_plugins.models.hf.tiny import save_tiny_model  # noqa: E402
+from mtbench_plugins.models.hf.words import token_word_pairs  # noqa: E402
 
 FRENCH = ("Lorsque j'avais six ans j'ai vu, une fois, une magnifique image, dans un livre sur la forêt vierge "
           "qui s'appelait « Histoires vécues ». Ça représentait un serpent boa qui avalait un fauve. "
@@ -70,7 +71,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny Llama whose byte-level BPE learnt some French and Chinese merges; one window."""
-    folder = make_tiny_model(tmp_path_factory.mktemp("tiny-multilingual"), "llama", vocab_size=600,
+    folder = save_tiny_model(tmp_path_factory.mktemp("tiny-multilingual"), "llama", vocab_size=600,
                              extra_text=[FRENCH, CHINESE])
     return load_hf(str(folder))
 
@@ -100,7 +101,7 @@ def test_words_get_exactly_their_tokens(tiny, language, separator):
 def test_smollm2_tokenizer_gives_every_word_its_tokens(language, separator):
     from transformers import AutoTokenizer
 
-    from mtbench_plugins.models.hf import convert_smollm2
+    from mtbench_plugins.models.hf.gguf import convert_smollm2
 
     folder, _ = convert_smollm2()
     tokenizer = AutoTokenizer.from_pretrained(folder)

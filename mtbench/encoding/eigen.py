@@ -29,7 +29,15 @@ import numpy as np
 import torch
 
 from . import limits
-from .eigen_parts import (Fold, PairInputs, Workspace, concatenated_rows, f32, f64, release_freed_memory)
+from .eigen_parts import (
+    Fold,
+    PairInputs,
+    Workspace,
+    concatenated_rows,
+    f32,
+    f64,
+    release_freed_memory,
+)
 from .eigen_shared import OneAlphaPerFold
 from .folds import first_validation_run, inner_pairs
 from .scores import EncodingResult, score_per_voxel

@@ -3,6 +3,8 @@ scratch memory, the voxels a shared alpha is nominated on, and the memory helper
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -82,8 +84,6 @@ def release_freed_memory() -> None:
 @functools.cache
 def malloc_trim():
     """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS, Windows)."""
-    import ctypes
-    import ctypes.util
 
     try:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim

@@ -14,7 +14,15 @@ import numpy as np
 import torch
 
 from . import limits
-from .eigen_parts import Fold, f32, fold_bytes, nominated_alphas, nomination_voxels, release_freed_memory, tensor_bytes
+from .eigen_parts import (
+    Fold,
+    f32,
+    fold_bytes,
+    nominated_alphas,
+    nomination_voxels,
+    release_freed_memory,
+    tensor_bytes,
+)
 from .scores import EncodingResult
 
 

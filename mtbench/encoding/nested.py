@@ -83,7 +83,7 @@ def fit_nested_loro(
         ``on_refit(o, start, stop, coef)`` receives the ridge coefficients of the refit
         of outer fold ``o`` (all runs but ``o``, chosen alphas), ``coef`` of shape
         (n_features, stop - start) for voxels ``start:stop``, block by block (the whole
-        coefficient matrix is never held). Used by Mode 2's feature selection.
+        coefficient matrix is never held), e.g. to rank features by their weights.
     return_predictions : bool
         Also return the held-out predictions (``EncodingResult.predictions``), e.g. for
         :func:`mtbench.significance.circular_shift_pvalues`.

@@ -40,10 +40,25 @@ import numpy as np
 from mtbench.api import ModelAdapter, Parcellation, Stimulus, StimulusRun
 from mtbench.errors import MtbenchError
 from mtbench.features import word_features
+from mtbench.registry import load_model
 
-from .planting import (AR1_PHI, N_COMPONENTS, N_DIRECTIONS, PlantedParcel, ar1_noise, parcel_directions,
-                       parse_truth, planted_signal)
-from .atlas import ATLAS_DERIVATION, ATLAS_NAME, MNI_4MM_AFFINE, MNI_4MM_SHAPE, harvard_oxford_cortical
+from .atlas import (
+    ATLAS_DERIVATION,
+    ATLAS_NAME,
+    MNI_4MM_AFFINE,
+    MNI_4MM_SHAPE,
+    harvard_oxford_cortical,
+)
+from .planting import (
+    AR1_PHI,
+    N_COMPONENTS,
+    N_DIRECTIONS,
+    PlantedParcel,
+    ar1_noise,
+    parcel_directions,
+    parse_truth,
+    planted_signal,
+)
 
 STORY_PATH = Path(__file__).parent / "data" / "story.txt"
 TR = 2.0
@@ -172,8 +187,6 @@ def _check_planted(planted: list[PlantedParcel], adapter: ModelAdapter) -> None:
 
 def _resolve_model(truth_model: Any) -> ModelAdapter:
     if isinstance(truth_model, str):
-        from mtbench.registry import load_model
-
         return load_model(truth_model)
     if all(hasattr(truth_model, a) for a in ("name", "revision", "n_layers", "extract", "available_states", "settings")):
         return truth_model

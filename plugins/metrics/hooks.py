@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from mtbench.api import MetricEntry
-from mtbench.encoding import pearson_r as encoding_pearson_r  # one implementation, numpy only
+from mtbench.encoding import (
+    pearson_r as encoding_pearson_r,  # one implementation, numpy only
+)
 from mtbench.hookspecs import hookimpl
 
 

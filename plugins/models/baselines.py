@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sys
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
@@ -263,8 +264,6 @@ def _jieba_upos(flag: str, token: str) -> str:
 def _jieba_tokens(text: str, baseline: str) -> list[tuple[int, int, bool, str, str]]:
     """(start, end, is_punct, UPOS, token) of each jieba.posseg token of ``text``."""
     try:
-        import logging
-
         import jieba
         from jieba import posseg
     except ImportError:
@@ -619,8 +618,6 @@ class LogFrequency(_Baseline):
                                f"it knows {', '.join(sorted(wordfreq.available_languages('best')))}")
         if lang == "zh":
             try:
-                import logging
-
                 import jieba
             except ImportError:
                 raise MtbenchError("the log-frequency baseline needs jieba for Chinese: pip install jieba") from None

@@ -5,19 +5,19 @@ from mtbench.hookspecs import hookimpl
 
 
 def _load_smollm2(**options):
-    from mtbench_plugins.models.hf import load_smollm2
+    from mtbench_plugins.models.hf.loading import load_smollm2
 
     return load_smollm2(**options)
 
 
 def _load_gemma3_270m(**options):
-    from mtbench_plugins.models.hf import load_gemma3_270m
+    from mtbench_plugins.models.hf.loading import load_gemma3_270m
 
     return load_gemma3_270m(**options)
 
 
 def _load_hf(argument=None, **options):
-    from mtbench_plugins.models.hf import load_hf
+    from mtbench_plugins.models.hf.loading import load_hf
 
     return load_hf(argument, **options)
 

@@ -10,6 +10,7 @@ def test_registered_through_the_entry_point(mtbench_registry):
     found = check_plugin("mtbench-example-plugin")
     assert [m.name for m in found["metric"]] == ["spearman"]
     assert [m.name for m in found["model"]] == ["tiny-example"]
+    assert [a.name for a in found["analysis"]] == ["rsa"]  # loaded and checked against mtbench.api.Analysis
     assert mtbench_registry.providers["metric"]["spearman"] == "example"
 
 

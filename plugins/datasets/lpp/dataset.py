@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,16 @@ from mtbench.errors import MtbenchError, first_line
 from mtbench.paths import atomic_write_bytes
 
 from ..atlas import ATLAS_NAME, CORTICAL_NAMES
-from .layout import PREPARED_DIR, TR, Annotation, Language, default_root, language, read_annotation, runs_by_subject
+from .layout import (
+    PREPARED_DIR,
+    TR,
+    Annotation,
+    Language,
+    default_root,
+    language,
+    read_annotation,
+    runs_by_subject,
+)
 
 PREPARED_VERSION = 1
 OPTIONS = ("root",)
@@ -30,7 +41,6 @@ OPTIONS = ("root",)
 
 # --------------------------------------------------------------------------- writing
 def _npy_bytes(array: np.ndarray) -> bytes:
-    import io
 
     buffer = io.BytesIO()
     np.save(buffer, array)
@@ -228,7 +238,6 @@ class LppDataset:
 
     def _read(self, path: Path, read: Callable[[Path], Any]) -> Any:
         """``read(path)``; a damaged file (truncated, overwritten) is one line naming it and the fix."""
-        import zlib
 
         from nibabel.filebasedimages import ImageFileError
 

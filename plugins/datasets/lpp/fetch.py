@@ -28,9 +28,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mtbench.errors import MtbenchError
-from mtbench.paths import atomic_write_bytes, writable_folder
+from mtbench.paths import atomic_write_bytes, inside, writable_folder
 
-from .layout import ManifestFile, default_root, language, read_manifest, runs_by_subject, subjects_in_manifest
+from .layout import (
+    ManifestFile,
+    default_root,
+    language,
+    read_manifest,
+    runs_by_subject,
+    subjects_in_manifest,
+)
 
 _S3 = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
@@ -245,6 +252,10 @@ def fetch_lpp(key: str, root: Path | None = None, subjects: list[str] | None = N
     items = select_files(key, manifest, subjects, annotations_only)
     if not items:
         raise MtbenchError(f"no file of lpp-{key} found at {base_url}: check --option base_url / manifest")
+    source, fix = ((f"manifest {options['manifest']}", "fix or remove that row of the manifest")
+                   if options.get("manifest") else (f"the listing of {base_url}", "check --option base_url"))
+    for item in items:  # every path to be written stays inside root: checked before any download
+        inside(root, item.path, source, fix)
     fetcher = _Fetcher(root, base_url, progress)
     if fetcher.total_task is not None:
         progress.update(fetcher.total_task, total=sum(i.size for i in items))

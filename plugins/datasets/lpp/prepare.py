@@ -28,7 +28,14 @@ from mtbench.paths import writable_folder
 
 from ..atlas import MNI_4MM_AFFINE, MNI_4MM_SHAPE, harvard_oxford_cortical
 from .dataset import write_bold, write_prepared
-from .layout import PREPARED_DIR, TR, default_root, language, read_annotation, runs_by_subject
+from .layout import (
+    PREPARED_DIR,
+    TR,
+    default_root,
+    language,
+    read_annotation,
+    runs_by_subject,
+)
 
 HIGH_PASS_HZ = 1 / 128
 N_SPLITS = 10

@@ -33,10 +33,19 @@ from typing import Any
 import numpy as np
 
 from mtbench.errors import MtbenchError
+from mtbench.features import word_features
 from mtbench.paths import writable_folder
+from mtbench.registry import load_model
 
 from ..atlas import MNI_4MM_AFFINE, MNI_4MM_SHAPE, harvard_oxford_cortical
-from ..planting import AR1_PHI, N_COMPONENTS, N_DIRECTIONS, ar1_noise, parse_truth, planted_signal
+from ..planting import (
+    AR1_PHI,
+    N_COMPONENTS,
+    N_DIRECTIONS,
+    ar1_noise,
+    parse_truth,
+    planted_signal,
+)
 from .dataset import make_stimulus, write_prepared
 from .layout import LANGUAGES, PREPARED_DIR, default_root, read_annotation
 
@@ -122,8 +131,6 @@ def _geometry(source: Source, seed: int) -> tuple[np.ndarray, np.ndarray, np.nda
 
 def _resolve_adapter(spec: Any):
     if isinstance(spec, str):
-        from mtbench.registry import load_model
-
         return load_model(spec)
     return spec  # an adapter object (tests)
 
@@ -154,7 +161,6 @@ def simulate_lpp(out: Path | None = None, truth: Any = None, source: Path | None
     str
         One line saying what was written.
     """
-    from mtbench.features import word_features
 
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:

@@ -22,10 +22,10 @@ def tiny_folder() -> Path:
     """The tiny Llama's folder in mtbench's cache, built on first use (atomically)."""
     folder = cache_dir("example-plugin") / FOLDER
     if not (folder / "config.json").is_file():
-        from mtbench.testing import make_tiny_llama
+        from mtbench_plugins.models.hf.tiny import save_tiny_llama
 
         tmp = Path(tempfile.mkdtemp(prefix=f".{FOLDER}.", dir=folder.parent))
-        make_tiny_llama(tmp, seed=0, n_layers=3)
+        save_tiny_llama(tmp, seed=0, n_layers=3)
         try:
             os.replace(tmp, folder)  # another process may have won the race: keep its folder
         except OSError:

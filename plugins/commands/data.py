@@ -18,8 +18,10 @@ from pathlib import Path
 
 import click
 
-from .errors import MtbenchError
-from .registry import get_registry
+from mtbench.cli.options import key_value_options
+from mtbench.display import console, progress_bars
+from mtbench.errors import MtbenchError
+from mtbench.registry import get_registry
 
 
 def _entry_callable(name: str, command: str):
@@ -37,16 +39,10 @@ def _subjects(spec: str | None) -> list[str] | None:
 
 
 def _progress():
-    from .cli import console
-    from .display import progress_bars
-
     return progress_bars(console, download=True)
 
 
 def _plain_progress():
-    from .cli import console
-    from .display import progress_bars
-
     return progress_bars(console)
 
 
@@ -61,9 +57,7 @@ def data():
 
 
 def _plugin_options(pairs):
-    from .cli import _options
-
-    return _options(pairs, "--option")
+    return key_value_options(pairs, "--option")
 
 
 @data.command("fetch")

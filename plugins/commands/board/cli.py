@@ -1,20 +1,17 @@
-"""The ``mtbench leaderboard`` and ``mtbench report`` commands (registered in :mod:`mtbench.cli`).
-
-Heavy modules (pyarrow, matplotlib, nilearn) are imported when a command runs, so
-``mtbench list`` stays fast.
-"""
+"""The ``mtbench leaderboard`` and ``mtbench report`` commands."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
-from rich.console import Console
 
-from .errors import MtbenchError
-from .paths import writable_folder
+from mtbench.display import console
+from mtbench.errors import MtbenchError
+from mtbench.paths import writable_folder
 
-console = Console()
+from .report import write_report
+
 
 
 @click.command("leaderboard")
@@ -34,7 +31,7 @@ console = Console()
 @click.option("--strict", is_flag=True, help="Fail on the first invalid run instead of skipping it.")
 def leaderboard_command(results_dirs, out, dataset, subject, parcels, metric, mode, reports, strict):
     """Collect runs under RESULTS_DIRS (default: mtbench-results), validate them, write the leaderboard."""
-    from . import leaderboard
+    from . import leaderboard  # pyarrow, nibabel
 
     unreportable: dict[str, str] = {}  # run id -> why its report could not be drawn (a damaged map)
 
@@ -52,8 +49,6 @@ def leaderboard_command(results_dirs, out, dataset, subject, parcels, metric, mo
     for note in board.notes:
         console.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
     if reports:
-        from .report import write_report
-
         writable_folder(out)  # one line for the whole board, not per report
         for run in board.runs:
             try:
@@ -77,7 +72,5 @@ def leaderboard_command(results_dirs, out, dataset, subject, parcels, metric, mo
               help="Folder for the PNG figures and index.html (default: RUN_DIR/report).")
 def report_command(run_dir, out):
     """Figures of one run (layer x state heatmaps, brain maps, winning ratios) as PNG and one HTML page."""
-    from .report import write_report
-
     page = write_report(run_dir, out)
     console.print(f"wrote {page} and its figures", highlight=False, soft_wrap=True)

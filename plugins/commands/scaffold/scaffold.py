@@ -3,7 +3,7 @@
 The skeleton is a pip-installable package with the ``mtbench`` entry point, one
 implementation of KIND (model, dataset, metric or state) and a test that runs mtbench's
 conformance kit on it; it passes as generated. The files come from
-``mtbench/templates/plugin/`` (package data): ``common/`` for every kind, ``<KIND>/``
+``templates/`` beside this module (package data): ``common/`` for every kind, ``<KIND>/``
 for the kind's hooks, implementation and test.
 """
 
@@ -17,7 +17,7 @@ from string import Template
 
 import click
 
-from .errors import MtbenchError
+from mtbench.errors import MtbenchError
 
 KINDS = ("model", "dataset", "metric", "state")
 _HOOKS = {"model": "register_models", "dataset": "register_datasets", "metric": "register_metrics",
@@ -53,11 +53,13 @@ def plugin_names(kind: str, name: str) -> dict[str, str]:
     """
     if kind not in KINDS:
         raise MtbenchError(f"unknown plugin kind {kind!r}: use one of {', '.join(KINDS)}")
-    pattern = r"[a-z][a-z0-9_]*" if kind == "state" else r"[a-z][a-z0-9-]*"
-    if not re.fullmatch(pattern, name):
+    # a folder and distribution name, never a path: a letter first, a letter or digit last (PEP 508), short
+    pattern = r"[a-z](?:[a-z0-9_]*[a-z0-9])?" if kind == "state" else r"[a-z](?:[a-z0-9-]*[a-z0-9])?"
+    if not re.fullmatch(pattern, name) or len(name) > 64:
         example = "my_state" if kind == "state" else "my-" + kind
         raise MtbenchError(f"plugin name {name!r} is not valid for a {kind}: use lower case letters, digits and "
-                           f"{'_' if kind == 'state' else '-'} (e.g. {example})")
+                           f"{'_' if kind == 'state' else '-'}, a letter first, no {'_' if kind == 'state' else '-'} "
+                           f"last, at most 64 characters (e.g. {example})")
     snake = name.replace("-", "_")
     return {
         "name": name,
@@ -87,7 +89,7 @@ def new_plugin(kind: str, name: str, parent: str | Path = ".") -> Path:
     root = Path(parent) / names["distribution"]
     if root.exists() and any(root.iterdir()):
         raise MtbenchError(f"{root} already exists and is not empty: choose another NAME or --dir")
-    templates = resources.files("mtbench") / "templates" / "plugin"
+    templates = resources.files(__package__) / "templates"
     for (folder, template), target in _LAYOUT.items():
         source = templates / (kind if folder == "kind" else folder) / template
         text = Template(source.read_text(encoding="utf-8")).substitute(names)

@@ -52,10 +52,12 @@ def mtbench_tiny_stimulus():
 @pytest.fixture(scope="session")
 def mtbench_tiny_model_path(tmp_path_factory):
     """A tiny random Llama folder (loads with ``--model hf:<folder>``)."""
-    from mtbench.testing import make_tiny_llama, tiny_stimulus
+    from mtbench_plugins.models.hf.tiny import save_tiny_llama
+
+    from mtbench.testing import tiny_stimulus
 
     words = [w for run in tiny_stimulus().runs for w in run.words]
-    return make_tiny_llama(tmp_path_factory.mktemp("mtbench-tiny-llama"), seed=0, extra_text=[" ".join(words)])
+    return save_tiny_llama(tmp_path_factory.mktemp("mtbench-tiny-llama"), seed=0, extra_text=[" ".join(words)])
 
 
 @pytest.fixture(scope="session")

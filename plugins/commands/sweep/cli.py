@@ -1,4 +1,4 @@
-"""The ``mtbench sweep`` command (the engine is :mod:`mtbench.sweep`)."""
+"""The ``mtbench sweep`` command (the plan is :mod:`.plan`, the engine :mod:`.engine`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,16 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from mtbench.cli.options import (
+    analysis_flags,
+    analysis_values,
+    key_value_options,
+    parse_alphas,
+)
+from mtbench.display import console
+from mtbench.registry import get_registry
+
+from .plan import load_plan
 
 
 def _per_name(names: tuple[str, ...], options: dict) -> dict:
@@ -24,11 +34,9 @@ def _per_name(names: tuple[str, ...], options: dict) -> dict:
 @click.option("--subject", "subjects", multiple=True, help="Subject (repeatable) or 'all'.")
 @click.option("--protocol", "protocols", multiple=True, help="Protocol (repeatable): mtbench, mindtransformer.")
 @click.option("--mode", "modes", multiple=True,
-              help="Encoding mode (repeatable): 1, a cell per layer and state; 2, a cell per layer fitting --inputs "
-                   "together.")
-@click.option("--inputs", default=None, help="Mode 2 cells: the states fitted together (comma list).")
-@click.option("--pivot", default=None, help="Mode 2 cells: state whose width sets how many features are kept.")
-@click.option("--selection", type=click.Choice(["pivot", "banded"]), default=None, help="Mode 2 cells' selection.")
+              help="Analysis (repeatable; `mtbench list analyses`): e.g. 1, a cell per layer and state; 2, a cell per "
+                   "layer fitting --inputs together.")
+@analysis_flags
 @click.option("--metric", default=None)
 @click.option("--alphas", default=None, help="Ridge penalties: 'start:stop:count' or a comma list.")
 @click.option("--trim", "trim_scans", type=int, default=None, help="Scans dropped at both ends of each run.")
@@ -52,32 +60,36 @@ def _per_name(names: tuple[str, ...], options: dict) -> dict:
                    "(best layer x state per parcel across cells; default: the plan's `combine`, else yes).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (cells, what is done, resources, cost); run nothing.")
 @click.option("--retry-failed", is_flag=True, help="Also rerun the cells whose last attempt failed.")
-def sweep(plan_file, models, states, layers, datasets, subjects, protocols, modes, inputs, pivot, selection, metric,
-          alphas, trim_scans, backend, precision, dataset_options, model_options, executor, executor_options, cache,
-          results_dir, folds, combine, dry_run, retry_failed):
+def sweep(plan_file, models, states, layers, datasets, subjects, protocols, modes, metric, alphas, trim_scans, backend,
+          precision, dataset_options, model_options, executor, executor_options, cache, results_dir, folds, combine,
+          dry_run, retry_failed, **analysis_options):
     """Run models x states x layers x datasets x subjects x protocols x modes as resumable cells.
 
-    PLAN_FILE is a TOML file (keys: models, states, layers, datasets, subjects, protocols, modes, [mode2],
+    PLAN_FILE is a TOML file (keys: models, states, layers, datasets, subjects, protocols, modes, [mode2] (an
+    analysis's table),
     [settings], [dataset_options.NAME], [model_options."SPEC"], executor, [executor_options], [resources], cache,
     folds, combine); flags override it. Cells with valid results are skipped, so running the same sweep again
     resumes it. When every cell of a (model, dataset, subject, protocol, mode) is done, they are also written as
     one run.
     """
-    from .cli import _options, _parse_alphas, console
-    from .sweep import describe_plan, load_plan, run_sweep
+    from .engine import describe_plan, run_sweep  # pyarrow, nibabel (combined runs)
 
     settings = {key: value for key, value in (("metric", metric), ("trim_scans", trim_scans), ("backend", backend),
                                               ("precision", precision)) if value is not None}
     if alphas is not None:
-        settings["alphas"] = _parse_alphas(alphas)
-    mode2 = {key: value for key, value in (("inputs", inputs), ("pivot", pivot), ("selection", selection))
-             if value is not None}
-    dataset_opts, model_opts = _options(dataset_options, "--dataset-option"), _options(model_options, "--model-option")
+        settings["alphas"] = parse_alphas(alphas)
+    tables: dict[str, dict] = {}  # flags of an analysis's settings go to its plan table (e.g. --inputs: [mode2])
+    for name, value in analysis_values(analysis_options).items():
+        owner = next(e for e in get_registry().entries["analysis"].values()
+                     if e.plan_table and name in {o.field for o in e.options})
+        tables.setdefault(owner.plan_table, {})[name] = value
+    dataset_opts = key_value_options(dataset_options, "--dataset-option")
+    model_opts = key_value_options(model_options, "--model-option")
     plan = load_plan(
         plan_file, models=list(models), states=states, layers=layers, datasets=list(datasets),
-        subjects=list(subjects), protocols=list(protocols), modes=list(modes), mode2=mode2, settings=settings,
-        executor=executor,
-        executor_options=_options(executor_options, "--executor-option"), cache=cache, folds=folds,
+        subjects=list(subjects), protocols=list(protocols), modes=list(modes), analysis_options=tables,
+        settings=settings, executor=executor,
+        executor_options=key_value_options(executor_options, "--executor-option"), cache=cache, folds=folds,
         combine=combine,
     )
     # options given as flags apply to every dataset / model of the (possibly file-given) plan

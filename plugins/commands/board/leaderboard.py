@@ -4,9 +4,9 @@ Every run folder found under the given paths is checked against the result schem
 (:mod:`mtbench.schema`); a folder that fails is reported in one line and left out. Each
 row of the board is one model (baselines included) on one dataset, subject, mode and
 metric; its cells are the per-parcel scores of the best (layer, state) *chosen on
-validation* (Mode 1, ``summary.parquet``: ``test`` is the nested held-out r of that
-choice), or of the Mode 2 layer chosen on stage-2 validation inside each outer fold
-(``mode2_nested.parquet``: the nested stage-2 test r of that choice, see :func:`mode2_choices`).
+validation: each run's analysis says what its cells hold (:meth:`mtbench.api.Analysis.board_cells`;
+Mode 1: the nested held-out r of the best (layer, state); Mode 2: the nested stage-2 r of the
+layer chosen inside each outer fold).
 
 Same inputs give byte-identical files: rows and columns are sorted with stable keys,
 nothing records the time of the build, and the Parquet writer adds no timestamp.
@@ -17,33 +17,52 @@ from __future__ import annotations
 import difflib
 import html
 import json
-import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from .errors import MtbenchError
-from .paths import atomic_write_bytes, writable_folder
-from .results import WHOLE_BRAIN, partial_writer
-from .schema import RunFolder, run_mode, validate_run
+from rich.table import Table
+
+from mtbench.errors import MtbenchError
+from mtbench.paths import atomic_write_bytes, writable_folder
+from mtbench.registry import get_registry
+from mtbench.results import WHOLE_BRAIN, partial_writer
+from mtbench.schema import RunFolder, run_mode, validate_run
 
 #: --metric choice -> column of summary.parquet.
 METRICS = {"raw": "test", "normalized": "test_normalized"}
 MISSING = "—"
-MODE2_LEGEND = ("Mode 2 rows: stage-2 held-out r of the layer chosen on stage-2 validation inside each outer fold "
-                "(nested), the layer most folds chose, and the input state most kept features came from.")
 
-#: Columns of leaderboard.parquet, in order, with their Arrow types (documented in leaderboard/README.md).
-COLUMNS = {
+#: Columns of leaderboard.parquet every board has, in order, with their Arrow types (documented in
+#: leaderboard/README.md); the installed analyses add theirs after them (:func:`columns`).
+BASE_COLUMNS = {
     "rank": "int32", "model": "string", "family": "string", "n_params": "int64", "n_layers": "int32",
     "dataset": "string", "dataset_version": "string", "atlas": "string", "subject": "string", "mode": "string",
     "protocol": "string", "metric": "string", "parcel_id": "int32", "parcel": "string", "n_voxels": "int32", "layer": "int32",
     "state": "string", "score": "float64", "test": "float64", "test_normalized": "float64", "ceiling": "float64",
     "validation": "float64", "folds_agree": "float64", "voxel_best_test": "float64", "top_state": "string",
     "top_state_share": "float64", "tied_states": "string", "run_id": "string", "model_revision": "string",
-    "mtbench_version": "string", "report": "string", "selection": "string", "inputs": "string",
-    "stage1_test": "float64",
+    "mtbench_version": "string", "report": "string",
 }
+
+
+def _analyses() -> list:
+    """The installed analyses, loaded, in name order."""
+    registry = get_registry()
+    return [registry.analysis(name).load() for name in registry.names("analysis")]
+
+
+def columns() -> dict[str, str]:
+    """Columns of leaderboard.parquet: :data:`BASE_COLUMNS`, then each analysis's own (name -> Arrow type)."""
+    out = dict(BASE_COLUMNS)
+    for analysis in _analyses():
+        out |= {name: kind for name, (kind, _) in analysis.board_columns.items() if name not in out}
+    return out
+
+
+def legend() -> str:
+    """What each analysis's cells mean, beyond the common legend (one sentence per analysis that says more)."""
+    return " ".join(analysis.board_legend for analysis in _analyses() if analysis.board_legend)
 
 
 @dataclass
@@ -53,19 +72,22 @@ class Board:
     Attributes
     ----------
     rows : list of dict
-        One per (run, parcel), keys :data:`COLUMNS`, sorted by rank then parcel.
+        One per (run, parcel), keys :func:`columns`, sorted by rank then parcel.
     runs : list of RunFolder
         The runs shown, in row order.
     notes : list of str
         One line each: folders left out and why, superseded runs, mixed dataset versions.
     options : dict
         The options the board was built with (stored in the outputs).
+    cell_notes : dict
+        (run id, parcel id) -> what a cell's analysis says about it (the HTML page shows it on hover).
     """
 
     rows: list[dict]
     runs: list[RunFolder]
     notes: list[str] = field(default_factory=list)
     options: dict = field(default_factory=dict)
+    cell_notes: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- collecting
@@ -136,52 +158,6 @@ def _read(path: Path) -> list[dict]:
     return pq.read_table(path).to_pylist()
 
 
-def mode2_choices(rows: list[dict]) -> list[dict]:
-    """Per parcel, the Mode 2 layer chosen on stage-2 validation inside each outer fold (nested).
-
-    In each fold the layer with the highest ``stage2_validation`` of that fold is chosen
-    and scored by that fold's ``stage2_test``; ``test`` is the mean over folds, ``layer``
-    the layer most folds chose (``folds_agree``: their share), as Mode 1's ``summary.parquet``
-    (:func:`mtbench.mode2.nested_choices`). The choice uses validation scores only (never
-    the test scores it then reports); ties and all-NaN folds go to the lowest layer. This is
-    what a run writes in ``mode2_nested.parquet``, which the board shows.
-
-    Parameters
-    ----------
-    rows : list of dict
-        Rows of ``mode2_folds.parquet``: one per (layer, parcel, fold).
-
-    Returns
-    -------
-    list of dict
-        One row per parcel, in parcel-id order (the whole brain, id -1, first).
-    """
-    from .mode2 import nested_choices
-
-    return nested_choices(rows)
-
-
-def top_states(winners: list[dict]) -> dict[int, tuple[str, float, str]]:
-    """Per parcel id: the state winning the most voxels (summed over layers), its share, and ties.
-
-    Returns
-    -------
-    dict
-        ``parcel_id -> (state, share, tied)`` where ``tied`` is ``"a|b"`` when several
-        states win exactly as many voxels (``state`` is then the first of them by name).
-    """
-    counts: dict[int, dict[str, int]] = {}
-    sizes: dict[int, int] = {}
-    for row in winners:
-        per = counts.setdefault(row["parcel_id"], {})
-        per[row["state"]] = per.get(row["state"], 0) + row["n_won"]
-        sizes[row["parcel_id"]] = sizes.get(row["parcel_id"], 0) + row["n_won"]
-    out = {}
-    for pid, per in counts.items():
-        best = max(per.values())
-        tied = sorted(s for s, n in per.items() if n == best)
-        out[pid] = (tied[0], best / sizes[pid], "|".join(tied) if len(tied) > 1 else "")
-    return out
 
 
 def _protocol(manifest: dict) -> str:
@@ -288,10 +264,10 @@ def build(
         raise MtbenchError(f"no valid run found in {', '.join(map(str, paths))}; "
                            f"{notes[0] if notes else 'run `mtbench run` first'}")
     keep_parcel = _parcel_filter(parcels)
-    runs, cell_notes = _without_sweep_cells(runs)
-    notes += cell_notes
+    runs, sweep_notes = _without_sweep_cells(runs)
+    notes += sweep_notes
     if not runs:
-        raise MtbenchError(f"nothing to rank in {', '.join(map(str, paths))}: {cell_notes[-1]}")
+        raise MtbenchError(f"nothing to rank in {', '.join(map(str, paths))}: {sweep_notes[-1]}")
     # newest run per (model, dataset, subject, mode, metric): by creation time, then run id (which
     # starts with the UTC time for `mtbench run`)
     latest: dict[tuple, RunFolder] = {}
@@ -325,7 +301,8 @@ def build(
     order = list(dict.fromkeys(r["run_id"] for r in rows))
     by_id = {run.manifest["run_id"]: run for run in latest.values()}
     options = {"dataset": dataset, "subject": subject, "parcels": parcels or "all", "metric": metric, "mode": mode}
-    return Board(rows=rows, runs=[by_id[i] for i in order], notes=notes, options=options)
+    cell_notes = {(row["run_id"], row["parcel_id"]): row.pop("note", "") or "" for row in rows}
+    return Board(rows=rows, runs=[by_id[i] for i in order], notes=notes, options=options, cell_notes=cell_notes)
 
 
 def _without_sweep_cells(runs: list[RunFolder]) -> tuple[list[RunFolder], list[str]]:
@@ -357,20 +334,10 @@ def _without_sweep_cells(runs: list[RunFolder]) -> tuple[list[RunFolder], list[s
 
 def _run_rows(run: RunFolder, keep_parcel, score_column: str, report: str) -> list[dict]:
     m = run.manifest
-    if run.mode == "2":
-        cells = _mode2_cells(run)
-    else:
-        winners = top_states(_read(run.path / "winners.parquet"))
-        cells = []
-        for row in _read(run.path / "summary.parquet"):
-            state, share, tied = winners.get(row["parcel_id"], (None, None, ""))
-            cells.append({key: row[key] for key in ("parcel_id", "parcel", "n_voxels", "layer", "state")} | {
-                key: _finite(row[key]) for key in ("test", "test_normalized", "ceiling", "validation",
-                                                   "folds_agree", "voxel_best_test")} | {
-                "top_state": state, "top_state_share": share, "tied_states": tied, "selection": "",
-                "inputs": "", "stage1_test": None})
+    analysis = get_registry().analysis(run.mode).load()
+    absent = {name: default for other in _analyses() for name, (_, default) in other.board_columns.items()}
     rows = []
-    for cell in cells:
+    for cell in analysis.board_cells(run):
         if keep_parcel is not None and not keep_parcel(cell):
             continue
         rows.append({
@@ -378,51 +345,12 @@ def _run_rows(run: RunFolder, keep_parcel, score_column: str, report: str) -> li
             "n_params": m["model"].get("n_params"), "n_layers": m["model"].get("n_layers"),
             "dataset": m["dataset"]["name"], "dataset_version": m["dataset"]["version"],
             "atlas": m["dataset"].get("atlas") or "", "subject": m["settings"]["subject"], "mode": run.mode,
-            "protocol": _protocol(m), "metric": m["settings"]["metric"], **cell, "score": cell[score_column], "run_id": m["run_id"],
+            "protocol": _protocol(m), "metric": m["settings"]["metric"], **absent, **cell,
+            "score": cell[score_column], "run_id": m["run_id"],
             "model_revision": str(m["model"]["revision"]), "mtbench_version": m["mtbench_version"],
             "report": report,
         })
     return rows
-
-
-def _mode2_cells(run: RunFolder) -> list[dict]:
-    """Board cells of a Mode 2 run: per parcel, its nested layer choice (``mode2_nested.parquet``).
-
-    ``test`` is the nested stage-2 test r (:func:`mode2_choices`), ``layer`` the layer most
-    folds chose and ``folds_agree`` their share. ``state`` and ``top_state`` name the input
-    state the kept features came from most at that layer (``top_state``); ``top_state_share``
-    is its share of the kept features (pivot) or of the summed contributions (banded;
-    missing when that sum is not positive).
-    """
-    states: dict[tuple, dict[str, dict]] = {}
-    for row in _read(run.path / "mode2_states.parquet"):
-        states.setdefault((row["layer"], row["parcel_id"]), {})[row["state"]] = row
-    cells = []
-    for row in _read(run.path / "mode2_nested.parquet"):
-        per_state = states.get((row["layer"], row["parcel_id"]), {})
-        top = per_state.get(row["top_state"])
-        if top is None:
-            share = None
-        elif row["selection"] == "pivot":
-            share = _finite(top["kept_share"])
-        else:
-            total = sum(s["contribution"] for s in per_state.values())
-            share = _finite(top["contribution"] / total) if total > 0 else None
-        cells.append({
-            "parcel_id": row["parcel_id"], "parcel": row["parcel"], "n_voxels": row["n_voxels"],
-            "layer": row["layer"], "state": row["top_state"], "test": _finite(row["test"]),
-            "test_normalized": _finite(row["test_normalized"]), "ceiling": _finite(row["ceiling"]),
-            "validation": _finite(row["validation"]), "folds_agree": _finite(row["folds_agree"]),
-            "voxel_best_test": None,
-            "top_state": row["top_state"], "top_state_share": share, "tied_states": "",
-            "selection": row["selection"], "inputs": row["inputs"], "stage1_test": _finite(row["stage1_test"]),
-        })
-    return cells
-
-
-def _finite(value) -> float | None:
-    """NaN (e.g. no noise ceiling) becomes a missing cell, never a number."""
-    return None if value is None or not math.isfinite(value) else float(value)
 
 
 def _rank(rows: list[dict]) -> list[str]:
@@ -460,7 +388,7 @@ def wide(board: Board) -> tuple[list[str], list[dict]]:
         Parcel columns in parcel-id order, the whole brain first.
     models : list of dict
         ``rank, rank_label, model, family, n_params, n_layers, dataset, subject, mode,
-        metric, run_id, report, cells`` (parcel -> row of :data:`COLUMNS`), ``wins``
+        metric, run_id, report, cells`` (parcel -> row of :func:`columns`), ``wins``
         (state -> number of parcels it wins), ``manifest``.
     """
     parcel_ids: dict[str, int] = {}
@@ -516,7 +444,7 @@ def to_arrow(board: Board):
     """The board as a ``pyarrow.Table`` with the run manifests in its metadata (key ``mtbench``)."""
     import pyarrow as pa
 
-    schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in COLUMNS.items()])
+    schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in columns().items()])
     table = pa.Table.from_pylist(board.rows, schema=schema)
     meta = {"leaderboard_options": board.options, "runs": {r.manifest["run_id"]: r.manifest for r in board.runs}}
     return table.replace_schema_metadata({b"mtbench": json.dumps(meta, sort_keys=True).encode()})
@@ -532,7 +460,9 @@ def parquet_bytes(board: Board) -> bytes:
 
 
 def _md(text: str) -> str:
-    return str(text).replace("|", "\\|")
+    """A table cell or note as Markdown text: no raw HTML (``&``, ``<``, ``>`` escaped), no cell or line breaks."""
+    text = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return " ".join(text.splitlines()).replace("|", "\\|")
 
 
 def markdown(board: Board) -> str:
@@ -545,7 +475,7 @@ def markdown(board: Board) -> str:
         "",
         f"Cells: {score} of the best (layer, state) chosen on validation (nested leave-one-run-out), "
         f"then that winner as (L<layer> <state>). {MISSING} = not measured (parcel not in the run, or no noise "
-        f"ceiling). `n=` ranks are ties. Winning states: number of parcels each state wins. {MODE2_LEGEND}",
+        f"ceiling). `n=` ranks are ties. Winning states: number of parcels each state wins. {legend()}",
         "",
         "| " + " | ".join(map(_md, head)) + " |",
         "|" + "|".join("---:" if h in ("rank", "params", "layers") else "---" for h in head) + "|",
@@ -561,7 +491,7 @@ def markdown(board: Board) -> str:
 
 
 def _template(name: str) -> str:
-    return resources.files("mtbench").joinpath("templates", name).read_text(encoding="utf-8")
+    return resources.files(__package__).joinpath("templates", name).read_text(encoding="utf-8")
 
 
 def _attr(value) -> str:
@@ -596,10 +526,9 @@ def html_page(board: Board) -> str:
             if cell is None or cell["score"] is None:
                 cells.append(f'<td data-value="" data-parcel="{_attr(p)}" class="missing">{MISSING}</td>')
                 continue
-            tie = f' title="voxel winners tied: {_attr(cell["tied_states"])}"' if cell["tied_states"] else ""
-            if cell["mode"] == "2" and cell["stage1_test"] is not None:
-                tie = f' title="Mode 2 {_attr(cell["selection"])}: stage 1 r {cell["stage1_test"]:.3f}"'
-            cells.append(f'<td data-value="{cell["score"]!r}" data-parcel="{_attr(p)}"{tie}>'
+            note = board.cell_notes.get((m["run_id"], cell["parcel_id"]))
+            note = f' title="{_attr(note)}"' if note else ""
+            cells.append(f'<td data-value="{cell["score"]!r}" data-parcel="{_attr(p)}"{note}>'
                          f'{cell["score"]:.3f}<br><small>L{cell["layer"]} {e(cell["state"])}</small></td>')
         cells.append(f'<td data-value="{_attr(wins_text(m["wins"]))}">{e(wins_text(m["wins"])) or MISSING}</td>')
         cells.append(f'<td data-value="{_attr(m["run_id"])}">{_provenance(m["manifest"])}</td>')
@@ -612,7 +541,7 @@ def html_page(board: Board) -> str:
         "JS": _template("leaderboard.js"),
         "LEGEND": e(f"Cells: {score} of the best (layer, state) chosen on validation (nested leave-one-run-out), "
                     f"and that winner. {MISSING} = not measured (parcel not in the run, or no noise ceiling); "
-                    f"'n=' ranks are ties. {MODE2_LEGEND} Click a column header to sort, click again to reverse."),
+                    f"'n=' ranks are ties. {legend()} Click a column header to sort, click again to reverse."),
         "OPTIONS": e(json.dumps(board.options, sort_keys=True)),
         "FAMILIES": "".join(f'<option value="{_attr(f)}">{e(f)}</option>' for f in families),
         "PARCELS": "".join(f'<option value="{_attr(p)}">{e(p)}</option>' for p in parcels),
@@ -643,7 +572,6 @@ def terminal_table(board: Board):
 
     Dataset, subject and mode get a column only when the board mixes several.
     """
-    from rich.table import Table
 
     _, models = wide(board)
     score = "normalized r" if board.options.get("metric") == "normalized" else "r"

@@ -1,0 +1,5 @@
+"""``python -m mtbench.cli``."""
+
+from . import main
+
+main()

