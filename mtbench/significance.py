@@ -1,51 +1,31 @@
 """Per-voxel significance of held-out scores, FDR across voxels, parcel confidence intervals.
 
-Null distribution: circular shifts of the held-out predictions within each test run (no
-refit per permutation; one small calibration refit per fit, below). Shifting a run's prediction in time keeps its autocorrelation (and its mean and
-norm, hence the denominator of Pearson r) and breaks only its alignment with the BOLD, so
-the null respects the temporal autocorrelation of both series; shuffling scans would not
-(autocorrelated but independent series correlate far more often than shuffles suggest:
-in ``tests/test_significance.py``, AR(1) phi 0.8, a nominal 5% test rejects 21% of the null
-voxels with shuffles, 4.9% with circular shifts; BH at q 0.1 gives a mean FDP of 0.075).
+Null distribution: circular shifts of the held-out predictions within each test run (no refit
+per permutation). A shift keeps a run's autocorrelation (and its mean and norm, hence the
+denominator of Pearson r) and breaks only its alignment with the BOLD, so the null respects
+the temporal autocorrelation of both series; shuffling scans would not. Every shift of a run
+is drawn, the identity included: for circularly stationary series the observed r is then
+exchangeable with the shifted ones (excluding short shifts makes the test anti-conservative).
+For every test run the Pearson r of every shift is one FFT cross-correlation per voxel; a
+permutation draws one shift per run (the same draws for all voxels) and averages the runs' r,
+like the observed score.
 
-For every test run the Pearson r of *every* circular shift is one FFT cross-correlation
-per voxel (``O(n log n)``); a permutation then draws one shift per run (the same draws for
-all voxels) and averages the runs' r, like the observed score. Cost per fit at LPP scale
-(9 runs, 2,816 scans, 25,870 voxels, 1,000 permutations): about 1-2 s on 2 cores, against
-~25 s for the fit itself at d = 576, so every fit of a sweep gets p-values.
-
-Every shift of a run is drawn (uniformly, the identity included): for circularly stationary
-series the observed r is then exchangeable with the shifted ones and the test is exact.
-Excluding short shifts (``min_shift``), as is sometimes done, makes the test
-*anti-conservative*: the observed r and its near neighbours rise and fall together, so each
-member of a high cluster escapes its own cluster. Measured on AR(1) data (phi 0.8, 4 runs of
-150 scans, 500 permutations): share of null voxels with p <= 0.05 is 0.053 with all shifts
-(100 simulations, +-0.001; the small excess comes from the wrap-around at the run edges,
-which breaks circular stationarity), 0.064 with shifts >= 3, 0.077 with >= 10 and 0.091
-with >= 30 scans (20 simulations each).
-
-The statistic is the mean over test runs of the per-run Pearson r (the default test score)
-whatever ``--metric`` is. The runs' held-out predictions come from cross-fitted models that share
-training runs, so under the null their r are positively correlated (~0.12 between LORO folds) and
-the mean varies about twice as much as independent per-run shifts assume: alone, the shift null
-rejected 10.5-13% of null voxels at p < 0.05. Each fit therefore measures that inflation
-(:func:`fold_dependence`: 1,000 circularly shifted null voxels fitted alongside) and every null draw
-is spread around its voxel's null mean by its square root; the calibrated test rejects 3.4-5.7%
-(``benchmarks/significance_null.py``). p-values are ``(1 + #{null >= observed}) / (1 +
-n_permutations)`` (one-sided: better than chance); where fewer than ``TAIL_EXCEEDANCES`` draws
-reach the observed r, the Gaussian tail of the null's exact moments instead (with 1,000 draws the
-empirical floor of 0.001 kept BH across 25,870 voxels from passing even r = 0.89 voxels when the
-signal is confined to one parcel: q 0.089 in the full LPP simulation), then Benjamini-Hochberg across the voxels of
-one fit (:func:`scipy.stats.false_discovery_control`; valid under the positive dependence of
-neighbouring voxels).
+The statistic is the mean over test runs of the per-run Pearson r, whatever ``--metric`` is.
+The runs' held-out predictions come from cross-fitted models that share training runs, so
+under the null their r are positively correlated and the mean varies more than independent
+per-run shifts assume. Each fit therefore measures that inflation (:func:`fold_dependence`:
+null voxels fitted alongside) and every null draw is spread around its voxel's null mean by its
+square root. p-values are ``(1 + #{null >= observed}) / (1 + n_permutations)`` (one-sided);
+where fewer than ``TAIL_EXCEEDANCES`` draws reach the observed r, the Gaussian tail of the null's
+exact moments instead; then Benjamini-Hochberg across the voxels of one fit.
 
 Parcel confidence intervals: the outer folds' test runs are the units (voxels of one run share
-its noise), so the interval of a parcel-mean score is a Student t interval over the per-run
-parcel means (``n_runs - 1`` degrees of freedom), its variance corrected for the folds' shared
-training data as Nadeau & Bengio (2003) propose. In ``tests/test_significance.py`` it covered
-the expected held-out score in 97.5% of 200 cross-fitted simulations, the uncorrected interval in
-88.5%; for independent runs the plain t interval covered 93.7% and a percentile bootstrap over
-runs 89.3%.
+its noise); the interval of a parcel-mean score is a Student t interval over the per-run parcel
+means, its variance corrected for the folds' shared training data as Nadeau & Bengio (2003)
+propose.
+
+The false-positive rates, FDR, coverage and costs measured for each of these choices (and the
+alternatives rejected) are in ``docs/encoding.md`` ("Significance per voxel").
 """
 
 from __future__ import annotations
@@ -56,6 +36,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .errors import MtbenchError
+from .memory import check_fits
 
 __all__ = ["DEFAULT_MIN_SHIFT", "ShiftTest", "bh_fdr", "calibration_columns", "circular_shift_pvalues",
            "fold_dependence", "inflation_from_null_fit", "run_confidence_interval", "run_pvalues",
@@ -104,6 +85,29 @@ def shifted_correlations(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
     cross = scipy.fft.irfft(spectrum, n=n, axis=0, workers=_FFT_WORKERS)
     cross *= inverse  # 0 where either column is constant
     return cross
+
+
+def shift_test_bytes(n_permutations: int, n_runs: int = 1) -> int:
+    """Memory :func:`circular_shift_pvalues` holds at once for ``n_permutations`` draws over ``n_runs`` runs.
+
+    Per permutation: the drawn shifts (int64 per run, each run's draw and their stacked copy,
+    plus the draw being made) and two ``(n_permutations, _GATHER)`` float32 buffers with the
+    boolean temporary of their comparison. The rest is per voxel block and does not grow with
+    the permutations.
+    """
+    return int(n_permutations) * (8 * (2 * n_runs + 1) + _GATHER * (4 + 4 + 1))
+
+
+def check_permutations(n_permutations: int, n_runs: int = 1) -> None:
+    """One line when the null draws of ``n_permutations`` cannot fit in the memory available
+    (:func:`mtbench.memory.check_fits`), instead of an allocation the kernel kills without a word.
+
+    Called with the run count unknown (1, a lower bound) before a run loads anything, and with the
+    real count before the draws are allocated.
+    """
+    check_fits(shift_test_bytes(n_permutations, n_runs), f"--permutations {n_permutations}",
+               "lower --permutations (the default 1000 resolves p down to 0.001; smaller p-values come from the "
+               "null's Gaussian tail), or --permutations 0 for no significance")
 
 
 def circular_shift_pvalues(
@@ -164,6 +168,7 @@ def circular_shift_pvalues(
         if y.shape[0] <= 2 * min_shift:
             raise MtbenchError(f"significance: run {r} has {y.shape[0]} scans, too few for circular shifts of "
                                f"at least {min_shift} scans; lower min_shift")
+    check_permutations(n_permutations, len(y_runs))  # before the draws are allocated
     from scipy.special import ndtr
 
     rng = np.random.default_rng(seed)
