@@ -50,7 +50,7 @@ def tiny_model(folder: Path) -> Path:
     try:  # where the tiny configs live after the HF adapter became a package
         from mtbench_plugins.models.hf.tiny import save_tiny_llama as make_tiny_llama
     except ImportError:
-        from mtbench.testing import make_tiny_llama
+        from mtbench_plugins.testing import make_tiny_llama
     return make_tiny_llama(folder, seed=0, n_layers=2)
 
 

@@ -111,11 +111,15 @@ class ExecutorEntry:
 
     ``load(**options) -> Executor``; options come from the plan's ``[executor_options]``
     table or ``--executor-option k=v``. Imports its heavy dependencies lazily.
+
+    ``options`` names the options ``load`` takes: a plan that gives another is refused in one
+    line naming the closest ones, before anything runs (None: not declared, passed unchecked).
     """
 
     name: str
     summary: str
     load: Callable[..., "Executor"]
+    options: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -308,7 +312,10 @@ class Analysis(Protocol):
     def board_cells(self, run: Any) -> list[dict]:
         """Leaderboard cells of a finished run, one per parcel: ``parcel_id, parcel, n_voxels,
         layer, state, test, test_normalized, ceiling, validation, folds_agree, voxel_best_test,
-        top_state, top_state_share, tied_states, note`` and its ``board_columns``."""
+        top_state, top_state_share, tied_states, note`` and its ``board_columns``; optionally
+        ``damaged``: what in the run's files is damaged (a value every run writes that is NaN or
+        missing, e.g. ``"summary.parquet: test is NaN in parcel 'X'"``): the board leaves such a run out
+        with a note instead of showing the value as not measured."""
 
     def figures(self, run: Any) -> list[tuple[str, str, Any]]:
         """Report figures of a finished run: ``(file name, caption, matplotlib Figure)``, in page order."""

@@ -13,7 +13,9 @@ Two runs of the same command at once (two shells, a repeated job) share the fold
 reuses the fits the other has saved. A run marks the checkpoint in use while it fits (a shared
 lock on ``checkpoints/<fingerprint>.users``, released by the kernel if the run dies), and a
 finished run removes it only when no run is using it, so it never deletes the folder under one
-that is still saving there; the last one removes it.
+that is still saving there; the last one removes it. They split the fits: each is claimed before it
+is computed (a lock on ``<fit>.claim``), and a run skips the fits another has claimed. A fit's file is
+a zip, whose CRC-32s zipfile checks: a damaged one is fitted again, with a note.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MtbenchError
-from .paths import atomic_write_bytes, read_npz
+from .paths import LockTimeout, atomic_write_bytes, note, read_npz, release_lock, try_lock, wait_lock
 
 __all__ = ["FitCheckpoint", "fingerprint"]
 
@@ -66,6 +68,7 @@ class FitCheckpoint:
         self.folder = Path(results_dir) / "checkpoints" / key
         self._users = self.folder.with_name(f"{key}.users")  # beside the folder: it outlives a removal
         self._fd: int | None = None  # our shared lock on _users, while in use
+        self._claims: dict[str, int] = {}  # fits this run is computing: name -> the lock held on its claim
 
     def __enter__(self) -> FitCheckpoint:
         import fcntl
@@ -91,6 +94,8 @@ class FitCheckpoint:
         raise MtbenchError(f"could not mark {self._users} in use: other runs kept removing it; run again")
 
     def __exit__(self, *exc_info) -> None:
+        for name in list(self._claims):
+            self.release(name)
         if self._fd is not None:
             os.close(self._fd)  # releases the lock
             self._fd = None
@@ -99,19 +104,57 @@ class FitCheckpoint:
         return self.folder / f"{name}.npz"
 
     def load(self, name: str) -> dict[str, np.ndarray] | None:
-        """The arrays saved for fit ``name``, or None when there are none (or they are unreadable)."""
+        """The arrays saved for fit ``name``, or None when there are none (or they are damaged: a note)."""
         path = self._path(name)
         arrays = read_npz(path)
-        if arrays is None:  # none, or unreadable (e.g. truncated): fit it again
+        if arrays is None and path.exists():  # damaged (a CRC-32 that does not match, truncated): fit it again
+            note(f"the checkpoint {path} is damaged (unreadable, or its checksum does not match); fitting it again")
             path.unlink(missing_ok=True)
         return arrays
 
-    def save(self, name: str, arrays: dict[str, np.ndarray]) -> None:
-        """Write fit ``name``'s arrays atomically (readers see all of them or none)."""
+    def claim(self, name: str, wait: bool = False) -> bool:
+        """Claim fit ``name`` (in the ``with`` block) until :meth:`save` or :meth:`release`; True when claimed.
+
+        ``wait``: for the run holding it while it shows signs of life (:func:`mtbench.paths.wait_lock`);
+        False then means that run seems stopped: this one may compute the fit itself.
+        """
+        if name in self._claims:
+            return True
         self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{name}.claim"
+        try:
+            fd = (wait_lock(path, f"the fit {name}, computed by another run of this command in {self.folder}")
+                  if wait else try_lock(path))
+        except LockTimeout as exc:
+            note(f"the fit {name} is claimed by {exc.holder}, which has shown no sign of life for {exc.seconds:.0f} s: "
+                 "computing it here")
+            return False
+        if fd is not None:
+            self._claims[name] = fd
+        return fd is not None
+
+    def release(self, name: str) -> None:
+        """End this run's claim of fit ``name`` (if it has one)."""
+        fd = self._claims.pop(name, None)
+        if fd is not None:
+            release_lock(fd)
+
+    def save(self, name: str, arrays: dict[str, np.ndarray]) -> None:
+        """Write fit ``name``'s arrays atomically (readers see all of them or none), then release its claim.
+
+        A file that cannot be written (a full disk) is a one-line :class:`MtbenchError`; the fits saved
+        before are kept, nothing half-written is left.
+        """
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
-        atomic_write_bytes(self._path(name), buffer.getvalue())
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self._path(name), buffer.getvalue())
+        except OSError as exc:
+            raise MtbenchError(f"could not save the fit {name} in {self.folder} ({exc.strerror or exc}); free space "
+                               "there (or give --out another folder), then run the same command again: it reuses "
+                               "the fits saved there") from None
+        self.release(name)
 
     def remove(self) -> None:
         """Delete the checkpoint (the run's results are written), unless another run is using it.

@@ -3,7 +3,9 @@ console, and the planted-truth table every analysis prints."""
 
 from __future__ import annotations
 
-from rich.console import Console
+import os
+
+from rich.console import Console, ConsoleDimensions
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -48,8 +50,28 @@ def progress_bars(console, download: bool = False) -> ShownProgress:
     return ShownProgress(TextColumn("{task.description}"), BarColumn(), *columns, console=console)
 
 
+#: Columns of :data:`console` when its output is not a terminal: no screen to fit, so tables print whole.
+LOG_WIDTH = 500
+
+
+class WholeConsole(Console):
+    """A rich Console that prints tables whole off a terminal (Slurm logs, CI, ``| tee``), where rich would
+    cut them to 80 columns ("Fron… Oper…"); on a terminal, or with ``COLUMNS`` set, rich's own width."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        if self._width is None and not self.is_terminal and not os.environ.get("COLUMNS", "").isdigit():
+            return ConsoleDimensions(LOG_WIDTH, size.height)
+        return size
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)
+
+
 #: The terminal every command prints on (progress, tables, notes).
-console = Console()
+console = WholeConsole()
 
 
 def print_truth_check(output, title: str, score_label: str, out: Console | None = None) -> None:

@@ -15,7 +15,9 @@ final names when every run is done. An interrupted extraction (crash, Ctrl-C) re
 the same request resumes after the last recorded word; nothing before it is recomputed.
 Extraction into one folder holds ``extract.lock`` (an ``fcntl`` lock, released by the kernel
 if the process dies): a second process asking for the same features (two runs, or sweep
-cells on a cold cache) waits, then reads what the first wrote instead of extracting again.
+cells on a cold cache) waits (:func:`mtbench.paths.wait_lock`), then reads what the first wrote.
+Every finished file (word and aligned features) ends with its checksum (:func:`mtbench.paths.read_sealed`),
+checked when it is read: a damaged one is extracted (aligned) again, with a note, never used.
 Adapters that have an ``extract_stream`` method (the Hugging Face adapter) stream window
 by window, so memory stays at one window's words; others are extracted in one call.
 """
@@ -23,6 +25,7 @@ by window, so memory stays at one window's words; others are extracted in one ca
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -33,7 +36,8 @@ import numpy as np
 
 from .api import ModelAdapter, Stimulus
 from .errors import MtbenchError
-from .paths import atomic_write_bytes, cache_dir, exclusive_lock
+from .paths import SEAL_SIZE, DamagedFile, atomic_write_bytes, cache_dir, is_sealed, note, read_sealed, seal_file
+from .paths import waiting_lock
 from .settings import FEATURE_DTYPES
 
 FeatureSet = dict[tuple[int, str], list[np.ndarray]]
@@ -51,6 +55,30 @@ def _file(folder: Path, layer: int, state: str, dtype: str = "float16") -> Path:
     # float16 files keep their original names (caches written before the dtype option stay valid)
     suffix = "" if dtype == "float16" else f".{dtype}"
     return folder / f"L{layer:03d}_{state}{suffix}.npy"
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """``array`` as the bytes of a ``.npy`` file."""
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def npy_view(data: np.ndarray) -> np.ndarray:
+    """The array in ``.npy`` file bytes (uint8, from :func:`mtbench.paths.read_sealed`), a view; ValueError if none."""
+    header = io.BytesIO(data[:65536].tobytes())  # a header is far shorter
+    version = np.lib.format.read_magic(header)
+    shape, fortran, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
+                             np.lib.format.read_array_header_2_0)(header)
+    if dtype.hasobject or fortran or np.prod(shape, dtype=np.int64) * dtype.itemsize != data.size - header.tell():
+        raise ValueError("not the array its header says")
+    return data[header.tell():].view(dtype).reshape(shape)
+
+
+def _npy_size(path: Path) -> int:
+    """Size of a ``.npy`` file's header and array (a seal after them not counted)."""
+    array = np.load(path, mmap_mode="r")
+    return array.offset + array.nbytes
 
 
 class _ReadOnce(Mapping):
@@ -73,13 +101,32 @@ class CachedFeatures(_ReadOnce):
     (n_words_r, dim), one per run); ``pop(key)`` reads and forgets a key, ``del features[key]``
     only forgets it. Nothing is held in memory between accesses, so a caller that handles
     one key at a time never holds them all.
+    ``extract(key)`` (from :func:`word_features`) writes the file of ``key`` again: files are then sealed
+    and one missing or damaged is extracted again, with a note. Without it, plain ``.npy`` files are read.
     """
 
-    def __init__(self, files: dict[tuple[int, str], Path], bounds: np.ndarray):
-        self._files, self._bounds = dict(files), bounds
+    def __init__(self, files: dict[tuple[int, str], Path], bounds: np.ndarray,
+                 extract: Callable[[tuple[int, str]], None] | None = None):
+        self._files, self._bounds, self._extract = dict(files), bounds, extract
+
+    def _read(self, key: tuple[int, str]) -> np.ndarray:
+        path = self._files[key]
+        if self._extract is None and not is_sealed(path):
+            return np.load(path)  # a caller's own plain .npy
+        for attempt in (0, 1):
+            try:
+                return npy_view(read_sealed(path))
+            except (OSError, ValueError) as exc:  # missing, a DamagedFile, not a .npy
+                problem = "missing" if isinstance(exc, FileNotFoundError) else f"damaged ({exc})"
+            if self._extract is None or attempt:
+                raise MtbenchError(f"the features in {path} are {problem}{' after their extraction' * attempt}; "
+                                   f"delete {path.parent} and run again (they are extracted again)") from None
+            note(f"the cached features {path} are {problem}; extracting them again")
+            path.unlink(missing_ok=True)
+            self._extract(key)
 
     def __getitem__(self, key: tuple[int, str]) -> list[np.ndarray]:
-        flat = np.load(self._files[key])
+        flat = self._read(key)
         b = self._bounds
         return [flat[lo:hi].astype(np.float32) for lo, hi in zip(b[:-1], b[1:])]
 
@@ -137,9 +184,13 @@ class ScanFeatures(_ReadOnce):
 
     def _read(self, path: Path) -> np.ndarray | None:
         try:
-            flat = np.load(path)
-        except (OSError, ValueError, EOFError):
-            return None  # missing or corrupt: align again
+            flat = npy_view(read_sealed(path))
+        except DamagedFile as exc:  # never used: aligned again (an older mtbench's file, unsealed, quietly)
+            if is_sealed(path):
+                note(f"the aligned features {path} are damaged ({exc}); aligning them again")
+            return None
+        except (OSError, ValueError):
+            return None  # missing, or not the right file: align again
         return flat if flat.ndim == 2 and flat.shape[0] == self._bounds[-1] and flat.dtype == np.float32 else None
 
     def __getitem__(self, key: tuple[int, str]) -> list[np.ndarray]:
@@ -151,10 +202,7 @@ class ScanFeatures(_ReadOnce):
             flat = np.ascontiguousarray(np.concatenate(self._align(self._words[key])), dtype=np.float32)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                with open(tmp, "wb") as fh:
-                    np.save(fh, flat)
-                os.replace(tmp, path)  # atomic: a reader sees the whole file or none
+                atomic_write_bytes(path, npy_bytes(flat), seal=True)  # a reader sees the whole file or none
         b = self._bounds
         # views of one buffer (the ridge fit then reads them without a copy)
         return [flat[lo:hi] for lo, hi in zip(b[:-1], b[1:])]
@@ -215,21 +263,30 @@ def word_features(
     folder = _cache_folder(adapter, stimulus)
     files = {key: _file(folder, *key, dtype) for key in wanted}
     missing = [key for key in wanted if not _complete(files[key], bounds[-1])]
+    if unsealed := [files[key] for key in missing if files[key].exists()]:  # the right shape, no checksum
+        note(f"{len(unsealed)} cached feature file(s) in {folder} have no checksum (written by an older mtbench, "
+             "or damaged); extracting them again")
+        for path in unsealed:
+            path.unlink(missing_ok=True)
     if missing:
         # one extraction per cache folder at a time: two processes would write (and restart,
         # wiping) the same partial folder; the one that waited then finds its keys done
-        with exclusive_lock(folder / _LOCK):
+        with waiting_lock(folder / _LOCK, f"the feature extraction of {adapter.name} into {folder}"):
             missing = [key for key in missing if not _complete(files[key], bounds[-1])]
             if missing:
                 _extract_to_disk(adapter, stimulus, missing, folder, files, run_lengths, dtype, progress)
                 index = {"model": adapter.name, "revision": adapter.revision, "settings": adapter.settings(),
                          "stimulus": stimulus.fingerprint(), "run_lengths": run_lengths}
                 atomic_write_bytes(folder / "index.json", json.dumps(index, indent=1, default=str).encode())
-    return CachedFeatures(files, bounds)
+
+    def extract(key: tuple[int, str]) -> None:  # a cache file found damaged when read: extracted again
+        word_features(adapter, stimulus, [key[1]], [key[0]], dtype=dtype)
+
+    return CachedFeatures(files, bounds, extract)
 
 
-def _complete(path: Path, n_words: int) -> bool:
-    """A finished cache file of the right length (a corrupt one is deleted and recomputed)."""
+def _complete(path: Path, n_words: int, sealed: bool = True) -> bool:
+    """A finished cache file of the right length (else deleted), ``sealed`` (its content is checked when read)."""
     if not path.exists():
         return False
     try:
@@ -238,7 +295,7 @@ def _complete(path: Path, n_words: int) -> bool:
         ok = False
     if not ok:
         path.unlink(missing_ok=True)
-    return ok
+    return ok and (not sealed or (is_sealed(path) and path.stat().st_size == _npy_size(path) + SEAL_SIZE))
 
 
 def _round(adapter: ModelAdapter, key, x: np.ndarray, dtype: str) -> np.ndarray:
@@ -282,7 +339,7 @@ def _extract_to_disk(adapter, stimulus, missing, folder, files, run_lengths, dty
     tag = hashlib.sha256(json.dumps(sorted(missing)).encode()).hexdigest()[:12]
     partial = folder / f"partial-{dtype}-{tag}"
     done = _read_progress(partial, run_lengths)
-    if done is not None and any(done) and not all(_complete(partial / files[k].name, sum(run_lengths))
+    if done is not None and any(done) and not all(_complete(partial / files[k].name, sum(run_lengths), sealed=False)
                                                    for k in missing):
         done = None  # progress without its files
     if done is None:  # nothing usable: start afresh
@@ -313,7 +370,9 @@ def _extract_to_disk(adapter, stimulus, missing, folder, files, run_lengths, dty
     if done != list(run_lengths):
         raise RuntimeError(f"model {adapter.name} stopped after {done} words per run, expected {run_lengths}")
     for key in missing:
-        os.replace(partial / files[key].name, files[key])
+        path = partial / files[key].name
+        seal_file(path, _npy_size(path))  # its checksum: every later read checks it
+        os.replace(path, files[key])
     shutil.rmtree(partial, ignore_errors=True)
 
 

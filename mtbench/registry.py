@@ -38,6 +38,7 @@ from .api import (
     StateDefinition,
 )
 from .errors import MtbenchError, unknown_name_error
+from .settings import mode_value
 
 ENTRY_POINT_GROUP = "mtbench"
 
@@ -93,8 +94,21 @@ class Registry:
     def metric(self, name: str) -> MetricEntry:
         return self.get("metric", name)
 
+    def guarded_metric(self, name: str) -> MetricEntry:
+        """The metric ``name`` as runs call it: an exception its score raises is one line naming its plugin."""
+        entry = self.get("metric", name)
+        who, dist = self.provided_by("metric", name)
+        return replace(entry, score=PluginCall(entry.score, f"metric {name!r}{who} failed",
+                                               f"fix or uninstall {dist}, or use another --metric"))
+
     def state(self, name: str) -> StateDefinition:
         return self.get("state", name)
+
+    def provided_by(self, kind: str, name: str) -> tuple[str, str]:
+        """Who registered ``name`` of ``kind``, for error lines: `` (plugin P, distribution D V)`` and ``D``."""
+        plugin = self.providers.get(kind, {}).get(name)
+        info = next((i for i in self.plugins if i.name == plugin), PluginInfo(str(plugin), "?", "?", "?"))
+        return f" (plugin {info.name}, distribution {info.distribution} {info.version})", info.distribution
 
     def executor(self, name: str) -> ExecutorEntry:
         return self.get("executor", name)
@@ -118,14 +132,14 @@ class Registry:
         """``settings`` with ``mode`` set to the analysis it names (the default one when None)."""
         if settings.mode is not None:
             return settings
-        name = self.default_analysis().name
-        return replace(settings, mode=int(name) if name.isdigit() else name)
+        return replace(settings, mode=mode_value(self.default_analysis().name))
 
     def check_run(self, settings) -> tuple[AnalysisEntry, MetricEntry]:
         """Every name a run uses, resolved: its analysis, model, dataset, states and metric.
 
         Also refuses a setting that only another analysis reads (``--inputs`` without the mode
-        that combines them). Raises a one-line :class:`MtbenchError` naming the first problem.
+        that combines them). Raises a one-line :class:`MtbenchError` naming the first problem. The
+        metric is :meth:`guarded_metric`.
 
         Returns
         -------
@@ -138,7 +152,7 @@ class Registry:
         if settings.states != ["all"]:
             for name in settings.states:
                 self.state(name)
-        return entry, self.metric(settings.metric)
+        return entry, self.guarded_metric(settings.metric)
 
     def add_commands(self, cli) -> None:
         """Let every plugin add its commands to the click group ``cli`` (``register_commands``).
@@ -172,6 +186,22 @@ def _check_options(settings, entry: AnalysisEntry, analyses) -> None:
             flag = f"--{option.field}" + ("" if isinstance(value, list) else f" {value}")
             raise MtbenchError(f"{flag} is for --mode {other.name}; add --mode {other.name}, or in mode {entry.name} "
                                f"{entry.hint or 'drop it'}")
+
+
+class PluginCall:
+    """A plugin's callable whose exceptions (but MtbenchError) become one line naming the plugin, not a traceback
+    through mtbench's code deep inside a fit (picklable when the callable is)."""
+
+    def __init__(self, function, what: str, fix: str) -> None:
+        self.function, self.what, self.fix = function, what, fix
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return self.function(*args, **kwargs)
+        except MtbenchError:
+            raise
+        except Exception as exc:
+            raise MtbenchError(f"{self.what}: {_one_line(exc)}; {self.fix}") from exc
 
 
 class _GuardedGroup:
@@ -312,12 +342,24 @@ def model_slug(spec: str) -> str:
 def load_model(spec: str, **options):
     """Load a model adapter from ``NAME`` or ``NAME:ARGUMENT`` (ARGUMENT goes to ``load(argument=...)``)."""
     name, argument = split_spec(spec)
-    entry = get_registry().model(name)
+    registry = get_registry()
+    entry = registry.model(name)
     if argument is not None:
         options["argument"] = argument
-    return entry.load(**options)
+    return _load(registry, "model", name, entry.load, options)
 
 
 def load_dataset(name: str, **options):
     """Load a dataset by registered name."""
-    return get_registry().dataset(name).load(**options)
+    registry = get_registry()
+    return _load(registry, "dataset", name, registry.dataset(name).load, options)
+
+
+def _load(registry: Registry, kind: str, name: str, load, options: dict):
+    """``load(**options)``; a plugin that cannot import what it needs is one line naming it and its distribution."""
+    try:
+        return load(**options)
+    except ImportError as exc:
+        who, dist = registry.provided_by(kind, name)
+        raise MtbenchError(f"{kind} {name!r}{who} cannot be loaded: {_one_line(exc)}; install what it needs "
+                           f"(`pip install` the missing package) or uninstall {dist}") from exc

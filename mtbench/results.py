@@ -10,7 +10,7 @@ Layout of a results directory (several runs share it)::
 A run is written into ``<run_id>.partial`` and renamed when complete, so an interrupted
 run never leaves a half-written result where readers look. Two processes never write one
 folder: ids are claimed one at a time (``RESULTS/.runs.lock``) and the writer holds a lock
-inside its ``.partial`` until the rename.
+inside its ``.partial`` until the rename (:func:`remove_dead_partials`: those of writers that died).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import os
 import platform
 import shutil
 import subprocess
+import time
 from contextlib import ExitStack
 from datetime import datetime, timezone
 from importlib import metadata
@@ -32,7 +33,7 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .errors import MtbenchError
-from .paths import check_run_id, exclusive_lock
+from .paths import check_run_id, exclusive_lock, holder, lock_is_held, note
 
 SCHEMA_VERSION = "1"
 WHOLE_BRAIN = "whole brain"
@@ -149,6 +150,7 @@ def write_run(
     runs.mkdir(parents=True, exist_ok=True)
     with ExitStack() as holding:
         with exclusive_lock(runs.parent / _CLAIM_LOCK):  # claims are short and one at a time
+            remove_dead_partials(runs)
             run_id = _claim_run_id(runs, run_id, unique)
             partial = runs / f"{run_id}.partial"
             holding.enter_context(exclusive_lock(partial / _WRITING_LOCK, owner=run_id))
@@ -195,13 +197,41 @@ def _claim_run_id(runs: Path, run_id: str, unique: bool) -> str:
     raise MtbenchError(f"{runs}: 999 runs named {run_id}[-n]; give this run another id")
 
 
+#: A dead writer's ``.partial`` untouched for this long is removed by the next run written beside it.
+STALE_PARTIAL_SECONDS = 300
+
+
+def remove_dead_partials(runs: Path) -> list[Path]:
+    """Remove, with a note, the ``.partial`` folders in ``runs`` (call it holding the claim lock) that nobody
+    writes (:func:`partial_writer`: their writer died, e.g. kill -9 while writing) and in which nothing
+    changed for :data:`STALE_PARTIAL_SECONDS` (an older mtbench's writer held no lock). Returns them."""
+    removed = []
+    for partial in sorted(runs.glob("*.partial")):
+        if not partial.is_dir() or partial.is_symlink() or partial_writer(partial) is not None:
+            continue
+        try:
+            changed = max(path.lstat().st_mtime for path in [partial, *partial.rglob("*")])
+        except OSError:  # changing as we look: left alone
+            continue
+        if time.time() - changed >= STALE_PARTIAL_SECONDS:
+            who = holder(partial / _WRITING_LOCK)
+            shutil.rmtree(partial, ignore_errors=True)
+            if partial.exists():  # could not be removed (permissions): leaderboard keeps listing it
+                continue
+            note(f"removed {partial}: the unfinished results of a run whose writer ({who}) died; run its command "
+                 "again to redo it (its finished fits, if kept, are reused)")
+            removed.append(partial)
+    return removed
+
+
 def partial_writer(partial: Path) -> str | None:
     """Who is writing the run folder ``partial`` (``<run_id>.partial``): "host pid run_id", or None.
 
-    None means that nobody is: the ``.partial`` was left by a run that died.
+    None means that nobody is: the ``.partial`` was left by a run that died. Only looks.
     """
-    try:
-        with exclusive_lock(partial / _WRITING_LOCK, wait=False, create=False) as acquired:
-            return None if acquired else ((partial / _WRITING_LOCK).read_text().strip() or "unknown")
-    except OSError:  # no .partial (or a writer that died before locking): nobody is writing it
+    if not lock_is_held(partial / _WRITING_LOCK):  # no .partial, no lock (a writer that died before locking)
         return None
+    try:
+        return (partial / _WRITING_LOCK).read_text().strip() or "unknown"
+    except OSError:
+        return "unknown"

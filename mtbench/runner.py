@@ -25,7 +25,7 @@ from .encoding import check_device, effective_precision, on_gpu
 from .errors import MtbenchError
 from .features import ScanFeatures, word_features
 from .paths import writable_folder
-from .registry import get_registry, load_dataset, load_model, model_slug
+from .registry import get_registry, load_dataset, load_model, model_slug, slug
 from .settings import RunSettings, resolve_protocol
 
 
@@ -113,7 +113,7 @@ def run_id_for(settings: RunSettings) -> str:
     """Unique, sortable, readable id: time, model, dataset, subject, settings hash."""
     digest = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True, default=str).encode()).hexdigest()[:6]
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    return f"{stamp}-{model_slug(settings.model)}-{settings.dataset}-{settings.subject}-{digest}"
+    return f"{stamp}-{model_slug(settings.model)}-{slug(settings.dataset)}-{slug(settings.subject)}-{digest}"
 
 
 
@@ -171,13 +171,52 @@ def run(settings: RunSettings, results_dir: Path, progress=None, run_id: str | N
     analysis, metric = check_settings(settings)
     made = not Path(results_dir).exists()
     writable_folder(Path(results_dir))  # before hours of fitting, not after
+    opened: list = []  # the checkpoints the analysis opened: removed once the run is written
     try:
-        return _run(settings, analysis, metric, Path(results_dir), progress, run_id, adapter, folds, clock, sweep_cell)
-    except BaseException:
+        return _run(settings, analysis, metric, Path(results_dir), progress, run_id, adapter, folds, clock, sweep_cell,
+                    opened)
+    except BaseException as exc:
         if made:  # a run that failed early (a layer out of range, no data) leaves no empty --out behind
             with contextlib.suppress(OSError):  # not empty (kept fits, another run's files): kept
                 Path(results_dir).rmdir()
+        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, RunStopped):
+            raise RunStopped(_stage(clock), opened) from exc
         raise
+
+
+#: The stages of a run, in order (each one's seconds go to the manifest's ``timings``), then the writing.
+STAGES = ("load_model", "load_dataset", "extract", "align_and_bold", "fit", "write")
+
+
+def _stage(clock: _Clock) -> str:
+    """The stage a run was in: the first of :data:`STAGES` the clock has not finished."""
+    return next(stage for stage in STAGES if stage not in clock.stages)
+
+
+class RunStopped(KeyboardInterrupt):
+    """A run stopped by Ctrl-C (or SIGTERM, made the same by ``mtbench run``): the ``stage`` it was in
+    (:data:`STAGES`), the ``checkpoints`` folders of its kept fits and their number, ``kept_fits``."""
+
+    def __init__(self, stage: str, opened: list) -> None:
+        super().__init__(stage)
+        self.stage, self.checkpoints = stage, [kept.folder for kept in opened]
+        self.kept_fits = sum(len(list(folder.glob("*.npz"))) for folder in self.checkpoints if folder.is_dir())
+
+    def describe(self) -> str:
+        """What was happening, what is kept and how to resume, in one line (after "interrupted ")."""
+        untouched = "nothing of this run was written (earlier results are untouched)"
+        if self.stage in ("load_model", "load_dataset"):
+            return f"while loading the {self.stage[5:]}; {untouched}; rerun the same command"
+        if self.stage == "extract":
+            return (f"during the feature extraction; {untouched}; rerun the same command to resume the extraction "
+                    "(what reached the feature cache is reused)")
+        where = {"align_and_bold": "after the feature extraction", "fit": "while fitting"}.get(self.stage,
+                                                                                              "while writing the results")
+        if not self.kept_fits:
+            return f"{where}, no fit kept; the features are cached; {untouched}; rerun the same command"
+        folders = ", ".join(map(str, self.checkpoints))
+        return (f"{where}; {self.kept_fits} finished fit{'s' * (self.kept_fits != 1)} kept in {folders} and the "
+                f"features cached; rerun the same command to resume: it fits only the rest")
 
 
 def check_settings(settings: RunSettings):
@@ -185,7 +224,6 @@ def check_settings(settings: RunSettings):
 
     ``settings`` are effective (:func:`resolve`). Returns the loaded analysis and the metric entry.
     """
-
     settings.check()
     entry, metric = get_registry().check_run(settings)
     analysis = entry.load()
@@ -195,11 +233,10 @@ def check_settings(settings: RunSettings):
 
 
 def _run(settings: RunSettings, analysis, metric, results_dir: Path, progress, run_id: str | None, adapter,
-         folds: bool, clock: _Clock, sweep_cell: bool) -> RunOutput:
-    """:func:`run` once the settings are checked and the results folder is writable."""
+         folds: bool, clock: _Clock, sweep_cell: bool, opened: list) -> RunOutput:
+    """:func:`run` once the settings are checked and the results folder is writable (``opened``: its checkpoints)."""
     from .results import provenance, write_run
 
-    opened: list = []  # the checkpoints the analysis opened: removed once the run is written
     with progress if progress is not None else nullcontext():
         inputs = prepare_inputs(settings, analysis, adapter, progress, clock)
         adapter, dataset, states, layers = inputs.adapter, inputs.dataset, inputs.states, inputs.layers

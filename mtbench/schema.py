@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MtbenchError, first_line
+from .paths import check_run_id
 from .registry import get_registry
 
 #: Columns that say which run a table row belongs to (written from the manifest).
@@ -148,6 +149,11 @@ def validate_run(path: Path) -> RunFolder:
     for key in [*RESULT_SCHEMA["manifest_keys"], *expected["manifest_keys"]]:
         if _get(manifest, key) is None:
             raise MtbenchError(f"{manifest_path}: key {key!r} is missing{newer}; {rerun}")
+    try:  # readers make folders and links from it (reports/<run_id>/): a name, never a path
+        check_run_id(manifest["run_id"])
+    except MtbenchError:
+        raise MtbenchError(f"{manifest_path}: run_id {manifest['run_id']!r} is not a run id (letters, digits, '.', "
+                           f"'_', '-'); a foreign or edited manifest: {rerun}") from None
     what = f"incomplete or foreign mode {mode} run"
     for name in expected["files"]:
         if not (path / name).is_file():

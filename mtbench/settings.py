@@ -113,6 +113,9 @@ class RunSettings:
             names = getattr(self, name)
             if isinstance(names, str) or not isinstance(names, Sequence) or not all(isinstance(n, str) for n in names):
                 raise bad(name, "a list of state names, e.g. ['all'] or ['per_head_q_rope', 'ffn_output']")
+        if not self.states:  # `--states ""`: nothing to extract, found only after the model loaded
+            raise MtbenchError("states (--states) is empty: give 'all' or a comma list of state names "
+                               "(`mtbench list states`)")
         layers = self.layers
         if not (isinstance(layers, str) or isinstance(layers, Sequence) and all(whole(n) for n in layers)):
             raise bad("layers", "'all', a range such as '1-5,8', or a list of 1-based block numbers")

@@ -10,7 +10,7 @@ Fixtures
 mtbench_registry
     The plugin registry of the current environment (:func:`mtbench.registry.get_registry`).
 mtbench_tiny_stimulus
-    :func:`mtbench.testing.tiny_stimulus`: 3 runs of ~20 English words.
+    :func:`mtbench_plugins.testing.tiny_stimulus`: 3 runs of ~20 English words.
 mtbench_tiny_model_path
     A folder with a tiny random Llama (3 blocks, hidden 64) and its tokenizer (session).
 mtbench_tiny_model
@@ -44,7 +44,7 @@ def mtbench_registry():
 @pytest.fixture
 def mtbench_tiny_stimulus():
     """A 3-run English stimulus of about 20 words per run (fresh for each test)."""
-    from mtbench.testing import tiny_stimulus
+    from mtbench_plugins.testing import tiny_stimulus
 
     return tiny_stimulus()
 
@@ -54,7 +54,7 @@ def mtbench_tiny_model_path(tmp_path_factory):
     """A tiny random Llama folder (loads with ``--model hf:<folder>``)."""
     from mtbench_plugins.models.hf.tiny import save_tiny_llama
 
-    from mtbench.testing import tiny_stimulus
+    from mtbench_plugins.testing import tiny_stimulus
 
     words = [w for run in tiny_stimulus().runs for w in run.words]
     return save_tiny_llama(tmp_path_factory.mktemp("mtbench-tiny-llama"), seed=0, extra_text=[" ".join(words)])

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,13 +14,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from mtbench import runner
+from mtbench import paths, runner
 from mtbench_plugins.analyses.mode1 import fit as mode1_fit  # where Mode 1 calls the ridge fit
 from mtbench.settings import RunSettings
 from mtbench.checkpoint import FitCheckpoint, fingerprint
 from mtbench.errors import MtbenchError
 from mtbench.runner import run
 from concurrency import at_once
+from lock_holder import Holder
 from run_helpers import Interrupted, count_calls, tiny_run_settings, voxel_table
 
 STATES = ["input_hidden_state", "per_head_v", "ffn_output"]
@@ -143,23 +148,38 @@ def test_a_checkpoint_folder_that_cannot_be_made_is_an_error_not_a_hang(tmp_path
                        "move what is in the way or give --out another folder")
 
 
-def _run_with_pinned_id(settings: RunSettings, results: str) -> str:
-    """One `mtbench run` of ``settings``, its generated id pinned (as if both finished in one second)."""
+def _run_with_pinned_id(settings: RunSettings, results: str, log: str) -> str:
+    """One `mtbench run` of ``settings``, its generated id pinned (as if both finished in one second);
+    every fit it computes is logged (its pid)."""
+    real = mode1_fit.fit_nested_loro
+
+    def fit(*args, **kwargs):
+        with open(log, "a") as handle:
+            handle.write(f"{os.getpid()}\n")
+        return real(*args, **kwargs)
+
+    mode1_fit.fit_nested_loro = fit
     runner.run_id_for = lambda settings: "20261206T000000-same"
     return run(settings, Path(results)).run_dir.name
 
 
-def test_the_same_command_twice_at_once_writes_two_whole_runs(settings, tmp_path):
+def test_the_same_command_twice_at_once_splits_the_fits_and_writes_two_whole_runs(settings, tmp_path):
     """Two processes, one command, one results folder: they share the feature cache and the
-    checkpoint, neither fails, each writes its own whole run, and nothing is left behind."""
-    results = tmp_path / "results"
-    names = at_once(_run_with_pinned_id, (settings, str(results)), (settings, str(results)), timeout=300)
+    checkpoint, compute each fit once between them (issue 32, item 7: 5 of 16 were computed twice),
+    neither fails, each writes the whole run a single run writes, and nothing is left behind."""
+    results, log = tmp_path / "results", tmp_path / "fits.log"
+    names = at_once(_run_with_pinned_id, *[(settings, str(results), str(log))] * 2, timeout=300)
     assert sorted(names) == ["20261206T000000-same", "20261206T000000-same-2"], names
-    first, second = (voxel_table(results / "runs" / name) for name in sorted(names))
-    assert len(first) == 2 * len(STATES) * first["voxel"].nunique()
-    for column in ("test", "validation", "alpha"):
-        np.testing.assert_array_equal(first[column].to_numpy(), second[column].to_numpy(), err_msg=column)
-    assert sorted(p.name for p in results.iterdir()) == [".runs.lock", "runs"]  # no checkpoint left
+    # per-voxel alphas: the null columns ride along, one fit_nested_loro call per (layer, state)
+    fits = log.read_text().split()
+    assert len(fits) == 2 * len(STATES), f"{len(fits)} fits for {2 * len(STATES)}, by process: {Counter(fits)}"
+    single = voxel_table(run(settings, tmp_path / "single").run_dir)
+    for name in names:
+        table = voxel_table(results / "runs" / name)
+        assert len(table) == 2 * len(STATES) * table["voxel"].nunique()
+        for column in ("test", "validation", "alpha", "p_value"):
+            np.testing.assert_array_equal(table[column].to_numpy(), single[column].to_numpy(), err_msg=column)
+    assert sorted(p.name for p in results.iterdir()) == [".runs.lock", "runs"]  # no checkpoint or claim left
 
 
 def test_fingerprint_covers_the_data_and_a_truncated_fit_is_refitted(tmp_path):
@@ -214,3 +234,49 @@ def test_two_runs_of_one_command_share_a_checkpoint_and_the_last_removes_it(tmp_
     outcome = at_once(_save_and_remove, (str(tmp_path), "same"), (str(tmp_path), "same"))
     assert outcome == [[], []], [(len(errors), errors[:2]) for errors in outcome]
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_fit_claimed_by_a_stopped_run_is_computed_here(tmp_path, monkeypatch, capfd):
+    """The claim of a run that shows no sign of life (stopped, hung) is not waited for for ever."""
+    monkeypatch.setenv(paths.LOCK_TIMEOUT_ENV, "1")
+    with FitCheckpoint(tmp_path, "key") as checkpoint:
+        checkpoint.folder.mkdir(parents=True)
+        with Holder(checkpoint.folder / "L1-x.claim", "alive", 60) as other:
+            assert not checkpoint.claim("L1-x")  # another run is computing it: skipped for now
+            os.kill(other.pid, signal.SIGSTOP)
+            assert not checkpoint.claim("L1-x", wait=True)  # it stopped: this run computes it itself
+        assert checkpoint.claim("L1-x") and checkpoint.claim("L1-y")
+        checkpoint.save("L1-x", {"test": np.ones(3)})  # saving releases its claim; leaving the block the rest
+        assert checkpoint.load("L1-x") is not None
+    note = capfd.readouterr().err.strip()
+    assert note.startswith(f"note: the fit L1-x is claimed by process {other.pid} on {socket.gethostname()}, which "
+                           "has shown no sign of life for ") and note.endswith(" s: computing it here")
+    with FitCheckpoint(tmp_path, "key") as again:  # claims end with their run
+        assert again.claim("L1-x") and again.claim("L1-y")
+        again.remove()
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def _save_past_a_size_limit(root: str) -> str:
+    """Save one fit, then one past a file-size limit: a write that fails half-way, as on a full disk."""
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing us
+    with FitCheckpoint(Path(root), "key") as checkpoint:
+        checkpoint.save("L1-small", {"test": np.ones(10)})
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+        try:
+            checkpoint.save("L2-large", {"test": np.ones(100_000)})
+        except MtbenchError as exc:
+            return f"MtbenchError: {exc}"
+        return "saved"
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_no_temporary_file(tmp_path):
+    """Issue 32, item 10: a full disk while a checkpoint was written was a raw OSError, and left a .tmp."""
+    [outcome] = at_once(_save_past_a_size_limit, (str(tmp_path),), timeout=60)
+    folder = tmp_path / "checkpoints" / "key"
+    assert outcome == (f"MtbenchError: could not save the fit L2-large in {folder} (File too large); free space there "
+                       "(or give --out another folder), then run the same command again: it reuses the fits saved "
+                       "there")
+    assert sorted(p.name for p in folder.iterdir()) == ["L1-small.npz"]  # the fit saved before is kept; no .tmp

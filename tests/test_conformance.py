@@ -1,4 +1,4 @@
-"""The conformance kit (mtbench.testing): every built-in plugin passes it, and it catches
+"""The conformance kit (mtbench_plugins.testing): every built-in plugin passes it, and it catches
 each kind of broken plugin with a message that says what is wrong.
 
 Models that need real weights (smollm2-135m, gemma3-270m: GGUF conversion, ~20 s each) run
@@ -18,7 +18,7 @@ import pytest
 from mtbench.api import DatasetEntry, MetricEntry, ModelEntry, Parcellation, StateDefinition
 from mtbench_plugins.pytest_fixtures import TINY_DATASET_OPTIONS
 from mtbench.registry import get_registry
-from mtbench.testing import (
+from mtbench_plugins.testing import (
     ConformanceError,
     check_dataset,
     check_entry,
@@ -103,7 +103,7 @@ def test_fixtures_come_from_the_pytest11_entry_point(request, mtbench_tiny_datas
 
 
 def test_pytest_plugin_and_kit_import_nothing_heavy():
-    code = ("import sys, mtbench_plugins.pytest_fixtures, mtbench.testing, mtbench.registry\n"
+    code = ("import sys, mtbench_plugins.pytest_fixtures, mtbench_plugins.testing, mtbench.registry\n"
             "heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers') or m.startswith('mtbench_plugins') and m.endswith('hooks')]\n"
             "assert heavy == [] and mtbench.registry._REGISTRY is None, heavy  # no plugin loaded\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -230,7 +230,7 @@ EXTRACT_TOL = dict(atol=1e-4, rtol=1e-4)
 def test_extraction_on_cuda_matches_cpu(tmp_path, case):
     """Every state of every block, pooled into words over several windows, is the same on CUDA."""
     require_cuda()
-    from mtbench.testing import tiny_stimulus
+    from mtbench_plugins.testing import tiny_stimulus
     from mtbench_plugins.models.hf.loading import load_hf
     from mtbench_plugins.models.hf.runtime import resolve_device
     from mtbench_plugins.models.hf.tiny import save_tiny_model

@@ -755,8 +755,9 @@ def test_markdown_escapes_hostile_text_and_keeps_normal_names(runs, tmp_path, mo
     root, _, made = runs
     normal = leaderboard.markdown(board_of(root))
     hostile = "<img src=x onerror=alert(1)>"
-    for folder, run_id, created in (("old", "<b>old</b>&co", "2998-01-01T00:00:00+00:00"),
-                                    ("new", "new<script>x</script>", "2999-01-01T00:00:00+00:00")):
+    for folder, run_id, created in (("old", "old-run", "2998-01-01T00:00:00+00:00"),
+                                    ("new", "new-run", "2999-01-01T00:00:00+00:00"),
+                                    ("bad", "<b>old</b>&co", "2999-01-01T00:00:00+00:00")):
         copy = tmp_path / "h" / "runs" / folder
         shutil.copytree(made["random"], copy)
         manifest = json.loads((copy / "manifest.json").read_text())
@@ -774,7 +775,9 @@ def test_markdown_escapes_hostile_text_and_keeps_normal_names(runs, tmp_path, mo
     assert row.startswith("| ") and "| &lt;img src=x onerror=alert(1)&gt; | fam&lt;i&gt;&amp;&lt;/i&gt; |" in row
     header = next(line for line in text if line.startswith("| rank |"))
     assert "| &lt;svg onload=alert(2)&gt; &amp; co \\| injected \\| |" in header  # one header cell, one line
-    assert "- &lt;b&gt;old&lt;/b&gt;&amp;co: superseded by the newer run new&lt;script&gt;x&lt;/script&gt; of" in md
+    assert "- old-run: superseded by the newer run new-run of" in md
+    # a run id that is not a name never reaches the board (a path, HTML): its note says so, escaped
+    assert "run_id '&lt;b&gt;old&lt;/b&gt;&amp;co' is not a run id" in md
     assert len({line.count(" | ") for line in text if line.startswith("| ")}) == 1  # every row has its cells
     # ordinary names render exactly as before: quotes and apostrophes untouched, byte for byte
     assert f"| {HESCHL} |" in normal

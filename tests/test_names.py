@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 from dataclasses import replace
 
 import pytest
@@ -66,7 +67,24 @@ def test_run_ids_given_to_combine_and_rescore_are_names(tiny_run, command, run_i
     result = CliRunner().invoke(main, [command, str(run_dir), *extra, "--run-id", run_id])
     assert result.exit_code == 2, result.output
     assert len(result.stderr.splitlines()) == 1, result.stderr
-    if (command, run_id) != ("combine", "../.."):  # the CLI's "RESULTS/runs/../.. already exists" comes first
-        assert result.stderr == f"Error: invalid run id {run_id!r}: {ALLOWED} (give another --run-id)\n"
+    assert result.stderr == f"Error: invalid run id {run_id!r}: {ALLOWED} (give another --run-id)\n"
     assert _listing(box.parent) == before  # nothing written, inside the results folder or out of it
     assert not (box / "x").exists() and [p.name for p in (box / "results" / "runs").iterdir()] == [run_dir.name]
+
+
+def test_a_manifest_whose_run_id_is_a_path_is_refused_by_every_reader(tiny_run, tmp_path):
+    """`mtbench leaderboard` makes reports/<run_id>/ from manifests: a foreign manifest's id never escapes OUT."""
+    import shutil
+
+    from mtbench.schema import validate_run
+
+    _, run_dir = tiny_run
+    copy = tmp_path / "results" / "runs" / "hostile"
+    shutil.copytree(run_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps(manifest | {"run_id": "../../../escaped"}))
+    with pytest.raises(MtbenchError, match=r"manifest.json: run_id '../../../escaped' is not a run id"):
+        validate_run(copy)
+    result = CliRunner().invoke(main, ["leaderboard", str(tmp_path / "results"), "--out", str(tmp_path / "board")])
+    assert result.exit_code == 2 and "no valid run found" in result.stderr, result.output  # skipped, then nothing
+    assert not (tmp_path.parent / "escaped").exists() and not (tmp_path / "escaped").exists()

@@ -17,7 +17,7 @@ from mtbench.registry import get_registry
 from mtbench.runner import run
 from mtbench.schema import analysis_schema, read_whole_run
 from mtbench.settings import RunSettings
-from mtbench.testing import check_analysis, check_analysis_result
+from mtbench_plugins.testing import check_analysis, check_analysis_result
 from mtbench_plugins.pytest_fixtures import TINY_DATASET_OPTIONS
 from test_plugins import make_distribution, mtbench
 

@@ -16,14 +16,15 @@ import sys  # noqa: E402
 
 import click  # noqa: E402
 
-from ..errors import MtbenchError  # noqa: E402
+from ..errors import MtbenchError, first_line  # noqa: E402
 from ..registry import get_registry  # noqa: E402
 from .listing import list_cmd, plugins  # noqa: E402
 from .run_command import run  # noqa: E402
 
 
 class MainGroup(click.Group):
-    """The ``mtbench`` group: plugin commands join it on first use; MtbenchError is one line on stderr, exit 2."""
+    """The ``mtbench`` group: plugin commands join it on first use; MtbenchError (and running out of memory) is
+    one line on stderr, exit 2."""
 
     _plugins_added = False
 
@@ -45,6 +46,10 @@ class MainGroup(click.Group):
             return super().invoke(ctx)
         except MtbenchError as exc:
             click.echo(f"Error: {exc}", err=True)
+            sys.exit(2)
+        except MemoryError as exc:  # what no estimate foresaw (an allocation the estimates do not cover)
+            click.echo(f"Error: out of memory ({first_line(exc)}); ask for less (a smaller model option, fewer "
+                       "--permutations, fewer states or layers per run) or use a machine with more memory", err=True)
             sys.exit(2)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import MISSING, fields
+from pathlib import Path
 
 import click
 import numpy as np
@@ -15,6 +16,29 @@ import numpy as np
 from ..errors import MtbenchError
 from ..registry import get_registry
 from ..settings import RunSettings
+
+
+class OutFolder(click.Path):
+    """The type of every ``--out`` (an output folder): a path, never an empty one.
+
+    ``--out ""`` (an unset shell variable, a template left blank) would otherwise mean the
+    current folder, and the command would write there and exit 0.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(path_type=Path)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            flag = param.opts[0] if param is not None and param.opts else "--out"
+            default = param.default if param is not None and isinstance(param.default, (str, Path)) else None
+            fix = f"give a folder, e.g. {flag} {default}" if default else f"give a folder, or leave {flag} out"
+            raise MtbenchError(f"{flag} {value!r} is an empty path, which would write into the current folder; {fix}")
+        return super().convert(value, param, ctx)
+
+
+#: Every ``--out`` option's type (one check for every command, built-in or from a plugin).
+OUT_FOLDER = OutFolder()
 
 
 def key_value_options(pairs: tuple[str, ...], flag: str) -> dict:
@@ -83,17 +107,17 @@ def analysis_flags(command):
     default is a list takes a comma list.
     """
     defaults = _setting_defaults()
-    seen = set()
+    options = {}
     for entry in get_registry().entries["analysis"].values():
         for option in entry.options:
-            if option.field in seen or option.field not in defaults:
-                continue
-            seen.add(option.field)
-            default = defaults[option.field]
-            shown = "" if default in ([], None) else f" (default {default})"
-            kind = click.Choice(list(option.choices)) if option.choices else None
-            command = click.option(f"--{option.field.replace('_', '-')}", option.field, type=kind, default=None,
-                                   help=f"{option.help}{shown}")(command)
+            if option.field in defaults:
+                options.setdefault(option.field, option)
+    for option in reversed(list(options.values())):  # click lists decorators' options last-applied first
+        default = defaults[option.field]
+        shown = "" if default in ([], None) else f" (default {default})"
+        kind = click.Choice(list(option.choices)) if option.choices else None
+        command = click.option(f"--{option.field.replace('_', '-')}", option.field, type=kind, default=None,
+                               help=f"{option.help}{shown}")(command)
     return command
 
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import click
 
 from ..display import console, print_run, progress_bars
 from ..registry import get_registry
-from ..runner import expand_subjects
+from ..runner import RunStopped, expand_subjects
 from ..runner import run as run_pipeline
 from ..settings import (
     FEATURE_DTYPES,
@@ -22,6 +21,7 @@ from ..settings import (
     resolve_protocol,
 )
 from .options import (
+    OUT_FOLDER,
     analysis_flags,
     analysis_values,
     comma_list,
@@ -30,6 +30,7 @@ from .options import (
     parse_alphas,
     parse_delays,
 )
+from .signals import sigterm_as_interrupt, stopped_by
 
 
 @click.command()
@@ -55,7 +56,7 @@ from .options import (
               help="mindtransformer: the reference protocol (trim 10, alphas logspace(2,7,16), one alpha for all "
                    "voxels validated on the first remaining run, glover HRF, float32); conflicting --trim, "
                    "--alphas, --hrf or --precision is an error.")
-@click.option("--out", "results_dir", default="mtbench-results", show_default=True, type=click.Path(path_type=Path),
+@click.option("--out", "results_dir", default="mtbench-results", show_default=True, type=OUT_FOLDER,
               help="Results directory (shared by runs).")
 @click.option("--dataset-option", "dataset_options", multiple=True, metavar="KEY=VALUE")
 @click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE",
@@ -90,11 +91,14 @@ def run(model, states, layers, dataset, subject, metric, hrf, delays, permutatio
     settings = registry.mode_of(resolve_protocol(settings, explicit))  # conflicting explicit flags -> one line
     registry.check_run(settings)  # every name, in a second, before anything heavy is imported
     progress = progress_bars(console)
-    for subject in expand_subjects(settings):  # --subject all / a comma list: one run per subject
-        try:
-            output = run_pipeline(replace(settings, subject=subject), results_dir, progress=progress, folds=folds)
-        except KeyboardInterrupt:
-            click.echo("Error: interrupted; nothing of this run was written (earlier results are untouched); "
-                       "rerun it to resume the feature extraction where it stopped", err=True)
-            sys.exit(130)
-        print_run(output)
+    with sigterm_as_interrupt():  # a killed job (kill, scancel, a time limit) says what it kept, as Ctrl-C does
+        for subject in expand_subjects(settings):  # --subject all / a comma list: one run per subject
+            try:
+                output = run_pipeline(replace(settings, subject=subject), results_dir, progress=progress, folds=folds)
+            except KeyboardInterrupt as exc:
+                how, status = stopped_by(exc)
+                what = (exc.describe() if isinstance(exc, RunStopped)
+                        else "nothing of this run was written (earlier results are untouched); rerun the same command")
+                click.echo(f"Error: {how} {what}", err=True)
+                sys.exit(status)
+            print_run(output)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from mtbench.cli.options import key_value_options
+from mtbench.cli.options import OUT_FOLDER, key_value_options
 from mtbench.display import console, progress_bars
 from mtbench.errors import MtbenchError
 from mtbench.registry import get_registry
@@ -92,7 +92,7 @@ def prepare(name, root, subjects, options):
 @data.command("simulate")
 @click.argument("name")
 @click.option("--truth", default=None, help="Planted truth: JSON list (or a JSON file) of parcel/model/layer/state/weight.")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Output dataset directory (plugin default).")
+@click.option("--out", type=OUT_FOLDER, default=None, help="Output dataset directory (plugin default).")
 @click.option("--source", type=click.Path(path_type=Path), default=None,
               help="Folder with the real annotation, mask and reliability (plugin default / fallback).")
 @click.option("--seed", default=0, show_default=True)

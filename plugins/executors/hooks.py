@@ -20,7 +20,9 @@ def _load_slurm(**options):
 def register_executors():
     return [
         ExecutorEntry(name="local", summary="process pool sized to this machine's CPUs, with a memory guard",
-                      load=_load_local),
+                      load=_load_local, options=("workers", "memory_fraction", "poll_seconds")),
         ExecutorEntry(name="slurm", summary="Slurm job arrays through submitit (partition/account/qos from the "
-                                            "plan or MTBENCH_SLURM_*)", load=_load_slurm),
+                                            "plan or MTBENCH_SLURM_*)", load=_load_slurm,
+                      options=("partition", "account", "qos", "folder", "array_parallelism", "poll_seconds",
+                               "constraint")),
     ]

@@ -15,6 +15,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
 from mtbench.errors import MtbenchError
+from mtbench.memory import available_bytes
 
 
 def usable_cpus() -> int:
@@ -26,15 +27,8 @@ def usable_cpus() -> int:
 
 
 def available_memory_gb() -> float:
-    """``MemAvailable`` of /proc/meminfo in GB (infinite where there is no such file)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024 / 1e9
-    except OSError:
-        pass
-    return float("inf")
+    """Memory this process can still use, in GB (:func:`mtbench.memory.available_bytes`; infinite where unknown)."""
+    return available_bytes() / 1e9
 
 
 class LocalExecutor:

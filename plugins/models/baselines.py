@@ -62,6 +62,7 @@ import numpy as np
 
 from mtbench.api import Stimulus
 from mtbench.errors import MtbenchError
+from mtbench.memory import check_fits
 
 STATE = "embedding"
 
@@ -451,6 +452,10 @@ class RandomEmbedding(_Baseline):
         return np.random.default_rng(entropy).standard_normal(self.dim).astype(np.float32)
 
     def _features(self, stimulus):
+        n_words = sum(len(run.words) for run in stimulus.runs)
+        # the word matrix and a vector per word type (float32), and one vector drawn in float64
+        check_fits(4 * self.dim * 2 * n_words + 12 * self.dim, f"--model random --model-option dim={self.dim} "
+                   f"({n_words} words)", "use a smaller dim (default 300)")
         table: dict[str, np.ndarray] = {}
         out = []
         for run in stimulus.runs:

@@ -3,7 +3,7 @@
 import numpy as np
 from scipy.stats import spearmanr
 
-from mtbench.testing import check_metric, check_model_adapter, check_plugin
+from mtbench_plugins.testing import check_metric, check_model_adapter, check_plugin
 
 
 def test_registered_through_the_entry_point(mtbench_registry):

@@ -18,6 +18,7 @@ from mtbench.errors import MtbenchError
 from mtbench.registry import get_registry, load_dataset
 from mtbench.runner import parse_states
 from mtbench.settings import RunSettings
+from mtbench.significance import check_permutations
 
 from . import present
 from .fit import CALIBRATION_VOXELS, SIGNIFICANCE_METHOD, fit_all, fit_targets
@@ -93,7 +94,9 @@ class Mode1:
 
     # ----------------------------------------------------------------- a run
     def check(self, settings: RunSettings) -> None:
-        """Nothing beyond the settings every run checks: its states are names the registry knows."""
+        """The significance test's null draws fit in memory (not killed after the extraction)."""
+        if settings.permutations:
+            check_permutations(settings.permutations)
 
     def states(self, settings: RunSettings, available=None) -> list[str]:
         """``settings.states`` (``all``: every state the model has) in the canonical order."""

@@ -50,7 +50,9 @@ def fit_all(keys, scans, targets, n_calibration: int, settings: RunSettings, met
 
     ``targets``: :func:`fit_targets`. With a :class:`~mtbench.checkpoint.FitCheckpoint`, fits
     found there are read instead of computed, and every new fit is saved there as soon as it
-    is done.
+    is done. Each fit is claimed before it is computed: a fit that another run of the same
+    command is computing is skipped, then read from the checkpoint once that run saved it (or
+    computed here if that run stopped), so two runs at once split the fits.
     """
     n_voxels, n_runs = targets[0].shape[1] - n_calibration, len(targets)
     out = {name: np.zeros((len(keys), n_voxels), dtype=np.float32) for name in ("test", "validation", "alpha")}
@@ -60,41 +62,70 @@ def fit_all(keys, scans, targets, n_calibration: int, settings: RunSettings, met
         out["p_value"] = np.ones((len(keys), n_voxels), dtype=np.float32)
         out["null_inflation"] = np.ones(len(keys), dtype=np.float32)
     task = progress.add_task("fit ridge (nested LORO)", total=len(keys)) if progress is not None else None
+
+    def advance(key, how: str = "") -> None:
+        if task is not None:
+            progress.update(task, advance=1, description=f"fit ridge L{key[0]} {key[1]}{how}")
+
+    def saved(f: int, key, name: str, how: str) -> bool:
+        """Row ``f`` from the checkpoint, when it holds fit ``name``."""
+        arrays = checkpoint.load(name)
+        if arrays is None or set(arrays) != set(out):
+            return False
+        for column, values in out.items():
+            values[f] = arrays[column]
+        del scans[key]  # its features are not needed (a cached set does not even read them)
+        checkpoint.release(name)
+        advance(key, how)
+        return True
+
+    later = []  # fits another run was computing: read (or computed) once this run's own are done
     for f, key in enumerate(keys):
         name = f"L{key[0]}-{key[1]}"
-        saved = checkpoint.load(name) if checkpoint is not None else None
-        if saved is not None and set(saved) == set(out):  # fitted before the interruption
-            for column in out:
-                out[column][f] = saved[column]
-            del scans[key]  # its features are not needed (a cached set does not even read them)
-            if task is not None:
-                progress.update(task, advance=1, description=f"fit ridge L{key[0]} {key[1]} (checkpoint)")
+        if checkpoint is None:
+            _fit_one(f, key, scans, targets, n_calibration, settings, metric, out)
+        elif saved(f, key, name, " (checkpoint)"):  # fitted before an interruption, or by another run
             continue
-        x_runs = scans.pop(key)  # pop: free memory as we go
-
-        def fit(y_runs, **kwargs):
-            return fit_nested_loro(x_runs, y_runs, settings.alphas, backend=settings.backend, score=metric.score,
-                                   precision=settings.precision, shared_alpha=settings.shared_alpha,
-                                   inner=settings.inner, **kwargs)
-
-        # circular shifts of the held-out predictions, block by block, the null widened by the
-        # fit's own cross-fitting dependence (else the p-values are anti-conservative)
-        test = None
-        if settings.permutations > 0 and n_calibration:
-            test = ShiftTest(targets, n_calibration, settings.permutations, settings.seed)
-        shared_test = settings.permutations > 0 and not n_calibration
-        result = fit(targets, on_predictions=test, return_predictions=shared_test)
-        if shared_test:
-            test = shared_alpha_test(fit, result, targets, settings)
-        for column in ("test", "validation", "alpha", "test_per_run", "validation_per_run", "alpha_per_run"):
-            out[column][f] = getattr(result, column)[..., n_calibration:]
-        if test is not None:
-            out["p_value"][f], out["null_inflation"][f] = test.p_values, test.inflation
-        if checkpoint is not None:
+        elif not checkpoint.claim(name):
+            later.append((f, key, name))
+            continue
+        elif saved(f, key, name, " (checkpoint)"):  # saved by another run just before we claimed it
+            continue
+        else:
+            _fit_one(f, key, scans, targets, n_calibration, settings, metric, out)
+            checkpoint.save(name, {column: values[f] for column, values in out.items()})  # releases the claim
+        advance(key)
+    for f, key, name in later:
+        checkpoint.claim(name, wait=True)  # once the other run saved it (or died, or seems stopped: a note)
+        if not saved(f, key, name, " (another run)"):
+            _fit_one(f, key, scans, targets, n_calibration, settings, metric, out)
             checkpoint.save(name, {column: values[f] for column, values in out.items()})
-        if task is not None:
-            progress.update(task, advance=1, description=f"fit ridge L{key[0]} {key[1]}")
+            advance(key)
     return out
+
+
+def _fit_one(f: int, key, scans, targets, n_calibration: int, settings: RunSettings, metric, out: dict) -> None:
+    """Fit ``key`` (:func:`fit_all`) into row ``f`` of ``out``."""
+    x_runs = scans.pop(key)  # pop: free memory as we go
+
+    def fit(y_runs, **kwargs):
+        return fit_nested_loro(x_runs, y_runs, settings.alphas, backend=settings.backend, score=metric.score,
+                               precision=settings.precision, shared_alpha=settings.shared_alpha,
+                               inner=settings.inner, **kwargs)
+
+    # circular shifts of the held-out predictions, block by block, the null widened by the
+    # fit's own cross-fitting dependence (else the p-values are anti-conservative)
+    test = None
+    if settings.permutations > 0 and n_calibration:
+        test = ShiftTest(targets, n_calibration, settings.permutations, settings.seed)
+    shared_test = settings.permutations > 0 and not n_calibration
+    result = fit(targets, on_predictions=test, return_predictions=shared_test)
+    if shared_test:
+        test = shared_alpha_test(fit, result, targets, settings)
+    for column in ("test", "validation", "alpha", "test_per_run", "validation_per_run", "alpha_per_run"):
+        out[column][f] = getattr(result, column)[..., n_calibration:]
+    if test is not None:
+        out["p_value"][f], out["null_inflation"][f] = test.p_values, test.inflation
 
 
 def shared_alpha_test(fit, result, targets: list[np.ndarray], settings: RunSettings):

@@ -187,8 +187,26 @@ def board_cells(run) -> list[dict]:
             key: finite(row[key]) for key in ("test", "test_normalized", "ceiling", "validation",
                                               "folds_agree", "voxel_best_test")} | {
             "top_state": state, "top_state_share": share, "tied_states": tied,
-            "note": f"voxel winners tied: {tied}" if tied else ""})
+            "note": f"voxel winners tied: {tied}" if tied else "",
+            "damaged": damaged(row, "summary.parquet", MEASURED)})
     return cells
+
+
+#: Columns of summary.parquet that every written run has a number in (ceiling and test_normalized
+#: are NaN for a dataset without a noise ceiling: missing, not damaged).
+MEASURED = ("validation", "test", "winner_test", "folds_agree", "voxel_best_test")
+
+
+def damaged(row: dict, file: str, columns) -> str:
+    """What is damaged in a row of ``file`` read back (e.g. ``"summary.parquet: test is NaN in parcel 'X'"``),
+    "" when nothing: a value every run writes, missing or not finite, is damage, never "not measured"."""
+    bad = [column for column in columns if finite(row.get(column)) is None]
+    if not bad:
+        return ""
+    value = row.get(bad[0])
+    what = "missing" if value is None else "NaN" if value != value else "infinite"
+    more = f" (and {', '.join(bad[1:])})" if len(bad) > 1 else ""
+    return f"{file}: {bad[0]} is {what} in parcel {row['parcel']!r}{more}"
 
 
 def finite(value) -> float | None:

@@ -12,7 +12,7 @@ from mtbench.display import print_truth_check
 from mtbench.schema import read_map_index
 
 from ..figures import score_map, stage_bars, state_colors, winning_ratio_bars
-from ..mode1.present import finite, read_rows
+from ..mode1.present import damaged, finite, read_rows
 
 #: What the leaderboard's Mode 2 cells mean (added to the board's legend).
 BOARD_LEGEND = ("Mode 2 rows: stage-2 held-out r of the layer chosen on stage-2 validation inside each outer fold "
@@ -125,5 +125,6 @@ def board_cells(run) -> list[dict]:
             "selection": row["selection"], "inputs": row["inputs"], "stage1_test": finite(row["stage1_test"]),
             "note": ("" if row["stage1_test"] is None or not math.isfinite(row["stage1_test"])
                      else f"Mode 2 {row['selection']}: stage 1 r {row['stage1_test']:.3f}"),
+            "damaged": damaged(row, "mode2_nested.parquet", ("test", "validation", "folds_agree")),
         })
     return cells

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from mtbench.cli.options import OUT_FOLDER
 from mtbench.display import console
 from mtbench.errors import MtbenchError
 from mtbench.paths import writable_folder
@@ -16,7 +17,7 @@ from .report import write_report
 
 @click.command("leaderboard")
 @click.argument("results_dirs", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--out", default="leaderboard", show_default=True, type=click.Path(path_type=Path),
+@click.option("--out", default="leaderboard", show_default=True, type=OUT_FOLDER,
               help="Folder for leaderboard.parquet, leaderboard.md, index.html and reports/.")
 @click.option("--dataset", default=None, help="Only runs on this dataset (default: all).")
 @click.option("--subject", default="average", show_default=True,
@@ -68,7 +69,7 @@ def leaderboard_command(results_dirs, out, dataset, subject, parcels, metric, mo
 
 @click.command("report")
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--out", default=None, type=click.Path(path_type=Path),
+@click.option("--out", default=None, type=OUT_FOLDER,
               help="Folder for the PNG figures and index.html (default: RUN_DIR/report).")
 def report_command(run_dir, out):
     """Figures of one run (layer x state heatmaps, brain maps, winning ratios) as PNG and one HTML page."""

@@ -291,8 +291,17 @@ def build(
         raise MtbenchError(f"no run matches --dataset {dataset or 'any'} --subject {subject} --mode {mode or 'any'} "
                            f"among {len(runs)} valid runs; check `mtbench leaderboard` without filters")
     rows = []
-    for run in latest.values():
-        rows += _run_rows(run, keep_parcel, METRICS[metric], report_link(run.manifest["run_id"]) if report_link else "")
+    for key, run in list(latest.items()):
+        try:
+            rows += _run_rows(run, keep_parcel, METRICS[metric],
+                              report_link(run.manifest["run_id"]) if report_link else "")
+        except MtbenchError as exc:  # a damaged value: the run is left out, never shown as "not measured"
+            if strict:
+                raise
+            notes.append(f"skipped {exc}")
+            del latest[key]
+    if not latest:
+        raise MtbenchError(f"no run left to rank in {', '.join(map(str, paths))}: {notes[-1]}")
     if keep_parcel is not None:
         keep_parcel.check()
     notes += _rank(rows)
@@ -337,7 +346,13 @@ def _run_rows(run: RunFolder, keep_parcel, score_column: str, report: str) -> li
     analysis = get_registry().analysis(run.mode).load()
     absent = {name: default for other in _analyses() for name, (_, default) in other.board_columns.items()}
     rows = []
-    for cell in analysis.board_cells(run):
+    cells = analysis.board_cells(run)
+    damage = next((cell["damaged"] for cell in cells if cell.get("damaged")), "")
+    if damage:
+        raise MtbenchError(f"{run.path}/{damage}, a damaged value (a finished run has a number there), not an "
+                           "unmeasured one; the run is left out of the board: re-run it (`mtbench run ...`)")
+    for cell in cells:
+        cell.pop("damaged", None)
         if keep_parcel is not None and not keep_parcel(cell):
             continue
         rows.append({

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import click
 
+from mtbench.cli.options import OUT_FOLDER
 from mtbench.display import console, print_run, progress_bars
 from mtbench.errors import MtbenchError
-from mtbench.paths import results_folder_of
+from mtbench.paths import check_run_id, results_folder_of
 
 
 
@@ -22,7 +23,7 @@ from mtbench.paths import results_folder_of
 @click.option("--parcel-names", type=click.Path(path_type=Path), default=None,
               help="Text file of '<label><tab><name>' lines for --parcels.")
 @click.option("--run-id", default=None, help="Name of the new run folder (default: the run's id, metric, parcels).")
-@click.option("--out", "results_dir", default=None, type=click.Path(path_type=Path),
+@click.option("--out", "results_dir", default=None, type=OUT_FOLDER,
               help="Results folder of the new run (default: the one RUN_DIR is in, RESULTS/runs/<id>).")
 def rescore(run_dir, metric, parcels, parcel_names, run_id, results_dir):
     """Score a finished Mode 1 run with another metric or on other parcels, into a new run folder."""
@@ -39,7 +40,7 @@ def rescore(run_dir, metric, parcels, parcel_names, run_id, results_dir):
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--run-id", default=None, help="Name of the combined run (default: <model>-<dataset>-<subject>-combined-"
               "[<analysis>-]<protocol>-<hash of the runs>).")
-@click.option("--out", "results_dir", default=None, type=click.Path(path_type=Path),
+@click.option("--out", "results_dir", default=None, type=OUT_FOLDER,
               help="Results folder of the combined run (default: the one the first RUN_DIR is in).")
 def combine(run_dirs, run_id, results_dir):
     """Write runs of different (layer, state)s as the one run that fitted them all (nothing refitted).
@@ -51,7 +52,7 @@ def combine(run_dirs, run_id, results_dir):
     from .combine import combine_runs, default_run_id  # pyarrow, nibabel
 
     results_dir = results_folder_of(run_dirs[0], results_dir)
-    run_id = run_id or default_run_id(run_dirs)
+    run_id = check_run_id(run_id) if run_id is not None else default_run_id(run_dirs)
     if (results_dir / "runs" / run_id).exists():
         raise MtbenchError(f"{results_dir / 'runs' / run_id} already exists; give another --run-id")
     output = combine_runs(list(run_dirs), results_dir, run_id)

@@ -127,7 +127,7 @@ def rescore(run_dir: Path, metric: str | None = None, parcels: Path | None = Non
     if metric == old_metric and parcels is None:
         raise MtbenchError(f"nothing to rescore: the run is already scored with {metric!r} on its dataset's parcels; "
                            "give --metric NAME and/or --parcels LABELS.nii.gz")
-    entry = get_registry().metric(metric)  # unknown name: one line before any work
+    entry = get_registry().guarded_metric(metric)  # unknown name: one line before any work
     results_dir = results_folder_of(run_dir, results_dir)
     suffix = "-".join(filter(None, [metric if metric != old_metric else None,
                                     Path(parcels).name.split(".")[0] if parcels is not None else None]))

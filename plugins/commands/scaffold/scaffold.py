@@ -10,6 +10,7 @@ for the kind's hooks, implementation and test.
 from __future__ import annotations
 
 import re
+import shutil
 import zlib
 from importlib import resources
 from pathlib import Path
@@ -18,6 +19,7 @@ from string import Template
 import click
 
 from mtbench.errors import MtbenchError
+from mtbench.paths import writable_folder
 
 KINDS = ("model", "dataset", "metric", "state")
 _HOOKS = {"model": "register_models", "dataset": "register_datasets", "metric": "register_metrics",
@@ -89,13 +91,21 @@ def new_plugin(kind: str, name: str, parent: str | Path = ".") -> Path:
     root = Path(parent) / names["distribution"]
     if root.exists() and any(root.iterdir()):
         raise MtbenchError(f"{root} already exists and is not empty: choose another NAME or --dir")
+    made = not root.exists()
+    writable_folder(root, fix="give --dir a folder you can write to")  # before any file: no half a package
     templates = resources.files(__package__) / "templates"
-    for (folder, template), target in _LAYOUT.items():
-        source = templates / (kind if folder == "kind" else folder) / template
-        text = Template(source.read_text(encoding="utf-8")).substitute(names)
-        path = root / target.format(**names)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+    try:
+        for (folder, template), target in _LAYOUT.items():
+            source = templates / (kind if folder == "kind" else folder) / template
+            text = Template(source.read_text(encoding="utf-8")).substitute(names)
+            path = root / target.format(**names)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+    except OSError as exc:  # the disk filled up, a quota
+        if made:
+            shutil.rmtree(root, ignore_errors=True)
+        raise MtbenchError(f"could not write {root} ({exc.strerror or exc}); free space there or give --dir "
+                           "another folder") from None
     return root
 
 

@@ -9,11 +9,13 @@ import click
 from rich.table import Table
 
 from mtbench.cli.options import (
+    OUT_FOLDER,
     analysis_flags,
     analysis_values,
     key_value_options,
     parse_alphas,
 )
+from mtbench.cli.signals import sigterm_as_interrupt, stopped_by
 from mtbench.display import console
 from mtbench.registry import get_registry
 
@@ -50,7 +52,7 @@ def _per_name(names: tuple[str, ...], options: dict) -> dict:
 @click.option("--executor-option", "executor_options", multiple=True, metavar="KEY=VALUE",
               help="e.g. workers=4 (local); partition=gpu, account=..., qos=... (slurm).")
 @click.option("--cache", default=None, help="Feature cache shared by all tasks (default $MTBENCH_CACHE).")
-@click.option("--out", "results_dir", default="mtbench-results", show_default=True, type=click.Path(path_type=Path),
+@click.option("--out", "results_dir", default="mtbench-results", show_default=True, type=OUT_FOLDER,
               help="Results directory (shared with `mtbench run` and `mtbench leaderboard`).")
 @click.option("--folds/--no-folds", default=None,
               help="Write each cell's folds.parquet (default: the plan's `folds`, else yes); "
@@ -103,10 +105,12 @@ def sweep(plan_file, models, states, layers, datasets, subjects, protocols, mode
         print_plan(describe_plan(plan, results_dir, retry_failed), console)
         return
     try:
-        report = run_sweep(plan, results_dir, retry_failed=retry_failed, console=console)
-    except KeyboardInterrupt:
-        click.echo("Error: sweep interrupted; finished cells are kept, run the same command to resume", err=True)
-        sys.exit(130)
+        with sigterm_as_interrupt():  # scancel, a time limit: the same line as Ctrl-C
+            report = run_sweep(plan, results_dir, retry_failed=retry_failed, console=console)
+    except KeyboardInterrupt as exc:
+        how, status = stopped_by(exc)
+        click.echo(f"Error: sweep {how}; finished cells are kept, run the same command to resume", err=True)
+        sys.exit(status)
     print_report(report, console)
     if not report.complete:
         sys.exit(1)

@@ -12,6 +12,7 @@ always names the same folders, which is how a sweep knows what is already done
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
@@ -41,6 +42,12 @@ PLAN_KEYS = ("models", "states", "layers", "datasets", "subjects", "protocols", 
 SHARED_SETTINGS = ("metric", "alphas", "hrf", "trim_scans", "seed", "backend", "precision", "shared_alpha", "inner")
 
 RESOURCE_KEYS = ("extract_cpus", "extract_gpus", "fit_cpus", "fit_gpus", "minutes_factor", "extract_feature_gb")
+#: What each [resources] value may be: (a whole number?, its least value, whether that value is allowed).
+RESOURCE_VALUES = {"extract_cpus": (True, 1, True), "extract_gpus": (True, 0, True), "fit_cpus": (True, 1, True),
+                   "fit_gpus": (True, 0, True), "minutes_factor": (False, 0, False),
+                   "extract_feature_gb": (False, 0, False)}
+# plan keys that are tables of their own
+TABLE_KEYS = ("settings", "dataset_options", "model_options", "executor_options", "resources")
 
 
 
@@ -132,9 +139,15 @@ def load_plan(path: Path | None, **overrides) -> Plan:
     raw: dict = {}
     if path is not None:
         try:
-            raw = tomllib.loads(Path(path).read_text())
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise MtbenchError(f"plan file {path} does not exist; give an existing TOML file") from None
+        except UnicodeDecodeError as exc:
+            raise MtbenchError(f"plan file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                               f"{exc.start}); save it as UTF-8, the encoding of TOML") from None
+        except OSError as exc:  # a folder, no permission
+            raise MtbenchError(f"cannot read plan file {path} ({exc.strerror or exc}); give a readable TOML "
+                               "file") from None
         except tomllib.TOMLDecodeError as exc:
             raise MtbenchError(f"plan file {path} is not valid TOML ({exc}); fix the file") from None
     tables = analysis_tables()
@@ -152,6 +165,11 @@ def load_plan(path: Path | None, **overrides) -> Plan:
         raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
     if not raw.get("models"):
         raise MtbenchError("a sweep needs at least one model: `models = [...]` in the plan or --model")
+    for key in TABLE_KEYS:
+        if not isinstance(raw.get(key, {}), dict):
+            raise MtbenchError(f"plan key {key!r} must be a table ([{key}] with KEY = VALUE lines), got "
+                               f"{raw[key]!r}")
+    raw["layers"] = _read_layers(raw.get("layers", "all"))
     for key in ("models", "states", "datasets", "subjects", "protocols", "modes"):
         if key in raw:
             raw[key] = [str(v) for v in _as_list(raw[key], key)]
@@ -178,7 +196,52 @@ def load_plan(path: Path | None, **overrides) -> Plan:
     bad = sorted(set(raw.get("resources", {})) - set(RESOURCE_KEYS))
     if bad:
         raise MtbenchError(f"plan [resources]: unknown key {bad[0]!r}; known: {', '.join(RESOURCE_KEYS)}")
+    _check_resources(raw.get("resources", {}))
+    check_executor(raw.get("executor", "local"), raw.get("executor_options", {}))
     return Plan(**raw, analysis_options=options, notes=notes)
+
+
+def _read_layers(layers):
+    """The plan's ``layers``: ``"all"``, a range text, a block number or a list of them."""
+    def whole(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if whole(layers):  # `layers = 5`: block 5, as `--layers 5`
+        return [layers]
+    if isinstance(layers, str) or isinstance(layers, list) and all(whole(n) for n in layers):
+        return layers
+    raise MtbenchError(f"plan key 'layers' must be 'all', a range such as '1-5,8', a block number or a list of "
+                       f"them, got {layers!r}")
+
+
+def _check_resources(resources: dict) -> None:
+    """Each [resources] value has the type and range it must have (a negative CPU count is no request)."""
+    for key, value in resources.items():
+        whole, least, allowed = RESOURCE_VALUES[key]
+        number = isinstance(value, int if whole else (int, float)) and not isinstance(value, bool)
+        if not (number and np.isfinite(value) and (value >= least if allowed else value > least)):
+            kind = "a whole number" if whole else "a number"
+            raise MtbenchError(f"plan [resources]: {key} = {value!r} must be {kind} {'>=' if allowed else '>'} "
+                               f"{least}; fix it or leave it out (then it is estimated)")
+
+
+def check_executor(name, options: dict) -> None:
+    """The executor is registered and takes every option given (``--executor-option``), or one line.
+
+    Checked when the plan is read (``--dry-run`` too), not when the first task is handed over.
+    """
+    if not isinstance(name, str):
+        raise MtbenchError(f"plan key 'executor' must be the name of an executor, got {name!r} "
+                           "(`mtbench list executors`)")
+    entry = get_registry().executor(name)  # unknown: one line with the closest names
+    if entry.options is None:  # an executor that does not declare its options: it checks them itself
+        return
+    unknown = [key for key in options if key not in entry.options]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], entry.options, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else "none is close"
+        raise MtbenchError(f"executor {name} has no option {unknown[0]!r}: {hint} (it takes "
+                           f"{', '.join(entry.options) or 'none'}; --executor-option KEY=VALUE)")
 
 
 def analysis_tables() -> dict[str, tuple[str, ...]]:
@@ -394,7 +457,7 @@ def mode_templates(plan: Plan) -> dict:
         raise MtbenchError(f"`states` are for Mode {', '.join(takers)} cells; with `modes = {list(plan.modes)}` the "
                            f"[{'], ['.join(e.plan_table for e in entries.values() if e.plan_table)}] settings are "
                            "fitted")
-    RunSettings(model="", dataset="", states=[], **plan.settings).check()  # once, not in every cell
+    RunSettings(model="", dataset="", states=["all"], **plan.settings).check()  # once, not in every cell
     templates = {}
     for mode, analysis in analyses.items():
         template = RunSettings(model="", dataset="", states=plan.states if analysis.takes_states else ["all"],

@@ -2,7 +2,8 @@
 
 :func:`convert_gguf` dequantises a GGUF (one file, or chunks concatenated in order) into
 ``models/<conversion>`` and stamps it (:data:`CONVERSION_STAMP`: the source's sizes and
-mtimes, its sha256, the converted files' sizes) so that later loads reuse the folder;
+mtimes, its sha256, the converted files' sizes and CRC-32 checksums, checked on every load) so
+that later loads reuse the folder;
 :func:`convert_smollm2` and :func:`convert_gemma3_270m` are the built-in models'.
 """
 
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mtbench.errors import MtbenchError
-from mtbench.paths import cache_dir, exclusive_lock
+from mtbench.paths import atomic_write_bytes, cache_dir, file_checksum, note, waiting_lock
 
 from .runtime import quiet_progress_bars
 
@@ -79,11 +80,13 @@ def convert_gguf(parts: Sequence[Path], conversion: str, expected_sha256: str | 
     a temporary name and renamed, so a crash never leaves a half-written model. A stamp
     records the size and mtime of the source file(s): while they are unchanged, the folder
     is reused without reading the GGUF; if they changed (reinstall), it is reused when the
-    content hash is still the same. The stamp also records the size of each converted file: a
-    folder damaged since (a file truncated or deleted) is converted again (damage that keeps the
-    sizes is caught when loading: ``loading._load_converted``). Conversions hold
-    ``models/<conversion>.lock``: a second process asking meanwhile waits for the first, then
-    reuses its folder.
+    content hash is still the same. The stamp also records the size and the CRC-32 of each
+    converted file, checked every time: a folder damaged since (a file truncated, deleted, or
+    with a zeroed block) is converted again, with a note, so the weights used are always the
+    conversion of the GGUF whose sha256 is the revision (a stamp of an older mtbench, without
+    checksums, gets them; damage that stops a model from loading is also caught when loading:
+    ``loading._load_converted``). Conversions hold ``models/<conversion>.lock``: a second process
+    asking meanwhile waits for the first (as long as it shows signs of life), then reuses its folder.
 
     Parameters
     ----------
@@ -109,25 +112,41 @@ def convert_gguf(parts: Sequence[Path], conversion: str, expected_sha256: str | 
         return target, digest
     # one conversion at a time: a second process would take as long and as much memory, and
     # could move a folder aside while the first loads it; it waits, then reuses the result
-    with exclusive_lock(target.with_name(f"{target.name}.lock")):
-        digest = _converted_digest(target, parts, stats)
+    with waiting_lock(target.with_name(f"{target.name}.lock"), f"the conversion of {parts[0].name} into {target}"):
+        digest = _converted_digest(target, parts, stats, say=False)  # converted meanwhile by another process?
         return (target, digest) if digest else _convert(parts, stats, target, expected_sha256)
 
 
-def _converted_digest(target: Path, parts: Sequence[Path], stats: list) -> str | None:
-    """sha256 of the GGUF that ``target`` was converted from, when it is still that GGUF; else None."""
+def _converted_digest(target: Path, parts: Sequence[Path], stats: list, say: bool = True) -> str | None:
+    """sha256 of the GGUF that ``target`` was converted from, when it is still that GGUF and intact; else None.
+
+    ``say``: a note when the folder is damaged (it is converted again).
+    """
     try:
         info = json.loads((target / CONVERSION_STAMP).read_text())
     except (OSError, ValueError):
         return None
     if "files" in info and info["files"] != _file_sizes(target):  # damaged since (a file truncated or gone)
+        if say:
+            note(f"the converted model in {target} is damaged (a file is missing or of another size); converting "
+                 "it again")
         return None  # converted again
+    checksums = _checksums(target)
+    if "checksums" in info and info["checksums"] != checksums:  # damaged since, the sizes kept
+        if say:
+            damaged = sorted(name for name in set(info["checksums"]) | set(checksums)
+                             if info["checksums"].get(name) != checksums.get(name))
+            note(f"the converted model in {target} is damaged ({', '.join(damaged)} does not match its checksum); "
+                 "converting it again")
+        return None
     recorded = info.get("parts") or [[info.get("size"), info.get("mtime_ns")]]  # v1 stamps: one file
     if recorded == stats and info.get("sha256"):
+        if "checksums" not in info:  # an older mtbench's stamp: vouch for the content from now on
+            _write_stamp(target, parts, stats, info["sha256"], checksums)
         return info["sha256"]
     # the GGUF changed on disk (reinstall): reuse only if the content is the same
     if info.get("sha256") and info["sha256"] == _sha256(*parts):
-        _write_stamp(target, parts, stats, info["sha256"])
+        _write_stamp(target, parts, stats, info["sha256"], checksums)
         return info["sha256"]
     return None
 
@@ -180,18 +199,27 @@ def _convert(parts: Sequence[Path], stats: list, target: Path, expected_sha256: 
     return target, digest
 
 
-def _write_stamp(folder: Path, parts: Sequence[Path], stats: list, digest: str) -> None:
-    # "files": what the folder holds, so that a damaged copy is noticed by a stat, not a failed load
-    info = {"source": [str(p) for p in parts], "parts": stats, "sha256": digest, "files": _file_sizes(folder)}
+def _write_stamp(folder: Path, parts: Sequence[Path], stats: list, digest: str,
+                 checksums: dict[str, str] | None = None) -> None:
+    # "files": what the folder holds, so that a damaged copy is noticed by a stat, not a failed load;
+    # "checksums": its content, so that damage of the same size is noticed too (checked on every load)
+    info = {"source": [str(p) for p in parts], "parts": stats, "sha256": digest, "files": _file_sizes(folder),
+            "checksums": _checksums(folder) if checksums is None else checksums}
     if len(stats) == 1:  # v1 stamp keys, still understood by older mtbench
         info.update(size=stats[0][0], mtime_ns=stats[0][1])
-    (folder / CONVERSION_STAMP).write_text(json.dumps(info, indent=1))
+    atomic_write_bytes(folder / CONVERSION_STAMP, json.dumps(info, indent=1).encode())
+
+
+def _checksums(folder: Path) -> dict[str, str]:
+    """CRC-32 of each file of a converted folder (its stamp excepted), by name."""
+    return {p.name: file_checksum(p) for p in sorted(folder.iterdir())
+            if p.is_file() and p.name != CONVERSION_STAMP and not p.name.startswith(".")}
 
 
 def _file_sizes(folder: Path) -> dict[str, int]:
-    """Size of each file of a converted folder (its stamp excepted), by name."""
+    """Size of each file of a converted folder (its stamp and a stamp being written excepted), by name."""
     return {p.name: p.stat().st_size for p in sorted(folder.iterdir())
-            if p.is_file() and p.name != CONVERSION_STAMP}
+            if p.is_file() and p.name != CONVERSION_STAMP and not p.name.startswith(".")}
 
 
 def convert_smollm2(gguf: Path | None = None) -> tuple[Path, str]:

@@ -234,7 +234,12 @@ def load_hf(path: str | os.PathLike | None = None, **options) -> HFAdapter:
     if not config_file.is_file():
         raise MtbenchError(f"{folder} is not a Hugging Face model folder (no config.json there)")
     _check_options(options)
-    model_type = json.loads(config_file.read_text()).get("model_type")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # not JSON, not UTF-8, unreadable
+        raise MtbenchError(f"{config_file} is not a readable JSON config ({first_line(exc)}); repair the file or "
+                           "copy the model folder again") from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
     if model_type not in HOOK_MAPS:
         raise MtbenchError(
             f"model type {model_type!r} of {folder} is not supported; known families: {', '.join(HOOK_MAPS)}"

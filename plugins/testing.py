@@ -29,8 +29,8 @@ import click
 import numpy as np
 import pluggy
 
-from . import hookspecs
-from .api import (
+from mtbench import hookspecs
+from mtbench.api import (
     HOOK_ENTRIES,
     Analysis,
     AnalysisEntry,
@@ -41,8 +41,8 @@ from .api import (
     Stimulus,
     StimulusRun,
 )
-from .registry import get_registry
-from .settings import RunSettings
+from mtbench.registry import get_registry
+from mtbench.settings import RunSettings
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # what users can type after --model etc.
 STATE_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
