@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .errors import MtbenchError
+from .memory import usable_cpus
 from .paths import check_run_id, exclusive_lock, holder, lock_is_held, note
 
 SCHEMA_VERSION = "1"
@@ -95,7 +96,7 @@ def provenance(settings: dict, model: dict, dataset: dict) -> dict:
         "mtbench_version": __version__,
         "git_commit": _git_commit(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "host": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "host": {"platform": platform.platform(), "cpus": os.cpu_count(), "usable_cpus": usable_cpus()},
         "versions": _versions(),
         "model": model,
         "dataset": dataset,

@@ -30,13 +30,12 @@ alternatives rejected) are in ``docs/encoding.md`` ("Significance per voxel").
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from .errors import MtbenchError
-from .memory import check_fits
+from .memory import check_fits, usable_cpus
 
 __all__ = ["DEFAULT_MIN_SHIFT", "ShiftTest", "bh_fdr", "calibration_columns", "circular_shift_pvalues",
            "fold_dependence", "inflation_from_null_fit", "run_confidence_interval", "run_pvalues",
@@ -46,7 +45,7 @@ DEFAULT_MIN_SHIFT = 0
 # Voxels per block: all-shift correlations of one run (n_scans x block) and the null
 # (n_permutations x block) stay in tens of MB.
 _BLOCK = 2048
-_FFT_WORKERS = max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+_FFT_WORKERS = min(2, usable_cpus())
 _GATHER = 256  # columns per gather of the null draws (cache-sized working set)
 # Fewer null draws than this at or above the observed r: the empirical p is too coarse (its
 # floor, 1 / (1 + n_permutations), keeps BH across ~26,000 voxels from passing a fit whose

@@ -17,9 +17,16 @@ import sys  # noqa: E402
 import click  # noqa: E402
 
 from ..errors import MtbenchError, first_line  # noqa: E402
+from ..memory import affinity_cpus, usable_cpus  # noqa: E402
 from ..registry import get_registry  # noqa: E402
 from .listing import list_cmd, plugins  # noqa: E402
 from .run_command import run  # noqa: E402
+
+# torch (imported later, by the commands that need it) sizes its thread pool by the cores it
+# sees; under a container's CPU quota the pool is throttled as a whole (several times slower),
+# so it is sized by the quota unless the user chose
+if usable_cpus() < affinity_cpus():
+    os.environ.setdefault("OMP_NUM_THREADS", str(usable_cpus()))
 
 
 class MainGroup(click.Group):

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..errors import MtbenchError
+from ..memory import usable_cpus
 from ..settings import BACKENDS, INNERS, PRECISIONS
 from . import limits
 from .device import check_device, effective_precision
@@ -125,14 +126,19 @@ def fit_nested_loro(
 
     device = check_device(backend, device)
     threads = torch.get_num_threads()
+    # never more threads than CPUs to run them (torch sizes its pool by the host's cores, a
+    # container's CPU quota throttles the whole pool: several times slower, docs/encoding.md)
+    wanted = min(threads, usable_cpus())
     # Small fits run on one thread: splitting tiny products gains nothing, and when the
     # cores are busy with other processes every parallel region waits for a descheduled
     # thread (measured: 4 s instead of 10 ms for a 4 x 30-scan fit on a loaded 2-core box).
     small = (alpha_index is not None and xs[0].shape[1] * sum(y.size for y in ys) < limits.SMALL_FLOPS
              or validation_flops(xs, ys, alpha_grid.size, inner, outer) < limits.SMALL_FLOPS)
     try:
-        if small and threads > 1:
-            torch.set_num_threads(1)
+        if small:
+            wanted = 1
+        if wanted != threads:
+            torch.set_num_threads(wanted)
         if backend.startswith("himalaya"):
             result = fit_himalaya(xs, ys, alpha_grid, score, shared_alpha, device, inner, outer, on_refit,
                                    alpha_index)

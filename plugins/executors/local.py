@@ -8,22 +8,13 @@ memory guard starts a task only when its estimated memory fits next to the runni
 from __future__ import annotations
 
 import multiprocessing
-import os
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
 from mtbench.errors import MtbenchError
-from mtbench.memory import available_bytes
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (affinity, e.g. inside a Slurm allocation), else all."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+from mtbench.memory import available_bytes, usable_cpus
 
 
 def available_memory_gb() -> float:
