@@ -40,12 +40,26 @@ class ModelEntry:
         ``load(**options) -> ModelAdapter``. Imports torch/transformers lazily.
     family : str
         Architecture family (``llama``, ``gemma3``, ``baseline``...).
+    n_params : int
+        Parameter count (0: unknown before loading); ``mtbench list models`` shows it.
+    source : str
+        Where the weights come from (a hub id, a package); empty for models without weights.
+    local : callable or None
+        ``local() -> bool``: whether the weights are on this machine (checked without loading
+        anything heavy); None: nothing to download.
+    architecture : mapping or None
+        ``hidden``, ``heads``, ``kv_heads``, ``head_dim``, ``ffn``, ``layers`` (and ``experts``,
+        ``experts_per_token``...): plans a sweep's resources without loading the model.
     """
 
     name: str
     summary: str
     load: Callable[..., "ModelAdapter"]
     family: str = ""
+    n_params: int = 0
+    source: str = ""
+    local: Callable[[], bool] | None = None
+    architecture: Any = None
 
 
 @dataclass(frozen=True)

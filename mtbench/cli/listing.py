@@ -25,6 +25,8 @@ def list_cmd(kind):
         table.add_column("stage")
     if kind == "models":
         table.add_column("family")
+        table.add_column("size", justify="right")
+        table.add_column("local")
     table.add_column("description")
     table.add_column("plugin", style="dim")
     for name in registry.names(singular):
@@ -33,7 +35,7 @@ def list_cmd(kind):
         if kind == "states":
             cells.append(entry.stage)
         if kind == "models":
-            cells.append(entry.family)
+            cells += [entry.family, params_text(getattr(entry, "n_params", 0)), weights_here(entry)]
         summary = getattr(entry, "summary", None) or getattr(entry, "description", "")
         if getattr(entry, "default", False):
             summary += " (default)"
@@ -41,6 +43,25 @@ def list_cmd(kind):
         table.add_row(*cells)
     console.print(table)
     warn_broken(registry)
+
+
+def params_text(n_params: int) -> str:
+    """``1_235_814_400`` -> ``"1.24B"``; ``""`` when unknown (0)."""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n_params and n_params >= scale:
+            return f"{n_params / scale:.3g}{unit}"
+    return str(n_params) if n_params else ""
+
+
+def weights_here(entry) -> str:
+    """``yes``/``no``: whether a model's weights are on this machine (``ModelEntry.local``); ``""``: none needed."""
+    local = getattr(entry, "local", None)
+    if local is None:
+        return ""
+    try:
+        return "yes" if local() else "no"
+    except Exception:  # noqa: BLE001 - a plugin's check must not break the listing
+        return "?"
 
 
 @click.command()

@@ -9,10 +9,9 @@ import click
 from mtbench.cli.options import OUT_FOLDER
 from mtbench.display import console
 from mtbench.errors import MtbenchError
-from mtbench.paths import writable_folder
+from mtbench.paths import atomic_write_bytes, writable_folder
 
 from .report import write_report
-
 
 
 @click.command("leaderboard")
@@ -33,6 +32,7 @@ from .report import write_report
 def leaderboard_command(results_dirs, out, dataset, subject, parcels, metric, mode, reports, strict):
     """Collect runs under RESULTS_DIRS (default: mtbench-results), validate them, write the leaderboard."""
     from . import leaderboard  # pyarrow, nibabel
+    from .scaling import embed, write_scaling  # mtbench.results: pyarrow, nibabel
 
     unreportable: dict[str, str] = {}  # run id -> why its report could not be drawn (a damaged map)
 
@@ -63,6 +63,10 @@ def leaderboard_command(results_dirs, out, dataset, subject, parcels, metric, mo
         if unreportable:
             board = build()  # again, so that no row links to a report that was not written
     files = leaderboard.write(board, out)
+    section = write_scaling(board.rows, out)  # score against size (and training step) when the board has them
+    if section:
+        page = files["html"].read_text(encoding="utf-8")
+        atomic_write_bytes(files["html"], embed(page, section).encode("utf-8"))
     console.print(leaderboard.terminal_table(board))
     console.print(f"wrote {', '.join(str(p) for p in files.values())}", highlight=False, soft_wrap=True)
 

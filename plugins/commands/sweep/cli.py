@@ -119,23 +119,37 @@ def sweep(plan_file, models, states, layers, datasets, subjects, protocols, mode
 def print_plan(description: dict, console) -> None:
     table = Table(title=f"sweep plan: {description['n_cells']} cells, executor {description['executor']}")
     for col in ("model", "dataset", "cells", "done", "failed", "interrupted", "to run", "extract",
-                "fit task (cpus/mem/gpus/min)", "est. CPU-h"):
+                "extract task (cpus/mem/gpus/min)", "fit task (cpus/mem/gpus/min)", "est. CPU-h"):
         table.add_column(col, justify="left" if col in ("model", "dataset") else "right")
     total = 0.0
     for row in description["rows"]:
-        res = row["fit_resources"]
+        res, ext = row["fit_resources"], row["extract_resources"]
         total += row["cpu_hours"]
         table.add_row(row["model"], row["dataset"], str(row["cells"]), str(row["done"]), str(row["failed"]),
                       str(row["interrupted"]), str(row["to_run"]), row["extract"],
+                      f"{ext['cpus']}/{ext['mem_gb']:g}G/{ext['gpus']}/{ext['minutes']}",
                       f"{res['cpus']}/{res['mem_gb']:g}G/{res['gpus']}/{res['minutes']}", f"{row['cpu_hours']:.2f}")
     console.print(table)
     how = {row["estimate"] for row in description["rows"]}
     basis = "median of finished cells" if how == {"measured"} else "rough: from data and model size"
     console.print(f"estimated cost of what is left: {total:.2f} CPU-hours ({basis})")
+    totals = description.get("totals")
+    if totals is not None:
+        print_totals(totals, console)
     combined = description["combined"]
     if combined["runs"]:
         console.print(f"combined runs (each model, dataset, subject, protocol and mode as one run): {combined['runs']}, "
                       f"{combined['written']} already written")
+
+
+def print_totals(totals, console) -> None:
+    """The plan's totals from the architecture (:func:`.resources.plan_totals`) and the partition warnings."""
+    console.print(f"planned from the architecture, {totals.cells} fit cells and their extractions: "
+                  f"{totals.gpu_hours:,.1f} GPU-hours, {totals.cpu_hours:,.1f} CPU-hours "
+                  f"(extraction {totals.extract_hours:,.1f} h, fits {totals.fit_hours:,.1f} h of wall time one after "
+                  f"another), feature cache {totals.disk_gb:,.1f} GB")
+    for warning in totals.warnings:
+        console.print(f"[yellow]warning[/yellow] {warning}", highlight=False, soft_wrap=True)
 
 
 def print_report(report, console) -> None:

@@ -31,6 +31,7 @@ from .resources import (
     extract_resources,
     fit_resources,
     layers_per_pass,
+    plan_totals,
 )
 from .tasks import (
     SweepTask,
@@ -288,7 +289,7 @@ def describe_plan(plan: Plan, results_dir: Path, retry_failed: bool = False) -> 
     combos = combinations(groups)
     written = sum(combined_is_valid(results_dir, name, members) for name, members in combos.items())
     return {"n_cells": len(status), "rows": rows, "executor": plan.executor,
-            "cells": [c.name for g in groups for c in g.cells],
+            "cells": [c.name for g in groups for c in g.cells], "totals": plan_totals(groups, plan, fit, extract),
             "combined": {"runs": len(combos) if plan.combine else 0, "written": written if plan.combine else 0}}
 
 

