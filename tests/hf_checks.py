@@ -3,7 +3,8 @@
 ``check_family_identities(adapter, ids)`` captures all 13 states of every block and
 recomputes each one from the captured ones with the model's own modules plus an
 independent implementation of what is family-specific (RoPE after QK-norm, per-layer
-rotary embeddings, GQA, sliding windows, attention sinks, sandwich norms, routed experts).
+rotary embeddings, GQA, sliding windows, attention sinks, sandwich norms, routed experts,
+partial rotary, per-head fused q/k/v, parallel residual).
 
 What is family-specific is one :class:`Reference` per family in :data:`REFERENCES`: the
 family's reference-test case, the hand-written forward pass its ``FamilySpec`` is checked
@@ -60,6 +61,23 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_heads: int) -
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return (x * cos[:, None] + rotated * sin[:, None]).reshape(t, -1)
+
+
+def _partial_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_heads: int, rotary_dims: int) -> torch.Tensor:
+    """GPT-NeoX's partial RoPE: rotate-half on the first ``rotary_dims`` dims of each head
+    (cos/sin (T, rotary_dims)), the other dims passed through unchanged."""
+    t = x.shape[0]
+    x = x.view(t, n_heads, -1)
+    rotated = _rope(x[..., :rotary_dims].reshape(t, -1), cos, sin, n_heads).view(t, n_heads, rotary_dims)
+    return torch.cat([rotated, x[..., rotary_dims:]], dim=-1).reshape(t, -1)
+
+
+def _rope_tables(theta: float, dims: int, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin (T, dims) of the original RoPE: frequencies theta^(-2i/dims), each used twice."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, dims, 2, dtype=torch.float32) / dims)
+    angles = torch.arange(t, dtype=torch.float32)[:, None] * inv_freq[None]
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
 
 
 def _attention(q, k, v, n_heads, n_kv, scale, window=None, sinks=None) -> torch.Tensor:
@@ -138,6 +156,10 @@ def _gpt2_modules(block) -> BlockModules:
     return BlockModules(block.attn, block.ln_1, block.attn.c_proj, block.ln_2)
 
 
+def _neox_modules(block) -> BlockModules:
+    return BlockModules(block.attention, block.input_layernorm, block.attention.dense, block.post_attention_layernorm)
+
+
 def _separate_projections(attn, x, cfg):
     return attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
 
@@ -146,8 +168,19 @@ def _fused_projection(attn, x, cfg):
     return attn.c_attn(x).split(cfg.hidden_size, dim=-1)
 
 
+def _fused_per_head_projection(attn, x, cfg):
+    """GPT-NeoX: query_key_value's output is, per head, [q_h | k_h | v_h] (heads x 3 x head_dim)."""
+    t = x.shape[0]
+    qkv = attn.query_key_value(x).view(t, cfg.num_attention_heads, 3, -1)
+    return tuple(qkv[:, :, i].reshape(t, -1) for i in range(3))
+
+
 def _token_embedding(base, ids, positions):
     return base.embed_tokens(ids)
+
+
+def _embed_in(base, ids, positions):
+    return base.embed_in(ids)  # GPT-NeoX: token embedding only (positions are in the rotation)
 
 
 def _token_and_position_embedding(base, ids, positions):
@@ -173,6 +206,14 @@ def _gelu_ffn(mlp, c: dict, cfg, close: dict) -> None:
     """GPT-2: c_proj(act(c_fc(x)))."""
     torch.testing.assert_close(mlp.act(mlp.c_fc(c["pre_ffn_norm"])), c["ffn_activated_state"], **close)
     torch.testing.assert_close(mlp.c_proj(c["ffn_activated_state"]), c["ffn_output"], **close)
+
+
+def _neox_gelu_ffn(mlp, c: dict, cfg, close: dict) -> None:
+    """GPT-NeoX: dense_4h_to_h(gelu(dense_h_to_4h(x))), exact (erf) GELU as Pythia's hidden_act."""
+    assert cfg.hidden_act == "gelu"
+    activated = torch.nn.functional.gelu(mlp.dense_h_to_4h(c["pre_ffn_norm"]))
+    torch.testing.assert_close(activated, c["ffn_activated_state"], **close)
+    torch.testing.assert_close(mlp.dense_4h_to_h(c["ffn_activated_state"]), c["ffn_output"], **close)
 
 
 def _routed_experts_ffn(mlp, c: dict, cfg, close: dict) -> None:
@@ -212,6 +253,12 @@ class Reference:
         ``(mlp, captured states of the block, config, tolerances)``: asserts the FFN states.
     final_norm : str
         Attribute of the base model normalising the last block's output.
+    rotary_dims : callable, optional
+        ``(config, head_dim) ->`` dims of each head that RoPE rotates, the first ones (GPT-NeoX:
+        partial rotary); the tables are then recomputed from ``rope_theta`` here. None: all.
+    parallel_residual : bool
+        The block is ``x + attn(ln1(x)) + ffn(ln2(x))`` (GPT-NeoX): no post-attention residual,
+        the FFN norm reads the block input.
     """
 
     tiny: dict
@@ -223,6 +270,12 @@ class Reference:
     embed: Callable = _token_embedding
     ffn: Callable = _gated_ffn
     final_norm: str = "norm"
+    rotary_dims: Callable | None = None
+    parallel_residual: bool = False
+
+
+def _neox_rotary_dims(cfg, head_dim: int) -> int:
+    return int(head_dim * cfg.rope_parameters["partial_rotary_factor"])
 
 
 _SLIDING_FULL = ["sliding_attention", "full_attention", "sliding_attention"]
@@ -241,6 +294,10 @@ REFERENCES: dict[str, Reference] = {
                          ffn=_routed_experts_ffn),  # sinks: the attention module's, in the softmax
     "gpt2": Reference(tiny={}, modules=_gpt2_modules, qkv=_fused_projection, rope=False,
                       embed=_token_and_position_embedding, ffn=_gelu_ffn, final_norm="ln_f"),
+    # Pythia: fused per-head q/k/v, RoPE on the first rotary_pct (0.25) of each head, parallel residual
+    "gpt_neox": Reference(tiny={}, modules=_neox_modules, qkv=_fused_per_head_projection, embed=_embed_in,
+                          ffn=_neox_gelu_ffn, final_norm="final_layer_norm", rotary_dims=_neox_rotary_dims,
+                          parallel_residual=True),
 }
 
 
@@ -305,8 +362,19 @@ def check_family_identities(adapter: HFAdapter, ids: list[int], atol: float = 1e
                     k_normed = m.attn.k_norm(k_normed.view(t, n_kv, head_dim)).reshape(t, -1)
                     assert not torch.allclose(q_normed, c["per_head_q"], atol=1e-2)
                 cos, sin = _cos_sin(base, plain[0], positions, layer_type)
-                torch.testing.assert_close(_rope(q_normed, cos, sin, n_heads), c["per_head_q_rope"], **close)
-                torch.testing.assert_close(_rope(k_normed, cos, sin, n_kv), c["per_head_k_rope"], **close)
+                if ref.rotary_dims is not None:  # partial rotary: tables of the rotated dims only
+                    dims = ref.rotary_dims(cfg, head_dim)
+                    assert 0 < dims < head_dim and cos.shape[-1] == dims
+                    cos, sin = _rope_tables(cfg.rope_parameters["rope_theta"], dims, t)
+                    torch.testing.assert_close(cos, _cos_sin(base, plain[0], positions, layer_type)[0], **close)
+
+                    def rotate(x, heads, cos=cos, sin=sin, dims=dims):
+                        return _partial_rope(x, cos, sin, heads, dims)
+                else:
+                    def rotate(x, heads, cos=cos, sin=sin):
+                        return _rope(x, cos, sin, heads)
+                torch.testing.assert_close(rotate(q_normed, n_heads), c["per_head_q_rope"], **close)
+                torch.testing.assert_close(rotate(k_normed, n_kv), c["per_head_k_rope"], **close)
                 q_in, k_in = c["per_head_q_rope"], c["per_head_k_rope"]
             else:
                 q_in, k_in = c["per_head_q"], c["per_head_k"]
@@ -324,6 +392,13 @@ def check_family_identities(adapter: HFAdapter, ids: list[int], atol: float = 1e
             torch.testing.assert_close(m.o_proj(c["per_head_context_vector"]), c["attn_output"], **close)
 
             # residual stream, FFN
+            if ref.parallel_residual:  # x + attn(ln1(x)) + ffn(ln2(x)): x + attn_output is never formed
+                assert "post_attn_hidden_state" not in c
+                torch.testing.assert_close(m.ffn_norm(c["input_hidden_state"]), c["pre_ffn_norm"], **close)
+                ref.ffn(block.mlp, c, cfg, close)
+                block_out = c["input_hidden_state"] + c["attn_output"] + c["ffn_output"]
+                _check_block_output(adapter, base, ref, layer, block_out, caps, plain, close)
+                continue
             attn_residual = c["attn_output"]
             if m.attn_out_norm is not None:  # sandwich norm on the attention output
                 attn_residual = m.attn_out_norm(attn_residual)
@@ -334,8 +409,13 @@ def check_family_identities(adapter: HFAdapter, ids: list[int], atol: float = 1e
             if m.ffn_out_norm is not None:
                 ffn_residual = m.ffn_out_norm(ffn_residual)
             block_out = c["post_attn_hidden_state"] + ffn_residual
-            if layer < adapter.n_layers:
-                torch.testing.assert_close(block_out, caps[layer + 1, "input_hidden_state"], **close)
-                torch.testing.assert_close(block_out, plain[layer][0], **close)
-            else:  # transformers applies the final norm to the last hidden state it returns
-                torch.testing.assert_close(getattr(base, ref.final_norm)(block_out), plain[layer][0], **close)
+            _check_block_output(adapter, base, ref, layer, block_out, caps, plain, close)
+
+
+def _check_block_output(adapter, base, ref, layer, block_out, caps, plain, close) -> None:
+    """The recomputed block output is the next block's captured input and the model's own hidden state."""
+    if layer < adapter.n_layers:
+        torch.testing.assert_close(block_out, caps[layer + 1, "input_hidden_state"], **close)
+        torch.testing.assert_close(block_out, plain[layer][0], **close)
+    else:  # transformers applies the final norm to the last hidden state it returns
+        torch.testing.assert_close(getattr(base, ref.final_norm)(block_out), plain[layer][0], **close)

@@ -5,6 +5,7 @@ never written anywhere)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -214,11 +215,14 @@ def test_pythia_checkpoints_and_refusals_before_any_download(monkeypatch, tmp_pa
     assert len(steps) == 154 and steps[:3] == (0, 1, 2) and steps[-1] == 143000 and 512 in steps
     assert pythia.revision("step1000") == "step1000"
     assert "step1001" in one_line_error(lambda: pythia.revision("step1001"))
-    # a family the adapter cannot read is refused by name before the hub is asked (none listens here)
+    # gpt_neox is read: a checkpoint goes to the hub (none listens here: one line naming the revision)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     message = one_line_error(lambda: load_model("pythia-160m:step1000"))
-    assert "gpt_neox" in message and "does not read" in message
+    assert "EleutherAI/pythia-160m@step1000" in message and "cannot reach" in message
+    # a family the adapter cannot read is refused by name before the hub is asked
+    message = one_line_error(lambda: load_catalog(dataclasses.replace(pythia, family="bert")))
+    assert "bert" in message and "does not read" in message
 
 
 # --------------------------------------------------------------------------- through the hub

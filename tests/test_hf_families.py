@@ -8,7 +8,8 @@ the captured ones with the model's own modules and an independent implementation
 is family-specific: RoPE after QK-norm (Qwen3, Gemma 3) with each layer's own rotary
 embedding (Gemma 3: sliding vs global), softmax attention with GQA, the family's scaling,
 sliding-window masks and attention sinks (GPT-OSS), Gemma's sandwich norms, GPT-OSS's
-routed clamped-SwiGLU experts. The block output must equal the next block's captured input
+routed clamped-SwiGLU experts, GPT-NeoX's per-head fused q/k/v, partial RoPE (rotary_pct
+0.25, tables recomputed from rope_theta) and parallel residual (no post-attention state). The block output must equal the next block's captured input
 and the model's own ``output_hidden_states``. A spec without a case, or a case without a
 spec, fails; so does a family table in ``docs/states.md`` that differs from the specs. The
 slow test does the same on the real gemma3-270m weights.
@@ -52,6 +53,7 @@ VARIANTS = {
     # a tokenizer that adds a BOS by default, as the real Gemma's does
     "gemma3_text-bos": ("gemma3_text", dict(add_bos=True)),
     "gpt_oss-top1": ("gpt_oss", dict(num_experts_per_tok=1)),
+    "gpt_neox-eager": ("gpt_neox", {}),  # GPT-NeoX's own eager attention function
 }
 
 
@@ -139,7 +141,7 @@ def test_the_docs_state_table_has_a_column_for_every_family():
 def test_attention_implementation_follows_what_the_family_computes(folders):
     # sinks (GPT-OSS) need the family's eager attention; the rest run sdpa
     expected = {"qwen3": "mtbench_sdpa", "gemma3_text": "mtbench_sdpa", "gpt_oss": "mtbench_eager",
-                "gpt2": "mtbench_sdpa"}
+                "gpt2": "mtbench_sdpa", "gpt_neox": "mtbench_sdpa"}
     for case, implementation in expected.items():
         assert load_hf(str(folders(case))).model.config._attn_implementation == implementation
 
@@ -242,6 +244,101 @@ def test_a_family_without_rope_reports_its_rope_states_as_not_applicable(folders
     from mtbench.runner import parse_states
 
     assert "per_head_q_rope" not in parse_states("all", adapter.available_states())
+
+
+# --------------------------------------------------------------------------- GPT-NeoX (Pythia)
+def test_gpt_neox_parallel_residual_has_no_post_attention_state(folders):
+    """Pythia's block is x + attn(ln1(x)) + mlp(ln2(x)): x + attn_output is never formed and the
+    FFN norm reads the block input, so post_attn_hidden_state is refused in one line."""
+    adapter = load_hf(str(folders("gpt_neox")))
+    assert adapter.model.config.use_parallel_residual
+    assert adapter.available_states() == [s for s in ALL_STATES if s != "post_attn_hidden_state"]
+    with pytest.raises(MtbenchError) as info:
+        adapter.capture([1, 2], ["per_head_v", "post_attn_hidden_state"], [1])
+    assert str(info.value).startswith("post_attn_hidden_state is not applicable to gpt_neox (parallel residual")
+    assert "\n" not in str(info.value)
+    ids = _ids(adapter, TEXT)
+    caps = adapter.capture(ids, ["input_hidden_state", "attn_output", "pre_ffn_norm"], [2])
+    block = adapter.model.gpt_neox.layers[1]
+    with torch.inference_mode():
+        torch.testing.assert_close(block.post_attention_layernorm(caps[2, "input_hidden_state"]),
+                                   caps[2, "pre_ffn_norm"], **TOL)
+        sequential = block.post_attention_layernorm(caps[2, "input_hidden_state"] + caps[2, "attn_output"])
+    assert not torch.allclose(sequential, caps[2, "pre_ffn_norm"], atol=1e-2)  # the other reading is wrong
+
+
+def test_gpt_neox_partial_rotary_and_per_head_fused_split(folders):
+    adapter = load_hf(str(folders("gpt_neox")))
+    cfg = adapter.model.config
+    heads, head_dim = cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
+    rotary = int(head_dim * cfg.rope_parameters["partial_rotary_factor"])
+    assert (heads, head_dim, rotary) == (4, 16, 4)  # rotary_pct 0.25, as in Pythia
+    ids = _ids(adapter, TEXT)
+    names = ["pre_attn_norm", "per_head_q", "per_head_q_rope", "per_head_k", "per_head_k_rope", "per_head_v",
+             "ffn_activated_state"]
+    caps = adapter.capture(ids, names, [1])
+    t = len(ids)
+    widths = {s: caps[1, s].shape for s in names}
+    assert widths["ffn_activated_state"] == (t, 128)
+    assert {widths[s] for s in names if s.startswith("per_head")} == {(t, heads * head_dim)}  # no GQA
+    for plain, rope in (("per_head_q", "per_head_q_rope"), ("per_head_k", "per_head_k_rope")):
+        before, after = (caps[1, s].view(t, heads, head_dim) for s in (plain, rope))
+        torch.testing.assert_close(after[..., rotary:], before[..., rotary:], atol=0, rtol=0)  # passed through
+        torch.testing.assert_close(after[0], before[0], **TOL)  # position 0: rotation by angle 0
+        assert not torch.allclose(after[1:, :, :rotary], before[1:, :, :rotary], atol=1e-3)  # rotated
+    # the fused projection is [q_h | k_h | v_h] per head, not GPT-2's [q | k | v]
+    with torch.inference_mode():
+        fused = adapter.model.gpt_neox.layers[0].attention.query_key_value(caps[1, "pre_attn_norm"])
+    torch.testing.assert_close(caps[1, "per_head_v"].view(t, heads, head_dim),
+                               fused.view(t, heads, 3, head_dim)[:, :, 2], **TOL)
+    assert not torch.allclose(caps[1, "per_head_q"], fused[:, :heads * head_dim], atol=1e-3)
+
+
+def test_gpt_neox_sequential_residual_is_refused_in_one_line(tmp_path):
+    folder = save_tiny_model(tmp_path / "sequential", "gpt_neox", n_layers=1, use_parallel_residual=False)
+    with pytest.raises(MtbenchError) as info:
+        load_hf(str(folder))
+    message = str(info.value)
+    assert "use_parallel_residual=False" in message and "gpt_neox" in message and "\n" not in message
+
+
+def test_gpt_neox_passes_the_conformance_kit(folders):
+    from mtbench_plugins.testing import check_model_adapter, tiny_stimulus
+
+    check_model_adapter(load_hf(str(folders("gpt_neox"))), stimulus=tiny_stimulus())
+
+
+def test_gpt_neox_runs_end_to_end_from_the_command_line(folders, tmp_path, monkeypatch):
+    """`mtbench run --model hf:<tiny gpt_neox>` on the synthetic dataset, with a signal planted from
+    the same model's layer-2 per_head_q_rope in Heschl's gyrus; the missing state is refused."""
+    from click.testing import CliRunner
+
+    from mtbench.cli import main
+
+    monkeypatch.setenv("MTBENCH_CACHE", str(tmp_path / "cache"))
+    folder = folders("gpt_neox")
+    truth = json.dumps([{"parcel": "Heschl's Gyrus (includes H1 and H2)", "layer": 2, "state": "per_head_q_rope"}])
+    common = ["run", "--model", f"hf:{folder}", "--layers", "2", "--permutations", "0", "--dataset-option",
+              "scale=tiny", "--dataset-option", f"truth_model=hf:{folder}", "--dataset-option", f"truth={truth}",
+              "--alphas", "1e0:1e4:3", "--out", str(tmp_path / "results")]
+    states = ["per_head_q_rope", "ffn_activated_state"]
+    result = CliRunner().invoke(main, [*common, "--states", ",".join(states)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    (manifest,) = (tmp_path / "results").glob("runs/*/manifest.json")
+    assert json.loads(manifest.read_text())["model"]["family"] == "gpt_neox"
+    import pyarrow.parquet as pq
+
+    scores = pq.read_table(manifest.parent / "scores.parquet").to_pandas()
+    assert set(scores["state"]) == set(states) and set(scores["layer"]) == {2}
+    test = scores[scores["split"] == "test"].set_index(["state", "parcel"])["value"]
+    ci_low = scores[scores["split"] == "test"].set_index(["state", "parcel"])["ci_low"]
+    heschl = "Heschl's Gyrus (includes H1 and H2)"
+    # the signal planted from this model's own per_head_q_rope is found where it was planted
+    assert ci_low["per_head_q_rope", heschl] > 0.05
+    assert test["per_head_q_rope", heschl] > test["ffn_activated_state", heschl]
+    assert abs(test["per_head_q_rope", "Frontal Pole"]) < 0.05
+    refused = CliRunner().invoke(main, [*common, "--states", "post_attn_hidden_state"])
+    assert refused.exit_code != 0 and "does not exist in this model" in refused.output
 
 
 def test_unknown_family_lists_the_known_ones(tmp_path):

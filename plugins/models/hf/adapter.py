@@ -78,6 +78,10 @@ class HFAdapter:
         if family not in HOOK_MAPS:
             known = ", ".join(HOOK_MAPS)
             raise MtbenchError(f"model type {family!r} is not supported; known families: {known}")
+        for key, value in HOOK_MAPS[family].requires.items():  # what the family's map assumes
+            if getattr(model.config, key, value) != value:
+                raise MtbenchError(f"model {name}: {family} with {key}={getattr(model.config, key)} is not supported "
+                                   f"(the {family} state map reads {key}={value} models); use such a model")
         if not getattr(tokenizer, "is_fast", False):
             raise MtbenchError(f"model {name}: a fast tokenizer (tokenizer.json) is needed for word offsets")
         self.context, self.stride = _positive_int("context", context), _positive_int("stride", stride)

@@ -30,8 +30,14 @@ from dataclasses import dataclass, field
 #        the experts module recomputes it from that module's own inputs (hidden states,
 #        selected experts, routing weights), weights and gate (``experts._apply_gate``:
 #        GPT-OSS's clamped SwiGLU); this costs one more up projection of the routed tokens.
+#   port FUSED_Q / FUSED_K / FUSED_V -> path is a fused q/k/v projection laid out per head
+#        (GPT-NeoX's query_key_value: its output viewed (T, heads, 3 * head_dim) is, per head,
+#        [q_h | k_h | v_h], which the attention module chunks in three); the state is that
+#        part of every head, heads x head_dim flattened: the projection, before RoPE.
+#        (GPT-2's c_attn is [q | k | v] over all heads instead: read there at QUERY/KEY/VALUE.)
 INPUT, OUTPUT, QUERY, KEY, VALUE = "input", "output", "attention_query", "attention_key", "attention_value"
 ROUTED = "routed_expert_activation"
+FUSED_Q, FUSED_K, FUSED_V = "fused_qkv_query", "fused_qkv_key", "fused_qkv_value"
 
 # --------------------------------------------------------------------------- layouts
 _LLAMA_LAYOUT: dict[str, tuple[str, str]] = {
@@ -95,6 +101,31 @@ _GPT2_LAYOUT = {
     "ffn_output": ("mlp", OUTPUT),
 }
 
+# GPT-NeoX (Pythia): parallel residual, y = x + dense(attn(ln1(x))) + mlp(ln2(x)) with
+# ln1 = input_layernorm, ln2 = post_attention_layernorm (LayerNorms with bias). x + attn_output
+# is never formed (the FFN reads ln2 of the block input), so post_attn_hidden_state does not
+# exist (not_applicable in HOOK_MAPS); pre_ffn_norm is ln2(x). Fused per-head query_key_value
+# (FUSED_*): per_head_q/k/v are its parts before RoPE. RoPE rotates only the first
+# rotary_pct (0.25) of each head's dims: the *_rope states are q/k as attention receives
+# them, rotated quarter and passed-through rest. GELU MLP: ffn_activated_state is the input
+# of dense_4h_to_h, gelu(dense_h_to_4h(ln2(x))).
+_GPT_NEOX_LAYOUT = {
+    "input_hidden_state": ("", INPUT),
+    "pre_attn_norm": ("input_layernorm", OUTPUT),
+    "per_head_q": ("attention.query_key_value", FUSED_Q),
+    "per_head_q_rope": ("attention", QUERY),
+    "per_head_k": ("attention.query_key_value", FUSED_K),
+    "per_head_k_rope": ("attention", KEY),
+    "per_head_v": ("attention.query_key_value", FUSED_V),
+    "per_head_context_vector": ("attention.dense", INPUT),
+    "attn_output": ("attention.dense", OUTPUT),
+    "pre_ffn_norm": ("post_attention_layernorm", OUTPUT),
+    "ffn_activated_state": ("mlp.dense_4h_to_h", INPUT),
+    "ffn_output": ("mlp", OUTPUT),
+}
+_PARALLEL_RESIDUAL = ("parallel residual: the block adds attention and FFN outputs to its input together, "
+                      "x + attn_output is never formed")
+
 
 @dataclass(frozen=True)
 class FamilySpec:
@@ -114,6 +145,9 @@ class FamilySpec:
         What sets the family apart (its row of the family table in ``docs/states.md``).
     not_applicable : dict of str to str
         States the family does not have -> why (e.g. no RoPE: no ``*_rope`` states).
+    requires : dict of str to object
+        Config values the map assumes (``config.<key> == value``); a model of the family
+        with another value is refused when it loads (e.g. GPT-NeoX's parallel residual).
     """
 
     layers: str
@@ -122,6 +156,7 @@ class FamilySpec:
     model_class: str
     summary: str
     not_applicable: dict[str, str] = field(default_factory=dict)
+    requires: dict[str, object] = field(default_factory=dict)
 
 
 # Mistral and Qwen2 blocks have Llama's module names and order (Qwen2 adds q/k/v biases,
@@ -152,4 +187,11 @@ HOOK_MAPS: dict[str, FamilySpec] = {
         layers="h", states=_GPT2_LAYOUT, config_class="GPT2Config", model_class="GPT2LMHeadModel",
         summary="fused q/k/v projection, learned absolute positions (no RoPE), LayerNorm, GELU MLP",
         not_applicable={"per_head_q_rope": _NO_ROPE, "per_head_k_rope": _NO_ROPE}),
+    # Pythia (EleutherAI), GPT-NeoX-20B
+    "gpt_neox": FamilySpec(
+        layers="layers", states=_GPT_NEOX_LAYOUT, config_class="GPTNeoXConfig", model_class="GPTNeoXForCausalLM",
+        summary="parallel residual, fused per-head q/k/v projection, RoPE on the first rotary_pct of each head, "
+                "LayerNorm, GELU MLP",
+        not_applicable={"post_attn_hidden_state": _PARALLEL_RESIDUAL},
+        requires={"use_parallel_residual": True}),
 }

@@ -19,7 +19,20 @@ import torch
 from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.masking_utils import eager_mask, sdpa_mask
 
-from .families import INPUT, KEY, OUTPUT, QUERY, ROUTED, VALUE, FamilySpec
+from .families import (
+    FUSED_K,
+    FUSED_Q,
+    FUSED_V,
+    INPUT,
+    KEY,
+    OUTPUT,
+    QUERY,
+    ROUTED,
+    VALUE,
+    FamilySpec,
+)
+
+_FUSED_PART = {FUSED_Q: 0, FUSED_K: 1, FUSED_V: 2}
 
 # id(attention module) -> {QUERY/KEY/VALUE: callback(tensor (T, heads*head_dim))}; set only
 # while forward_with_taps runs, so other models in the process are unaffected.
@@ -107,6 +120,9 @@ def forward_with_taps(base, blocks, spec: FamilySpec, input_ids: torch.Tensor,
                 handles.append(module.register_forward_hook(_output_hook(emit)))
             elif port == ROUTED:
                 handles.append(module.register_forward_hook(_routed_hook(emit), with_kwargs=True))
+            elif port in _FUSED_PART:
+                heads = base.config.num_attention_heads
+                handles.append(module.register_forward_hook(_fused_part_hook(emit, heads, _FUSED_PART[port])))
             else:
                 attention_taps.setdefault(id(module), {})[port] = emit
         deepest = max(layer for layer, _ in wanted)
@@ -141,6 +157,17 @@ def _output_hook(emit):
     def hook(module, args, output):
         x = _first_tensor(output)
         emit(x[0].reshape(x.shape[1], -1))
+
+    return hook
+
+
+def _fused_part_hook(emit, heads: int, part: int):
+    """Forward hook on a per-head fused q/k/v projection (see ``FUSED_Q`` in families.py):
+    emits part ``part`` (0 q, 1 k, 2 v) of every head, (T, heads * head_dim)."""
+
+    def hook(module, args, output):
+        x = _first_tensor(output)[0]  # (T, heads * 3 * head_dim)
+        emit(x.view(x.shape[0], heads, 3, -1)[:, :, part].reshape(x.shape[0], -1))
 
     return hook
 

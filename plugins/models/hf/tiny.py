@@ -133,7 +133,7 @@ def save_tiny_model(
 
     Like :func:`save_tiny_llama` (same tokenizer, same kind of non-degenerate weights),
     for any family of :data:`~mtbench_plugins.models.hf.families.HOOK_MAPS` (``llama``,
-    ``mistral``, ``qwen2``, ``qwen3``, ``gemma3_text``, ``gpt_oss``, ``gpt2``...), built from
+    ``mistral``, ``qwen2``, ``qwen3``, ``gemma3_text``, ``gpt_oss``, ``gpt2``, ``gpt_neox``), built from
     the transformers classes its :class:`~mtbench_plugins.models.hf.families.FamilySpec` names.
 
     Parameters
@@ -144,13 +144,14 @@ def save_tiny_model(
         ``config.model_type`` of the model to build.
     seed, n_layers, hidden, heads, kv_heads, intermediate, vocab_size, extra_text
         As in :func:`save_tiny_llama`; ``head_dim = hidden // heads``. ``intermediate``
-        is the FFN width (per expert for ``gpt_oss``); gpt2 has no grouped kv heads.
+        is the FFN width (per expert for ``gpt_oss``); gpt2 and gpt_neox have no grouped
+        kv heads (``kv_heads`` is ignored).
     add_bos : bool
         The tokenizer prepends its BOS token when encoding with special tokens (like
         Gemma's); same vocabulary and weights as without.
     **config
         Overrides of the family's config (e.g. ``sliding_window=4``, ``layer_types=[...]``,
-        ``num_local_experts=4``, ``num_experts_per_tok=2``).
+        ``num_local_experts=4``, ``num_experts_per_tok=2``, ``use_parallel_residual=False``).
 
     Returns
     -------
@@ -172,6 +173,13 @@ def save_tiny_model(
         settings = dict(vocab_size=len(tokenizer), n_embd=hidden, n_layer=n_layers, n_head=heads,
                         n_inner=intermediate, n_positions=2048, bos_token_id=tokenizer.bos_token_id,
                         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+    elif family == "gpt_neox":
+        # Pythia's settings, under their config.json names: RoPE on a quarter of each head,
+        # parallel residual, exact GELU, LayerNorm (no grouped kv heads)
+        settings = dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate,
+                        num_hidden_layers=n_layers, num_attention_heads=heads, max_position_embeddings=2048,
+                        rotary_pct=0.25, rotary_emb_base=10000, use_parallel_residual=True, hidden_act="gelu",
+                        layer_norm_eps=1e-5, **special)
     else:
         settings = dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate,
                         num_hidden_layers=n_layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
