@@ -77,7 +77,20 @@ DEFAULT_TRUTH = (
     {"parcel": "Superior Temporal Gyrus, posterior division", "layer": 12, "state": "ffn_activated_state"},
     {"parcel": "Inferior Frontal Gyrus, pars triangularis", "layer": 20, "state": "per_head_k_rope"},
 )
-OPTIONS = ("truth_model", "truth", "seed", "scale", "snr")
+OPTIONS = ("truth_model", "truth", "seed", "scale", "snr", "subjects")
+
+
+MAX_SUBJECTS = 200
+#: How simulated subjects differ (recorded in truth.json)
+SUBJECT_NOISE = ("subject k: the average's signal + sqrt(n) x its own AR(1) noise (same phi_v, seed [seed, 5, k, run]): "
+                 "the mean of the n subjects has the average's SNR, so a split half of n/2 subjects has split-half "
+                 "reliability r_v = (snr_v / 2) / (1 + snr_v / 2), the relation lpp-en-sim uses to set snr_v from the "
+                 "real ISC; a single subject's ceiling is sqrt(s / (1 + s)) with s = snr_v / n")
+
+
+def subject_ids(n: int) -> list[str]:
+    """``sub-01`` .. ``sub-<n>``: the simulated subjects."""
+    return [f"sub-{k:02d}" for k in range(1, n + 1)]
 
 
 # --------------------------------------------------------------------------- stimulus
@@ -210,7 +223,7 @@ class SyntheticDataset:
     parcels : Parcellation
         Harvard-Oxford cortical id per voxel, shape (n_voxels,).
     subjects : list of str
-        ``["average"]``.
+        ``["average"]``, then ``sub-01``.. with the ``subjects`` option.
     truth : dict
         The planted spec (JSON-serialisable).
     n_voxels : int
@@ -220,7 +233,7 @@ class SyntheticDataset:
     name = "synthetic"
 
     def __init__(self, adapter: ModelAdapter, planted: list[PlantedParcel], seed: int, scale: str, snr: float,
-                 truth_model_spec: str):
+                 truth_model_spec: str, n_subjects: int = 0):
         import nibabel as nib
 
         self.adapter = adapter
@@ -244,7 +257,8 @@ class SyntheticDataset:
         self.parcels = Parcellation(labels=labels, names={i: names[i] for i in keep},
                                     atlas=f"{ATLAS_NAME}, 4 mm nearest")
         self.n_voxels = int(labels.size)
-        self.subjects = ["average"]
+        self.subjects = ["average"] + subject_ids(n_subjects)
+        self.n_subjects = n_subjects
 
         # Per-voxel signal-to-noise and noise colour: drawn for every voxel, used where planted.
         rng = np.random.default_rng([seed, 3])
@@ -276,6 +290,8 @@ class SyntheticDataset:
             "simulation_version": _SIMULATION_VERSION,
             "story_sha256": story_hash,
         }
+        if n_subjects:  # absent otherwise: the average subject's version (and bytes) do not change
+            self.truth["subjects"] = {"n": n_subjects, "noise": SUBJECT_NOISE}
         # Everything that changes the numbers, the atlas derivation included.
         key = json.dumps({**{k: v for k, v in self.truth.items() if k != "truth_model"}, "atlas": ATLAS_DERIVATION},
                          sort_keys=True, default=str)
@@ -284,7 +300,19 @@ class SyntheticDataset:
     # ----------------------------------------------------------------- protocol
     def _check_subject(self, subject: str) -> None:
         if subject not in self.subjects:
-            raise MtbenchError(f"dataset synthetic has no subject {subject!r}: it has only 'average'")
+            more = (f"average and sub-01..sub-{self.n_subjects:02d}" if self.n_subjects else
+                    "only 'average' (simulate subjects with --dataset-option subjects=N)")
+            raise MtbenchError(f"dataset synthetic has no subject {subject!r}: it has {more}")
+
+    def expand_subjects(self, spec: str) -> list[str]:
+        """``all`` (every simulated subject) or a comma list of ids -> subject ids."""
+        wanted = [s for s in self.subjects if s != "average"] if spec == "all" else \
+            [s.strip() for s in spec.split(",") if s.strip()]
+        if not wanted:
+            raise MtbenchError("dataset synthetic has no simulated subjects; add --dataset-option subjects=N")
+        for subject in wanted:
+            self._check_subject(subject)
+        return wanted
 
     def load_bold(self, subject: str = "average") -> list[np.ndarray]:
         """Simulated BOLD, one array (n_scans_r, n_voxels) float32 per run.
@@ -295,6 +323,8 @@ class SyntheticDataset:
         self._check_subject(subject)
         if self._bold is None:
             self._simulate()
+        if subject != "average":
+            return self._subject_bold(subject)
         return self._bold
 
     def noise_ceiling(self, subject: str = "average") -> np.ndarray:
@@ -304,7 +334,8 @@ class SyntheticDataset:
         known exactly), 0 in null voxels (pure noise: nothing predicts it).
         """
         self._check_subject(subject)
-        ceiling = np.sqrt(self._snr_v / (1.0 + self._snr_v))
+        snr = self._snr_v if subject == "average" else self._snr_v / self.n_subjects
+        ceiling = np.sqrt(snr / (1.0 + snr))
         return np.where(self._planted_mask, ceiling, 0.0).astype(np.float32)
 
     # ----------------------------------------------------------------- simulation
@@ -333,6 +364,14 @@ class SyntheticDataset:
             Unit columns in the span of the top ``N_COMPONENTS`` principal components.
         """
         return parcel_directions(z, self.seed, planted.parcel_id)
+
+    def _subject_bold(self, subject: str) -> list[np.ndarray]:
+        """One simulated subject: the average's signal plus its own noise, ``sqrt(n_subjects)`` times the
+        average's (:data:`SUBJECT_NOISE`), seeded by subject and run."""
+        k = self.subjects.index(subject)
+        return [(signal + np.sqrt(self.n_subjects) * ar1_noise(np.random.default_rng([self.seed, 5, k, r]),
+                                                                run.n_scans, self._phi_v)).astype(np.float32)
+                for r, (signal, run) in enumerate(zip(self._signal, self.stimulus.runs))]
 
     def _simulate(self) -> None:
         runs = self.stimulus.runs
@@ -379,6 +418,9 @@ def load_synthetic(**options) -> SyntheticDataset:
         ``tiny``: planted parcels + 2 null parcels and the first 150 words of each run.
     snr : float, default 0.45
         Mean signal-to-noise variance ratio of planted voxels.
+    subjects : int, default 0
+        Simulated subjects ``sub-01``.. besides ``average`` (:data:`SUBJECT_NOISE`); ``--subject all``
+        runs each.
 
     Returns
     -------
@@ -391,6 +433,9 @@ def load_synthetic(**options) -> SyntheticDataset:
     snr = _number_option(options, "snr", float, DEFAULT_SNR)
     if not (np.isfinite(snr) and snr > 0):
         raise MtbenchError(f"dataset option snr must be a positive number, got {snr}")
+    n_subjects = _number_option(options, "subjects", int, 0)
+    if not 0 <= n_subjects <= MAX_SUBJECTS:
+        raise MtbenchError(f"dataset option subjects must be between 0 and {MAX_SUBJECTS}, got {n_subjects}")
     scale = str(options.get("scale", "full"))
     if scale not in ("full", "tiny"):
         raise MtbenchError(f"dataset option scale must be 'full' or 'tiny', got {scale!r}")
@@ -401,4 +446,5 @@ def load_synthetic(**options) -> SyntheticDataset:
     adapter = _resolve_model(truth_model)
     _check_planted(planted, adapter)
     spec = truth_model if isinstance(truth_model, str) else adapter.name
-    return SyntheticDataset(adapter, planted, seed=seed, scale=scale, snr=snr, truth_model_spec=spec)
+    return SyntheticDataset(adapter, planted, seed=seed, scale=scale, snr=snr, truth_model_spec=spec,
+                            n_subjects=n_subjects)

@@ -10,10 +10,12 @@ import pyarrow.parquet as pq
 from rich.table import Table
 
 from mtbench.display import print_truth_check
+from mtbench.errors import MtbenchError
 from mtbench.results import WHOLE_BRAIN
 from mtbench.schema import read_map, read_map_index
 
 from ..figures import figure, mni_template, score_map, state_colors, winning_ratio_bars
+from .tables import read_parcel_labels, read_score_table, winner_stability
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -22,8 +24,29 @@ def read_rows(path: Path) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- terminal
+def stability_of(run_dir) -> dict[int, dict]:
+    """Winner stability per parcel id (:func:`.tables.winner_stability`) of a run with ``folds.parquet``;
+    empty without one (``--no-folds``) or when it cannot be read."""
+    if run_dir is None or not (Path(run_dir) / "folds.parquet").is_file():
+        return {}
+    try:
+        table = read_score_table(run_dir)
+        labels, names = read_parcel_labels(run_dir)
+    except MtbenchError:
+        return {}
+    return {row["parcel_id"]: row for row in winner_stability(table, labels, names)}
+
+
+def stability_text(row: dict | None) -> str:
+    """``0.83 · q_rope 74% [61-85%]``: support of the winner, and the top voxel-winner's share with its interval."""
+    if not row:
+        return ""
+    return (f"{row['p_best']:.2f} · L{row['top_layer']} {row['top_state']} {row['top_share']:.0%} "
+            f"[{row['share_low']:.0%}-{row['share_high']:.0%}]")
+
+
 def print_summary(output, console, top: int = 15) -> None:
-    """Best layer x state per parcel (chosen on validation), and the planted-truth check."""
+    """Best layer x state per parcel (chosen on validation), its stability, and the planted-truth check."""
     rows = output.summary
     brain, parcels = rows[0], sorted(rows[1:], key=lambda r: -r["test"])
     has_ceiling = any(r["ceiling"] == r["ceiling"] for r in rows)  # not NaN
@@ -38,6 +61,9 @@ def print_summary(output, console, top: int = 15) -> None:
     table.add_column("95% CI (runs)", justify="right")
     if has_significance:
         table.add_column("signif.", justify="right")
+    stability = stability_of(getattr(output, "run_dir", None))
+    if stability:  # next to the winner: how often a bootstrap of the folds keeps it, and the voxel shares
+        table.add_column("P(best) · top voxel winner [95%]", justify="left")
     for row in [brain, *parcels[:top]]:
         cells = [row["parcel"], str(row["n_voxels"]), str(row["layer"]), row["state"],
                  f"{row['validation']:.3f}", f"{row['test']:.3f}", f"{row['folds_agree']:.0%}"]
@@ -46,6 +72,8 @@ def print_summary(output, console, top: int = 15) -> None:
         cells.append(f"{row['test_ci_low']:.3f}..{row['test_ci_high']:.3f}" if "test_ci_low" in row else "")
         if has_significance:  # share of the parcel's voxels where the winner is significant (BH-FDR)
             cells.append(f"{row['share_significant']:.0%}")
+        if stability:
+            cells.append(stability_text(stability.get(row["parcel_id"])))
         table.add_row(*cells)
     console.print(table)
     print_truth_check(output, "Planted truth (simulated dataset): recovered?", "r test", out=console)
@@ -186,6 +214,7 @@ def board_cells(run) -> list[dict]:
         cells.append({key: row[key] for key in ("parcel_id", "parcel", "n_voxels", "layer", "state")} | {
             key: finite(row[key]) for key in ("test", "test_normalized", "ceiling", "validation",
                                               "folds_agree", "voxel_best_test")} | {
+            "test_ci_low": finite(row.get("test_ci_low")), "test_ci_high": finite(row.get("test_ci_high")),
             "top_state": state, "top_state_share": share, "tied_states": tied,
             "note": f"voxel winners tied: {tied}" if tied else "",
             "damaged": damaged(row, "summary.parquet", MEASURED)})

@@ -160,6 +160,82 @@ def winning_ratios(table: ScoreTable, labels: np.ndarray, names: dict[int, str])
     return rows
 
 
+#: fits x voxels per product in :func:`winner_stability` (n_boot x this float32: 200 MB at 200 draws)
+STABILITY_CHUNK = 1 << 18
+
+
+def fold_draws(n_runs: int, n_boot: int, seed: int = 0) -> np.ndarray:
+    """Bootstrap draws of outer folds: how often each fold is drawn, (n_boot, n_runs) float, rows summing to n_runs."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_runs, size=(n_boot, n_runs))
+    return np.stack([np.bincount(d, minlength=n_runs) for d in draws]).astype(np.float64)
+
+
+def fold_support(validation: np.ndarray, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """Share of bootstrap draws of the outer folds in which each unit's winner stays the winner.
+
+    Parameters
+    ----------
+    validation : ndarray, shape (n_fits, n_runs, n_units)
+        Validation score per fit, outer fold and unit (a voxel, or a parcel's mean).
+
+    Returns
+    -------
+    ndarray, shape (n_units,)
+        For each unit, the share of draws whose fold-resampled mean validation picks the fit that
+        the mean over all folds picks: the bootstrap support of the choice (1: every draw agrees).
+    """
+    _, n_runs, n_units = validation.shape
+    winner = np.argmax(validation.mean(1), axis=0)
+    weights = fold_draws(n_runs, n_boot, seed) / n_runs
+    support = np.zeros(n_units)
+    for w in weights:  # one draw at a time: (n_fits, n_units) in memory
+        support += np.argmax(np.tensordot(validation, w, axes=([1], [0])), axis=0) == winner
+    return support / n_boot
+
+
+def winner_stability(table: ScoreTable, labels: np.ndarray, names: dict[int, str], n_boot: int = 200,
+                     seed: int = 0, level: float = 0.95) -> list[dict]:
+    """How stable each parcel's winners are under a bootstrap of the outer folds (stored per-fold scores).
+
+    Returns
+    -------
+    list of dict
+        Per parcel (the whole brain first): ``parcel_id, parcel``; ``p_best``: share of draws in
+        which the parcel's winner (best parcel-mean validation) stays the winner; ``top_layer,
+        top_state, top_share``: the fit that wins the most voxels and its share; ``share_low,
+        share_high``: the percentile interval at ``level`` of that share over the draws (each
+        voxel's winner chosen again on the fold-resampled validation).
+
+    Notes
+    -----
+    Folds share training runs, so their validation scores are not independent draws: the
+    support is a measure of stability, not a calibrated probability (``docs/compare.md``).
+    """
+    n_fits, n_runs, n_vox = table.validation_per_run.shape
+    groups = parcel_groups(labels, names)
+    parcel_val = np.stack([table.validation_per_run[:, :, idx].mean(2) for _, _, idx in groups], axis=2)
+    p_best = fold_support(parcel_val, n_boot, seed)
+    winner = np.argmax(table.validation, axis=0)
+    top = [int(np.argmax(np.bincount(winner[idx], minlength=n_fits))) for _, _, idx in groups]
+    weights = (fold_draws(n_runs, n_boot, seed) / n_runs).astype(np.float32)
+    drawn = np.empty((n_boot, n_vox), dtype=np.int32)  # each voxel's winner in each draw
+    step = max(1, STABILITY_CHUNK // max(n_fits, 1))
+    for start in range(0, n_vox, step):  # one product per chunk of voxels: (n_boot, n_runs) @ (n_runs, fits x voxels)
+        part = table.validation_per_run[:, :, start:start + step]
+        flat = np.ascontiguousarray(part.transpose(1, 0, 2)).reshape(n_runs, -1).astype(np.float32)
+        drawn[:, start:start + step] = np.argmax((weights @ flat).reshape(n_boot, n_fits, -1), axis=1)
+    shares = np.stack([np.mean(drawn[:, idx] == top[g], axis=1) for g, (_, _, idx) in enumerate(groups)], axis=1)
+    low, high = np.quantile(shares, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    rows = []
+    for g, (pid, name, idx) in enumerate(groups):
+        layer, state = table.keys[top[g]]
+        rows.append({"parcel_id": pid, "parcel": name, "p_best": float(p_best[g]), "top_layer": int(layer),
+                     "top_state": state, "top_share": float(np.mean(winner[idx] == top[g])),
+                     "share_low": float(low[g]), "share_high": float(high[g])})
+    return rows
+
+
 def write_folds(path: Path, table: ScoreTable, meta: dict) -> None:
     """``folds.parquet``: per (layer, state, fold, voxel) the held-out score, the validation
     score and the alpha of that outer fold, one row group per fit (never all in memory).
@@ -236,6 +312,16 @@ def read_score_table(run_dir: Path) -> ScoreTable:
     return ScoreTable(keys=keys, test=per_fit("test"), validation=per_fit("validation"), alpha=per_fit("alpha"),
                       test_per_run=per_fold("test"), validation_per_run=per_fold("validation"),
                       p_value=None if np.isnan(p_value).all() else p_value, alpha_per_run=per_fold("alpha"))
+
+
+def read_parcel_labels(run_dir: Path) -> tuple[np.ndarray, dict[int, str]]:
+    """The parcel of every voxel (``voxels.parquet``, first fit) and the parcel names (``summary.parquet``)."""
+    first = pq.read_table(Path(run_dir) / "voxels.parquet", columns=["parcel_id"])["parcel_id"].to_numpy()
+    summary = pq.read_table(Path(run_dir) / "summary.parquet", columns=["parcel_id", "parcel"]).to_pylist()
+    names = {row["parcel_id"]: row["parcel"] for row in summary if row["parcel_id"] != -1}
+    n_fits = max(1, pq.read_table(Path(run_dir) / "voxels.parquet", columns=["voxel"],
+                                  filters=[("voxel", "=", 0)]).num_rows)
+    return first[: first.size // n_fits].astype(np.int64), names
 
 
 def write_files(partial: Path, meta: dict, table: ScoreTable, mask_img, labels, names, ceiling, truth) -> None:

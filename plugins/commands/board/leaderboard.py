@@ -28,10 +28,15 @@ from mtbench.paths import atomic_write_bytes, writable_folder
 from mtbench.registry import get_registry
 from mtbench.results import WHOLE_BRAIN, partial_writer
 from mtbench.schema import RunFolder, run_mode, validate_run
+from mtbench_plugins.commands.compare import board_stats
 
 #: --metric choice -> column of summary.parquet.
 METRICS = {"raw": "test", "normalized": "test_normalized"}
 MISSING = "—"
+STATS_LEGEND = ("[a, b]: 95% t interval of the score over the test runs. P(best): share of bootstrap draws of the "
+                "outer folds that keep the winner. 'n=' ranks: equal scores. vs leader: '1=' "
+                "when the leader is not significantly better (paired t-test of the per-run whole-brain scores, Holm "
+                "across models, p >= 0.05), 'below' when it is.")
 
 #: Columns of leaderboard.parquet every board has, in order, with their Arrow types (documented in
 #: leaderboard/README.md); the installed analyses add theirs after them (:func:`columns`).
@@ -39,7 +44,9 @@ BASE_COLUMNS = {
     "rank": "int32", "model": "string", "family": "string", "n_params": "int64", "n_layers": "int32",
     "dataset": "string", "dataset_version": "string", "atlas": "string", "subject": "string", "mode": "string",
     "protocol": "string", "metric": "string", "parcel_id": "int32", "parcel": "string", "n_voxels": "int32", "layer": "int32",
-    "state": "string", "score": "float64", "test": "float64", "test_normalized": "float64", "ceiling": "float64",
+    "state": "string", "score": "float64", "ci_low": "float64", "ci_high": "float64", "leader_p": "float64",
+    "vs_leader": "string", "winner_p_best": "float64",
+    "test": "float64", "test_normalized": "float64", "ceiling": "float64",
     "validation": "float64", "folds_agree": "float64", "voxel_best_test": "float64", "top_state": "string",
     "top_state_share": "float64", "tied_states": "string", "run_id": "string", "model_revision": "string",
     "mtbench_version": "string", "report": "string",
@@ -81,6 +88,9 @@ class Board:
         The options the board was built with (stored in the outputs).
     cell_notes : dict
         (run id, parcel id) -> what a cell's analysis says about it (the HTML page shows it on hover).
+    pairwise : list of dict
+        Every pair of models of a group on each parcel shown: paired t-test across test runs
+        (:func:`mtbench_plugins.commands.compare.board_stats.annotate`), Holm-corrected.
     """
 
     rows: list[dict]
@@ -88,6 +98,7 @@ class Board:
     notes: list[str] = field(default_factory=list)
     options: dict = field(default_factory=dict)
     cell_notes: dict = field(default_factory=dict)
+    pairwise: list = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- collecting
@@ -305,13 +316,16 @@ def build(
     if keep_parcel is not None:
         keep_parcel.check()
     notes += _rank(rows)
+    pairwise, more = board_stats.annotate(rows, {run.manifest["run_id"]: run.path for run in latest.values()})
+    notes += more
     rows.sort(key=lambda r: (r["dataset"], r["subject"], r["mode"], r["protocol"], r["metric"], r["rank"] is None, r["rank"] or 0,
                              r["model"], r["run_id"], r["parcel_id"]))
     order = list(dict.fromkeys(r["run_id"] for r in rows))
     by_id = {run.manifest["run_id"]: run for run in latest.values()}
     options = {"dataset": dataset, "subject": subject, "parcels": parcels or "all", "metric": metric, "mode": mode}
     cell_notes = {(row["run_id"], row["parcel_id"]): row.pop("note", "") or "" for row in rows}
-    return Board(rows=rows, runs=[by_id[i] for i in order], notes=notes, options=options, cell_notes=cell_notes)
+    return Board(rows=rows, runs=[by_id[i] for i in order], notes=notes, options=options, cell_notes=cell_notes,
+                 pairwise=pairwise)
 
 
 def _without_sweep_cells(runs: list[RunFolder]) -> tuple[list[RunFolder], list[str]]:
@@ -361,7 +375,10 @@ def _run_rows(run: RunFolder, keep_parcel, score_column: str, report: str) -> li
             "dataset": m["dataset"]["name"], "dataset_version": m["dataset"]["version"],
             "atlas": m["dataset"].get("atlas") or "", "subject": m["settings"]["subject"], "mode": run.mode,
             "protocol": _protocol(m), "metric": m["settings"]["metric"], **absent, **cell,
-            "score": cell[score_column], "run_id": m["run_id"],
+            "score": cell[score_column], "run_id": m["run_id"], "leader_p": None, "vs_leader": None, "winner_p_best": None,
+            # the 95% t interval of the raw nested score over test runs (Mode 1 summary); none for other metrics
+            "ci_low": cell.get("test_ci_low") if score_column == "test" else None,
+            "ci_high": cell.get("test_ci_high") if score_column == "test" else None,
             "model_revision": str(m["model"]["revision"]), "mtbench_version": m["mtbench_version"],
             "report": report,
         })
@@ -425,8 +442,14 @@ def wide(board: Board) -> tuple[list[str], list[dict]]:
         key = (entry["dataset"], entry["subject"], entry["mode"], entry["protocol"], entry["metric"], entry["rank"])
         entry["rank_label"] = (MISSING if entry["rank"] is None
                                else f"{entry['rank']}=" if ranks.count(key) > 1 else str(entry["rank"]))
+        entry["vs_leader"] = leader_text(entry)
         entry["manifest"] = manifests[entry["run_id"]]
     return parcels, list(models.values())
+
+
+def leader_text(entry: dict) -> str:
+    """The rank decided by the test (:func:`mtbench_plugins.commands.compare.board_stats.leader_text`), or a dash."""
+    return (entry["cells"].get(WHOLE_BRAIN) or {}).get("vs_leader") or MISSING
 
 
 def wins_text(wins: dict[str, int]) -> str:
@@ -447,11 +470,19 @@ def score_text(value) -> str:
     return MISSING if value is None else f"{value:.3f}"
 
 
+def interval_text(cell: dict) -> str:
+    """`` [0.401, 0.423]`` (the cell's 95% interval), "" without one."""
+    low, high = cell.get("ci_low"), cell.get("ci_high")
+    return "" if low is None or high is None else f" [{low:.3f}, {high:.3f}]"
+
+
 def cell_text(cell: dict | None) -> str:
-    """``0.412 (L3 ffn_activated_state)``; a parcel the run did not score is a dash."""
+    """``0.412 [0.401, 0.423] (L3 ffn_activated_state)``; a parcel the run did not score is a dash."""
     if cell is None:
         return MISSING
-    return f"{score_text(cell['score'])} (L{cell['layer']} {cell['state']})"
+    support = cell.get("winner_p_best")
+    stability = "" if support is None else f" P(best) {support:.2f}"
+    return f"{score_text(cell['score'])}{interval_text(cell)} (L{cell['layer']} {cell['state']}){stability}"
 
 
 # --------------------------------------------------------------------------- writers
@@ -474,6 +505,24 @@ def parquet_bytes(board: Board) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+PAIRWISE_COLUMNS = {"dataset": "string", "subject": "string", "mode": "string", "protocol": "string",
+                    "metric": "string", "parcel_id": "int32", "parcel": "string", "model_a": "string",
+                    "model_b": "string", "run_a": "string", "run_b": "string", "delta": "float64",
+                    "ci_low": "float64", "ci_high": "float64", "p_value": "float64", "p_holm": "float64",
+                    "n_runs": "int32"}
+
+
+def pairwise_bytes(board: Board) -> bytes:
+    """``pairwise.parquet``: :attr:`Board.pairwise` (columns :data:`PAIRWISE_COLUMNS`, maybe no row)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in PAIRWISE_COLUMNS.items()])
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(board.pairwise, schema=schema), sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
 def _md(text: str) -> str:
     """A table cell or note as Markdown text: no raw HTML (``&``, ``<``, ``>`` escaped), no cell or line breaks."""
     text = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
@@ -484,13 +533,14 @@ def markdown(board: Board) -> str:
     """The board as a Markdown table, one row per model, a legend and the notes."""
     parcels, models = wide(board)
     score = "ceiling-normalized r" if board.options.get("metric") == "normalized" else "held-out r"
-    head = ["rank", "model", "family", "params", "layers", "dataset", "subject", "mode", *parcels, "winning states"]
+    head = ["rank", "model", "family", "params", "layers", "dataset", "subject", "mode", *parcels, "vs leader",
+            "winning states"]
     lines = [
         "# mtbench leaderboard",
         "",
         f"Cells: {score} of the best (layer, state) chosen on validation (nested leave-one-run-out), "
         f"then that winner as (L<layer> <state>). {MISSING} = not measured (parcel not in the run, or no noise "
-        f"ceiling). `n=` ranks are ties. Winning states: number of parcels each state wins. {legend()}",
+        f"ceiling). {STATS_LEGEND} Winning states: number of parcels each state wins. {legend()}",
         "",
         "| " + " | ".join(map(_md, head)) + " |",
         "|" + "|".join("---:" if h in ("rank", "params", "layers") else "---" for h in head) + "|",
@@ -498,10 +548,30 @@ def markdown(board: Board) -> str:
     for m in models:
         cells = [m["rank_label"], m["model"], m["family"], size_text(m["n_params"]),
                  MISSING if m["n_layers"] is None else str(m["n_layers"]), m["dataset"], m["subject"], m["mode_label"],
-                 *(cell_text(m["cells"].get(p)) for p in parcels), wins_text(m["wins"]) or MISSING]
+                 *(cell_text(m["cells"].get(p)) for p in parcels), m["vs_leader"], wins_text(m["wins"]) or MISSING]
         lines.append("| " + " | ".join(map(_md, cells)) + " |")
+    if board.pairwise:
+        lines += ["", "Pairwise tests of the models: `pairwise.md` (whole brain and parcels, Holm-corrected)."]
     if board.notes:
         lines += ["", "Notes:", ""] + [f"- {_md(note)}" for note in board.notes]
+    return "\n".join(lines) + "\n"
+
+
+def pairwise_markdown(board: Board) -> str:
+    """``pairwise.md``: every pair of models on the whole brain and each parcel shown."""
+    lines = ["# mtbench leaderboard: pairwise differences of models", "",
+             ("A - B: mean over test runs of the per-run difference of their cells' held-out r (each the nested "
+              "choice of that fold), 95% paired t interval over the test runs, p, and p Holm-corrected across the "
+              "pairs and parcels of a (dataset, subject, mode, protocol, metric) group. Runs without per-fold "
+              "scores (folds.parquet) are not tested."), "", "| dataset | subject | parcel | A | B | A - B | 95% interval | p | p Holm |",
+             "|---|---|---|---|---|---:|---|---:|---:|"]
+    for r in board.pairwise:
+        cells = [r["dataset"], r["subject"], r["parcel"], r["model_a"], r["model_b"], f"{r['delta']:+.4f}",
+                 f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]", f"{r['p_value']:.2g}", f"{r['p_holm']:.2g}"]
+        lines.append("| " + " | ".join(map(_md, cells)) + " |")
+    if not board.pairwise:
+        lines.append("")
+        lines.append("No pair to test: fewer than two models with per-fold scores on the same data.")
     return "\n".join(lines) + "\n"
 
 
@@ -521,7 +591,8 @@ def html_page(board: Board) -> str:
             '<th data-type="number">params</th>', '<th data-type="number">layers</th>',
             '<th data-type="text">dataset</th>', '<th data-type="text">subject</th>', '<th data-type="text">mode</th>']
     head += [f'<th data-type="number" data-parcel="{_attr(p)}">{e(p)}</th>' for p in parcels]
-    head += ['<th data-type="text">winning states</th>', '<th data-type="text">provenance</th>']
+    head += ['<th data-type="text">vs leader</th>', '<th data-type="text">winning states</th>',
+             '<th data-type="text">provenance</th>']
     body = []
     for m in models:
         link = (f'<a href="{_attr(m["report"])}">{e(m["model"])}</a>' if m["report"] else e(m["model"]))
@@ -544,7 +615,9 @@ def html_page(board: Board) -> str:
             note = board.cell_notes.get((m["run_id"], cell["parcel_id"]))
             note = f' title="{_attr(note)}"' if note else ""
             cells.append(f'<td data-value="{cell["score"]!r}" data-parcel="{_attr(p)}"{note}>'
-                         f'{cell["score"]:.3f}<br><small>L{cell["layer"]} {e(cell["state"])}</small></td>')
+                         f'{cell["score"]:.3f}<br><small>{e(interval_text(cell).strip())} L{cell["layer"]} '
+                         f'{e(cell["state"])}{_support_html(cell)}</small></td>')
+        cells.append(f'<td data-value="{_attr(m["vs_leader"])}">{e(m["vs_leader"])}</td>')
         cells.append(f'<td data-value="{_attr(wins_text(m["wins"]))}">{e(wins_text(m["wins"])) or MISSING}</td>')
         cells.append(f'<td data-value="{_attr(m["run_id"])}">{_provenance(m["manifest"])}</td>')
         body.append(f'<tr data-family="{_attr(m["family"])}" data-run="{_attr(m["run_id"])}">' + "".join(cells)
@@ -556,7 +629,7 @@ def html_page(board: Board) -> str:
         "JS": _template("leaderboard.js"),
         "LEGEND": e(f"Cells: {score} of the best (layer, state) chosen on validation (nested leave-one-run-out), "
                     f"and that winner. {MISSING} = not measured (parcel not in the run, or no noise ceiling); "
-                    f"'n=' ranks are ties. {legend()} Click a column header to sort, click again to reverse."),
+                    f"{STATS_LEGEND} {legend()} Click a column header to sort, click again to reverse."),
         "OPTIONS": e(json.dumps(board.options, sort_keys=True)),
         "FAMILIES": "".join(f'<option value="{_attr(f)}">{e(f)}</option>' for f in families),
         "PARCELS": "".join(f'<option value="{_attr(p)}">{e(p)}</option>' for p in parcels),
@@ -568,6 +641,11 @@ def html_page(board: Board) -> str:
     for key, value in replacements.items():
         page = page.replace("{{" + key + "}}", value)
     return page
+
+
+def _support_html(cell: dict) -> str:
+    support = cell.get("winner_p_best")
+    return "" if support is None else f" P(best) {support:.2f}"
 
 
 def _provenance(m: dict) -> str:
@@ -593,22 +671,25 @@ def terminal_table(board: Board):
     varying = [key for key in ("dataset", "subject", "mode_label") if len({m[key] for m in models}) > 1]
     table = Table(title=f"mtbench leaderboard: {score} of the best layer x state chosen on validation")
     for col in ("rank", "model", "family", "params", *(k.removesuffix("_label") for k in varying), f"whole brain {score}", "best parcel",
-                "winning states (parcels)"):
+                "vs leader", "winning states (parcels)"):
         table.add_column(col, justify="right" if col in ("rank", "params") else "left")
     for m in models:
         scored = [(c["score"], p) for p, c in m["cells"].items() if p != WHOLE_BRAIN and c["score"] is not None]
         best = min(scored, key=lambda sp: (-sp[0], sp[1]), default=None)
         table.add_row(m["rank_label"], m["model"], m["family"], size_text(m["n_params"]), *(m[k] for k in varying),
                       cell_text(m["cells"].get(WHOLE_BRAIN)),
-                      f"{best[1]} {best[0]:.3f}" if best else MISSING, wins_text(m["wins"]) or MISSING)
+                      f"{best[1]} {best[0]:.3f}" if best else MISSING, m["vs_leader"], wins_text(m["wins"]) or MISSING)
     return table
 
 
 def write(board: Board, out: Path) -> dict[str, Path]:
     """Write ``leaderboard.parquet``, ``leaderboard.md`` and ``index.html`` into ``out`` (atomically each)."""
     out = writable_folder(out)
-    files = {"parquet": out / "leaderboard.parquet", "markdown": out / "leaderboard.md", "html": out / "index.html"}
+    files = {"parquet": out / "leaderboard.parquet", "markdown": out / "leaderboard.md", "html": out / "index.html",
+             "pairwise": out / "pairwise.parquet", "pairwise_markdown": out / "pairwise.md"}
     atomic_write_bytes(files["parquet"], parquet_bytes(board))
+    atomic_write_bytes(files["pairwise"], pairwise_bytes(board))
+    atomic_write_bytes(files["pairwise_markdown"], pairwise_markdown(board).encode("utf-8"))
     atomic_write_bytes(files["markdown"], markdown(board).encode("utf-8"))
     atomic_write_bytes(files["html"], html_page(board).encode("utf-8"))
     return files

@@ -24,6 +24,7 @@ from mtbench.errors import MtbenchError, first_line
 from mtbench.paths import atomic_write_bytes
 
 from ..atlas import ATLAS_NAME, CORTICAL_NAMES
+from .subjects import subject_bold
 from .layout import (
     PREPARED_DIR,
     TR,
@@ -195,6 +196,12 @@ class LppDataset:
             raise MtbenchError(f"load_bold takes one subject, got {subject!r}; `mtbench run --subject all` runs "
                                "them one by one")
         subject = subjects[0]
+        if subject in self._simulated_subjects():
+            try:
+                return subject_bold(self.prepared, self.info, subject, list(self.language.n_scans))
+            except (OSError, ValueError) as exc:
+                raise MtbenchError(f"dataset {self.name}: simulated subject {subject} cannot be composed ({exc}): "
+                                   f"{self._redo}") from None
         runs = []
         for k, n_scans in enumerate(self.language.n_scans, start=1):
             path = self.prepared / "bold" / f"sub-{subject}_run-{k}.npy"
@@ -220,12 +227,21 @@ class LppDataset:
                 raise MtbenchError(f"{raw.name} has {shape[3] if len(shape) == 4 else 'no'} scans, run {run} has "
                                    f"{n_scans}: the file is damaged or not from ds003643; fetch it again")
 
+    def _simulated_subjects(self) -> list[str]:
+        sim = self.info.get("simulated_subjects") if isinstance(self.info, dict) else None
+        return [s for s in self.subjects if s.startswith("sim")] if sim else []
+
     def noise_ceiling(self, subject: str = "average") -> np.ndarray | None:
-        """Per-voxel noise ceiling (n_voxels,) of the average subject; None for single subjects.
+        """Per-voxel noise ceiling (n_voxels,) of the average subject; None for single real subjects.
 
         An exact ``ceiling.npy`` (simulations) wins; otherwise the Spearman-Brown corrected
         split-half reliability of the prepared data (:func:`mtbench.ceiling.ceiling_from_split_half`).
+        A simulated subject's is exact too: its SNR is the average's over ``noise_scale²``.
         """
+        if subject in self._simulated_subjects() and (self.prepared / "ceiling.npy").exists():
+            c2 = np.clip(self._read(self.prepared / "ceiling.npy", np.load).astype(np.float64) ** 2, 0, 1 - 1e-9)
+            snr = c2 / (1 - c2) / self.info["simulated_subjects"]["noise_scale"] ** 2
+            return np.sqrt(snr / (1 + snr)).astype(np.float32)
         if subject != "average":
             return None
         exact = self.prepared / "ceiling.npy"

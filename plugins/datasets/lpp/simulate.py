@@ -48,6 +48,7 @@ from ..planting import (
 )
 from .dataset import make_stimulus, write_prepared
 from .layout import LANGUAGES, PREPARED_DIR, default_root, read_annotation
+from .subjects import MAX_SUBJECTS, REAL_SUBJECTS, SUBJECT_NOISE, subject_ids, write_subject_parts
 
 SIMULATION_VERSION = 1
 DEFAULT_TRUTH_MODEL = "smollm2-135m"
@@ -59,7 +60,7 @@ DEFAULT_TRUTH = (
 FALLBACK_RELIABILITY = (0.15, 0.5)  # uniform range of the synthetic split-half r map
 R_CLIP = (0.01, 0.9)
 TINY_NULL_PARCELS = 2
-OPTIONS = ("truth_model", "scale", "snr_scale")
+OPTIONS = ("truth_model", "scale", "snr_scale", "subjects")
 
 
 @dataclass
@@ -154,7 +155,9 @@ def simulate_lpp(out: Path | None = None, truth: Any = None, source: Path | None
     **options
         ``truth_model`` (default ``smollm2-135m``; a spec or an adapter object),
         ``scale`` (``full``, or ``tiny``: planted parcels + 2 null parcels only),
-        ``snr_scale`` (multiplies every voxel's SNR, default 1).
+        ``snr_scale`` (multiplies every voxel's SNR, default 1),
+        ``subjects`` (simulated subjects ``sim01``.. besides ``average``, default 0: :data:`SUBJECT_NOISE`;
+        only the planted signal and the noise colour are written, each subject is composed when read).
 
     Returns
     -------
@@ -174,6 +177,13 @@ def simulate_lpp(out: Path | None = None, truth: Any = None, source: Path | None
         snr_scale = float("nan")
     if not (np.isfinite(snr_scale) and snr_scale > 0):
         raise MtbenchError(f"option snr_scale must be a positive number, got {options.get('snr_scale')!r}")
+    try:
+        n_subjects = int(options.get("subjects", 0))
+    except (TypeError, ValueError):
+        n_subjects = -1
+    if not 0 <= n_subjects <= MAX_SUBJECTS:
+        raise MtbenchError(f"option subjects must be an integer between 0 and {MAX_SUBJECTS}, got "
+                           f"{options.get('subjects')!r}")
     seed = int(seed)
     out = Path(out) if out is not None else default_root("lpp-en-sim")
     writable_folder(out.parent)  # written beside it, then renamed: fail before the model and the simulation
@@ -264,6 +274,11 @@ def simulate_lpp(out: Path | None = None, truth: Any = None, source: Path | None
     }
     info = {"subjects": ["average"], "n_scans": list(lang.n_scans), "simulated": True,
             "annotation_dropped": annotation.dropped}
+    if n_subjects:  # absent otherwise: the average's files and version do not change
+        write_subject_parts(prepared, signal, np.flatnonzero(planted_voxels), phi)
+        info["subjects"] += subject_ids(n_subjects)
+        info["simulated_subjects"] = {"n": n_subjects, "seed": seed, "noise_scale": float(np.sqrt(REAL_SUBJECTS))}
+        truth_record["subjects"] = {"n": n_subjects, "noise": SUBJECT_NOISE}
     write_prepared(prepared, mask, MNI_4MM_AFFINE, parcels, split_half_r[None].astype(np.float32), info,
                    ceiling=ceiling, truth=truth_record)
     (partial / "dataset_description.json").write_text(json.dumps(
@@ -279,3 +294,4 @@ def simulate_lpp(out: Path | None = None, truth: Any = None, source: Path | None
     return (f"simulated lpp-en at {out}: {len(stimulus.runs)} runs, {sum(lang.n_scans)} scans, {parcels.size} voxels "
             f"({n_planted} planted in {len(planted)} parcels); read it with --dataset lpp-en-sim"
             + ("" if out == default_root("lpp-en-sim") else f" --dataset-option root={out}"))
+
