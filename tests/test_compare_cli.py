@@ -145,3 +145,36 @@ def test_one_line_errors_before_any_refit(tiny_run, tmp_path, monkeypatch, case,
     errors = [line for line in result.output.splitlines() if line.startswith("Error")]
     assert len(errors) == 1 and message in errors[0], result.output  # one line (click adds its usage to its own)
     assert refits == []
+
+
+def test_report_of_a_comparison_shows_its_map_and_parcel_table(tiny_run, tmp_path):
+    """`mtbench report COMPARE_DIR`: an offline page (no network address) with the comparison's PNG embedded
+    byte for byte and copied next to it, and the parcel table: the whole brain first, then the planted
+    Heschl's gyrus (smallest p), in bold because its Holm p < 0.05, with the values of parcels.parquet. A
+    damaged comparison is refused in one line and leaves no report folder."""
+    import base64
+    import re
+
+    run_dir, _ = tiny_run
+    out = tmp_path / "cmp"
+    assert _invoke(["compare", run_dir, "--a", "L2:per_head_q_rope", "--b", "L2:per_head_q", "--out", out]).exit_code == 0
+    result = _invoke(["report", out])
+    assert result.exit_code == 0, result.output
+    page = (out / "report" / "index.html").read_text()
+    assert not re.search(r"(src|href)=\"(https?:)?//", page)
+    assert base64.b64encode((out / "delta_r.png").read_bytes()).decode() in page
+    assert (out / "report" / "delta_r.png").read_bytes() == (out / "delta_r.png").read_bytes()
+    validate_comparison(out)  # the report folder does not break the comparison's schema
+    parcels = pq.read_table(out / "parcels.parquet").to_pandas().set_index("parcel")
+    heschl = parcels.loc[HESCHL]
+    table_rows = re.findall(r"<tr( class=\"sig\")?><td>([^<]*)</td>", page)
+    assert table_rows[0][1] == "whole brain" and "Heschl" in table_rows[1][1] and table_rows[1][0]
+    assert f"{heschl['delta']:+.4f}" in page and f"[{heschl['ci_low']:+.4f}, {heschl['ci_high']:+.4f}]" in page
+    assert sum(1 for sig, _ in table_rows if sig) == int((parcels["p_holm"] < 0.05).sum())
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    shutil.rmtree(broken / "report")
+    (broken / "delta_r.png").unlink()
+    result = _invoke(["report", broken])
+    assert result.exit_code != 0 and "delta_r.png is missing" in result.output
+    assert not (broken / "report").exists()

@@ -76,6 +76,9 @@ def leaderboard_command(results_dirs, out, dataset, subject, parcels, metric, mo
 @click.option("--out", default=None, type=OUT_FOLDER,
               help="Folder for the PNG figures and index.html (default: RUN_DIR/report).")
 def report_command(run_dir, out):
-    """Figures of one run (layer x state heatmaps, brain maps, winning ratios) as PNG and one HTML page."""
+    """Figures of one run (layer x state heatmaps, brain maps, winning ratios) as PNG and one HTML page.
+
+    RUN_DIR may also be a folder written by `mtbench compare`: its map of significant differences and its
+    parcel table on the same page."""
     page = write_report(run_dir, out)
     console.print(f"wrote {page} and its figures", highlight=False, soft_wrap=True)

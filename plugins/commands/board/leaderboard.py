@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
+from mtbench_plugins.commands.compare import board_stats
+from mtbench_plugins.commands.compare.stats import holm_adjust
 from rich.table import Table
 
 from mtbench.errors import MtbenchError
@@ -28,20 +31,21 @@ from mtbench.paths import atomic_write_bytes, writable_folder
 from mtbench.registry import get_registry
 from mtbench.results import WHOLE_BRAIN, partial_writer
 from mtbench.schema import RunFolder, run_mode, validate_run
-from mtbench_plugins.commands.compare import board_stats
 
 #: --metric choice -> column of summary.parquet.
 METRICS = {"raw": "test", "normalized": "test_normalized"}
 MISSING = "—"
 STATS_LEGEND = ("[a, b]: 95% t interval of the score over the test runs. P(best): share of bootstrap draws of the "
-                "outer folds that keep the winner. 'n=' ranks: equal scores. vs leader: '1=' "
-                "when the leader is not significantly better (paired t-test of the per-run whole-brain scores, Holm "
-                "across models, p >= 0.05), 'below' when it is.")
+                "outer folds that keep the winner. Rank: '1=' for the leader and every model it is not "
+                "significantly better than (paired t-test of the per-run whole-brain scores, Holm across models, "
+                "p >= 0.05); the best model left opens the next tier the same way ('3=': rank 3 and those tied "
+                "with it); without per-fold scores, 'n=' means equal scores. vs leader: the test against the "
+                "leader, 'below' when the leader is significantly better.")
 
 #: Columns of leaderboard.parquet every board has, in order, with their Arrow types (documented in
 #: leaderboard/README.md); the installed analyses add theirs after them (:func:`columns`).
 BASE_COLUMNS = {
-    "rank": "int32", "model": "string", "family": "string", "n_params": "int64", "n_layers": "int32",
+    "rank": "int32", "rank_label": "string", "model": "string", "family": "string", "n_params": "int64", "n_layers": "int32",
     "dataset": "string", "dataset_version": "string", "atlas": "string", "subject": "string", "mode": "string",
     "protocol": "string", "metric": "string", "parcel_id": "int32", "parcel": "string", "n_voxels": "int32", "layer": "int32",
     "state": "string", "score": "float64", "ci_low": "float64", "ci_high": "float64", "leader_p": "float64",
@@ -318,6 +322,7 @@ def build(
     notes += _rank(rows)
     pairwise, more = board_stats.annotate(rows, {run.manifest["run_id"]: run.path for run in latest.values()})
     notes += more
+    _rank_labels(rows, pairwise)
     rows.sort(key=lambda r: (r["dataset"], r["subject"], r["mode"], r["protocol"], r["metric"], r["rank"] is None, r["rank"] or 0,
                              r["model"], r["run_id"], r["parcel_id"]))
     order = list(dict.fromkeys(r["run_id"] for r in rows))
@@ -370,7 +375,7 @@ def _run_rows(run: RunFolder, keep_parcel, score_column: str, report: str) -> li
         if keep_parcel is not None and not keep_parcel(cell):
             continue
         rows.append({
-            "rank": 0, "model": m["model"]["name"], "family": m["model"]["family"],
+            "rank": 0, "rank_label": "", "model": m["model"]["name"], "family": m["model"]["family"],
             "n_params": m["model"].get("n_params"), "n_layers": m["model"].get("n_layers"),
             "dataset": m["dataset"]["name"], "dataset_version": m["dataset"]["version"],
             "atlas": m["dataset"].get("atlas") or "", "subject": m["settings"]["subject"], "mode": run.mode,
@@ -410,6 +415,45 @@ def _rank(rows: list[dict]) -> list[str]:
     return notes
 
 
+def _rank_labels(rows: list[dict], pairwise: list[dict]) -> None:
+    """Set each row's ``rank_label``: ties decided by the paired test, in tiers.
+
+    Within a (dataset, subject, mode, protocol, metric) group, the tested models (those in the
+    whole-brain rows of ``pairwise``) in rank order: the first opens a tier, and every later model
+    that its paired test against the tier's first one (Holm across those tests, as the leader's
+    ``leader_p``) does not find significantly worse joins it. Every member shows the first one's
+    rank with "=" ("1=", and "3=" for a second tier opened by the model ranked 3); a tier of one
+    shows its rank alone. The best model left opens the next tier. Tiers are relative to their
+    first model: a model may be in tier 2 and still not significantly below a tier-1 member.
+    Models without a test (no per-fold scores) keep the score rank, "n=" for equal scores.
+    """
+    p_of = {}
+    for r in pairwise:
+        if r["parcel_id"] == -1:
+            p_of[r["run_a"], r["run_b"]] = p_of[r["run_b"], r["run_a"]] = r["p_value"]
+    tested = {run for pair in p_of for run in pair}
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if row["parcel_id"] == -1 and row["rank"] is not None:
+            groups.setdefault((row["dataset"], row["subject"], row["mode"], row["protocol"], row["metric"]),
+                              []).append(row)
+    label = {}
+    for brain in groups.values():
+        brain.sort(key=lambda r: (r["rank"], r["model"], r["run_id"]))
+        ranks = [r["rank"] for r in brain]
+        label |= {r["run_id"]: f"{r['rank']}=" if ranks.count(r["rank"]) > 1 else str(r["rank"]) for r in brain}
+        left = [r for r in brain if r["run_id"] in tested]
+        while left:
+            top = left[0]
+            tests = [(r, p_of[top["run_id"], r["run_id"]]) for r in left[1:] if (top["run_id"], r["run_id"]) in p_of]
+            holm = holm_adjust(np.array([p for _, p in tests], dtype=np.float64))
+            tier = [top] + [r for (r, _), p in zip(tests, holm) if board_stats.tied_with_leader(float(p))]
+            label |= {r["run_id"]: f"{top['rank']}" + ("=" if len(tier) > 1 else "") for r in tier}
+            left = [r for r in left if r not in tier]
+    for row in rows:
+        row["rank_label"] = label.get(row["run_id"], MISSING)
+
+
 # --------------------------------------------------------------------------- wide view
 def wide(board: Board) -> tuple[list[str], list[dict]]:
     """One entry per run (a model row) with its cells per parcel.
@@ -428,20 +472,16 @@ def wide(board: Board) -> tuple[list[str], list[dict]]:
     for row in board.rows:
         parcel_ids.setdefault(row["parcel"], row["parcel_id"])
         entry = models.setdefault(row["run_id"], {k: row[k] for k in (
-            "rank", "model", "family", "n_params", "n_layers", "dataset", "subject", "mode", "protocol", "metric",
-            "run_id", "report")} | {"cells": {}, "wins": {}})
+            "rank", "rank_label", "model", "family", "n_params", "n_layers", "dataset", "subject", "mode", "protocol",
+            "metric", "run_id", "report")} | {"cells": {}, "wins": {}})
         # the encoding mode, and the protocol when it is not the default (the reference's is another experiment)
         entry["mode_label"] = entry["mode"] + ("" if entry["protocol"] == "mtbench" else f" ({entry['protocol']})")
         entry["cells"][row["parcel"]] = row
         if row["parcel_id"] != -1:
             entry["wins"][row["state"]] = entry["wins"].get(row["state"], 0) + 1
     parcels = sorted(parcel_ids, key=lambda p: (parcel_ids[p], p))
-    ranks = [(m["dataset"], m["subject"], m["mode"], m["protocol"], m["metric"], m["rank"]) for m in models.values()]
     manifests = {run.manifest["run_id"]: run.manifest for run in board.runs}
     for entry in models.values():
-        key = (entry["dataset"], entry["subject"], entry["mode"], entry["protocol"], entry["metric"], entry["rank"])
-        entry["rank_label"] = (MISSING if entry["rank"] is None
-                               else f"{entry['rank']}=" if ranks.count(key) > 1 else str(entry["rank"]))
         entry["vs_leader"] = leader_text(entry)
         entry["manifest"] = manifests[entry["run_id"]]
     return parcels, list(models.values())

@@ -116,8 +116,10 @@ def paired_t(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> dict:
     n = d.size
     mean = float(d.mean())
     se = float(np.sqrt(corrected_variance(d[:, None])[0])) if n > 2 else float("nan")
-    if not se > 0:  # identical scores (a run against its copy): no difference, no evidence of one
-        return {"delta": mean, "ci_low": mean, "ci_high": mean, "p_value": 1.0, "n_runs": n}
+    if n <= 2:  # no variance to test with: no evidence either way
+        return {"delta": mean, "ci_low": float("nan"), "ci_high": float("nan"), "p_value": 1.0, "n_runs": n}
+    if not se > 0:  # every run differs by the same amount: none (a run against its copy) or certainly that
+        return {"delta": mean, "ci_low": mean, "ci_high": mean, "p_value": 1.0 if mean == 0 else 0.0, "n_runs": n}
     half = float(student.ppf(0.5 + level / 2, n - 1) * se)
     p = float(2 * student.sf(abs(mean) / se, n - 1))
     return {"delta": mean, "ci_low": mean - half, "ci_high": mean + half, "p_value": p, "n_runs": n}
