@@ -310,7 +310,7 @@ def make_cell(settings: RunSettings, group: str) -> Cell:
     """Name a cell after its settings: one layer, and what its analysis fits there (:meth:`~mtbench.api.Analysis.cell_label`)."""
     (layer,) = settings.layers
     what = get_registry().analysis(settings.mode).load().cell_label(settings)
-    hashed = digest(asdict(settings))[:10]
+    hashed = digest(settings.record())[:10]
     name = "-".join([model_slug(settings.model), slug(settings.dataset), slug(settings.subject),
                      f"L{layer:03d}", what, slug(settings.protocol), hashed])
     return Cell(name=name, hash=hashed, group=group, settings=settings)
