@@ -4,12 +4,16 @@ The cache key is (model name, model revision, extraction settings -- context win
 stride, pooling, dtype... --, stimulus fingerprint): one folder. In it, each
 (layer, state) is one ``.npy`` file of word vectors for all runs concatenated
 (``L004_per_head_q.npy``, float16 by default; ``L004_per_head_q.float32.npy`` with
-``dtype="float32"``), and ``index.json`` records the run lengths. A second run of the same
+``dtype="float32"``), and ``index.json`` records the run lengths. Precision is chosen per
+state when its file is finished: a state some of whose values float16 cannot hold (beyond
+65,504) is kept in float32 under the same name (its ``.npy`` header says so, and
+:attr:`CachedFeatures.widened` lists it for the run's manifest), so no model fails for it;
+every other state is exactly the float16 rounding it always was. A second run of the same
 model on the same stimulus reads these files instead of running the model.
 
 Streaming and resuming: while a model extracts, finished words go straight into
-preallocated files under ``partial-<dtype>-<hash of the requested keys>/`` (one per
-(layer, state), at their final row), and ``progress.json`` (written atomically after the
+preallocated float32 files under ``partial-<dtype>-w32-<hash of the requested keys>/`` (one
+per (layer, state), at their final row; narrowed to ``dtype`` when finished), and ``progress.json`` (written atomically after the
 rows it counts) says how many words of each run are done. The files are renamed to their
 final names when every run is done. An interrupted extraction (crash, Ctrl-C) rerun with
 the same request resumes after the last recorded word; nothing before it is recomputed.
@@ -106,8 +110,9 @@ class CachedFeatures(_ReadOnce):
     """
 
     def __init__(self, files: dict[tuple[int, str], Path], bounds: np.ndarray,
-                 extract: Callable[[tuple[int, str]], None] | None = None):
+                 extract: Callable[[tuple[int, str]], None] | None = None, dtype: str = "float16"):
         self._files, self._bounds, self._extract = dict(files), bounds, extract
+        self.widened = _widened({key: _stored_dtype(path) for key, path in self._files.items()}, dtype)
 
     def _read(self, key: tuple[int, str]) -> np.ndarray:
         path = self._files[key]
@@ -175,6 +180,8 @@ class ScanFeatures(_ReadOnce):
                  run_lengths: Sequence[int]):
         self._words, self._align, self._alignment = words, align, alignment
         self._bounds = np.cumsum([0, *run_lengths])
+        #: states kept wider than the requested cache dtype (:func:`word_features`): ``{"L004 state": "float32"}``
+        self.widened = dict(getattr(words, "widened", {}))
 
     def _file(self, key: tuple[int, str]) -> Path | None:
         if not isinstance(self._words, CachedFeatures):
@@ -244,7 +251,9 @@ def word_features(
         Read and write the on-disk cache (else: extract in memory, same rounding).
     dtype : {"float16", "float32"}
         Storage precision of the cache; features are returned as float32 either way,
-        rounded to it (a cached and an uncached run give identical numbers).
+        rounded to it (a cached and an uncached run give identical numbers). With
+        ``float16``, a state some of whose values float16 cannot hold is kept in float32
+        instead (exact), chosen per state; the result's ``widened`` names those states.
 
     Returns
     -------
@@ -282,7 +291,7 @@ def word_features(
     def extract(key: tuple[int, str]) -> None:  # a cache file found damaged when read: extracted again
         word_features(adapter, stimulus, [key[1]], [key[0]], dtype=dtype)
 
-    return CachedFeatures(files, bounds, extract)
+    return CachedFeatures(files, bounds, extract, dtype)
 
 
 def _complete(path: Path, n_words: int, sealed: bool = True) -> bool:
@@ -305,16 +314,48 @@ def _round(adapter: ModelAdapter, key, x: np.ndarray, dtype: str) -> np.ndarray:
     return y
 
 
+def _fits(x: np.ndarray, dtype: str) -> bool:
+    """Whether every value of ``x`` stays finite in ``dtype`` (float16 holds |x| < 65,520 after rounding)."""
+    with np.errstate(over="ignore"):  # an overflow is the answer here, not a problem
+        return bool(np.isfinite(x.astype(dtype)).all())
+
+
+def _stored_dtype(path: Path) -> str:
+    """The dtype a finished cache file holds (its ``.npy`` header), without reading it."""
+    try:
+        return str(np.load(path, mmap_mode="r").dtype)
+    except (OSError, ValueError):
+        return ""  # missing or damaged: extracted again when read, and then whole
+
+
+def _widened(stored: dict[tuple[int, str], str], dtype: str) -> dict[str, str]:
+    """``{"L004 state": stored dtype}`` for the keys stored wider than ``dtype`` (for the manifest)."""
+    return {f"L{layer:03d} {state}": kind for (layer, state), kind in sorted(stored.items())
+            if kind and kind != dtype}
+
+
 def _in_memory(adapter, stimulus, wanted, run_lengths, dtype, progress) -> FeatureSet:
     states = list(dict.fromkeys(s for _, s in wanted))
     layers = list(dict.fromkeys(layer for layer, _ in wanted))
     extracted = adapter.extract(stimulus, states, layers, progress=progress)
     out: FeatureSet = {}
+    stored = {}
     for key in wanted:
-        runs = extracted[key]
+        runs = [_round(adapter, key, r, "float32") for r in extracted[key]]
         _check_lengths(adapter, key, [r.shape[0] for r in runs], run_lengths)
-        out[key] = [_round(adapter, key, r, dtype).astype(np.float32) for r in runs]
-    return out
+        stored[key] = dtype if all(_fits(r, dtype) for r in runs) else "float32"  # as the disk cache chooses
+        out[key] = [r.astype(stored[key]).astype(np.float32) for r in runs]
+    if widened := _widened(stored, dtype):
+        note(f"{len(widened)} state(s) exceed {dtype} and are kept in float32: {', '.join(widened)}")
+    return _Features(out, widened)
+
+
+class _Features(dict):
+    """A :data:`FeatureSet` in memory, with the ``widened`` states of :class:`CachedFeatures`."""
+
+    def __init__(self, features: FeatureSet, widened: dict[str, str]):
+        super().__init__(features)
+        self.widened = widened
 
 
 def _check_lengths(adapter, key, got: list[int], expected: list[int]) -> None:
@@ -337,7 +378,8 @@ def _stream(adapter, stimulus, states, layers, start_words, progress):
 def _extract_to_disk(adapter, stimulus, missing, folder, files, run_lengths, dtype, progress) -> None:
     """Extract ``missing`` keys into their cache files, resuming a partial extraction."""
     tag = hashlib.sha256(json.dumps(sorted(missing)).encode()).hexdigest()[:12]
-    partial = folder / f"partial-{dtype}-{tag}"
+    # rows are kept in float32 until a state is finished: only then is it known whether float16 holds it
+    partial = folder / f"partial-{dtype}-w32-{tag}"
     done = _read_progress(partial, run_lengths)
     if done is not None and any(done) and not all(_complete(partial / files[k].name, sum(run_lengths), sealed=False)
                                                    for k in missing):
@@ -349,14 +391,14 @@ def _extract_to_disk(adapter, stimulus, missing, folder, files, run_lengths, dty
     offsets = np.cumsum([0, *run_lengths])
     states = list(dict.fromkeys(s for _, s in missing))
     layers = list(dict.fromkeys(layer for layer, _ in missing))
-    writers = {key: _RowWriter(partial / files[key].name, int(offsets[-1]), dtype) for key in missing}
+    writers = {key: _RowWriter(partial / files[key].name, int(offsets[-1]), "float32") for key in missing}
     for r, first, block in _stream(adapter, stimulus, states, layers, done, progress):
         if first != done[r]:
             raise RuntimeError(f"model {adapter.name} streamed words from {first} in run {r + 1}, "
                                f"expected {done[r]}")
         n = None
         for key in missing:
-            x = _round(adapter, key, block[key], dtype)
+            x = _round(adapter, key, block[key], "float32")
             n = x.shape[0] if n is None else n
             if x.shape[0] != n or first + n > run_lengths[r]:
                 raise RuntimeError(f"model {adapter.name} streamed {x.shape[0]} words for {key} in run {r + 1}")
@@ -369,11 +411,38 @@ def _extract_to_disk(adapter, stimulus, missing, folder, files, run_lengths, dty
         writers[key].close()
     if done != list(run_lengths):
         raise RuntimeError(f"model {adapter.name} stopped after {done} words per run, expected {run_lengths}")
+    widened = []
     for key in missing:
         path = partial / files[key].name
+        if not _narrow(path, dtype):
+            widened.append(f"L{key[0]:03d} {key[1]}")
         seal_file(path, _npy_size(path))  # its checksum: every later read checks it
         os.replace(path, files[key])
     shutil.rmtree(partial, ignore_errors=True)
+    if widened:
+        note(f"{len(widened)} state(s) of {adapter.name} exceed {dtype} and are cached in float32: "
+             f"{', '.join(widened)}")
+
+
+def _narrow(path: Path, dtype: str, rows: int = 16384) -> bool:
+    """Rewrite the float32 ``.npy`` at ``path`` in ``dtype`` when every value fits in it; False if kept in float32.
+
+    The same rounding as writing ``dtype`` directly (float32 -> float16 is one rounding), in
+    blocks of ``rows`` rows so memory stays at one block.
+    """
+    if dtype == "float32":
+        return True
+    wide = np.load(path, mmap_mode="r")
+    if not all(_fits(wide[r0:r0 + rows], dtype) for r0 in range(0, wide.shape[0], rows)):
+        return False
+    narrow_path = path.with_name(path.name + ".narrow")
+    narrow = np.lib.format.open_memmap(narrow_path, mode="w+", dtype=dtype, shape=wide.shape)
+    for r0 in range(0, wide.shape[0], rows):
+        narrow[r0:r0 + rows] = wide[r0:r0 + rows]
+    narrow.flush()
+    del narrow, wide
+    os.replace(narrow_path, path)
+    return True
 
 
 def _read_progress(partial: Path, run_lengths: list[int]) -> list[int] | None:

@@ -14,7 +14,7 @@ import json
 import re
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -111,7 +111,7 @@ def _check_bold(bold: list[np.ndarray], stimulus, n_voxels: int, dataset: str) -
 
 def run_id_for(settings: RunSettings) -> str:
     """Unique, sortable, readable id: time, model, dataset, subject, settings hash."""
-    digest = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True, default=str).encode()).hexdigest()[:6]
+    digest = hashlib.sha256(json.dumps(settings.record(), sort_keys=True, default=str).encode()).hexdigest()[:6]
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     return f"{stamp}-{model_slug(settings.model)}-{slug(settings.dataset)}-{slug(settings.subject)}-{digest}"
 
@@ -241,13 +241,14 @@ def _run(settings: RunSettings, analysis, metric, results_dir: Path, progress, r
         inputs = prepare_inputs(settings, analysis, adapter, progress, clock)
         adapter, dataset, states, layers = inputs.adapter, inputs.dataset, inputs.states, inputs.layers
         n_voxels = inputs.y_runs[0].shape[1]
+        widened = getattr(inputs.scans, "widened", {})  # states cached wider than --feature-dtype (overflow)
         checkpoint = functools.partial(_open_checkpoint, results_dir, settings, inputs, opened)
         result = analysis.fit(inputs, settings, metric, progress=progress, checkpoint=checkpoint, folds=folds)
         del inputs, checkpoint
         clock.lap("fit")
 
     meta = provenance(
-        settings=asdict(settings) | {"states": states, "layers": layers},
+        settings=settings.record() | {"states": states, "layers": layers},
         model={"name": adapter.name, "spec": settings.model, "family": adapter.family,
                "revision": adapter.revision, "n_layers": adapter.n_layers, "extraction": adapter.settings(),
                # e.g. the share of words a static embedding has no vector for (when it extracted)
@@ -262,6 +263,8 @@ def _run(settings: RunSettings, analysis, metric, results_dir: Path, progress, r
                                           effective_precision(settings.precision, "cuda" if on_gpu(settings.backend)
                                                               else "cpu"))
     meta |= result.manifest
+    if widened:  # only then: the manifests of runs whose states all fit stay as they were
+        meta["feature_cache"] = {"dtype": settings.feature_dtype, "widened": widened}
     meta["run_id"] = run_id or run_id_for(settings)
     meta["seconds"] = round(clock.total, 1)
     meta["timings"] = clock.stages  # seconds per stage, writing excluded
@@ -389,7 +392,7 @@ def _open_checkpoint(results_dir, settings: RunSettings, inputs: RunInputs, open
     """
 
     adapter, dataset = inputs.adapter, inputs.dataset
-    key = {"settings": asdict(settings), "model": [adapter.name, adapter.revision, adapter.settings()],
+    key = {"settings": settings.record(), "model": [adapter.name, adapter.revision, adapter.settings()],
            "dataset": [dataset.name, dataset.version, dataset.stimulus.fingerprint()], **parts}
     opened.append(FitCheckpoint(Path(results_dir), fingerprint(key, inputs.y_runs)))
     return opened[-1]

@@ -9,7 +9,7 @@ by the registry instead.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ BACKENDS = ("torch", "torch_cuda", "himalaya", "himalaya_cuda")
 PRECISIONS = ("float32", "mixed")
 INNERS = ("loro", "first")
 FEATURE_DTYPES = ("float16", "float32")
+REDUCTIONS = ("pca", "random")
 
 
 def mode_value(name: str | None):
@@ -74,6 +75,14 @@ class RunSettings:
     # Circular-shift permutations per fit for per-voxel p-values (0: no significance); BH-FDR level.
     permutations: int = 1000
     fdr: float = 0.05
+    # Options of the analyses that compare a state with another or at one width (their entries say
+    # which reads which; left out of the record at their defaults: see RunSettings.record):
+    # the reference state R a state's unique variance is measured against and its block (0: the
+    # state's own), the common width states are reduced to (0: the narrowest state's) and how.
+    reference: str = "input_hidden_state"
+    reference_layer: int = 0
+    width: int = 0
+    reduction: str = "pca"
 
     def __post_init__(self) -> None:
         # A script may pass tuples, arrays or NumPy numbers; the runner compares, hashes and records
@@ -85,8 +94,20 @@ class RunSettings:
             value = getattr(self, name)
             if isinstance(value, (tuple, list)) or isinstance(value, np.ndarray) and value.ndim == 1:
                 setattr(self, name, [plain(v) for v in value])
-        for name in ("trim_scans", "seed", "permutations", "fdr", "shared_alpha", "mode"):
+        for name in ("trim_scans", "seed", "permutations", "fdr", "shared_alpha", "mode", "reference_layer", "width"):
             setattr(self, name, plain(getattr(self, name)))
+
+    def record(self) -> dict:
+        """The settings as recorded and hashed: every field, but the :data:`LATER_OPTIONS` left at their default.
+
+        Runs recorded before those options existed keep their ids, checkpoints and manifests;
+        :meth:`from_record` gives a missing option its default.
+        """
+        recorded = asdict(self)
+        for name, default in LATER_OPTIONS.items():
+            if _same(recorded[name], default):
+                del recorded[name]
+        return recorded
 
     @classmethod
     def from_record(cls, recorded: dict) -> RunSettings:
@@ -141,10 +162,23 @@ class RunSettings:
             raise bad("shared_alpha", "true or false")
         if not (self.mode is None or whole(self.mode) or isinstance(self.mode, str) and self.mode):
             raise bad("mode", "the name of an analysis (`mtbench list analyses`)")
+        for name in ("reference_layer", "width"):
+            if not (whole(getattr(self, name)) and getattr(self, name) >= 0):
+                raise bad(name, "a whole number >= 0 (0: " + ("the state's own block)" if name == "reference_layer"
+                                                              else "the narrowest state's width)"))
+        if self.reduction not in REDUCTIONS:
+            raise bad("reduction", f"one of {', '.join(REDUCTIONS)}")
+        if not (isinstance(self.reference, str) and self.reference):
+            raise bad("reference", "a state name, e.g. input_hidden_state")
         delays = self.delays
         if delays is not None and (isinstance(delays, str) or np.ndim(delays) != 1 or not len(delays)
                                    or not all(whole(d) and d >= 0 for d in delays)):
             raise bad("delays", "a non-empty list of scans >= 0, e.g. [1, 2, 3, 4]")
+
+
+# Analysis options added after runs were recorded, with their defaults: left out of a run's record
+# (manifest, run id, checkpoint) when at the default, so the ids of runs that do not use them stay.
+LATER_OPTIONS = {"reference": "input_hidden_state", "reference_layer": 0, "width": 0, "reduction": "pca"}
 
 
 # RunSettings fields whose command-line flag is not --<field name> (None: set by a protocol or a plan only)

@@ -105,7 +105,7 @@ def test_bad_plans_fail_in_one_line(tiny, tmp_path):
     bad.write_text("layer = 3\n" + plan_file.read_text())
     with pytest.raises(MtbenchError, match="unknown key 'layer'"):
         load_plan(bad)
-    with pytest.raises(MtbenchError, match="unknown mode 'fast': modes are 1 .* and 2 .*protocols"):
+    with pytest.raises(MtbenchError, match="unknown mode 'fast': modes are 1 .*, 2 .*protocols"):
         load_plan(plan_file, modes=["fast"])
     with pytest.raises(MtbenchError, match="unknown protocol 'fast'"):
         expand(load_plan(plan_file, protocols=["fast"]), tmp_path)
@@ -115,7 +115,7 @@ def test_bad_plans_fail_in_one_line(tiny, tmp_path):
         expand(load_plan(plan_file, mode2={"inputs": "attn_output"}), tmp_path)
     with pytest.raises(MtbenchError, match="--mode 2 needs --inputs"):
         expand(load_plan(plan_file, modes=["2"], states="all"), tmp_path)
-    with pytest.raises(MtbenchError, match="`states` are for Mode 1 cells"):
+    with pytest.raises(MtbenchError, match="`states` are for Mode 1, "):
         expand(load_plan(plan_file, modes=["2"], mode2={"inputs": "attn_output"}), tmp_path)
     with pytest.raises(MtbenchError, match="unknown state 'atn_output'"):
         expand(load_plan(plan_file, modes=["1", "2"], mode2={"inputs": "atn_output"}), tmp_path)

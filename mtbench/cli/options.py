@@ -115,7 +115,8 @@ def analysis_flags(command):
     for option in reversed(list(options.values())):  # click lists decorators' options last-applied first
         default = defaults[option.field]
         shown = "" if default in ([], None) else f" (default {default})"
-        kind = click.Choice(list(option.choices)) if option.choices else None
+        whole = isinstance(default, int) and not isinstance(default, bool)
+        kind = click.Choice(list(option.choices)) if option.choices else click.INT if whole else None
         command = click.option(f"--{option.field.replace('_', '-')}", option.field, type=kind, default=None,
                                help=f"{option.help}{shown}")(command)
     return command
@@ -129,8 +130,20 @@ def analysis_values(values: dict) -> dict:
         for option in entry.options:
             value = values.get(option.field)
             if value is not None and option.field in defaults:
-                out[option.field] = comma_list(value) if isinstance(defaults[option.field], list) else value
+                out[option.field] = _option_value(option.field, value, defaults[option.field])
     return out
+
+
+def _option_value(name: str, value, default):
+    """A flag's text as the setting's kind: a comma list, a whole number, or the text."""
+    if isinstance(default, list):
+        return comma_list(value)
+    if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            raise MtbenchError(f"--{name.replace('_', '-')} must be a whole number, got {value!r}") from None
+    return value
 
 
 def _setting_defaults() -> dict:

@@ -144,3 +144,101 @@ def stage_bars(stage_rows: list[dict], parcels: list[str], title: str = "Mode 2:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     fig.suptitle(title, fontsize=11)
     return fig
+
+
+def partition_bars(rows: list[dict], parcels: list[str], title: str = "Variance partitioning per parcel"):
+    """Per parcel, the variance of the reference alone, shared with the state, and the state's own.
+
+    Parameters
+    ----------
+    rows : list of dict
+        ``parcel, unique_reference, shared, unique_state`` (signed squared held-out r, means).
+    parcels : list of str
+        Bar order, top to bottom.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Stacked horizontal bars (negative parts drawn left of 0) and a legend of the parts.
+    """
+    by_parcel = {r["parcel"]: r for r in rows}
+    height = 0.32 * len(parcels) + 1.8
+    fig = figure(10, height)
+    ax = fig.add_axes([0.32, 0.8 / height, 0.45, 1 - 1.4 / height])
+    y = np.arange(len(parcels))[::-1]
+    right, left = np.zeros(len(parcels)), np.zeros(len(parcels))
+    for part, color, label in (("unique_reference", "#9ecae1", "unique to the reference"),
+                               ("shared", "#bdbdbd", "shared"), ("unique_state", "#e6550d", "unique to the state")):
+        value = np.array([by_parcel[p][part] if p in by_parcel else np.nan for p in parcels])
+        value = np.nan_to_num(value)
+        start = np.where(value >= 0, right, left)
+        ax.barh(y, value, left=start, color=color, label=label, height=0.8)
+        right, left = right + np.maximum(value, 0), left + np.minimum(value, 0)
+    ax.axvline(0, color="black", linewidth=0.5)
+    ax.set_yticks(y, parcels, fontsize=7)
+    ax.set_xlabel("held-out variance explained (signed r², mean over voxels and test runs)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def paired_bars(labels: list[str], series: dict[str, list[float]], title: str, xlabel: str):
+    """Grouped horizontal bars: one group per label, one bar per series (e.g. as it is / width-matched).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Labels top to bottom in the order given, and a legend of the series.
+    """
+    height = 0.32 * len(labels) * max(len(series), 1) / 2 + 1.8
+    fig = figure(9, height)
+    ax = fig.add_axes([0.35, 0.8 / height, 0.45, 1 - 1.4 / height])
+    y = np.arange(len(labels))[::-1]
+    bar = 0.8 / max(len(series), 1)
+    for i, (name, values) in enumerate(series.items()):
+        ax.barh(y + ((len(series) - 1) / 2 - i) * bar, values, height=bar, label=name)
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.axvline(0, color="black", linewidth=0.5)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def head_layer_heatmap(rows: list[dict], winner: dict):
+    """Held-out r of every (layer, head) of one per-head state in one parcel; the winner is framed.
+
+    Parameters
+    ----------
+    rows : list of dict
+        ``layer, head, test`` rows of the parcel and state (``heads.parquet``).
+    winner : dict
+        The parcel's row of ``heads_summary.parquet`` (``parcel, layer, state, head, test``).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Image of shape (n_layers, n_heads), a colorbar, suptitle naming the parcel and state.
+    """
+    from matplotlib.patches import Rectangle
+
+    layers = sorted({r["layer"] for r in rows}) or [winner["layer"]]
+    n_heads = max([r["head"] for r in rows], default=winner["head"]) + 1
+    grid = np.full((len(layers), n_heads), np.nan)
+    for r in rows:
+        grid[layers.index(r["layer"]), r["head"]] = r["test"]
+    fig = figure(max(5.0, 0.35 * n_heads + 3.0), max(3.2, 0.3 * len(layers) + 2.2))
+    ax = fig.add_axes([0.14, 0.2, 0.68, 0.66])
+    limit = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
+    image = ax.imshow(grid, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(n_heads), [str(h) for h in range(n_heads)], fontsize=7)
+    ax.set_yticks(range(len(layers)), [str(layer) for layer in layers], fontsize=7)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer (block)")
+    if winner["layer"] in layers:
+        ax.add_patch(Rectangle((winner["head"] - 0.5, layers.index(winner["layer"]) - 0.5), 1, 1, fill=False,
+                               edgecolor="black", linewidth=2))
+    cbar = fig.colorbar(image, cax=fig.add_axes([0.85, 0.2, 0.025, 0.66], label="colorbar"))
+    cbar.set_label("held-out r (mean over folds)")
+    fig.suptitle(f"{winner['parcel']}: {winner['state']}, held-out r per layer x head", fontsize=10)
+    return fig
