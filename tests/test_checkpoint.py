@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -152,8 +153,18 @@ def _run_with_pinned_id(settings: RunSettings, results: str, log: str) -> str:
     """One `mtbench run` of ``settings``, its generated id pinned (as if both finished in one second);
     every fit it computes is logged (its pid)."""
     real = mode1_fit.fit_nested_loro
+    ready = Path(log).with_suffix(".ready")
 
     def fit(*args, **kwargs):
+        # at its first fit each run waits for the other to reach its own (both then hold the checkpoint):
+        # on a loaded machine one run could otherwise finish, and remove the checkpoint, before the other starts
+        if not getattr(fit, "met", False):
+            with open(ready, "a") as handle:
+                handle.write(f"{os.getpid()}\n")
+            deadline = time.monotonic() + 120
+            while len(ready.read_text().split()) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            fit.met = True
         with open(log, "a") as handle:
             handle.write(f"{os.getpid()}\n")
         return real(*args, **kwargs)
