@@ -104,6 +104,18 @@ def provenance(settings: dict, model: dict, dataset: dict) -> dict:
     }
 
 
+def identity_of(meta: dict) -> dict:
+    """The :data:`mtbench.schema.IDENTITY` values of a run (from its manifest ``meta``), in the schema's order."""
+    return {"run_id": meta["run_id"], "model": meta["model"]["name"], "dataset": meta["dataset"]["name"],
+            "subject": meta["settings"]["subject"], "metric": meta["settings"]["metric"]}
+
+
+def rows_with_identity(meta: dict, rows: list[dict]) -> dict:
+    """Column dict of ``rows`` (dicts with the same keys), the run's identity columns first."""
+    return ({k: [v] * len(rows) for k, v in identity_of(meta).items()}
+            | {k: [r[k] for r in rows] for k in rows[0]})
+
+
 def write_parquet(path: Path, columns: dict, meta: dict) -> None:
     """``columns`` as a zstd Parquet file whose schema metadata holds the run's manifest (key ``mtbench``)."""
     table = pa.table(columns)

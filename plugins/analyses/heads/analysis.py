@@ -26,7 +26,7 @@ from mtbench.display import print_truth_check
 from mtbench.encoding import fit_nested_loro
 from mtbench.errors import MtbenchError
 from mtbench.registry import get_registry, load_dataset
-from mtbench.results import WHOLE_BRAIN, parcel_groups, volume_image, write_parquet
+from mtbench.results import WHOLE_BRAIN, parcel_groups, rows_with_identity, volume_image, write_parquet
 from mtbench.runner import parse_states
 from mtbench.settings import RunSettings
 
@@ -109,19 +109,13 @@ class HeadsResult:
                 for p in (truth or {}).get("planted", []) if (row := by_parcel.get(p["parcel"]))]
 
     def write_files(self, folder: Path, meta: dict, mask_img, truth: dict | None) -> None:
-        ident = {"run_id": meta["run_id"], "model": meta["model"]["name"], "dataset": meta["dataset"]["name"],
-                 "subject": meta["settings"]["subject"], "metric": meta["settings"]["metric"]}
-
-        def table(rows: list[dict]) -> dict:
-            return {k: [v] * len(rows) for k, v in ident.items()} | {k: [r[k] for r in rows] for k in rows[0]}
-
-        write_parquet(folder / "heads_summary.parquet", table(self.summary), meta)
+        write_parquet(folder / "heads_summary.parquet", rows_with_identity(meta, self.summary), meta)
         rows = [{"layer": layer, "state": state, "head": head, "n_heads": self.n_heads[state], "parcel_id": pid,
                  "parcel": name, "n_voxels": int(idx.size), "test": float(self.table.test[f, idx].mean()),
                  "validation": float(self.table.validation[f, idx].mean())}
                 for f, (layer, state, head) in enumerate(self.keys)
                 for pid, name, idx in parcel_groups(self.labels, self.names)]
-        write_parquet(folder / "heads.parquet", table(rows), meta)
+        write_parquet(folder / "heads.parquet", rows_with_identity(meta, rows), meta)
         n_fits, n_runs, n_vox = self.arrays["test_per_run"].shape
         folds = {"layer": np.repeat([k[0] for k in self.keys], n_runs * n_vox).astype(np.int16),
                  "state": np.repeat([k[1] for k in self.keys], n_runs * n_vox),

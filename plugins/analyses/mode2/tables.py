@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from mtbench.errors import MtbenchError
-from mtbench.results import nested_best, volume_image, write_parquet
+from mtbench.results import nested_best, rows_with_identity, volume_image, write_parquet
 from mtbench.schema import IDENTITY, read_map, read_map_index
 from mtbench.significance import run_confidence_interval
 
@@ -253,12 +253,8 @@ class Mode2Tables:
     def write_files(self, folder: Path, meta: dict, mask_img, truth: dict | None) -> None:
         """Write ``mode2.parquet``, ``mode2_nested.parquet``, ``mode2_folds.parquet``, ``mode2_states.parquet``,
         ``mode2_voxels.parquet``, maps, ``truth.json`` and the manifest into ``folder`` (columns in ``docs/mode2.md``)."""
-        ident = {"run_id": meta["run_id"], "model": meta["model"]["name"], "dataset": meta["dataset"]["name"],
-                 "subject": meta["settings"]["subject"], "metric": meta["settings"]["metric"]}
-
         def write(name: str, rows: list[dict]) -> None:
-            columns = {k: [v] * len(rows) for k, v in ident.items()} | {k: [r[k] for r in rows] for k in rows[0]}
-            write_parquet(folder / name, columns, meta)
+            write_parquet(folder / name, rows_with_identity(meta, rows), meta)
 
         write("mode2.parquet", self.summary)
         write("mode2_nested.parquet", self.nested())

@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 import pyarrow.parquet as pq
 
-from mtbench.results import nested_best, parcel_groups, volume_image, write_parquet
+from mtbench.results import identity_of, nested_best, parcel_groups, volume_image, write_parquet
 from mtbench.schema import IDENTITY
 from mtbench.significance import run_confidence_interval
 
@@ -137,8 +137,7 @@ def summarize(table: PartitionTable, labels, names) -> list[dict]:
 
 def write_files(folder: Path, meta: dict, table: PartitionTable, mask_img, labels, names, truth) -> None:
     """Every file of a partition run."""
-    ident = {"run_id": meta["run_id"], "model": meta["model"]["name"], "dataset": meta["dataset"]["name"],
-             "subject": meta["settings"]["subject"], "metric": meta["settings"]["metric"]}
+    ident = identity_of(meta)
     n_fits, n_runs, n_vox = table.scores["ev_joint"].shape
 
     def with_ident(columns: dict, n: int) -> dict:
