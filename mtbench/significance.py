@@ -37,7 +37,7 @@ import numpy as np
 from .errors import MtbenchError
 from .memory import check_fits, usable_cpus
 
-__all__ = ["DEFAULT_MIN_SHIFT", "ShiftTest", "bh_fdr", "calibration_columns", "circular_shift_pvalues",
+__all__ = ["DEFAULT_MIN_SHIFT", "BoldSpectra", "ShiftTest", "bh_fdr", "bold_spectra", "calibration_columns", "circular_shift_pvalues",
            "fold_dependence", "inflation_from_null_fit", "run_confidence_interval", "run_pvalues",
            "shift_null_moments", "shifted_correlations"]
 
@@ -54,12 +54,37 @@ _GATHER = 256  # columns per gather of the null draws (cache-sized working set)
 TAIL_EXCEEDANCES = 10
 
 
-def shifted_correlations(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
+def bold_spectra(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What :func:`shifted_correlations` computes from the BOLD alone.
+
+    Parameters
+    ----------
+    y : ndarray, shape (n_scans, n_voxels)
+
+    Returns
+    -------
+    sum_of_squares : ndarray, shape (n_voxels,), float64
+        Of each centered column.
+    spectrum : ndarray, shape (n_scans // 2 + 1, n_voxels), complex64
+        Real FFT of the centered columns along the scans.
+    """
+    import scipy.fft
+
+    # float32 FFTs (scipy computes them natively in single precision, ~2x faster): r to ~1e-6
+    y = np.asarray(y, dtype=np.float32)
+    yc = y - y.mean(0, dtype=np.float64).astype(np.float32)
+    return (yc * yc).sum(0, dtype=np.float64), scipy.fft.rfft(yc, axis=0, workers=_FFT_WORKERS)
+
+
+def shifted_correlations(y: np.ndarray, pred: np.ndarray,
+                         y_spectra: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Pearson r of ``y`` with every circular shift of ``pred``.
 
     Parameters
     ----------
     y, pred : ndarray, shape (n_scans, n_voxels)
+    y_spectra : tuple, optional
+        :func:`bold_spectra` of ``y``, when already made (:class:`BoldSpectra`).
 
     Returns
     -------
@@ -69,21 +94,42 @@ def shifted_correlations(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """
     import scipy.fft
 
-    # float32 FFTs (scipy computes them natively in single precision, ~2x faster): r to ~1e-6
-    y = np.asarray(y, dtype=np.float32)
-    pred = np.asarray(pred, dtype=np.float32)
     n = y.shape[0]
-    yc = y - y.mean(0, dtype=np.float64).astype(np.float32)
-    pc = pred - pred.mean(0, dtype=np.float64).astype(np.float32)
-    denom = np.sqrt((yc * yc).sum(0, dtype=np.float64) * (pc * pc).sum(0, dtype=np.float64))
+    y_sum_of_squares, y_spectrum = bold_spectra(y) if y_spectra is None else y_spectra
+    _, spectrum = pred_spectra = bold_spectra(pred)
+    denom = np.sqrt(y_sum_of_squares * pred_spectra[0])
     inverse = np.divide(1.0, denom, out=np.zeros_like(denom), where=denom > 0).astype(np.float32)
     # sum_t pred[t - k] y[t] for all k: inverse FFT of conj(P) Y
-    spectrum = scipy.fft.rfft(pc, axis=0, workers=_FFT_WORKERS)
     np.conjugate(spectrum, out=spectrum)
-    spectrum *= scipy.fft.rfft(yc, axis=0, workers=_FFT_WORKERS)
+    spectrum *= y_spectrum
     cross = scipy.fft.irfft(spectrum, n=n, axis=0, workers=_FFT_WORKERS)
     cross *= inverse  # 0 where either column is constant
     return cross
+
+
+class BoldSpectra:
+    """:func:`bold_spectra` of every run of a fit's targets, made once for all the fits on them.
+
+    Every fit of a run tests its predictions against the same BOLD (the main job: 390 fits), and
+    the BOLD's part of :func:`shifted_correlations` is a third of its FFTs. Kept only up to
+    ``max_bytes``; above (e.g. LPP scale: ~280 MB) ``columns`` gives None and each test makes
+    its blocks' own, as without it.
+
+    Parameters
+    ----------
+    y_runs : list of ndarray, each shape (n_scans_r, n_voxels)
+    max_bytes : int
+    """
+
+    def __init__(self, y_runs: Sequence[np.ndarray], max_bytes: int = 64 * 2**20):
+        size = sum((len(y) // 2 + 1) * y.shape[1] * 8 + y.shape[1] * 8 for y in y_runs)
+        self.runs = [bold_spectra(y) for y in y_runs] if size <= max_bytes else None
+
+    def columns(self, c0: int, c1: int) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        """Per run, the spectra of columns c0:c1 (None when none are kept)."""
+        if self.runs is None:
+            return None
+        return [(squares[c0:c1], spectrum[:, c0:c1]) for squares, spectrum in self.runs]
 
 
 def shift_test_bytes(n_permutations: int, n_runs: int = 1) -> int:
@@ -117,6 +163,7 @@ def circular_shift_pvalues(
     min_shift: int = DEFAULT_MIN_SHIFT,
     seed: int = 0,
     inflation: float = 1.0,
+    y_spectra: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Permutation p-values of the run-averaged Pearson r, from circular shifts within runs.
 
@@ -136,6 +183,8 @@ def circular_shift_pvalues(
         runs (:func:`fold_dependence`): every null draw is spread around the voxel's null
         mean by ``sqrt(inflation)``. 1 treats the runs' scores as independent, which is
         right only when the predictions were not cross-fitted.
+    y_spectra : list of tuple, optional
+        :func:`bold_spectra` of each run of ``y_runs`` (:meth:`BoldSpectra.columns`), when made.
 
     Returns
     -------
@@ -183,7 +232,8 @@ def circular_shift_pvalues(
     drawn = np.empty_like(null)
     for c0 in range(0, n_voxels, _BLOCK):
         c1 = min(n_voxels, c0 + _BLOCK)
-        corrs = [shifted_correlations(y[:, c0:c1], p[:, c0:c1]) for y, p in zip(y_runs, pred_runs)]
+        corrs = [shifted_correlations(y[:, c0:c1], p[:, c0:c1], _columns(y_spectra, r, c0, c1))
+                 for r, (y, p) in enumerate(zip(y_runs, pred_runs))]
         obs = sum(corr[0].astype(np.float64) for corr in corrs) / n_runs
         observed[c0:c1] = obs
         # exact moments of the null (every shift of every run equally likely, runs independent)
@@ -214,6 +264,14 @@ def circular_shift_pvalues(
             tail_p[c0:c1][tail] = ndtr(-z)
     p_values = (1.0 + exceed) / (1.0 + n_permutations)
     return observed.astype(np.float32), np.where(np.isnan(tail_p), p_values, tail_p)
+
+
+def _columns(y_spectra, run: int, c0: int, c1: int):
+    """Run ``run``'s spectra of columns c0:c1, or None."""
+    if y_spectra is None:
+        return None
+    squares, spectrum = y_spectra[run]
+    return squares[c0:c1], spectrum[:, c0:c1]
 
 
 def bh_fdr(p_values: np.ndarray) -> np.ndarray:
@@ -273,7 +331,7 @@ def run_confidence_interval(per_run: np.ndarray, level: float = 0.95, *,
     return mean - half, mean + half
 
 
-def shift_null_moments(y_runs: Sequence[np.ndarray], pred_runs: Sequence[np.ndarray]
+def shift_null_moments(y_runs: Sequence[np.ndarray], pred_runs: Sequence[np.ndarray], y_spectra=None
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run-averaged r and the exact mean and standard deviation of its circular-shift null.
 
@@ -284,6 +342,8 @@ def shift_null_moments(y_runs: Sequence[np.ndarray], pred_runs: Sequence[np.ndar
     Parameters
     ----------
     y_runs, pred_runs : list of ndarray, each shape (n_scans_r, n_voxels)
+    y_spectra : list of tuple, optional
+        :func:`bold_spectra` of each run of ``y_runs``, when made.
 
     Returns
     -------
@@ -293,8 +353,8 @@ def shift_null_moments(y_runs: Sequence[np.ndarray], pred_runs: Sequence[np.ndar
     observed, null_mean, null_var = (np.zeros(n_voxels) for _ in range(3))
     for c0 in range(0, n_voxels, _BLOCK):
         c1 = min(n_voxels, c0 + _BLOCK)
-        for y, p in zip(y_runs, pred_runs):
-            corr = shifted_correlations(y[:, c0:c1], p[:, c0:c1]).astype(np.float64)
+        for r, (y, p) in enumerate(zip(y_runs, pred_runs)):
+            corr = shifted_correlations(y[:, c0:c1], p[:, c0:c1], _columns(y_spectra, r, c0, c1)).astype(np.float64)
             observed[c0:c1] += corr[0] / n_runs
             null_mean[c0:c1] += corr.mean(0) / n_runs
             null_var[c0:c1] += corr.var(0) / n_runs**2
@@ -332,13 +392,16 @@ def calibration_columns(y_runs: Sequence[np.ndarray], n_voxels: int = 1000, seed
     return out
 
 
-def inflation_from_null_fit(y_runs: Sequence[np.ndarray], pred_runs: Sequence[np.ndarray]) -> np.ndarray:
+def inflation_from_null_fit(y_runs: Sequence[np.ndarray], pred_runs: Sequence[np.ndarray], y_spectra=None
+                            ) -> np.ndarray:
     """Squared standardized scores of null voxels (their mean is the null variance inflation).
 
     Parameters
     ----------
     y_runs, pred_runs : list of ndarray, each shape (n_scans_r, n_voxels)
         :func:`calibration_columns` and the held-out predictions of their nested fit.
+    y_spectra : list of tuple, optional
+        :func:`bold_spectra` of each run of ``y_runs``, when made.
 
     Returns
     -------
@@ -346,7 +409,7 @@ def inflation_from_null_fit(y_runs: Sequence[np.ndarray], pred_runs: Sequence[np
         ``z^2`` per voxel, ``z = (mean r - null mean) / null sd`` (:func:`shift_null_moments`);
         voxels without a defined null (constant series) are left out.
     """
-    observed, null_mean, null_sd = shift_null_moments(y_runs, pred_runs)
+    observed, null_mean, null_sd = shift_null_moments(y_runs, pred_runs, y_spectra)
     valid = null_sd > 0
     return ((observed[valid] - null_mean[valid]) / null_sd[valid]) ** 2
 
@@ -416,6 +479,8 @@ class ShiftTest:
     seed : int
     inflation : float, optional
         Known inflation (then ``n_calibration`` must be 0).
+    spectra : BoldSpectra, optional
+        Of ``y_runs``, shared by every fit on them.
 
     Attributes
     ----------
@@ -425,10 +490,11 @@ class ShiftTest:
     """
 
     def __init__(self, y_runs: Sequence[np.ndarray], n_calibration: int, n_permutations: int, seed: int = 0,
-                 inflation: float | None = None):
+                 inflation: float | None = None, spectra: BoldSpectra | None = None):
         if (inflation is None) == (n_calibration == 0):
             raise ValueError("give either calibration columns or a known inflation")
         self._y, self._n_cal, self._n_perm, self._seed = y_runs, n_calibration, n_permutations, seed
+        self._spectra = spectra
         self._z2: list[np.ndarray] = []
         self._seen = 0
         self.inflation = inflation
@@ -440,7 +506,7 @@ class ShiftTest:
         if c0 < self._n_cal:  # calibration columns
             stop = min(c1, self._n_cal)
             self._z2.append(inflation_from_null_fit([y[:, c0:stop] for y in self._y],
-                                                    [p[:, : stop - c0] for p in preds]))
+                                                    [p[:, : stop - c0] for p in preds], self._columns(c0, stop)))
             self._seen = stop
             if stop == self._n_cal:
                 self.inflation = _inflation(np.concatenate(self._z2))
@@ -449,17 +515,21 @@ class ShiftTest:
         start = max(c0, self._n_cal)
         preds = [p[:, start - c0:] for p in preds]
         self.p_values[start - self._n_cal:c1 - self._n_cal] = run_pvalues(
-            [y[:, start:c1] for y in self._y], preds, self._n_perm, self._seed, self.inflation)
+            [y[:, start:c1] for y in self._y], preds, self._n_perm, self._seed, self.inflation,
+            self._columns(start, c1))
+
+    def _columns(self, c0: int, c1: int):
+        return None if self._spectra is None else self._spectra.columns(c0, c1)
 
 
 def run_pvalues(y_runs: Sequence[np.ndarray], pred_runs: Sequence[np.ndarray], n_permutations: int,
-                seed: int = 0, inflation: float = 1.0) -> np.ndarray:
+                seed: int = 0, inflation: float = 1.0, y_spectra=None) -> np.ndarray:
     """p-values of one fit as the runner computes them (every circular shift drawn, the null
-    spread by the fit's :func:`fold_dependence`).
+    spread by the fit's :func:`fold_dependence`). ``y_spectra``: as in :func:`circular_shift_pvalues`.
 
     Returns
     -------
     ndarray, shape (n_voxels,), float32
     """
     return circular_shift_pvalues(y_runs, pred_runs, n_permutations, seed=seed,
-                                  inflation=inflation)[1].astype(np.float32)
+                                  inflation=inflation, y_spectra=y_spectra)[1].astype(np.float32)

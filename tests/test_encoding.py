@@ -200,6 +200,36 @@ def test_refit_with_given_alphas_reproduces_the_fit(monkeypatch, backend, n_feat
     assert np.isnan(again.validation).all() and np.isnan(again.validation_per_run).all()
 
 
+@pytest.mark.parametrize("n_features", [20, 75, 100], ids=["feature-form", "mixed-forms", "kernel-form"])
+@pytest.mark.parametrize("grid", ["all", "one"], ids=["alphas-sorted", "one-alpha"])
+def test_refit_through_test_maps_equals_the_coefficient_path(monkeypatch, n_features, grid):
+    """With room for them (limits.TEST_MAP_BYTES) the refit multiplies each alpha's test map by the
+    training targets of the voxels that chose it (voxels sorted by alpha, or all at once when one
+    alpha serves every voxel); without room it goes through the coefficients z / (s + alpha). Both
+    give the same predictions to float32 rounding, and the same scores."""
+    import mtbench.encoding.eigen as eigen
+    import mtbench.encoding.limits as engine
+
+    rng = np.random.default_rng(31 + n_features)
+    xs, ys = _random_data(rng, n_features=n_features, n_voxels=300, snr=1.0)
+    alphas = ALPHAS if grid == "all" else ALPHAS[4:5]
+    calls = []
+    real = eigen.EigenRidge.predict_with_maps
+    monkeypatch.setattr(eigen.EigenRidge, "predict_with_maps", lambda self, *a: calls.append(a) or real(self, *a))
+    maps = fit_nested_loro(xs, ys, alphas, precision="float32", return_predictions=True)
+    assert len(calls) == len(xs)  # one block: every outer fold through its maps
+    if grid == "all":
+        assert all(len(np.unique(a)) > 2 for a in maps.alpha_per_run)  # several alphas per fold
+    monkeypatch.setattr(engine, "TEST_MAP_BYTES", 0)
+    coef = fit_nested_loro(xs, ys, alphas, precision="float32", return_predictions=True)
+    assert len(calls) == len(xs)  # not called again
+    np.testing.assert_array_equal(maps.alpha_per_run, coef.alpha_per_run)
+    np.testing.assert_array_equal(maps.validation_per_run, coef.validation_per_run)
+    for a, b in zip(maps.predictions, coef.predictions):
+        assert (np.abs(a - b) <= 1e-5 * np.abs(b).max(0) + 1e-7).all()
+    np.testing.assert_allclose(maps.test_per_run, coef.test_per_run, atol=2e-6)
+
+
 def test_refit_alphas_must_come_from_the_grid():
     rng = np.random.default_rng(3)
     xs, ys = _random_data(rng)

@@ -295,15 +295,15 @@ class EigenRidge(OneAlphaPerFold):
             rs.append((torch.linalg.qr(b, mode="r")[1] if b.shape[0] > b.shape[1] else b).to(f32))
         edges = np.cumsum([0] + [r.shape[0] for r in rs])
         stack = torch.cat(rs, 0)
-        if all(r.shape == bc[v].shape for r, (v, _) in zip(rs, checks)):
-            # no QR: the stack holds the centered B themselves, share them
+        rows_are_scans = all(r.shape == bc[v].shape for r, (v, _) in zip(rs, checks))
+        if rows_are_scans:  # no QR: the stack holds the centered B themselves, share them
             bc = {v: stack[edges[k]:edges[k + 1]] for k, (v, _) in enumerate(checks)}
         # float32: every alpha's weights; bfloat16: the increments between sorted alphas
         steps = w if self.lo == f32 else np.diff(w[self.order], axis=0, prepend=0.0)
         f.B = {}  # the rest is in num / stack
         return PairInputs(bc, stack, edges, torch.from_numpy(w).to(self.dev, f32),
                            torch.from_numpy(steps.T.copy()).to(self.dev, f32),
-                           self.train_index(f.train) if f.kernel else None)
+                           self.train_index(f.train) if f.kernel else None, rows_are_scans)
 
     def make_group(self, group) -> list[tuple[Fold, PairInputs, tuple]]:
         """The pair folds of ``group`` with what their validation needs."""
@@ -340,16 +340,32 @@ class EigenRidge(OneAlphaPerFold):
         pred = torch.mm(tall, z_lo, out=ws.get("pred_lo", (tall.shape[0], c1 - c0), lo)).view(n_alphas, -1, c1 - c0)
         if lo != f32:  # increments in sorted order -> running sums in float32
             pred = ws.get("pred", tuple(pred.shape), f32).copy_(pred)
-            for a in range(1, n_alphas):
+            for a in range(1, n_alphas):  # 3x faster than torch.cumsum over dim 0 here
                 pred[a].add_(pred[a - 1])
+        nums = [self.numerator(data, pred, k, v, yc, z) for k, (v, _) in enumerate(checks)]
         pred.square_()  # then column sums per run (several times faster than vector_norm here)
         for k, (v, other) in enumerate(checks):
             norm = pred[:, data.edges[k]:data.edges[k + 1]].sum(1).sqrt_()  # (n_alphas, block)
             if lo != f32:
                 norm = norm.index_select(0, self.unsort)
-            num = data.w @ ((data.num[v].T @ yc[self.rows[v]]) * z)  # (n_alphas, block)
+            num = nums[k]
             denom = norm * self.ynorm_all[v, c0:c1][None, :]
             val[other] += torch.where(denom > 0, num / torch.where(denom > 0, denom, 1.0), 0.0)
+
+    def numerator(self, data, pred, k, v, yc, z):
+        """Pearson numerators of validated run ``v`` for every alpha, (n_alphas, block).
+
+        In float32, where the stack's rows are the run's scans, ``pred`` holds its centered
+        predictions and the numerator is their product with the BOLD (n_v multiply-adds per alpha
+        and voxel); otherwise ``w~ (B_c^T Y_v * z)`` (m x n_v per voxel, ~10x more at the main
+        job's shape). In mixed precision the predictions carry bfloat16 rounding: numerators taken
+        from them moved 4x more alpha choices against float32 (measured), so they stay exact.
+        """
+        if self.lo != f32 or not data.rows_are_scans:
+            return data.w @ ((data.num[v].T @ yc[self.rows[v]]) * z)
+        rows = pred[:, data.edges[k]:data.edges[k + 1]]  # (n_alphas, n_v, block)
+        products = torch.mul(rows, yc[self.rows[v]][None], out=self.ws.get("products", tuple(rows.shape), f32))
+        return products.sum(1)
 
     def validate(self, ready, c0, c1, val, xty=None, xty_all=None):
         """Add the validation r of the pair folds ``ready`` for voxels c0:c1 to ``val`` (n_runs, n_alphas, c1 - c0)."""
@@ -416,6 +432,7 @@ class EigenRidge(OneAlphaPerFold):
         """Outer folds (all runs but the test run o): eigenbasis kept for the refit of every block."""
         self.outer_folds = [self.make_fold(t, [o]) for t, o in zip(self.outer_sets, self.outer)]
         self.outer_idx = [self.train_index(f.train) if f.kernel else None for f in self.outer_folds]
+        self.test_maps = self.make_test_maps() if self.on_refit is None else None
         for f, o in zip(self.outer_folds, self.outer):
             f.B = {"test": f.B[o].to(f32)}  # (n_o, m): coefficients -> predictions of the test run
         self.K = self.G = None  # every eigenbasis is made: the Gram pieces are no longer needed
@@ -426,6 +443,59 @@ class EigenRidge(OneAlphaPerFold):
             self.coef_maps = [self.X.index_select(0, idx).T @ f.proj if f.kernel else f.proj
                               for f, idx in zip(self.outer_folds, self.outer_idx)]
 
+    def make_test_maps(self):
+        """Per outer fold, every alpha's map from the training targets to the test run's predictions,
+        (n_alphas, n_o, n_train) (kernel form: K_oT (K_TT + alpha I)^-1) or (n_alphas, n_o, n_features)
+        (feature form: X_o (X_T^T X_T + alpha I)^-1), float32 from float64; None when they, and the
+        BOLD transposed for the kernel form, would exceed limits.TEST_MAP_BYTES.
+
+        With them a voxel's refit costs n_o x n_train (or n_features) multiply-adds instead of the
+        coefficients' m x n_train plus n_o x m: at the main job's shape a quarter of the products.
+        """
+        kernel = any(f.kernel for f in self.outer_folds)
+        sources = [self.n_train(f.train) if f.kernel else self.n_features for f in self.outer_folds]
+        size = sum(4 * self.n_alphas * self.sizes[o] * n for o, n in zip(self.outer, sources))
+        if size + (4 * self.Y.numel() if kernel else 0) > limits.TEST_MAP_BYTES:
+            return None
+        # voxels in rows: the voxels of one alpha are then gathered as whole rows (columns: 10x slower)
+        self.Yt = self.Y.T.contiguous() if kernel else None
+        alphas = torch.from_numpy(self.alpha_grid).to(self.dev, f64)[:, None, None]
+        maps = []
+        for f, o in zip(self.outer_folds, self.outer):
+            s = torch.from_numpy(f.s).to(self.dev, f64)
+            scaled = f.B[o].to(f64)[None] / (s[None, None, :] + alphas)  # (n_alphas, n_o, m)
+            maps.append((scaled @ f.proj.to(f64).T).to(f32))
+        return maps
+
+    def predict_with_maps(self, k, o, c0, c1, chosen, xty, xty_all):
+        """Test predictions of outer fold ``o`` for voxels c0:c1, (n_o, c1 - c0): each alpha's map
+        times the training targets of the voxels that chose it (``chosen``: alpha positions, (c1 - c0,))."""
+        maps, kernel = self.test_maps[k], self.outer_folds[k].kernel
+        if kernel:  # (voxels, scans): the BOLD of every run, o's rows skipped by apply_map
+            source = self.Yt[c0:c1]
+        else:  # (voxels, n_features): X'Y of the training runs
+            source = torch.sub(xty_all, xty[o], out=self.ws.get("rest", tuple(xty_all.shape), f32)).T.contiguous()
+        counts = torch.bincount(chosen, minlength=self.n_alphas).tolist()
+        if max(counts) == c1 - c0:  # one alpha for every voxel
+            return self.apply_map(maps[counts.index(c1 - c0)], source, o, kernel).T.contiguous()
+        order = torch.argsort(chosen, stable=True)
+        pred = torch.empty((c1 - c0, self.sizes[o]), dtype=f32, device=self.dev)
+        start = 0
+        for value, count in enumerate(counts):
+            if count:
+                rows = order[start:start + count]
+                pred.index_copy_(0, rows, self.apply_map(maps[value], source.index_select(0, rows), o, kernel))
+                start += count
+        return pred.T.contiguous()
+
+    def apply_map(self, test_map, source, o, kernel):
+        """Predictions (voxels, n_o) of the voxels in the rows of ``source``: their training
+        targets times ``test_map`` (kernel form: the columns around run ``o``'s scans)."""
+        if not kernel:
+            return source @ test_map.T
+        a, b = self.rows[o].start, self.rows[o].stop
+        return torch.mm(source[:, :a], test_map[:, :a].T).addmm_(source[:, b:], test_map[:, a:].T)
+
     def refit(self, c0, c1, best, xty, xty_all) -> None:
         """Refit every outer fold on its training runs with the chosen alphas ``best`` (n_runs, c1 - c0);
         score its test run."""
@@ -434,6 +504,10 @@ class EigenRidge(OneAlphaPerFold):
         release_freed_memory()
         ws, block_preds = self.ws, []
         for k, (o, f) in enumerate(zip(self.outer, self.outer_folds)):
+            if self.test_maps is not None:
+                pred = self.predict_with_maps(k, o, c0, c1, best[o], xty, xty_all)
+                self.deliver(k, o, c0, c1, pred.cpu().numpy(), block_preds)
+                continue
             m = f.proj.shape[1]
             if f.kernel:
                 targets = torch.index_select(self.Y[:, c0:c1], 0, self.outer_idx[k],

@@ -45,6 +45,7 @@ class PairInputs:
     w: Any  # (n_alphas, m) float32: w~_a
     scale: Any  # (m, n_alphas) float32: w~_a (float32) or the increments between sorted alphas
     train_idx: Any  # kernel form: rows of the training runs
+    rows_are_scans: bool = False  # ``stack`` holds the centered B themselves: its products are the predictions
 
 
 class Workspace:

@@ -21,3 +21,6 @@ NOMINATION_VOXELS = 2048
 NOMINATION_Z = 6.0
 # Below this many floating-point operations a fit runs on one thread.
 SMALL_FLOPS = 1e9
+# Per-alpha test maps of the refit (:meth:`mtbench.encoding.eigen.EigenRidge.make_test_maps`) are
+# made when all of them fit in this many bytes; otherwise the refit goes through the coefficients.
+TEST_MAP_BYTES = 32 * 2**20

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import numpy as np
 
 from mtbench.encoding import fit_nested_loro
 from mtbench.settings import RunSettings
-from mtbench.significance import ShiftTest, calibration_columns, fold_dependence
+from mtbench.significance import BoldSpectra, ShiftTest, calibration_columns, fold_dependence
 
 # Null voxels fitted with every (layer, state) to measure its cross-fitting dependence
 # (mtbench.significance.fold_dependence): relative standard error of the estimate ~4.5%.
@@ -62,6 +65,8 @@ def fit_all(keys, scans, targets, n_calibration: int, settings: RunSettings, met
         out["p_value"] = np.ones((len(keys), n_voxels), dtype=np.float32)
         out["null_inflation"] = np.ones(len(keys), dtype=np.float32)
     task = progress.add_task("fit ridge (nested LORO)", total=len(keys)) if progress is not None else None
+    # the BOLD's part of every fit's shift test, made once (made on first use: a resumed run may fit nothing)
+    spectra = functools.cache(lambda: BoldSpectra(targets)) if settings.permutations > 0 and n_calibration else None
 
     def advance(key, how: str = "") -> None:
         if task is not None:
@@ -83,7 +88,7 @@ def fit_all(keys, scans, targets, n_calibration: int, settings: RunSettings, met
     for f, key in enumerate(keys):
         name = f"L{key[0]}-{key[1]}"
         if checkpoint is None:
-            _fit_one(f, key, scans, targets, n_calibration, settings, metric, out)
+            _fit_one(f, key, scans, targets, n_calibration, settings, metric, out, spectra)
         elif saved(f, key, name, " (checkpoint)"):  # fitted before an interruption, or by another run
             continue
         elif not checkpoint.claim(name):
@@ -92,19 +97,20 @@ def fit_all(keys, scans, targets, n_calibration: int, settings: RunSettings, met
         elif saved(f, key, name, " (checkpoint)"):  # saved by another run just before we claimed it
             continue
         else:
-            _fit_one(f, key, scans, targets, n_calibration, settings, metric, out)
+            _fit_one(f, key, scans, targets, n_calibration, settings, metric, out, spectra)
             checkpoint.save(name, {column: values[f] for column, values in out.items()})  # releases the claim
         advance(key)
     for f, key, name in later:
         checkpoint.claim(name, wait=True)  # once the other run saved it (or died, or seems stopped: a note)
         if not saved(f, key, name, " (another run)"):
-            _fit_one(f, key, scans, targets, n_calibration, settings, metric, out)
+            _fit_one(f, key, scans, targets, n_calibration, settings, metric, out, spectra)
             checkpoint.save(name, {column: values[f] for column, values in out.items()})
             advance(key)
     return out
 
 
-def _fit_one(f: int, key, scans, targets, n_calibration: int, settings: RunSettings, metric, out: dict) -> None:
+def _fit_one(f: int, key, scans, targets, n_calibration: int, settings: RunSettings, metric, out: dict,
+             spectra: Callable[[], BoldSpectra] | None = None) -> None:
     """Fit ``key`` (:func:`fit_all`) into row ``f`` of ``out``."""
     x_runs = scans.pop(key)  # pop: free memory as we go
 
@@ -117,7 +123,8 @@ def _fit_one(f: int, key, scans, targets, n_calibration: int, settings: RunSetti
     # fit's own cross-fitting dependence (else the p-values are anti-conservative)
     test = None
     if settings.permutations > 0 and n_calibration:
-        test = ShiftTest(targets, n_calibration, settings.permutations, settings.seed)
+        test = ShiftTest(targets, n_calibration, settings.permutations, settings.seed,
+                         spectra=spectra() if spectra is not None else None)
     shared_test = settings.permutations > 0 and not n_calibration
     result = fit(targets, on_predictions=test, return_predictions=shared_test)
     if shared_test:

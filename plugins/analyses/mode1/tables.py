@@ -218,13 +218,17 @@ def winner_stability(table: ScoreTable, labels: np.ndarray, names: dict[int, str
     p_best = fold_support(parcel_val, n_boot, seed)
     winner = np.argmax(table.validation, axis=0)
     top = [int(np.argmax(np.bincount(winner[idx], minlength=n_fits))) for _, _, idx in groups]
-    weights = (fold_draws(n_runs, n_boot, seed) / n_runs).astype(np.float32)
-    drawn = np.empty((n_boot, n_vox), dtype=np.int32)  # each voxel's winner in each draw
+    # draws with the same fold counts pick the same winners: each distinct draw is computed once
+    # (4 runs: at most 35 distinct draws of 200)
+    weights, which = np.unique((fold_draws(n_runs, n_boot, seed) / n_runs).astype(np.float32), axis=0,
+                               return_inverse=True)
+    distinct = np.empty((len(weights), n_vox), dtype=np.int32)  # each voxel's winner in each distinct draw
     step = max(1, STABILITY_CHUNK // max(n_fits, 1))
-    for start in range(0, n_vox, step):  # one product per chunk of voxels: (n_boot, n_runs) @ (n_runs, fits x voxels)
+    for start in range(0, n_vox, step):  # one product per chunk of voxels: (n_draws, n_runs) @ (n_runs, fits x voxels)
         part = table.validation_per_run[:, :, start:start + step]
         flat = np.ascontiguousarray(part.transpose(1, 0, 2)).reshape(n_runs, -1).astype(np.float32)
-        drawn[:, start:start + step] = np.argmax((weights @ flat).reshape(n_boot, n_fits, -1), axis=1)
+        distinct[:, start:start + step] = np.argmax((weights @ flat).reshape(len(weights), n_fits, -1), axis=1)
+    drawn = distinct[which.reshape(-1)]  # (n_boot, n_vox)
     shares = np.stack([np.mean(drawn[:, idx] == top[g], axis=1) for g, (_, _, idx) in enumerate(groups)], axis=1)
     low, high = np.quantile(shares, [(1 - level) / 2, (1 + level) / 2], axis=0)
     rows = []

@@ -10,6 +10,7 @@ that later loads reuse the folder;
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -171,7 +172,7 @@ def _convert(parts: Sequence[Path], stats: list, target: Path, expected_sha256: 
         if expected_sha256 and digest != expected_sha256:
             raise MtbenchError(f"the GGUF assembled from {parts[0].parent.parent.name}... has sha256 {digest[:12]}..., "
                                f"expected {expected_sha256[:12]}...: reinstall the model packages")
-        with quiet_progress_bars():
+        with quiet_progress_bars(), _gguf_parsed_once():
             quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             config = quantised.config
@@ -197,6 +198,33 @@ def _convert(parts: Sequence[Path], stats: list, target: Path, expected_sha256: 
     except OSError:  # a process without the lock (an older mtbench) finished first; its folder is as good
         shutil.rmtree(tmp, ignore_errors=True)
     return target, digest
+
+
+@contextlib.contextmanager
+def _gguf_parsed_once():
+    """While converting: one ``gguf.GGUFReader`` per file, one tensor-name map per architecture.
+
+    transformers parses the GGUF's metadata again for the config, the weights and the tokenizer
+    (field by field in Python: ~5 s each for SmolLM2's 49k-token vocabulary) and builds gguf's
+    tensor-name map once per module (~400 times, ~7 s): half of a first run's conversion. Both are
+    read-only once made, so the first one serves every call. The converted files are unchanged.
+    """
+    import gguf
+
+    real_reader, real_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers: dict = {}
+
+    def reader(path, *args, **kwargs):
+        key = (str(path), args, tuple(sorted(kwargs.items())))
+        if key not in readers:
+            readers[key] = real_reader(path, *args, **kwargs)
+        return readers[key]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader, functools.cache(real_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = real_reader, real_map
 
 
 def _write_stamp(folder: Path, parts: Sequence[Path], stats: list, digest: str,
