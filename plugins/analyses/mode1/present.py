@@ -24,16 +24,20 @@ def read_rows(path: Path) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- terminal
-def stability_of(run_dir) -> dict[int, dict]:
+def stability_of(run_dir, output=None) -> dict[int, dict]:
     """Winner stability per parcel id (:func:`.tables.winner_stability`) of a run with ``folds.parquet``;
-    empty without one (``--no-folds``) or when it cannot be read."""
+    empty without one (``--no-folds``) or when it cannot be read. ``output``: the run's result, whose
+    score table is still in memory (the same numbers as ``folds.parquet``, without reading it back)."""
     if run_dir is None or not (Path(run_dir) / "folds.parquet").is_file():
         return {}
-    try:
-        table = read_score_table(run_dir)
-        labels, names = read_parcel_labels(run_dir)
-    except MtbenchError:
-        return {}
+    if getattr(output, "table", None) is not None:
+        table, labels, names = output.table, output.labels, output.names
+    else:
+        try:
+            table = read_score_table(run_dir)
+            labels, names = read_parcel_labels(run_dir)
+        except MtbenchError:
+            return {}
     return {row["parcel_id"]: row for row in winner_stability(table, labels, names)}
 
 
@@ -61,7 +65,7 @@ def print_summary(output, console, top: int = 15) -> None:
     table.add_column("95% CI (runs)", justify="right")
     if has_significance:
         table.add_column("signif.", justify="right")
-    stability = stability_of(getattr(output, "run_dir", None))
+    stability = stability_of(getattr(output, "run_dir", None), output)
     if stability:  # next to the winner: how often a bootstrap of the folds keeps it, and the voxel shares
         table.add_column("P(best) · top voxel winner [95%]", justify="left")
     for row in [brain, *parcels[:top]]:
