@@ -39,6 +39,7 @@ def finished(tmp_path_factory):
 
 def test_stability_next_to_the_winner(finished):
     rows = stability_of(finished.run_dir)
+    assert stability_of(finished.run_dir, finished) == rows  # the run's in-memory table: same numbers, no read
     winners = pq.read_table(finished.run_dir / "winners.parquet").to_pylist()
     for pid, row in rows.items():
         top = max((w for w in winners if w["parcel_id"] == pid), key=lambda w: w["n_won"])
